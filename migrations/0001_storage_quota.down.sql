@@ -1,0 +1,27 @@
+-- Reverses 0001. The app's own tables and rows are kept; a `projects` table that 0001 created
+-- is dropped only while it is still empty.
+
+SET LOCAL lock_timeout = '10s';
+
+ALTER TABLE projects DROP CONSTRAINT projects_storage_path_id_fkey;
+ALTER TABLE projects DROP COLUMN storage_path_id;
+
+DROP TABLE simulation_jobs;
+DROP TABLE quota_ledger;
+DROP TABLE project_storage_paths;
+DROP TABLE user_quotas;
+DROP FUNCTION storage_quota_refuse_over_limit();
+
+DO $$
+BEGIN
+  IF EXISTS (SELECT 1 FROM storage_quota_meta WHERE key = 'created_projects_table') THEN
+    IF EXISTS (SELECT 1 FROM projects) THEN
+      RAISE WARNING 'storage-quota: keeping the "projects" table it created, because it now holds rows';
+    ELSE
+      DROP TABLE projects;
+    END IF;
+  END IF;
+END
+$$;
+
+DROP TABLE storage_quota_meta;

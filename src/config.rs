@@ -1,0 +1,168 @@
+//! Client configuration: validated once, with the database password kept out of every
+//! message and log line.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::error::{QuotaError, Result};
+use crate::ids::{parse_bytes, MAX_BYTES};
+
+pub const DEFAULT_QUOTA_BYTES: i64 = 1_073_741_824;
+pub const DEFAULT_POOL_SIZE: u32 = 10;
+pub const DEFAULT_CONNECT_TIMEOUT_MS: u32 = 5_000;
+pub const DEFAULT_STATEMENT_TIMEOUT_MS: u32 = 10_000;
+pub const DEFAULT_APPLICATION_NAME: &str = "storage-quota";
+
+/// Options as they arrive from JS, every one optional.
+#[derive(Debug, Default, Clone)]
+pub struct RawOptions {
+  pub database_url: Option<String>,
+  pub storage_root: Option<String>,
+  pub default_quota_bytes: Option<f64>,
+  pub pool_size: Option<u32>,
+  pub connect_timeout_ms: Option<u32>,
+  pub statement_timeout_ms: Option<u32>,
+  pub application_name: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+  /// `None` when no URL was given; calls then fail with `DB_UNAVAILABLE` instead of the
+  /// constructor throwing, so importing a module that creates a client never breaks a build.
+  pub database_url: Option<String>,
+  pub storage_root: PathBuf,
+  pub default_quota_bytes: i64,
+  pub pool_size: u32,
+  pub connect_timeout: Duration,
+  pub statement_timeout: Duration,
+  pub application_name: String,
+}
+
+impl Config {
+  pub fn from_options(raw: RawOptions) -> Result<Self> {
+    let default_quota_bytes = match raw.default_quota_bytes {
+      Some(value) => parse_bytes("defaultQuotaBytes", value)?,
+      None => DEFAULT_QUOTA_BYTES,
+    };
+    debug_assert!(default_quota_bytes <= MAX_BYTES);
+    let pool_size = raw.pool_size.unwrap_or(DEFAULT_POOL_SIZE);
+    if !(1..=1000).contains(&pool_size) {
+      return Err(QuotaError::invalid("poolSize must be from 1 to 1000"));
+    }
+    let connect_timeout_ms = raw.connect_timeout_ms.unwrap_or(DEFAULT_CONNECT_TIMEOUT_MS);
+    if connect_timeout_ms == 0 {
+      return Err(QuotaError::invalid("connectTimeoutMs must be at least 1"));
+    }
+    let statement_timeout_ms = raw
+      .statement_timeout_ms
+      .unwrap_or(DEFAULT_STATEMENT_TIMEOUT_MS);
+    let application_name = raw
+      .application_name
+      .unwrap_or_else(|| DEFAULT_APPLICATION_NAME.to_owned());
+    if application_name.len() > 63
+      || !application_name
+        .bytes()
+        .all(|b| b.is_ascii_graphic() || b == b' ')
+    {
+      return Err(QuotaError::invalid(
+        "applicationName must be at most 63 printable ASCII characters",
+      ));
+    }
+    let storage_root = raw.storage_root.unwrap_or_else(|| "./storage".to_owned());
+    if storage_root.is_empty() || storage_root.contains('\0') {
+      return Err(QuotaError::invalid("storageRoot must be a non-empty path"));
+    }
+    let storage_root = std::path::absolute(&storage_root)
+      .map_err(|e| QuotaError::invalid(format!("storageRoot cannot be resolved: {e}")))?;
+    Ok(Config {
+      database_url: raw.database_url.filter(|url| !url.trim().is_empty()),
+      storage_root,
+      default_quota_bytes,
+      pool_size,
+      connect_timeout: Duration::from_millis(connect_timeout_ms.into()),
+      statement_timeout: Duration::from_millis(statement_timeout_ms.into()),
+      application_name,
+    })
+  }
+
+  /// The driver configuration. Parse errors are reported without echoing the URL, which may
+  /// hold a password.
+  pub fn postgres_config(&self) -> Result<tokio_postgres::Config> {
+    let url = self.database_url.as_deref().ok_or_else(|| {
+      QuotaError::DbUnavailable(
+        "no database configured: pass databaseUrl to createClient() or set DATABASE_URL".into(),
+      )
+    })?;
+    let mut config: tokio_postgres::Config = url.parse().map_err(|_| {
+      QuotaError::DbUnavailable(
+        "the database URL is not a valid PostgreSQL connection string (expected postgres://user:password@host:port/database)".into(),
+      )
+    })?;
+    config.connect_timeout(self.connect_timeout);
+    config.application_name(&self.application_name);
+    // Every statement of ours is short; a stuck one must not hold a pooled connection forever.
+    let timeout_ms = self.statement_timeout.as_millis();
+    config.options(format!("-c statement_timeout={timeout_ms}"));
+    Ok(config)
+  }
+}
+
+/// `host:port/database` of a driver config, for messages. Never includes user or password.
+pub fn describe_target(config: &tokio_postgres::Config) -> String {
+  let host = config
+    .get_hosts()
+    .first()
+    .map(|host| match host {
+      tokio_postgres::config::Host::Tcp(name) => name.clone(),
+      #[cfg(unix)]
+      tokio_postgres::config::Host::Unix(path) => path.display().to_string(),
+    })
+    .unwrap_or_else(|| "localhost".into());
+  let port = config.get_ports().first().copied().unwrap_or(5432);
+  let database = config.get_dbname().unwrap_or("(default)");
+  format!("{host}:{port}/{database}")
+}
+
+#[cfg(test)]
+mod tests {
+  use super::*;
+
+  #[test]
+  fn bad_url_never_echoes_the_password() {
+    let config = Config::from_options(RawOptions {
+      database_url: Some("postgres://me:s3cret@[bad/db?x=".into()),
+      ..Default::default()
+    })
+    .unwrap();
+    let message = config.postgres_config().unwrap_err().to_string();
+    assert!(!message.contains("s3cret"), "{message}");
+  }
+
+  #[test]
+  fn target_description_has_no_credentials() {
+    let config: tokio_postgres::Config =
+      "postgres://me:s3cret@db.example:6543/app".parse().unwrap();
+    assert_eq!(describe_target(&config), "db.example:6543/app");
+  }
+
+  #[test]
+  fn rejects_out_of_range_options() {
+    let bad = |raw: RawOptions| Config::from_options(raw).is_err();
+    assert!(bad(RawOptions {
+      pool_size: Some(0),
+      ..Default::default()
+    }));
+    assert!(bad(RawOptions {
+      default_quota_bytes: Some(-1.0),
+      ..Default::default()
+    }));
+    assert!(bad(RawOptions {
+      connect_timeout_ms: Some(0),
+      ..Default::default()
+    }));
+    assert!(bad(RawOptions {
+      storage_root: Some(String::new()),
+      ..Default::default()
+    }));
+  }
+}

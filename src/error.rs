@@ -1,0 +1,170 @@
+//! The one error type of the library. Every variant has a stable string code that callers
+//! match on; the numbers behind a refusal travel as fields, never only inside the message.
+
+use serde_json::{json, Map, Value};
+use tokio_postgres::error::SqlState;
+
+use crate::format::format_bytes;
+
+/// Numbers that explain a quota refusal.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QuotaShortfall {
+  pub requested_bytes: i64,
+  pub used_bytes: i64,
+  pub reserved_bytes: i64,
+  pub limit_bytes: i64,
+}
+
+impl QuotaShortfall {
+  pub fn remaining_bytes(&self) -> i64 {
+    (self.limit_bytes - self.used_bytes - self.reserved_bytes).max(0)
+  }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum QuotaError {
+  #[error("{0}")]
+  InvalidArgument(String),
+  #[error("{}", quota_exceeded_message(.0))]
+  QuotaExceeded(QuotaShortfall),
+  #[error("{0}")]
+  NotFound(String),
+  #[error("{0}")]
+  Forbidden(String),
+  /// The same upload id was recorded before with other bytes or another project.
+  #[error("{0}")]
+  Conflict(String),
+  #[error("{0}")]
+  MigrationRequired(String),
+  #[error("{0}")]
+  MigrationFailed(String),
+  #[error("{0}")]
+  DbUnavailable(String),
+  #[error("{0}")]
+  DbTimeout(String),
+  #[error("{0}")]
+  Db(String),
+  #[error("{0}")]
+  Storage(String),
+  /// A path on disk is not what we created (a planted symlink, a file where a directory should be).
+  #[error("{0}")]
+  UnsafePath(String),
+  #[error("{0}")]
+  ClientClosed(String),
+  #[error("{0}")]
+  Internal(String),
+}
+
+pub type Result<T, E = QuotaError> = std::result::Result<T, E>;
+
+fn quota_exceeded_message(s: &QuotaShortfall) -> String {
+  format!(
+    "Storage quota exceeded: this upload needs {} but only {} of your {} is free",
+    format_bytes(s.requested_bytes),
+    format_bytes(s.remaining_bytes()),
+    format_bytes(s.limit_bytes)
+  )
+}
+
+impl QuotaError {
+  /// The stable code callers match on. Never change a published one.
+  pub fn code(&self) -> &'static str {
+    match self {
+      QuotaError::InvalidArgument(_) => "INVALID_ARGUMENT",
+      QuotaError::QuotaExceeded(_) => "QUOTA_EXCEEDED",
+      QuotaError::NotFound(_) => "NOT_FOUND",
+      QuotaError::Forbidden(_) => "FORBIDDEN",
+      QuotaError::Conflict(_) => "CONFLICT",
+      QuotaError::MigrationRequired(_) => "MIGRATION_REQUIRED",
+      QuotaError::MigrationFailed(_) => "MIGRATION_FAILED",
+      QuotaError::DbUnavailable(_) => "DB_UNAVAILABLE",
+      QuotaError::DbTimeout(_) => "DB_TIMEOUT",
+      QuotaError::Db(_) => "DB_ERROR",
+      QuotaError::Storage(_) => "STORAGE_ERROR",
+      QuotaError::UnsafePath(_) => "UNSAFE_PATH",
+      QuotaError::ClientClosed(_) => "CLIENT_CLOSED",
+      QuotaError::Internal(_) => "INTERNAL",
+    }
+  }
+
+  pub fn invalid(message: impl Into<String>) -> Self {
+    QuotaError::InvalidArgument(message.into())
+  }
+
+  /// The error as one JSON object: `code`, `message` and the numbers behind it.
+  /// The JS layer turns this into a `StorageQuotaError` with the same fields.
+  pub fn to_payload(&self) -> Value {
+    let mut object = Map::new();
+    object.insert("code".into(), json!(self.code()));
+    object.insert("message".into(), json!(self.to_string()));
+    if let QuotaError::QuotaExceeded(s) = self {
+      object.insert("requestedBytes".into(), json!(s.requested_bytes));
+      object.insert("usedBytes".into(), json!(s.used_bytes));
+      object.insert("reservedBytes".into(), json!(s.reserved_bytes));
+      object.insert("limitBytes".into(), json!(s.limit_bytes));
+      object.insert("remainingBytes".into(), json!(s.remaining_bytes()));
+    }
+    Value::Object(object)
+  }
+}
+
+/// Classifies a driver error by its SQLSTATE so callers can tell "retry later" from "fix your setup".
+impl From<tokio_postgres::Error> for QuotaError {
+  fn from(error: tokio_postgres::Error) -> Self {
+    let Some(state) = error.code() else {
+      // No SQLSTATE: the connection itself failed (closed socket, server gone, TLS, timeout).
+      return QuotaError::DbUnavailable(format!("lost the connection to PostgreSQL: {error}"));
+    };
+    let detail = error
+      .as_db_error()
+      .map(|db| db.message().to_string())
+      .unwrap_or_else(|| error.to_string());
+    if *state == SqlState::UNDEFINED_TABLE
+      || *state == SqlState::UNDEFINED_COLUMN
+      || *state == SqlState::UNDEFINED_FUNCTION
+    {
+      QuotaError::MigrationRequired(format!(
+        "the storage-quota tables are missing or out of date; run migrate() (or `storage-quota migrate`) first ({detail})"
+      ))
+    } else if *state == SqlState::QUERY_CANCELED || *state == SqlState::LOCK_NOT_AVAILABLE {
+      QuotaError::DbTimeout(format!("PostgreSQL cancelled the statement: {detail}"))
+    } else if state.code().starts_with("08")
+      || state.code().starts_with("57P")
+      || state.code().starts_with("28")
+      || *state == SqlState::INVALID_CATALOG_NAME
+      || *state == SqlState::TOO_MANY_CONNECTIONS
+    {
+      QuotaError::DbUnavailable(format!("PostgreSQL is unavailable: {detail}"))
+    } else {
+      QuotaError::Db(format!("PostgreSQL error {}: {detail}", state.code()))
+    }
+  }
+}
+
+impl From<std::io::Error> for QuotaError {
+  fn from(error: std::io::Error) -> Self {
+    QuotaError::Storage(format!("storage error: {error}"))
+  }
+}
+
+#[cfg(test)]
+mod tests {
+  use super::*;
+
+  #[test]
+  fn quota_exceeded_reads_like_a_sentence() {
+    let error = QuotaError::QuotaExceeded(QuotaShortfall {
+      requested_bytes: 13_107_200,
+      used_bytes: 1_073_741_824 - 3_250_586,
+      reserved_bytes: 0,
+      limit_bytes: 1_073_741_824,
+    });
+    assert_eq!(
+      error.to_string(),
+      "Storage quota exceeded: this upload needs 12.5 MB but only 3.1 MB of your 1 GB is free"
+    );
+    let payload = error.to_payload();
+    assert_eq!(payload["code"], "QUOTA_EXCEEDED");
+    assert_eq!(payload["remainingBytes"], 3_250_586);
+  }
+}

@@ -1,0 +1,170 @@
+//! Ids that come from users, checked against strict allow-lists before they reach SQL or a
+//! path. A valid id is a single safe path segment by construction: no dots, no separators,
+//! nothing that any filesystem or URL decoder treats specially.
+
+use std::fmt;
+
+use crate::error::{QuotaError, Result};
+
+/// Longest accepted user id. Clerk ids are 32 characters; 128 leaves room for other providers.
+pub const MAX_USER_ID_LEN: usize = 128;
+
+/// A user id such as Clerk's `user_2NNEqL2nrIRdJ194ndJqAHwEfxC`: ASCII letters, digits, `_` and
+/// `-`, 1 to 128 characters, starting with a letter or digit.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct UserId(String);
+
+impl UserId {
+  pub fn parse(raw: &str) -> Result<Self> {
+    if raw.is_empty() {
+      return Err(QuotaError::invalid("userId must not be empty"));
+    }
+    if raw.len() > MAX_USER_ID_LEN {
+      return Err(QuotaError::invalid(format!(
+        "userId is {} characters long; at most {MAX_USER_ID_LEN} are accepted",
+        raw.len()
+      )));
+    }
+    let first_ok = raw.as_bytes()[0].is_ascii_alphanumeric();
+    let rest_ok = raw
+      .bytes()
+      .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    if !first_ok || !rest_ok {
+      return Err(QuotaError::invalid(
+        "userId may contain only ASCII letters, digits, '_' and '-', and must start with a letter or digit",
+      ));
+    }
+    Ok(UserId(raw.to_owned()))
+  }
+
+  pub fn as_str(&self) -> &str {
+    &self.0
+  }
+}
+
+/// A project id: a UUID in its canonical 36-character hyphenated form, stored lower-case.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ProjectId(uuid::Uuid);
+
+impl ProjectId {
+  pub fn parse(raw: &str) -> Result<Self> {
+    // Only the hyphenated form: uuid also accepts braces, `urn:uuid:` and 32 bare hex digits,
+    // which would give one project several spellings.
+    let well_formed = raw.len() == 36
+      && raw.bytes().enumerate().all(|(i, b)| match i {
+        8 | 13 | 18 | 23 => b == b'-',
+        _ => b.is_ascii_hexdigit(),
+      });
+    if !well_formed {
+      return Err(QuotaError::invalid(
+        "projectId must be a UUID such as 3f2b8c1e-6a0d-4c7e-9b5a-2d1e0f9c8a7b",
+      ));
+    }
+    uuid::Uuid::parse_str(raw)
+      .map(ProjectId)
+      .map_err(|_| QuotaError::invalid("projectId must be a UUID"))
+  }
+
+  pub fn uuid(&self) -> uuid::Uuid {
+    self.0
+  }
+}
+
+impl fmt::Display for ProjectId {
+  fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+    self.0.hyphenated().fmt(f)
+  }
+}
+
+impl fmt::Display for UserId {
+  fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+    f.write_str(&self.0)
+  }
+}
+
+/// An idempotency key for an upload: printable ASCII without spaces, 1 to 200 characters.
+pub fn parse_upload_id(raw: &str) -> Result<String> {
+  if raw.is_empty() || raw.len() > 200 || !raw.bytes().all(|b| b.is_ascii_graphic()) {
+    return Err(QuotaError::invalid(
+      "uploadId must be 1 to 200 printable ASCII characters without spaces",
+    ));
+  }
+  Ok(raw.to_owned())
+}
+
+/// Largest byte count accepted anywhere: 2^53 − 1, the largest integer a JS number holds exactly.
+pub const MAX_BYTES: i64 = 9_007_199_254_740_991;
+
+/// A byte count from JS: a finite, non-negative whole number no larger than 2^53 − 1.
+pub fn parse_bytes(name: &str, value: f64) -> Result<i64> {
+  if !value.is_finite() || value.fract() != 0.0 || !(0.0..=MAX_BYTES as f64).contains(&value) {
+    return Err(QuotaError::invalid(format!(
+      "{name} must be a whole number of bytes from 0 to {MAX_BYTES}, got {value}"
+    )));
+  }
+  Ok(value as i64)
+}
+
+#[cfg(test)]
+mod tests {
+  use super::*;
+
+  #[test]
+  fn accepts_clerk_ids() {
+    assert!(UserId::parse("user_2NNEqL2nrIRdJ194ndJqAHwEfxC").is_ok());
+    assert!(UserId::parse("a").is_ok());
+    assert!(UserId::parse(&"a".repeat(128)).is_ok());
+  }
+
+  #[test]
+  fn refuses_anything_path_like() {
+    for bad in [
+      "",
+      ".",
+      "..",
+      "../x",
+      "a/b",
+      "a\\b",
+      "a\0b",
+      "%2e%2e",
+      "_x",
+      "-x",
+      "a b",
+      "a.b",
+      "ｕser",
+      "user\u{2215}x",
+      "C:",
+      "/etc",
+    ] {
+      assert!(UserId::parse(bad).is_err(), "accepted {bad:?}");
+    }
+    assert!(UserId::parse(&"a".repeat(129)).is_err());
+  }
+
+  #[test]
+  fn project_ids_are_canonical_uuids() {
+    let id = ProjectId::parse("3F2B8C1E-6A0D-4C7E-9B5A-2D1E0F9C8A7B").unwrap();
+    assert_eq!(id.to_string(), "3f2b8c1e-6a0d-4c7e-9b5a-2d1e0f9c8a7b");
+    for bad in [
+      "",
+      "3f2b8c1e6a0d4c7e9b5a2d1e0f9c8a7b",
+      "{3f2b8c1e-6a0d-4c7e-9b5a-2d1e0f9c8a7b}",
+      "3f2b8c1e-6a0d-4c7e-9b5a-2d1e0f9c8a7/",
+      "../../etc/passwd/aaaaaaaaaaaaaaaaaaaa",
+    ] {
+      assert!(ProjectId::parse(bad).is_err(), "accepted {bad:?}");
+    }
+  }
+
+  #[test]
+  fn bytes_must_be_safe_whole_numbers() {
+    assert_eq!(parse_bytes("bytes", 0.0).unwrap(), 0);
+    assert_eq!(
+      parse_bytes("bytes", 9_007_199_254_740_991.0).unwrap(),
+      MAX_BYTES
+    );
+    for bad in [-1.0, 0.5, f64::NAN, f64::INFINITY, 9_007_199_254_740_992.0] {
+      assert!(parse_bytes("bytes", bad).is_err(), "accepted {bad}");
+    }
+  }
+}

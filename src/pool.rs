@@ -1,0 +1,225 @@
+//! The addon's own connection pool: bb8 over tokio-postgres, tuned for latency.
+//!
+//! - no `test_on_check_out` round trip: a broken connection shows itself on use and is dropped;
+//! - LIFO checkout, so the warm connection just returned is the one reused;
+//! - statements prepared once per connection and kept with it;
+//! - a failed connection attempt fails the calls waiting for one at once with `DB_UNAVAILABLE`
+//!   (bb8 alone would keep them waiting until the timeout and then say only "timed out").
+
+use std::collections::HashMap;
+use std::pin::pin;
+use std::sync::{Arc, Mutex};
+
+use bb8::{ManageConnection, PooledConnection, QueueStrategy, RunError};
+use tokio::sync::Notify;
+use tokio_postgres::{Client, GenericClient, NoTls, Statement};
+
+use crate::config::{describe_target, Config};
+use crate::error::{QuotaError, Result};
+use crate::log;
+
+/// One pooled connection and the statements already prepared on it.
+pub struct PgConnection {
+  pub client: Client,
+  statements: HashMap<&'static str, Statement>,
+}
+
+impl PgConnection {
+  /// The prepared form of `sql`, prepared on first use over `on` (the connection itself or a
+  /// transaction on it).
+  pub async fn statement(
+    statements: &mut HashMap<&'static str, Statement>,
+    on: &impl GenericClient,
+    sql: &'static str,
+  ) -> Result<Statement> {
+    if let Some(statement) = statements.get(sql) {
+      return Ok(statement.clone());
+    }
+    let statement = on.prepare(sql).await?;
+    statements.insert(sql, statement.clone());
+    Ok(statement)
+  }
+
+  /// Prepared statement on the connection itself (no transaction).
+  pub async fn prepared(&mut self, sql: &'static str) -> Result<Statement> {
+    Self::statement(&mut self.statements, &self.client, sql).await
+  }
+
+  /// Splits the connection so a transaction and the statement cache can be used together.
+  pub fn parts(&mut self) -> (&mut Client, &mut HashMap<&'static str, Statement>) {
+    (&mut self.client, &mut self.statements)
+  }
+
+  /// Forget prepared statements (after a migration changed the tables they refer to).
+  pub fn forget_statements(&mut self) {
+    self.statements.clear();
+  }
+}
+
+/// Shared between the manager and its error sink: the last connection failure, and a signal
+/// for the calls waiting on a connection.
+#[derive(Debug, Default)]
+struct ConnectFailures {
+  last: Mutex<Option<String>>,
+  notify: Notify,
+}
+
+impl ConnectFailures {
+  fn record(&self, message: String) {
+    *self.last.lock().unwrap_or_else(|e| e.into_inner()) = Some(message);
+    self.notify.notify_waiters();
+  }
+
+  fn last(&self) -> Option<String> {
+    self.last.lock().unwrap_or_else(|e| e.into_inner()).clone()
+  }
+}
+
+pub struct Manager {
+  config: tokio_postgres::Config,
+  target: String,
+  failures: Arc<ConnectFailures>,
+  generation: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl ManageConnection for Manager {
+  type Connection = (PgConnection, u64);
+  type Error = QuotaError;
+
+  async fn connect(&self) -> Result<Self::Connection> {
+    let generation = self.generation.load(std::sync::atomic::Ordering::Acquire);
+    let (client, connection) = self.config.connect(NoTls).await.map_err(|error| {
+      let failure = QuotaError::DbUnavailable(format!(
+        "could not connect to PostgreSQL at {}: {}",
+        self.target,
+        connect_cause(&error)
+      ));
+      self.failures.record(failure.to_string());
+      failure
+    })?;
+    let target = self.target.clone();
+    tokio::spawn(async move {
+      // bb8-postgres drops this error silently; we report it once per connection.
+      if let Err(error) = connection.await {
+        log::warn(
+          "connection_lost",
+          &[("target", target.as_str()), ("error", &error.to_string())],
+        );
+      }
+    });
+    let connection = PgConnection {
+      client,
+      statements: HashMap::new(),
+    };
+    Ok((connection, generation))
+  }
+
+  async fn is_valid(&self, conn: &mut Self::Connection) -> Result<()> {
+    conn.0.client.simple_query("").await?;
+    Ok(())
+  }
+
+  fn has_broken(&self, conn: &mut Self::Connection) -> bool {
+    conn.0.client.is_closed()
+  }
+}
+
+/// tokio-postgres says "error connecting to server: Connection refused (os error 111)"; keep
+/// the cause, which never contains the password.
+fn connect_cause(error: &tokio_postgres::Error) -> String {
+  use std::error::Error as _;
+  match error.source() {
+    Some(source) => format!("{error}: {source}"),
+    None => error.to_string(),
+  }
+}
+
+pub struct Pool {
+  pool: bb8::Pool<Manager>,
+  failures: Arc<ConnectFailures>,
+  generation: Arc<std::sync::atomic::AtomicU64>,
+  target: String,
+  pool_size: u32,
+  acquire_timeout_ms: u128,
+}
+
+pub type Checkout<'a> = PooledConnection<'a, Manager>;
+
+impl Pool {
+  /// Builds the pool without connecting; connections open on first use. Must run inside the
+  /// tokio runtime (bb8 spawns its reaper there).
+  pub fn new(config: &Config) -> Result<Self> {
+    let pg_config = config.postgres_config()?;
+    let target = describe_target(&pg_config);
+    let failures = Arc::new(ConnectFailures::default());
+    let generation = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let manager = Manager {
+      config: pg_config,
+      target: target.clone(),
+      failures: failures.clone(),
+      generation: generation.clone(),
+    };
+    let pool = bb8::Pool::builder()
+      .max_size(config.pool_size)
+      .min_idle(None)
+      .test_on_check_out(false)
+      .queue_strategy(QueueStrategy::Lifo)
+      .retry_connection(false)
+      .connection_timeout(config.connect_timeout)
+      .build_unchecked(manager);
+    Ok(Pool {
+      pool,
+      failures,
+      generation,
+      target,
+      pool_size: config.pool_size,
+      acquire_timeout_ms: config.connect_timeout.as_millis(),
+    })
+  }
+
+  /// A connection, or `DB_UNAVAILABLE` as soon as an attempt to open one fails, or
+  /// `DB_TIMEOUT` when every connection stays busy past the timeout.
+  pub async fn get(&self) -> Result<Checkout<'_>> {
+    let mut failed = pin!(self.failures.notify.notified());
+    failed.as_mut().enable();
+    let result = tokio::select! {
+      biased;
+      result = self.pool.get() => result,
+      _ = failed => return Err(self.unavailable()),
+    };
+    let mut checkout = match result {
+      Ok(checkout) => checkout,
+      Err(RunError::User(error)) => return Err(error),
+      Err(RunError::TimedOut) => {
+        if self.pool.state().connections == 0 {
+          return Err(self.unavailable());
+        }
+        return Err(QuotaError::DbTimeout(format!(
+          "no database connection became free within {} ms (all {} in use); raise poolSize or connectTimeoutMs",
+          self.acquire_timeout_ms, self.pool_size
+        )));
+      }
+    };
+    let current = self.generation.load(std::sync::atomic::Ordering::Acquire);
+    if checkout.1 != current {
+      checkout.0.forget_statements();
+      checkout.1 = current;
+    }
+    Ok(checkout)
+  }
+
+  fn unavailable(&self) -> QuotaError {
+    let cause = self
+      .failures
+      .last()
+      .unwrap_or_else(|| format!("no connection to {} could be opened", self.target));
+    QuotaError::DbUnavailable(cause)
+  }
+
+  /// Invalidates every connection's prepared statements (after a schema change).
+  pub fn schema_changed(&self) {
+    self
+      .generation
+      .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+  }
+}
