@@ -1,0 +1,69 @@
+// Throwaway databases for tests: each test file creates its own and drops it at the end, so
+// files never share state and can run in parallel.
+import { mkdtemp, rm } from 'node:fs/promises'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { randomBytes } from 'node:crypto'
+import { after } from 'node:test'
+import pg from 'pg'
+
+export const ADMIN_URL =
+  process.env.TEST_DATABASE_URL ?? process.env.DATABASE_URL ?? 'postgres://postgres@127.0.0.1:5432/postgres'
+
+function urlFor(database) {
+  const url = new URL(ADMIN_URL)
+  url.pathname = `/${database}`
+  return url.toString()
+}
+
+async function admin(sql) {
+  const client = new pg.Client({ connectionString: ADMIN_URL })
+  await client.connect()
+  try {
+    await client.query(sql)
+  } finally {
+    await client.end()
+  }
+}
+
+/**
+ * A fresh database and storage directory, dropped when the enclosing test (or, called at a
+ * file's top level, the whole file) ends.
+ * `db.query(sql, params)` runs raw SQL on it (as other code of the app would).
+ */
+export async function createTestDatabase(tag) {
+  const name = `sq_test_${tag}_${randomBytes(4).toString('hex')}`
+  await admin(`CREATE DATABASE ${name}`)
+  const url = urlFor(name)
+  const pool = new pg.Pool({ connectionString: url, max: 4 })
+  const storageRoot = await mkdtemp(join(tmpdir(), `sq-${tag}-`))
+  const db = {
+    name,
+    url,
+    storageRoot,
+    query: (sql, params) => pool.query(sql, params),
+    async drop() {
+      await pool.end()
+      await admin(`DROP DATABASE IF EXISTS ${name} WITH (FORCE)`)
+      await rm(storageRoot, { recursive: true, force: true })
+    },
+  }
+  after(() => db.drop())
+  return db
+}
+
+/** Runs `fn` and returns the error it rejects with; fails if it resolves. */
+export async function rejection(promise) {
+  try {
+    await promise
+  } catch (error) {
+    return error
+  }
+  throw new Error('expected the call to reject, but it resolved')
+}
+
+/** A project row owned by `userId`, as the app would insert it. */
+export async function insertProject(db, userId, name = 'project') {
+  const { rows } = await db.query('INSERT INTO projects (user_id, name) VALUES ($1, $2) RETURNING id', [userId, name])
+  return rows[0].id
+}

@@ -1,0 +1,62 @@
+#!/usr/bin/env node
+'use strict'
+
+// `storage-quota migrate | rollback [steps] | status [--database-url URL]`: migrations for
+// deploy pipelines, without app code. The URL defaults to DATABASE_URL, then POSTGRES_URL.
+const { parseArgs } = require('node:util')
+const { createClient } = require('../index.js')
+
+const USAGE = `usage: storage-quota <migrate|rollback [steps]|status> [--database-url URL] [--storage-root DIR]
+
+  migrate          apply pending migrations
+  rollback [N]     revert the N most recent migrations (default 1)
+  status           list applied and pending migrations
+
+The database URL defaults to DATABASE_URL, then POSTGRES_URL; the storage root to STORAGE_ROOT.`
+
+async function main() {
+  const { values, positionals } = parseArgs({
+    allowPositionals: true,
+    options: {
+      'database-url': { type: 'string' },
+      'storage-root': { type: 'string' },
+      help: { type: 'boolean', short: 'h' },
+    },
+  })
+  const [command, stepsArg] = positionals
+  if (values.help || !command) {
+    console.log(USAGE)
+    return command || values.help ? 0 : 2
+  }
+  const options = {}
+  if (values['database-url']) options.databaseUrl = values['database-url']
+  if (values['storage-root']) options.storageRoot = values['storage-root']
+  const client = createClient(options)
+  try {
+    if (command === 'migrate') {
+      const { applied } = await client.migrate()
+      console.log(applied.length ? `applied: ${applied.join(', ')}` : 'already up to date')
+    } else if (command === 'rollback') {
+      const steps = stepsArg === undefined ? 1 : Number(stepsArg)
+      const { reverted } = await client.rollback(steps)
+      console.log(reverted.length ? `reverted: ${reverted.join(', ')}` : 'nothing to revert')
+    } else if (command === 'status') {
+      const status = await client.migrationStatus()
+      for (const m of status.applied) console.log(`applied  ${m.version} ${m.name}  ${m.appliedAt.toISOString()}`)
+      for (const m of status.pending) console.log(`pending  ${m.version} ${m.name}`)
+    } else {
+      console.error(USAGE)
+      return 2
+    }
+    return 0
+  } catch (error) {
+    console.error(`storage-quota ${command}: ${error.code ?? 'ERROR'}: ${error.message}`)
+    return 1
+  } finally {
+    await client.close()
+  }
+}
+
+main().then((code) => {
+  process.exitCode = code
+})

@@ -1,0 +1,65 @@
+'use strict'
+
+/**
+ * Every failure of storage-quota is a StorageQuotaError with a stable `code`. A refusal for
+ * lack of room is a QuotaExceededError (code 'QUOTA_EXCEEDED') carrying the numbers.
+ */
+class StorageQuotaError extends Error {
+  constructor(code, message, details = {}) {
+    super(message)
+    this.name = 'StorageQuotaError'
+    this.code = code
+    for (const [key, value] of Object.entries(details)) {
+      if (key !== 'code' && key !== 'message') this[key] = value
+    }
+  }
+}
+
+class QuotaExceededError extends StorageQuotaError {
+  constructor(message, details) {
+    super('QUOTA_EXCEEDED', message, details)
+    this.name = 'QuotaExceededError'
+  }
+}
+
+const PAYLOAD_PREFIX = '{"code":'
+
+/**
+ * The addon sends `{ code, message, ...numbers }` as JSON in the message of its rejections
+ * (napi-rs keeps only its own status as `code` on async errors). Decode it here, once.
+ */
+function fromNative(error) {
+  if (error instanceof StorageQuotaError) return error
+  const text = error && typeof error.message === 'string' ? error.message : ''
+  if (text.startsWith(PAYLOAD_PREFIX)) {
+    try {
+      const { code, message, ...details } = JSON.parse(text)
+      return code === 'QUOTA_EXCEEDED'
+        ? new QuotaExceededError(message, details)
+        : new StorageQuotaError(code, message, details)
+    } catch {
+      // fall through: not our payload after all
+    }
+  }
+  // napi's own argument conversion ("Failed to convert JavaScript value ...").
+  if (error && error.code === 'InvalidArg') {
+    return new StorageQuotaError('INVALID_ARGUMENT', text)
+  }
+  const wrapped = new StorageQuotaError('INTERNAL', text || String(error))
+  wrapped.cause = error
+  return wrapped
+}
+
+/** A ZodError as INVALID_ARGUMENT, naming the argument and what was wrong with it. */
+function fromZod(zodError, what) {
+  const issues = zodError.issues.map((issue) => ({
+    path: issue.path.join('.'),
+    message: issue.message,
+  }))
+  const summary = issues
+    .map((issue) => (issue.path ? `${issue.path}: ${issue.message}` : issue.message))
+    .join('; ')
+  return new StorageQuotaError('INVALID_ARGUMENT', `invalid ${what}: ${summary}`, { issues })
+}
+
+module.exports = { StorageQuotaError, QuotaExceededError, fromNative, fromZod }

@@ -1,0 +1,113 @@
+'use strict'
+
+// Zod schemas for every argument and result, exported so server actions and forms can reuse
+// them. They mirror the Rust validators in src/ids.rs exactly; the Rust side checks again.
+const { z } = require('zod')
+
+const MAX_BYTES = Number.MAX_SAFE_INTEGER
+
+/** Clerk-style user ids: ASCII letters, digits, `_`, `-`; 1–128 chars; starts with a letter or digit. */
+const UserIdSchema = z
+  .string()
+  .min(1, 'userId must not be empty')
+  .max(128, 'userId must be at most 128 characters')
+  .regex(/^[A-Za-z0-9][A-Za-z0-9_-]*$/, "userId may contain only ASCII letters, digits, '_' and '-', and must start with a letter or digit")
+
+/** Project ids: a UUID in the 36-character hyphenated form (any case). */
+const ProjectIdSchema = z
+  .string()
+  .regex(/^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$/, 'projectId must be a UUID')
+
+/** A whole number of bytes from 0 to 2^53 − 1. */
+const BytesSchema = z.number().int('bytes must be a whole number').min(0, 'bytes must not be negative').max(MAX_BYTES)
+
+const UploadIdSchema = z
+  .string()
+  .min(1)
+  .max(200)
+  .regex(/^[\x21-\x7e]+$/, 'uploadId must be printable ASCII without spaces')
+
+const RecordUploadOptionsSchema = z.strictObject({ uploadId: UploadIdSchema.optional() })
+
+const ClientOptionsSchema = z.strictObject({
+  databaseUrl: z.string().optional(),
+  storageRoot: z.string().min(1).optional(),
+  defaultQuotaBytes: BytesSchema.optional(),
+  poolSize: z.number().int().min(1).max(1000).optional(),
+  connectTimeoutMs: z.number().int().min(1).max(2 ** 31 - 1).optional(),
+  statementTimeoutMs: z.number().int().min(0).max(2 ** 31 - 1).optional(),
+  applicationName: z.string().max(63).optional(),
+})
+
+const usageShape = {
+  usedBytes: BytesSchema,
+  reservedBytes: BytesSchema,
+  limitBytes: BytesSchema,
+  remainingBytes: BytesSchema,
+  percentUsed: z.number().min(0),
+}
+
+const QuotaCheckSchema = z.object({ allowed: z.boolean(), requestedBytes: BytesSchema, ...usageShape })
+
+const RecordedUploadSchema = z.object({
+  uploadId: UploadIdSchema,
+  bytes: BytesSchema,
+  duplicate: z.boolean(),
+  ...usageShape,
+})
+
+const StorageBackendSchema = z.enum(['local', 's3'])
+
+const ProjectStoragePathSchema = z.object({
+  id: z.string(),
+  projectId: ProjectIdSchema,
+  userId: UserIdSchema,
+  backend: StorageBackendSchema,
+  key: z.string(),
+  path: z.string(),
+  createdAt: z.date(),
+})
+
+/** A row of `user_quotas`, in camelCase. */
+const UserQuotaSchema = z.object({
+  id: z.string(),
+  userId: UserIdSchema,
+  limitBytes: BytesSchema,
+  usedBytes: BytesSchema,
+  reservedBytes: BytesSchema,
+  createdAt: z.date(),
+  updatedAt: z.date(),
+})
+
+const SimulationJobStatusSchema = z.enum(['queued', 'running', 'succeeded', 'failed', 'cancelled'])
+
+/** A row of `simulation_jobs` (phase 2), in camelCase. */
+const SimulationJobSchema = z.object({
+  id: z.string(),
+  projectId: ProjectIdSchema,
+  userId: UserIdSchema,
+  status: SimulationJobStatusSchema,
+  parameters: z.record(z.string(), z.unknown()),
+  outputPath: z.string().nullable(),
+  error: z.string().nullable(),
+  createdAt: z.date(),
+  updatedAt: z.date(),
+  startedAt: z.date().nullable(),
+  finishedAt: z.date().nullable(),
+})
+
+module.exports = {
+  UserIdSchema,
+  ProjectIdSchema,
+  BytesSchema,
+  UploadIdSchema,
+  RecordUploadOptionsSchema,
+  ClientOptionsSchema,
+  QuotaCheckSchema,
+  RecordedUploadSchema,
+  StorageBackendSchema,
+  ProjectStoragePathSchema,
+  UserQuotaSchema,
+  SimulationJobStatusSchema,
+  SimulationJobSchema,
+}
