@@ -1,0 +1,32 @@
+import { test } from 'node:test'
+import assert from 'node:assert/strict'
+import { execFile } from 'node:child_process'
+import { promisify } from 'node:util'
+import { fileURLToPath } from 'node:url'
+import { createTestDatabase } from './helpers/db.mjs'
+
+const run = promisify(execFile)
+const bin = fileURLToPath(new URL('../bin/storage-quota.js', import.meta.url))
+
+test('the storage-quota command migrates, reports and rolls back', async () => {
+  const db = await createTestDatabase('cli')
+  const env = { ...process.env, DATABASE_URL: db.url, STORAGE_ROOT: db.storageRoot, POSTGRES_URL: '' }
+  const cli = (...args) => run(process.execPath, [bin, ...args], { env })
+
+  assert.match((await cli('status')).stdout, /^pending {2}1 storage_quota$/m)
+  assert.equal((await cli('migrate')).stdout.trim(), 'applied: 1')
+  assert.equal((await cli('migrate')).stdout.trim(), 'already up to date')
+  assert.match((await cli('status')).stdout, /^applied {2}1 storage_quota {2}\d{4}-/m)
+  assert.equal((await cli('rollback')).stdout.trim(), 'reverted: 1')
+  assert.equal((await cli('rollback', '--database-url', db.url)).stdout.trim(), 'nothing to revert')
+})
+
+test('failures exit non-zero with the code and no password', async () => {
+  const env = { ...process.env, DATABASE_URL: '' , POSTGRES_URL: '' }
+  const failure = await run(process.execPath, [bin, 'migrate', '--database-url', 'postgres://u:topsecret@127.0.0.1:1/x'], { env }).catch((e) => e)
+  assert.equal(failure.code, 1)
+  assert.match(failure.stderr, /DB_UNAVAILABLE/)
+  assert.doesNotMatch(failure.stderr, /topsecret/)
+  const usage = await run(process.execPath, [bin, 'explode'], { env }).catch((e) => e)
+  assert.equal(usage.code, 2)
+})

@@ -1,0 +1,187 @@
+import { test, after } from 'node:test'
+import assert from 'node:assert/strict'
+import { createServer } from 'node:net'
+import * as quota from '../index.js'
+import { createTestDatabase, insertProject, rejection } from './helpers/db.mjs'
+
+const { createClient, StorageQuotaError } = quota
+const db = await createTestDatabase('client')
+const client = createClient({ databaseUrl: db.url, storageRoot: db.storageRoot })
+await client.migrate()
+after(() => client.close())
+
+async function tableCounts() {
+  const { rows } = await db.query(
+    `SELECT (SELECT count(*) FROM user_quotas)::int AS quotas,
+            (SELECT count(*) FROM quota_ledger)::int AS ledger,
+            (SELECT count(*) FROM project_storage_paths)::int AS paths`,
+  )
+  return rows[0]
+}
+
+test('bad arguments reject with INVALID_ARGUMENT and write nothing', async () => {
+  const project = await insertProject(db, 'user_valid')
+  const before = await tableCounts()
+  const badBytes = [-1, 0.5, NaN, Infinity, 2 ** 53, '10', null, undefined, 10n, {}]
+  const badUsers = ['', '../x', 'a b', 42, null, 'x'.repeat(200), "user'; DROP TABLE user_quotas; --"]
+  const badProjects = ['', 'not-a-uuid', '../../etc', 7, null, `${project}x`]
+  const calls = [
+    ...badBytes.map((b) => () => client.checkQuota('user_valid', b)),
+    ...badBytes.map((b) => () => client.recordUpload('user_valid', project, b)),
+    ...badUsers.map((u) => () => client.checkQuota(u, 1)),
+    ...badUsers.map((u) => () => client.recordUpload(u, project, 1)),
+    ...badUsers.map((u) => () => client.allocateProjectPath(u, project)),
+    ...badProjects.map((p) => () => client.recordUpload('user_valid', p, 1)),
+    ...badProjects.map((p) => () => client.allocateProjectPath('user_valid', p)),
+    () => client.recordUpload('user_valid', project, 1, { uploadId: '' }),
+    () => client.recordUpload('user_valid', project, 1, { uploadId: 'has space' }),
+    () => client.recordUpload('user_valid', project, 1, { uploadId: 'x'.repeat(201) }),
+    () => client.recordUpload('user_valid', project, 1, { unknownOption: true }),
+    () => client.rollback(0),
+    () => client.rollback(1.5),
+  ]
+  for (const call of calls) {
+    const error = await rejection(call())
+    assert.ok(error instanceof StorageQuotaError, String(error))
+    assert.equal(error.code, 'INVALID_ARGUMENT', `${call}: ${error.message}`)
+    assert.ok(error.message.length > 10)
+  }
+  assert.deepEqual(await tableCounts(), before)
+})
+
+test('the Rust side validates too, for callers that bypass the JS layer', async () => {
+  const { NativeClient } = await import('../binding.js')
+  const native = new NativeClient({ databaseUrl: db.url, storageRoot: db.storageRoot })
+  for (const call of [
+    () => native.checkQuota('user_x', -5),
+    () => native.checkQuota('user_x', 1.5),
+    () => native.checkQuota('user_x', Number.NaN),
+    () => native.checkQuota('../x', 1),
+    () => native.allocateProjectPath('user_x', '../../etc/passwd'),
+  ]) {
+    const error = await rejection(call())
+    assert.equal(JSON.parse(error.message).code, 'INVALID_ARGUMENT')
+  }
+  native.close()
+})
+
+test('error codes survive the async boundary as StorageQuotaError fields', async () => {
+  const error = await rejection(client.recordUpload('user_valid', '00000000-0000-4000-8000-000000000000', 1))
+  assert.ok(error instanceof StorageQuotaError)
+  assert.equal(error.name, 'StorageQuotaError')
+  assert.equal(error.code, 'NOT_FOUND')
+  assert.equal(error.message, 'project 00000000-0000-4000-8000-000000000000 does not exist')
+})
+
+test('an unreachable server is DB_UNAVAILABLE within the connect timeout, without the password', async () => {
+  // A port with nothing listening: connection refused at once.
+  const refused = createClient({ databaseUrl: 'postgres://app:hunter2@127.0.0.1:1/app', connectTimeoutMs: 2000 })
+  const started = Date.now()
+  const error = await rejection(refused.checkQuota('user_a', 1))
+  assert.equal(error.code, 'DB_UNAVAILABLE')
+  assert.ok(Date.now() - started < 2000)
+  assert.doesNotMatch(error.message, /hunter2/)
+  assert.match(error.message, /127\.0\.0\.1:1\/app/)
+  await refused.close()
+
+  // A server that accepts but never answers: the connect timeout bounds the wait.
+  const sockets = new Set()
+  const silent = createServer((socket) => sockets.add(socket))
+  await new Promise((resolve) => silent.listen(0, '127.0.0.1', resolve))
+  const port = silent.address().port
+  const hanging = createClient({ databaseUrl: `postgres://app:hunter2@127.0.0.1:${port}/app`, connectTimeoutMs: 300 })
+  const t0 = Date.now()
+  const timeoutError = await rejection(hanging.checkQuota('user_a', 1))
+  const waited = Date.now() - t0
+  assert.equal(timeoutError.code, 'DB_UNAVAILABLE')
+  assert.ok(waited >= 250 && waited < 3000, `waited ${waited} ms`)
+  assert.doesNotMatch(timeoutError.message, /hunter2/)
+  await hanging.close()
+  for (const socket of sockets) socket.destroy()
+  silent.close()
+})
+
+test('a malformed or missing URL is DB_UNAVAILABLE on the first call, not a throw at creation', async () => {
+  const malformed = createClient({ databaseUrl: 'postgres://user:pa55word@[nope' })
+  const error = await rejection(malformed.checkQuota('user_a', 1))
+  assert.equal(error.code, 'DB_UNAVAILABLE')
+  assert.doesNotMatch(error.message, /pa55word/)
+  const missing = new quota.StorageQuotaClient({})
+  assert.equal((await rejection(missing.checkQuota('user_a', 1))).code, 'DB_UNAVAILABLE')
+})
+
+test('bad options throw INVALID_ARGUMENT at creation', () => {
+  for (const options of [{ poolSize: 0 }, { defaultQuotaBytes: -1 }, { connectTimeoutMs: 0 }, { nope: 1 }, { storageRoot: '' }]) {
+    assert.throws(() => createClient(options), (e) => e.code === 'INVALID_ARGUMENT', JSON.stringify(options))
+  }
+})
+
+test('close() lets calls in flight finish, then refuses with CLIENT_CLOSED', async () => {
+  const c = createClient({ databaseUrl: db.url, storageRoot: db.storageRoot })
+  const inFlight = Array.from({ length: 20 }, () => c.checkQuota('user_close', 1))
+  await c.close()
+  const settled = await Promise.allSettled(inFlight)
+  for (const result of settled) {
+    assert.ok(
+      result.status === 'fulfilled' || result.reason.code === 'CLIENT_CLOSED',
+      'every call in flight settles with an answer or CLIENT_CLOSED',
+    )
+  }
+  assert.equal((await rejection(c.checkQuota('user_close', 1))).code, 'CLIENT_CLOSED')
+})
+
+test('the module-level functions use a default client from DATABASE_URL and STORAGE_ROOT', async () => {
+  const saved = { url: process.env.DATABASE_URL, root: process.env.STORAGE_ROOT }
+  process.env.DATABASE_URL = db.url
+  process.env.STORAGE_ROOT = db.storageRoot
+  try {
+    await quota.closeDefaultClient()
+    const user = 'user_default'
+    const project = await insertProject(db, user)
+    const path = await quota.allocateProjectPath(user, project)
+    assert.equal(path.path, `${db.storageRoot}/${user}/${project}/`)
+    const recorded = await quota.recordUpload(user, project, 2048, { uploadId: 'default-1' })
+    assert.equal(recorded.usedBytes, 2048)
+    assert.equal((await quota.checkQuota(user, 1)).usedBytes, 2048)
+    assert.equal(quota.getDefaultClient(), quota.getDefaultClient())
+  } finally {
+    await quota.closeDefaultClient()
+    if (saved.url === undefined) delete process.env.DATABASE_URL
+    else process.env.DATABASE_URL = saved.url
+    if (saved.root === undefined) delete process.env.STORAGE_ROOT
+    else process.env.STORAGE_ROOT = saved.root
+  }
+})
+
+test('formatBytes matches the Rust messages: binary units, one decimal', () => {
+  assert.equal(quota.formatBytes(0), '0 B')
+  assert.equal(quota.formatBytes(1536), '1.5 KB')
+  assert.equal(quota.formatBytes(13107200), '12.5 MB')
+  assert.equal(quota.formatBytes(327155712), '312 MB')
+  assert.equal(quota.formatBytes(1073741824), '1 GB')
+  assert.equal(quota.formatBytes(1073741823), '1 GB')
+})
+
+test('the Zod schemas accept what the addon returns', async () => {
+  const user = 'user_schema'
+  const project = await insertProject(db, user)
+  quota.QuotaCheckSchema.parse(await client.checkQuota(user, 5))
+  quota.RecordedUploadSchema.parse(await client.recordUpload(user, project, 5))
+  quota.ProjectStoragePathSchema.parse(await client.allocateProjectPath(user, project))
+  const { rows } = await db.query(
+    `SELECT id::text, user_id AS "userId", limit_bytes::float8 AS "limitBytes", used_bytes::float8 AS "usedBytes",
+            reserved_bytes::float8 AS "reservedBytes", created_at AS "createdAt", updated_at AS "updatedAt"
+       FROM user_quotas WHERE user_id = $1`,
+    [user],
+  )
+  quota.UserQuotaSchema.parse(rows[0])
+  const job = await db.query(
+    `INSERT INTO simulation_jobs (project_id, user_id, parameters) VALUES ($1, $2, '{"steps": 10}')
+     RETURNING id::text, project_id::text AS "projectId", user_id AS "userId", status, parameters,
+               output_path AS "outputPath", error, created_at AS "createdAt", updated_at AS "updatedAt",
+               started_at AS "startedAt", finished_at AS "finishedAt"`,
+    [project, user],
+  )
+  assert.equal(quota.SimulationJobSchema.parse(job.rows[0]).status, 'queued')
+  await assert.rejects(db.query(`UPDATE simulation_jobs SET status = 'exploded'`), { code: '23514' })
+})
