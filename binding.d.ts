@@ -21,6 +21,15 @@ export declare class NativeClient {
   recordUpload(userId: string, projectId: string, bytes: number, options?: RecordUploadOptions | undefined | null): Promise<RecordedUpload>
   /** The project's storage path, created (record and directory) on first call. */
   allocateProjectPath(userId: string, projectId: string): Promise<ProjectStoragePath>
+  /**
+   * Where the project lives (or would): backend, key and path. Touches neither the database
+   * nor the disk.
+   */
+  projectPathFor(userId: string, projectId: string): ProjectLocation
+  /** Whether `candidate` (relative to the project directory, or absolute) lies inside it. */
+  validatePath(userId: string, projectId: string, candidate: string): Promise<PathCheck>
+  /** The project's usage counted from its files on disk. */
+  diskUsage(userId: string, projectId: string): Promise<DiskUsage>
   /** Applies pending migrations; resolves to the versions applied by this call. */
   migrate(): Promise<Array<number>>
   /** Reverts the `steps` most recent migrations; resolves to the versions reverted. */
@@ -49,6 +58,21 @@ export interface ClientOptions {
   statementTimeoutMs?: number
   /** `application_name` shown in `pg_stat_activity`. Default `storage-quota`. */
   applicationName?: string
+  /** Where project paths point. Default `{ backend: 'local' }` (directories under `storageRoot`). */
+  storage?: StorageOptions
+}
+
+/** A project's usage counted from the files on disk (symlinks are never followed). */
+export interface DiskUsage {
+  /** Sum of the sizes of the regular files; a hard-linked file counts once. */
+  bytes: number
+  /** Space taken on disk (`st_blocks` × 512) by the files and directories, as `du` counts. */
+  allocatedBytes: number
+  files: number
+  /** Directories below the project directory. */
+  directories: number
+  /** Symlinks, sockets, FIFOs and devices: neither followed nor counted. */
+  skipped: number
 }
 
 /** One migration, applied or pending. */
@@ -62,6 +86,31 @@ export interface MigrationInfo {
 export interface MigrationStatus {
   applied: Array<MigrationInfo>
   pending: Array<MigrationInfo>
+}
+
+/** The answer of `validatePath`. */
+export interface PathCheck {
+  /**
+   * True when the candidate lies inside the project's directory (and, on local disk, no
+   * symlink sits on the way).
+   */
+  inside: boolean
+  /** The candidate as an absolute path (or URL) inside the project; absent when refused. */
+  path?: string
+  /** The candidate relative to the project directory, `''` for the directory itself. */
+  relativePath?: string
+  /** Why the candidate was refused; absent when inside. */
+  reason?: string
+}
+
+/** Where a project lives (or would), computed without touching the database or disk. */
+export interface ProjectLocation {
+  /** `local` or `s3`. */
+  backend: string
+  /** `{userId}/{projectId}/`, the same for every backend. */
+  key: string
+  /** `{storageRoot}/{userId}/{projectId}/`, or `s3://{bucket}/{prefix}/{userId}/{projectId}/`. */
+  path: string
 }
 
 /** Where a project's files live. */
@@ -112,4 +161,17 @@ export interface RecordedUpload {
 export interface RecordUploadOptions {
   /** Idempotency key: recording the same id again counts the upload once. */
   uploadId?: string
+}
+
+/**
+ * The storage backend: `{ backend: 'local' }`, or `{ backend: 's3', bucket, prefix? }` for
+ * keys under `s3://{bucket}/{prefix}/` (allocation then writes nothing anywhere).
+ */
+export interface StorageOptions {
+  /** `local` or `s3`. */
+  backend: string
+  /** S3 bucket name (s3 only). */
+  bucket?: string
+  /** Key prefix inside the bucket, e.g. `projects` (s3 only). Default none. */
+  prefix?: string
 }

@@ -1,17 +1,17 @@
 //! A configured client: validates arguments, owns the pool and the storage root, and runs each
 //! operation on a pooled connection. Plain Rust; `lib.rs` only converts to and from JS.
 
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use crate::config::{Config, RawOptions};
 use crate::error::{QuotaError, Result};
 use crate::ids::{parse_bytes, parse_upload_id, ProjectId, UserId};
 use crate::migrate::{self, MigrationSettings, Status};
-use crate::paths;
 use crate::pool::Pool;
 use crate::projects::{self, ProjectStoragePath};
 use crate::quota::{self, QuotaCheck, RecordedUpload};
+use crate::storage::StorageConfig;
+use crate::storage::{self, local::LocalBackend, DiskUsage, Location, PathCheck, StorageBackend};
 
 enum PoolState {
   Unopened,
@@ -22,7 +22,8 @@ enum PoolState {
 pub struct Client {
   config: Config,
   pool: Mutex<PoolState>,
-  root: OnceLock<PathBuf>,
+  /// Opened on first allocation (the local backend creates and resolves its root then).
+  backend: OnceLock<Arc<dyn StorageBackend>>,
 }
 
 impl Client {
@@ -30,7 +31,7 @@ impl Client {
     Ok(Client {
       config: Config::from_options(options)?,
       pool: Mutex::new(PoolState::Unopened),
-      root: OnceLock::new(),
+      backend: OnceLock::new(),
     })
   }
 
@@ -60,12 +61,55 @@ impl Client {
     *self.pool.lock().unwrap_or_else(|e| e.into_inner()) = PoolState::Closed;
   }
 
-  fn storage_root(&self) -> Result<&PathBuf> {
-    if let Some(root) = self.root.get() {
-      return Ok(root);
+  fn storage_backend(&self) -> Result<Arc<dyn StorageBackend>> {
+    if let Some(backend) = self.backend.get() {
+      return Ok(backend.clone());
     }
-    let root = paths::canonical_root(&self.config.storage_root)?;
-    Ok(self.root.get_or_init(|| root))
+    let backend = storage::open(&self.config.storage)?;
+    Ok(self.backend.get_or_init(|| backend).clone())
+  }
+
+  /// The backend for calls that only read: the opened one, or else one that creates nothing
+  /// (a local root is resolved through symlinks if it exists, used as configured if not).
+  fn reading_backend(&self) -> Result<Arc<dyn StorageBackend>> {
+    if let Some(backend) = self.backend.get() {
+      return Ok(backend.clone());
+    }
+    match &self.config.storage {
+      StorageConfig::Local { root } => Ok(Arc::new(LocalBackend::at(
+        root.canonicalize().unwrap_or_else(|_| root.clone()),
+      ))),
+      other => storage::open(other),
+    }
+  }
+
+  /// Where `projectId` of `userId` lives (or would), without touching the database or disk.
+  pub fn project_path_for(&self, user_id: &str, project_id: &str) -> Result<Location> {
+    let user = UserId::parse(user_id)?;
+    let project = ProjectId::parse(project_id)?;
+    self.reading_backend()?.locate(&user, &project)
+  }
+
+  /// Whether `candidate` lies inside the project's directory (see `storage::candidate`).
+  pub async fn validate_path(
+    &self,
+    user_id: &str,
+    project_id: &str,
+    candidate: &str,
+  ) -> Result<PathCheck> {
+    let user = UserId::parse(user_id)?;
+    let project = ProjectId::parse(project_id)?;
+    let backend = self.reading_backend()?;
+    let candidate = candidate.to_owned();
+    blocking(move || backend.check_path(&user, &project, &candidate)).await
+  }
+
+  /// Bytes and files in the project's directory, counted on disk.
+  pub async fn disk_usage(&self, user_id: &str, project_id: &str) -> Result<DiskUsage> {
+    let user = UserId::parse(user_id)?;
+    let project = ProjectId::parse(project_id)?;
+    let backend = self.reading_backend()?;
+    blocking(move || backend.usage(&user, &project)).await
   }
 
   pub async fn check_quota(&self, user_id: &str, bytes: f64) -> Result<QuotaCheck> {
@@ -110,7 +154,8 @@ impl Client {
   ) -> Result<ProjectStoragePath> {
     let user = UserId::parse(user_id)?;
     let project = ProjectId::parse(project_id)?;
-    let root = self.storage_root()?.clone();
+    let backend = self.storage_backend()?;
+    let location = backend.locate(&user, &project)?;
     let pool = self.pool()?;
     let record = {
       let mut conn = pool.get().await?;
@@ -118,33 +163,35 @@ impl Client {
         &mut conn.0,
         &user,
         &project,
-        &root,
+        &location,
         self.config.default_quota_bytes,
       )
       .await?
     };
-    let expected = paths::project_path(&root, &user, &project);
-    if record.backend != "local" || record.path != expected {
+    if record.backend != location.backend || record.path != location.path {
       return Err(QuotaError::Storage(format!(
-        "project {project} is recorded at {} ({} backend), not under this client's storage root {}; \
-         see README \"Moving the storage root\"",
-        record.path,
-        record.backend,
-        root.display()
+        "project {project} is recorded at {} ({} backend), not at {} where this client's storage puts it; \
+         see README \"Moving the storage root\" and \"Moving to object storage\"",
+        record.path, record.backend, location.path
       )));
     }
-    // Filesystem work is blocking; keep it off the runtime's worker threads.
-    let (user_dir, project_dir) = (user.clone(), project);
-    tokio::task::spawn_blocking(move || paths::ensure_project_dir(&root, &user_dir, &project_dir))
-      .await
-      .map_err(|e| QuotaError::Internal(format!("directory creation did not finish: {e}")))??;
+    blocking(move || backend.prepare(&user, &project)).await?;
     Ok(record)
   }
 
   fn migration_settings(&self) -> Result<MigrationSettings> {
     Ok(MigrationSettings {
       default_limit_bytes: self.config.default_quota_bytes,
-      storage_root: self.storage_root()?.to_string_lossy().into_owned(),
+      storage_root: match &self.config.storage {
+        // Existing projects are recorded under the root the local backend resolved.
+        StorageConfig::Local { .. } => match self.storage_backend()?.local_root() {
+          Some(root) => root.to_string_lossy().into_owned(),
+          None => self.config.storage_root.to_string_lossy().into_owned(),
+        },
+        // Nothing is created for an object store; records made by the migration are local
+        // ones to move (README "Moving to object storage").
+        StorageConfig::S3 { .. } => self.config.storage_root.to_string_lossy().into_owned(),
+      },
     })
   }
 
@@ -174,4 +221,13 @@ impl Client {
     let conn = pool.get().await?;
     migrate::status(&conn.0.client).await
   }
+}
+
+/// Filesystem work is blocking; keep it off the runtime's worker threads.
+async fn blocking<T: Send + 'static>(
+  work: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T> {
+  tokio::task::spawn_blocking(work)
+    .await
+    .map_err(|e| QuotaError::Internal(format!("storage work did not finish: {e}")))?
 }

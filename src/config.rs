@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use crate::error::{QuotaError, Result};
 use crate::ids::{parse_bytes, MAX_BYTES};
+use crate::storage::{object_store, StorageConfig};
 
 pub const DEFAULT_QUOTA_BYTES: i64 = 1_073_741_824;
 pub const DEFAULT_POOL_SIZE: u32 = 10;
@@ -23,6 +24,15 @@ pub struct RawOptions {
   pub connect_timeout_ms: Option<u32>,
   pub statement_timeout_ms: Option<u32>,
   pub application_name: Option<String>,
+  pub storage: Option<RawStorage>,
+}
+
+/// The `storage` option as it arrives from JS.
+#[derive(Debug, Default, Clone)]
+pub struct RawStorage {
+  pub backend: String,
+  pub bucket: Option<String>,
+  pub prefix: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -31,6 +41,8 @@ pub struct Config {
   /// constructor throwing, so importing a module that creates a client never breaks a build.
   pub database_url: Option<String>,
   pub storage_root: PathBuf,
+  /// Where project paths point: `Local { root: storage_root }` unless `storage` says otherwise.
+  pub storage: StorageConfig,
   pub default_quota_bytes: i64,
   pub pool_size: u32,
   pub connect_timeout: Duration,
@@ -74,9 +86,11 @@ impl Config {
     }
     let storage_root = std::path::absolute(&storage_root)
       .map_err(|e| QuotaError::invalid(format!("storageRoot cannot be resolved: {e}")))?;
+    let storage = storage_config(raw.storage, &storage_root)?;
     Ok(Config {
       database_url: raw.database_url.filter(|url| !url.trim().is_empty()),
       storage_root,
+      storage,
       default_quota_bytes,
       pool_size,
       connect_timeout: Duration::from_millis(connect_timeout_ms.into()),
@@ -104,6 +118,33 @@ impl Config {
     let timeout_ms = self.statement_timeout.as_millis();
     config.options(format!("-c statement_timeout={timeout_ms}"));
     Ok(config)
+  }
+}
+
+/// The backend from the `storage` option: `local` (the default) or `s3` with a bucket.
+fn storage_config(raw: Option<RawStorage>, root: &std::path::Path) -> Result<StorageConfig> {
+  let Some(raw) = raw else {
+    return Ok(StorageConfig::Local { root: root.into() });
+  };
+  match raw.backend.as_str() {
+    "local" if raw.bucket.is_none() && raw.prefix.is_none() => {
+      Ok(StorageConfig::Local { root: root.into() })
+    }
+    "local" => Err(QuotaError::invalid(
+      "storage.bucket and storage.prefix apply to the s3 backend only; the local backend uses storageRoot",
+    )),
+    "s3" => {
+      let bucket = raw
+        .bucket
+        .ok_or_else(|| QuotaError::invalid("storage.bucket is required for the s3 backend"))?;
+      Ok(StorageConfig::S3 {
+        bucket: object_store::parse_bucket(&bucket)?,
+        prefix: object_store::parse_prefix(raw.prefix.as_deref().unwrap_or(""))?,
+      })
+    }
+    other => Err(QuotaError::invalid(format!(
+      "storage.backend must be 'local' or 's3', got {other:?}"
+    ))),
   }
 }
 
@@ -164,5 +205,18 @@ mod tests {
       storage_root: Some(String::new()),
       ..Default::default()
     }));
+    let storage = |backend: &str, bucket: Option<&str>| RawOptions {
+      storage: Some(RawStorage {
+        backend: backend.into(),
+        bucket: bucket.map(Into::into),
+        prefix: None,
+      }),
+      ..Default::default()
+    };
+    assert!(bad(storage("s3", None)));
+    assert!(bad(storage("gcs", Some("bucket"))));
+    assert!(bad(storage("local", Some("bucket"))));
+    assert!(bad(storage("s3", Some("Not_A_Bucket"))));
+    assert!(!bad(storage("s3", Some("my-bucket"))));
   }
 }

@@ -17,3 +17,4 @@ pub mod paths;
 pub mod pool;
 pub mod projects;
 pub mod quota;
+pub mod storage;

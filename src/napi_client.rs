@@ -53,6 +53,11 @@ impl NativeClient {
       connect_timeout_ms: options.connect_timeout_ms,
       statement_timeout_ms: options.statement_timeout_ms,
       application_name: options.application_name,
+      storage: options.storage.map(|s| config::RawStorage {
+        backend: s.backend,
+        bucket: s.bucket,
+        prefix: s.prefix,
+      }),
     })
     .map_err(to_js_error)?;
     Ok(NativeClient { inner })
@@ -128,6 +133,59 @@ impl NativeClient {
       key: record.key,
       path: record.path,
       created_at: record.created_at,
+    })
+  }
+
+  /// Where the project lives (or would): backend, key and path. Touches neither the database
+  /// nor the disk.
+  #[napi(catch_unwind)]
+  pub fn project_path_for(&self, user_id: String, project_id: String) -> Result<ProjectLocation> {
+    let location = self
+      .inner
+      .project_path_for(&user_id, &project_id)
+      .map_err(to_js_error)?;
+    Ok(ProjectLocation {
+      backend: location.backend.to_owned(),
+      key: location.key,
+      path: location.path,
+    })
+  }
+
+  /// Whether `candidate` (relative to the project directory, or absolute) lies inside it.
+  #[napi]
+  pub async fn validate_path(
+    &self,
+    user_id: String,
+    project_id: String,
+    candidate: String,
+  ) -> Result<PathCheck> {
+    let check = self
+      .inner
+      .validate_path(&user_id, &project_id, &candidate)
+      .await
+      .map_err(to_js_error)?;
+    Ok(PathCheck {
+      inside: check.inside,
+      path: check.path,
+      relative_path: check.relative_path,
+      reason: check.reason,
+    })
+  }
+
+  /// The project's usage counted from its files on disk.
+  #[napi]
+  pub async fn disk_usage(&self, user_id: String, project_id: String) -> Result<DiskUsage> {
+    let usage = self
+      .inner
+      .disk_usage(&user_id, &project_id)
+      .await
+      .map_err(to_js_error)?;
+    Ok(DiskUsage {
+      bytes: usage.bytes,
+      allocated_bytes: usage.allocated_bytes,
+      files: usage.files,
+      directories: usage.directories,
+      skipped: usage.skipped,
     })
   }
 
