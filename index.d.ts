@@ -2,7 +2,10 @@
 // (built from the Rust `///` docs), so they cannot drift from the addon.
 import type { z } from 'zod'
 import type {
-  ClientOptions,
+  ClientOptions as NativeClientOptions,
+  DiskUsage,
+  PathCheck,
+  ProjectLocation,
   MigrationInfo,
   MigrationStatus,
   ProjectStoragePath,
@@ -12,7 +15,9 @@ import type {
 } from './binding'
 
 export type {
-  ClientOptions,
+  DiskUsage,
+  PathCheck,
+  ProjectLocation,
   MigrationInfo,
   MigrationStatus,
   ProjectStoragePath,
@@ -20,6 +25,15 @@ export type {
   RecordedUpload,
   RecordUploadOptions,
 }
+
+/**
+ * Where project paths point: directories under `storageRoot` (the default), or keys under
+ * `s3://{bucket}/{prefix}/`, whose allocation writes nothing anywhere.
+ */
+export type StorageOptions = { backend: 'local' } | { backend: 's3'; bucket: string; prefix?: string }
+
+/** Options for `createClient`; see README "Options". */
+export type ClientOptions = Omit<NativeClientOptions, 'storage'> & { storage?: StorageOptions }
 
 /** Every code a StorageQuotaError can carry. Codes are stable across versions. */
 export type StorageQuotaErrorCode =
@@ -90,6 +104,12 @@ export declare class StorageQuotaClient {
   checkQuota(userId: string, bytes: number): Promise<QuotaCheck>
   /** `{storageRoot}/{userId}/{projectId}/`, created on first call. NOT_FOUND / FORBIDDEN for unknown or foreign projects. */
   allocateProjectPath(userId: string, projectId: string): Promise<ProjectStoragePath>
+  /** Where the project lives (or would): `{ backend, key, path }`. Pure: no database, no disk. */
+  projectPathFor(userId: string, projectId: string): ProjectLocation
+  /** Whether `candidate` (relative to the project directory, or absolute) lies inside it. */
+  validatePath(userId: string, projectId: string, candidate: string): Promise<PathCheck>
+  /** The project's usage counted from its files on disk; symlinks are never followed. */
+  diskUsage(userId: string, projectId: string): Promise<DiskUsage>
   /** Charges an upload; rejects with a QuotaExceededError when it does not fit. */
   recordUpload(userId: string, projectId: string, bytes: number, options?: RecordUploadOptions): Promise<RecordedUpload>
   /** Applies pending migrations. */
@@ -115,6 +135,9 @@ export declare function recordUpload(
   bytes: number,
   options?: RecordUploadOptions,
 ): Promise<RecordedUpload>
+export declare function projectPathFor(userId: string, projectId: string): ProjectLocation
+export declare function validatePath(userId: string, projectId: string, candidate: string): Promise<PathCheck>
+export declare function diskUsage(userId: string, projectId: string): Promise<DiskUsage>
 export declare function migrate(): Promise<{ applied: number[] }>
 export declare function rollback(steps?: number): Promise<{ reverted: number[] }>
 export declare function migrationStatus(): Promise<MigrationStatus>
@@ -128,6 +151,11 @@ export declare const BytesSchema: z.ZodType<number>
 export declare const UploadIdSchema: z.ZodType<string>
 export declare const RecordUploadOptionsSchema: z.ZodType<RecordUploadOptions>
 export declare const ClientOptionsSchema: z.ZodType<ClientOptions>
+export declare const StorageOptionsSchema: z.ZodType<StorageOptions>
+export declare const CandidatePathSchema: z.ZodType<string>
+export declare const ProjectLocationSchema: z.ZodType<ProjectLocation>
+export declare const PathCheckSchema: z.ZodType<PathCheck>
+export declare const DiskUsageSchema: z.ZodType<DiskUsage>
 export declare const QuotaCheckSchema: z.ZodType<QuotaCheck>
 export declare const RecordedUploadSchema: z.ZodType<RecordedUpload>
 export declare const StorageBackendSchema: z.ZodType<'local' | 's3'>

@@ -35,6 +35,9 @@ exports.checkQuota = (userId, bytes) => getDefaultClient().checkQuota(userId, by
 exports.allocateProjectPath = (userId, projectId) => getDefaultClient().allocateProjectPath(userId, projectId)
 exports.recordUpload = (userId, projectId, bytes, options) =>
   getDefaultClient().recordUpload(userId, projectId, bytes, options)
+exports.projectPathFor = (userId, projectId) => getDefaultClient().projectPathFor(userId, projectId)
+exports.validatePath = (userId, projectId, candidate) => getDefaultClient().validatePath(userId, projectId, candidate)
+exports.diskUsage = (userId, projectId) => getDefaultClient().diskUsage(userId, projectId)
 exports.migrate = () => getDefaultClient().migrate()
 exports.rollback = (steps) => getDefaultClient().rollback(steps)
 exports.migrationStatus = () => getDefaultClient().migrationStatus()
@@ -48,6 +51,11 @@ exports.BytesSchema = schemas.BytesSchema
 exports.UploadIdSchema = schemas.UploadIdSchema
 exports.RecordUploadOptionsSchema = schemas.RecordUploadOptionsSchema
 exports.ClientOptionsSchema = schemas.ClientOptionsSchema
+exports.StorageOptionsSchema = schemas.StorageOptionsSchema
+exports.CandidatePathSchema = schemas.CandidatePathSchema
+exports.ProjectLocationSchema = schemas.ProjectLocationSchema
+exports.PathCheckSchema = schemas.PathCheckSchema
+exports.DiskUsageSchema = schemas.DiskUsageSchema
 exports.QuotaCheckSchema = schemas.QuotaCheckSchema
 exports.RecordedUploadSchema = schemas.RecordedUploadSchema
 exports.StorageBackendSchema = schemas.StorageBackendSchema

@@ -29,6 +29,19 @@ const UploadIdSchema = z
 
 const RecordUploadOptionsSchema = z.strictObject({ uploadId: UploadIdSchema.optional() })
 
+/**
+ * Where project paths point: directories under `storageRoot` (`local`, the default), or keys
+ * under `s3://{bucket}/{prefix}/` (`s3`). The Rust side checks bucket and prefix in full.
+ */
+const StorageOptionsSchema = z.discriminatedUnion('backend', [
+  z.strictObject({ backend: z.literal('local') }),
+  z.strictObject({
+    backend: z.literal('s3'),
+    bucket: z.string().min(3, 'bucket must be 3 to 63 characters').max(63, 'bucket must be 3 to 63 characters'),
+    prefix: z.string().max(514).optional(),
+  }),
+])
+
 const ClientOptionsSchema = z.strictObject({
   databaseUrl: z.string().optional(),
   storageRoot: z.string().min(1).optional(),
@@ -37,7 +50,11 @@ const ClientOptionsSchema = z.strictObject({
   connectTimeoutMs: z.number().int().min(1).max(2 ** 31 - 1).optional(),
   statementTimeoutMs: z.number().int().min(0).max(2 ** 31 - 1).optional(),
   applicationName: z.string().max(63).optional(),
+  storage: StorageOptionsSchema.optional(),
 })
+
+/** A path to check with `validatePath`: relative to the project directory, or absolute. */
+const CandidatePathSchema = z.string().min(1, 'the path to check must not be empty')
 
 const usageShape = {
   usedBytes: BytesSchema,
@@ -57,6 +74,26 @@ const RecordedUploadSchema = z.object({
 })
 
 const StorageBackendSchema = z.enum(['local', 's3'])
+
+/** The answer of `projectPathFor`. */
+const ProjectLocationSchema = z.object({ backend: StorageBackendSchema, key: z.string(), path: z.string() })
+
+/** The answer of `validatePath`. */
+const PathCheckSchema = z.object({
+  inside: z.boolean(),
+  path: z.string().optional(),
+  relativePath: z.string().optional(),
+  reason: z.string().optional(),
+})
+
+/** The answer of `diskUsage`. */
+const DiskUsageSchema = z.object({
+  bytes: BytesSchema,
+  allocatedBytes: BytesSchema,
+  files: BytesSchema,
+  directories: BytesSchema,
+  skipped: BytesSchema,
+})
 
 const ProjectStoragePathSchema = z.object({
   id: z.string(),
@@ -103,6 +140,11 @@ module.exports = {
   UploadIdSchema,
   RecordUploadOptionsSchema,
   ClientOptionsSchema,
+  StorageOptionsSchema,
+  CandidatePathSchema,
+  ProjectLocationSchema,
+  PathCheckSchema,
+  DiskUsageSchema,
   QuotaCheckSchema,
   RecordedUploadSchema,
   StorageBackendSchema,

@@ -99,6 +99,9 @@ impl Client {
   ) -> Result<PathCheck> {
     let user = UserId::parse(user_id)?;
     let project = ProjectId::parse(project_id)?;
+    if candidate.is_empty() {
+      return Err(QuotaError::invalid("the path to check must not be empty"));
+    }
     let backend = self.reading_backend()?;
     let candidate = candidate.to_owned();
     blocking(move || backend.check_path(&user, &project, &candidate)).await

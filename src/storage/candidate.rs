@@ -27,6 +27,8 @@ const LOOK_ALIKES: &[char] = &[
   '\u{2025}', // TWO DOT LEADER
   '\u{2026}', // HORIZONTAL ELLIPSIS
   '\u{FF61}', // HALFWIDTH IDEOGRAPHIC FULL STOP
+  '\u{0337}', // COMBINING SHORT SOLIDUS OVERLAY
+  '\u{0338}', // COMBINING LONG SOLIDUS OVERLAY
 ];
 
 /// Percent escapes that decode to a dot, a separator, a NUL or another escape (double

@@ -134,6 +134,12 @@ impl StorageBackend for ObjectStoreBackend {
           Err(reason) => return Ok(PathCheck::refused(reason)),
         }
       }
+      // A local absolute path names no object of this bucket.
+      None if candidate.starts_with('/') => {
+        return Ok(PathCheck::refused(
+          "an absolute local path is not inside an object-store project; pass a key relative to the project or its s3:// URL",
+        ))
+      }
       None => candidate.to_owned(),
     };
     match relative_segments(&relative) {
