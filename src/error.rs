@@ -34,6 +34,9 @@ pub enum QuotaError {
   /// The same upload id was recorded before with other bytes or another project.
   #[error("{0}")]
   Conflict(String),
+  /// A reservation's TTL passed before it was committed.
+  #[error("{0}")]
+  ReservationExpired(String),
   #[error("{0}")]
   MigrationRequired(String),
   #[error("{0}")]
@@ -75,6 +78,7 @@ impl QuotaError {
       QuotaError::NotFound(_) => "NOT_FOUND",
       QuotaError::Forbidden(_) => "FORBIDDEN",
       QuotaError::Conflict(_) => "CONFLICT",
+      QuotaError::ReservationExpired(_) => "RESERVATION_EXPIRED",
       QuotaError::MigrationRequired(_) => "MIGRATION_REQUIRED",
       QuotaError::MigrationFailed(_) => "MIGRATION_FAILED",
       QuotaError::DbUnavailable(_) => "DB_UNAVAILABLE",
