@@ -110,7 +110,7 @@ pub async fn reconcile_user(
     tx.batch_execute("SET LOCAL storage_quota.allow_over_limit = 'on'")
       .await?;
     tx.execute(
-      "UPDATE user_quotas SET used_bytes = greatest($2, 0), reserved_bytes = $3, updated_at = now() WHERE user_id = $1",
+      "UPDATE user_quotas SET used_bytes = greatest($2::bigint, 0), reserved_bytes = $3::bigint, updated_at = now() WHERE user_id = $1",
       &[&user.as_str(), &drift.ledger_bytes, &drift.pending_reserved_bytes],
     )
     .await?;
