@@ -13,12 +13,13 @@ test('the storage-quota command migrates, reports and rolls back', async () => {
   const env = { ...process.env, DATABASE_URL: db.url, STORAGE_ROOT: db.storageRoot, POSTGRES_URL: '' }
   const cli = (...args) => run(process.execPath, [bin, ...args], { env })
 
-  assert.match((await cli('status')).stdout, /^pending {2}1 storage_quota$/m)
-  assert.equal((await cli('migrate')).stdout.trim(), 'applied: 1')
+  assert.match((await cli('status')).stdout, /^pending {2}1 storage_quota\npending {2}2 quota_lifecycle$/m)
+  assert.equal((await cli('migrate')).stdout.trim(), 'applied: 1, 2')
   assert.equal((await cli('migrate')).stdout.trim(), 'already up to date')
   assert.match((await cli('status')).stdout, /^applied {2}1 storage_quota {2}\d{4}-/m)
-  assert.equal((await cli('rollback')).stdout.trim(), 'reverted: 1')
-  assert.equal((await cli('rollback', '--database-url', db.url)).stdout.trim(), 'nothing to revert')
+  assert.equal((await cli('rollback')).stdout.trim(), 'reverted: 2')
+  assert.equal((await cli('rollback', '5', '--database-url', db.url)).stdout.trim(), 'reverted: 1')
+  assert.equal((await cli('rollback')).stdout.trim(), 'nothing to revert')
 })
 
 test('failures exit non-zero with the code and no password', async () => {

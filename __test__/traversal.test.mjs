@@ -67,7 +67,7 @@ test('every attempt as a userId is INVALID_ARGUMENT on every call, and nothing i
       'native.validatePath': [() => native.validatePath(bad, project, 'a.txt'), true],
       'native.diskUsage': [() => native.diskUsage(bad, project), true],
       'native.recordUpload': [() => native.recordUpload(bad, project, 1), true],
-      'native.checkQuota': [() => native.checkQuota(bad, 1), true],
+      'native.checkQuota': [() => native.checkQuota(bad, [1]), true],
     }
     for (const [name, [call, viaNative]] of Object.entries(calls)) {
       assert.equal(await codeOf(call, viaNative), 'INVALID_ARGUMENT', `${name}(${JSON.stringify(bad)})`)

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use crate::error::{QuotaError, Result};
 use crate::ids::{parse_bytes, MAX_BYTES};
+use crate::rollout::{Mode, Rollout};
 use crate::storage::{object_store, StorageConfig};
 
 pub const DEFAULT_QUOTA_BYTES: i64 = 1_073_741_824;
@@ -13,6 +14,9 @@ pub const DEFAULT_POOL_SIZE: u32 = 10;
 pub const DEFAULT_CONNECT_TIMEOUT_MS: u32 = 5_000;
 pub const DEFAULT_STATEMENT_TIMEOUT_MS: u32 = 10_000;
 pub const DEFAULT_APPLICATION_NAME: &str = "storage-quota";
+pub const DEFAULT_RESERVATION_TTL_MS: i64 = 60 * 60 * 1000;
+/// Longest reservation: a week. Longer holds are leaks, not uploads.
+pub const MAX_RESERVATION_TTL_MS: i64 = 7 * 24 * 60 * 60 * 1000;
 
 /// Options as they arrive from JS, every one optional.
 #[derive(Debug, Default, Clone)]
@@ -24,6 +28,9 @@ pub struct RawOptions {
   pub connect_timeout_ms: Option<u32>,
   pub statement_timeout_ms: Option<u32>,
   pub application_name: Option<String>,
+  pub mode: Option<String>,
+  pub rollout_percent: Option<u32>,
+  pub reservation_ttl_ms: Option<f64>,
   pub storage: Option<RawStorage>,
 }
 
@@ -48,6 +55,21 @@ pub struct Config {
   pub connect_timeout: Duration,
   pub statement_timeout: Duration,
   pub application_name: String,
+  pub rollout: Rollout,
+  pub reservation_ttl_ms: i64,
+}
+
+/// A reservation TTL in ms: whole, from 1 s to a week.
+pub fn parse_ttl_ms(value: f64) -> Result<i64> {
+  if !value.is_finite()
+    || value.fract() != 0.0
+    || !(1000.0..=MAX_RESERVATION_TTL_MS as f64).contains(&value)
+  {
+    return Err(QuotaError::invalid(format!(
+      "ttlMs must be a whole number of milliseconds from 1000 to {MAX_RESERVATION_TTL_MS}, got {value}"
+    )));
+  }
+  Ok(value as i64)
 }
 
 impl Config {
@@ -86,8 +108,22 @@ impl Config {
     }
     let storage_root = std::path::absolute(&storage_root)
       .map_err(|e| QuotaError::invalid(format!("storageRoot cannot be resolved: {e}")))?;
+    let mode = match raw.mode.as_deref() {
+      Some(mode) => Mode::parse(mode)?,
+      None => Mode::Enforce,
+    };
+    let percent = raw.rollout_percent.unwrap_or(100);
+    if percent > 100 {
+      return Err(QuotaError::invalid("rolloutPercent must be from 0 to 100"));
+    }
+    let reservation_ttl_ms = match raw.reservation_ttl_ms {
+      Some(value) => parse_ttl_ms(value)?,
+      None => DEFAULT_RESERVATION_TTL_MS,
+    };
     let storage = storage_config(raw.storage, &storage_root)?;
     Ok(Config {
+      rollout: Rollout { mode, percent },
+      reservation_ttl_ms,
       database_url: raw.database_url.filter(|url| !url.trim().is_empty()),
       storage_root,
       storage,

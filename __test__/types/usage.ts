@@ -10,6 +10,20 @@ import {
   QuotaCheckSchema,
   UserQuotaSchema,
   SimulationJobSchema,
+  RecordedUploadSchema,
+  ReservationSchema,
+  SettledReservationSchema,
+  ReleasedSchema,
+  UsageSchema,
+  reserveUpload,
+  commitUpload,
+  getUsage,
+  formatBytes,
+  quotaState,
+  type Reservation,
+  type SettledReservation,
+  type Released,
+  type Usage,
   type QuotaCheck,
   type ProjectStoragePath,
   type RecordedUpload,
@@ -43,7 +57,50 @@ type Same<A, B> = [A] extends [B] ? ([B] extends [A] ? true : false) : false
 const quotaCheckAgrees: Same<z.infer<typeof QuotaCheckSchema>, QuotaCheck> = true
 const userQuotaAgrees: Same<z.infer<typeof UserQuotaSchema>, UserQuota> = true
 const jobAgrees: Same<z.infer<typeof SimulationJobSchema>, SimulationJob> = true
-void [quotaCheckAgrees, userQuotaAgrees, jobAgrees]
+const recordedAgrees: Same<z.infer<typeof RecordedUploadSchema>, RecordedUpload> = true
+const reservationAgrees: Same<z.infer<typeof ReservationSchema>, Reservation> = true
+const settledAgrees: Same<z.infer<typeof SettledReservationSchema>, SettledReservation> = true
+const releasedAgrees: Same<z.infer<typeof ReleasedSchema>, Released> = true
+const usageAgrees: Same<z.infer<typeof UsageSchema>, Usage> = true
+void [quotaCheckAgrees, userQuotaAgrees, jobAgrees, recordedAgrees, reservationAgrees, settledAgrees, releasedAgrees, usageAgrees]
+
+export async function reservedUploadAction(userId: string, projectId: string, size: number) {
+  const held = await reserveUpload(userId, projectId, size, { ttlMs: 60_000 })
+  const done = await commitUpload(held.reservationId, size - 1, { userId })
+  const usage = await getUsage(userId, { projects: true })
+  const state: 'normal' | 'nearing' | 'critical' | 'exceeded' = usage.state
+  return { status: done.status, bar: `${usage.percentUsed}% ${formatBytes(usage.usedBytes)}`, state, same: quotaState(usage.percentUsed) === state }
+}
 
 // @ts-expect-error bytes are numbers
 void checkQuota('user_1', '10')
+
+// Storage utilities and the object-store option (issue 4).
+import {
+  projectPathFor,
+  validatePath,
+  diskUsage,
+  PathCheckSchema,
+  DiskUsageSchema,
+  type PathCheck,
+  type DiskUsage,
+  type ProjectLocation,
+  type StorageOptions,
+} from 'storage-quota'
+
+export async function saveUploadedFile(userId: string, projectId: string, fileName: string) {
+  const where: ProjectLocation = projectPathFor(userId, projectId)
+  const check: PathCheck = await validatePath(userId, projectId, fileName)
+  if (!check.inside) return { ok: false as const, message: check.reason ?? 'refused' }
+  const usage: DiskUsage = await diskUsage(userId, projectId)
+  return { ok: true as const, path: check.path, base: where.path, bytes: usage.bytes }
+}
+
+const s3Storage: StorageOptions = { backend: 's3', bucket: 'acme-uploads', prefix: 'projects' }
+void createClient({ storage: s3Storage }).close()
+// @ts-expect-error the s3 backend needs a bucket
+void createClient({ storage: { backend: 's3' } })
+
+const pathCheckAgrees: Same<z.infer<typeof PathCheckSchema>, PathCheck> = true
+const diskUsageAgrees: Same<z.infer<typeof DiskUsageSchema>, DiskUsage> = true
+void [pathCheckAgrees, diskUsageAgrees]

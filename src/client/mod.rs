@@ -1,15 +1,24 @@
 //! A configured client: validates arguments, owns the pool and the storage root, and runs each
-//! operation on a pooled connection. Plain Rust; `lib.rs` only converts to and from JS.
+//! operation on a pooled connection. Plain Rust; `napi_client.rs` only converts to and from JS.
+//! Operations are grouped by concept: uploads and paths here, the rest of the quota lifecycle
+//! in `lifecycle.rs`, administration (limits, usage, reconciliation, migrations) in `admin.rs`.
 
+mod admin;
+mod lifecycle;
+
+pub use admin::ReconcileReport;
+pub use lifecycle::{CopiedProject, RegisteredProject};
+
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use crate::config::{Config, RawOptions};
 use crate::error::{QuotaError, Result};
 use crate::ids::{parse_bytes, parse_upload_id, ProjectId, UserId};
-use crate::migrate::{self, MigrationSettings, Status};
-use crate::pool::Pool;
+use crate::pool::{Checkout, Pool};
 use crate::projects::{self, ProjectStoragePath};
 use crate::quota::{self, QuotaCheck, RecordedUpload};
+use crate::rollout::Mode;
 use crate::storage::StorageConfig;
 use crate::storage::{self, local::LocalBackend, DiskUsage, Location, PathCheck, StorageBackend};
 
@@ -55,6 +64,17 @@ impl Client {
     }
   }
 
+  /// Runs `work` on a pooled connection. The pool handle lives as long as the call, so a
+  /// `close()` meanwhile lets it finish.
+  async fn with_conn<T>(
+    &self,
+    work: impl AsyncFnOnce(&mut Checkout<'_>) -> Result<T>,
+  ) -> Result<T> {
+    let pool = self.pool()?;
+    let mut conn = pool.get().await?;
+    work(&mut conn).await
+  }
+
   /// Calls already running finish on the connections they hold; the pool's connections close
   /// when the last of them returns. Later calls fail with `CLIENT_CLOSED`.
   pub fn close(&self) {
@@ -67,6 +87,28 @@ impl Client {
     }
     let backend = storage::open(&self.config.storage)?;
     Ok(self.backend.get_or_init(|| backend).clone())
+  }
+
+  /// The local backend's canonical root, for the operations that work on files on this
+  /// machine (copying, clearing, measuring project directories). `STORAGE_ERROR` on s3.
+  fn storage_root(&self) -> Result<PathBuf> {
+    let backend = self.storage_backend()?;
+    backend.local_root().map(Path::to_path_buf).ok_or_else(|| {
+      QuotaError::Storage(format!(
+        "this operation works on project files on the local disk; with the {} backend they are in the bucket (use your S3 client)",
+        backend.name()
+      ))
+    })
+  }
+
+  /// The root the migration records existing projects under: the resolved local root, or for
+  /// an object store the configured one as it is (nothing is created; README "Moving to object
+  /// storage" says how to move those records).
+  fn migration_storage_root(&self) -> Result<String> {
+    Ok(match &self.config.storage {
+      StorageConfig::Local { .. } => self.storage_root()?.to_string_lossy().into_owned(),
+      StorageConfig::S3 { .. } => self.config.storage_root.to_string_lossy().into_owned(),
+    })
   }
 
   /// The backend for calls that only read: the opened one, or else one that creates nothing
@@ -115,12 +157,35 @@ impl Client {
     blocking(move || backend.usage(&user, &project)).await
   }
 
-  pub async fn check_quota(&self, user_id: &str, bytes: f64) -> Result<QuotaCheck> {
+  fn default_limit(&self) -> i64 {
+    self.config.default_quota_bytes
+  }
+
+  fn mode_for(&self, user: &UserId) -> Mode {
+    self.config.rollout.mode_for(user)
+  }
+
+  /// Whether `sizes` (one upload, or the files of a multi-file upload) fit.
+  pub async fn check_quota(&self, user_id: &str, sizes: &[f64]) -> Result<QuotaCheck> {
     let user = UserId::parse(user_id)?;
-    let bytes = parse_bytes("bytes", bytes)?;
-    let pool = self.pool()?;
-    let mut conn = pool.get().await?;
-    quota::check_quota(&mut conn.0, &user, bytes, self.config.default_quota_bytes).await
+    let sizes = sizes
+      .iter()
+      .map(|&size| parse_bytes("bytes", size))
+      .collect::<Result<Vec<_>>>()?;
+    if sizes
+      .iter()
+      .try_fold(0i64, |sum, &s| sum.checked_add(s))
+      .is_none_or(|sum| sum > crate::ids::MAX_BYTES)
+    {
+      return Err(QuotaError::invalid(
+        "the sizes add up to more than 2^53 − 1 bytes",
+      ));
+    }
+    let mode = self.mode_for(&user);
+    let limit = self.default_limit();
+    self
+      .with_conn(async |conn| quota::check_quota(&mut conn.0, &user, &sizes, limit, mode).await)
+      .await
   }
 
   pub async fn record_upload(
@@ -137,17 +202,34 @@ impl Client {
       Some(raw) => parse_upload_id(raw)?,
       None => uuid::Uuid::new_v4().to_string(),
     };
-    let pool = self.pool()?;
-    let mut conn = pool.get().await?;
-    quota::record_upload(
-      &mut conn.0,
-      &user,
-      &project,
-      bytes,
-      &upload_id,
-      self.config.default_quota_bytes,
-    )
-    .await
+    let (mode, limit) = (self.mode_for(&user), self.default_limit());
+    self
+      .with_conn(async |conn| {
+        quota::record_upload(&mut conn.0, &user, &project, bytes, &upload_id, limit, mode).await
+      })
+      .await
+  }
+
+  /// The path record (created once) and the place in storage (the directory on local disk).
+  async fn allocate(&self, user: &UserId, project: &ProjectId) -> Result<ProjectStoragePath> {
+    let backend = self.storage_backend()?;
+    let location = backend.locate(user, project)?;
+    let limit = self.default_limit();
+    let record = self
+      .with_conn(async |conn| {
+        projects::find_or_create_path(&mut conn.0, user, project, &location, limit).await
+      })
+      .await?;
+    if record.backend != location.backend || record.path != location.path {
+      return Err(QuotaError::Storage(format!(
+        "project {project} is recorded at {} ({} backend), not at {} where this client's storage puts it; \
+         see README \"Moving the storage root\" and \"Moving to object storage\"",
+        record.path, record.backend, location.path
+      )));
+    }
+    let (user, project) = (user.clone(), *project);
+    blocking(move || backend.prepare(&user, &project)).await?;
+    Ok(record)
   }
 
   pub async fn allocate_project_path(
@@ -157,72 +239,7 @@ impl Client {
   ) -> Result<ProjectStoragePath> {
     let user = UserId::parse(user_id)?;
     let project = ProjectId::parse(project_id)?;
-    let backend = self.storage_backend()?;
-    let location = backend.locate(&user, &project)?;
-    let pool = self.pool()?;
-    let record = {
-      let mut conn = pool.get().await?;
-      projects::find_or_create_path(
-        &mut conn.0,
-        &user,
-        &project,
-        &location,
-        self.config.default_quota_bytes,
-      )
-      .await?
-    };
-    if record.backend != location.backend || record.path != location.path {
-      return Err(QuotaError::Storage(format!(
-        "project {project} is recorded at {} ({} backend), not at {} where this client's storage puts it; \
-         see README \"Moving the storage root\" and \"Moving to object storage\"",
-        record.path, record.backend, location.path
-      )));
-    }
-    blocking(move || backend.prepare(&user, &project)).await?;
-    Ok(record)
-  }
-
-  fn migration_settings(&self) -> Result<MigrationSettings> {
-    Ok(MigrationSettings {
-      default_limit_bytes: self.config.default_quota_bytes,
-      storage_root: match &self.config.storage {
-        // Existing projects are recorded under the root the local backend resolved.
-        StorageConfig::Local { .. } => match self.storage_backend()?.local_root() {
-          Some(root) => root.to_string_lossy().into_owned(),
-          None => self.config.storage_root.to_string_lossy().into_owned(),
-        },
-        // Nothing is created for an object store; records made by the migration are local
-        // ones to move (README "Moving to object storage").
-        StorageConfig::S3 { .. } => self.config.storage_root.to_string_lossy().into_owned(),
-      },
-    })
-  }
-
-  pub async fn migrate(&self) -> Result<Vec<i32>> {
-    let settings = self.migration_settings()?;
-    let pool = self.pool()?;
-    let applied = {
-      let mut conn = pool.get().await?;
-      migrate::migrate(&mut conn.0.client, &settings).await
-    };
-    pool.schema_changed();
-    applied
-  }
-
-  pub async fn rollback(&self, steps: u32) -> Result<Vec<i32>> {
-    let pool = self.pool()?;
-    let reverted = {
-      let mut conn = pool.get().await?;
-      migrate::rollback(&mut conn.0.client, steps).await
-    };
-    pool.schema_changed();
-    reverted
-  }
-
-  pub async fn migration_status(&self) -> Result<Status> {
-    let pool = self.pool()?;
-    let conn = pool.get().await?;
-    migrate::status(&conn.0.client).await
+    self.allocate(&user, &project).await
   }
 }
 
