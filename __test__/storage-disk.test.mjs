@@ -3,12 +3,15 @@
 import { test, after } from 'node:test'
 import assert from 'node:assert/strict'
 import { spawn } from 'node:child_process'
-import { chmod, chown, lstat, mkdir, mkdtemp, readdir, readlink, rm, stat, symlink, writeFile } from 'node:fs/promises'
+import { chmod, chown, copyFile, lstat, mkdir, mkdtemp, readdir, readlink, rm, stat, symlink, writeFile } from 'node:fs/promises'
+import { createRequire } from 'node:module'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { createClient } from '../index.js'
 import { createTestDatabase, insertProject, rejection } from './helpers/db.mjs'
+
+const { fromNative } = createRequire(import.meta.url)('../lib/errors.js')
 
 const db = await createTestDatabase('disk')
 const client = createClient({ databaseUrl: db.url, storageRoot: db.storageRoot })
@@ -17,7 +20,7 @@ after(() => client.close())
 
 const isRoot = process.getuid() === 0
 
-/** A temporary directory removed when the file's tests end. */
+/** A temporary directory, removed when the test (or, at the top level, the file) ends. */
 async function tempDir(prefix) {
   const dir = await mkdtemp(join(tmpdir(), prefix))
   after(async () => {
@@ -86,18 +89,34 @@ test('a directory owned by another user is UNSAFE_PATH', { skip: !isRoot && 'nee
 })
 
 /**
- * Runs `client[method](...args)` in a separate process without permission on the storage root:
- * as `nobody` when the tests run as root (root ignores permissions), else as ourselves.
- * Resolves to the error's `{ code, message }`, or `{ code: 'RESOLVED' }`.
+ * The addon copied where `nobody` can load it: the checkout may sit under a directory that
+ * user cannot enter (CI clones anywhere). Only the generated loader and the binary are needed.
  */
-function unprivileged(options, method, args) {
-  const index = fileURLToPath(new URL('../index.js', import.meta.url))
+async function bindingForNobody() {
+  const dir = await tempDir('sq-binding-')
+  await chmod(dir, 0o755)
+  const here = fileURLToPath(new URL('..', import.meta.url))
+  for (const name of (await readdir(here)).filter((n) => n === 'binding.js' || n.endsWith('.node'))) {
+    await copyFile(join(here, name), join(dir, name))
+    await chmod(join(dir, name), 0o755)
+  }
+  return join(dir, 'binding.js')
+}
+// At the top level, so the copy lives as long as the file's tests.
+const portableBinding = await bindingForNobody()
+
+/**
+ * Runs `NativeClient[method](...args)` in a separate process without permission on the storage
+ * root: as `nobody` when the tests run as root (root ignores permissions), else as ourselves.
+ * Resolves to the decoded error, or `{ code: 'RESOLVED' }`.
+ */
+async function unprivileged(options, method, args) {
   const script = `
-    const { createClient } = require(${JSON.stringify(index)})
-    const client = createClient(${JSON.stringify(options)})
+    const { NativeClient } = require(${JSON.stringify(portableBinding)})
+    const client = new NativeClient(${JSON.stringify(options)})
     client.${method}(...${JSON.stringify(args)})
-      .then(() => ({ code: 'RESOLVED' }), (e) => ({ code: e.code, message: e.message }))
-      .then((r) => { process.stdout.write(JSON.stringify(r)); return client.close() })`
+      .then(() => 'RESOLVED', (e) => e.message)
+      .then((message) => { process.stdout.write(message); client.close() })`
   const child = spawn(process.execPath, ['-e', script], {
     ...(isRoot ? { uid: NOBODY, gid: NOBODY } : {}),
     stdio: ['ignore', 'pipe', 'pipe'],
@@ -110,7 +129,7 @@ function unprivileged(options, method, args) {
   return new Promise((resolve, reject) => {
     child.on('close', (status) => {
       if (status !== 0) return reject(new Error(`child exited ${status}: ${err}`))
-      resolve(JSON.parse(out))
+      resolve(out === 'RESOLVED' ? { code: 'RESOLVED' } : fromNative(new Error(out)))
     })
   })
 }
