@@ -177,3 +177,30 @@ test('a storage root without write permission is a clear STORAGE_ERROR', async (
   assert.match(result.message, /cannot create .*user_readonly.* permission denied/i)
   assert.deepEqual(await readdir(root), [])
 })
+
+test('200 concurrent allocations of five projects from four clients: one row and one directory each', async () => {
+  const user = 'user_crowd'
+  const projects = []
+  for (let i = 0; i < 5; i++) projects.push(await insertProject(db, user))
+  const clients = [client, ...[1, 2, 3].map(() => createClient({ databaseUrl: db.url, storageRoot: db.storageRoot, poolSize: 4 }))]
+  try {
+    const results = await Promise.all(
+      Array.from({ length: 200 }, (_, i) => clients[i % 4].allocateProjectPath(user, projects[(i * 7) % 5])),
+    )
+    for (const project of projects) {
+      const mine = results.filter((r) => r.projectId === project)
+      assert.equal(mine.length, 40)
+      assert.equal(new Set(mine.map((r) => r.id)).size, 1, 'one record id per project')
+      assert.equal(new Set(mine.map((r) => r.path)).size, 1, 'one path per project')
+    }
+    const { rows } = await db.query(
+      'SELECT project_id, count(*)::int AS n FROM project_storage_paths WHERE user_id = $1 GROUP BY project_id',
+      [user],
+    )
+    assert.equal(rows.length, 5)
+    assert.ok(rows.every((row) => row.n === 1))
+    assert.deepEqual((await readdir(join(db.storageRoot, user))).sort(), [...projects].sort())
+  } finally {
+    await Promise.all(clients.slice(1).map((c) => c.close()))
+  }
+})
