@@ -23,3 +23,4 @@ pub mod quota;
 pub mod reconcile;
 pub mod reservations;
 pub mod rollout;
+mod tls;
