@@ -8,6 +8,7 @@ use crate::error::{QuotaError, Result};
 use crate::ids::{parse_bytes, MAX_BYTES};
 use crate::rollout::{Mode, Rollout};
 use crate::storage::{object_store, StorageConfig};
+use crate::tls::{settings_from_url, TlsSettings};
 
 pub const DEFAULT_QUOTA_BYTES: i64 = 1_073_741_824;
 pub const DEFAULT_POOL_SIZE: u32 = 10;
@@ -137,13 +138,14 @@ impl Config {
 
   /// The driver configuration. Parse errors are reported without echoing the URL, which may
   /// hold a password.
-  pub fn postgres_config(&self) -> Result<tokio_postgres::Config> {
+  pub fn postgres_config(&self) -> Result<(tokio_postgres::Config, TlsSettings)> {
     let url = self.database_url.as_deref().ok_or_else(|| {
       QuotaError::DbUnavailable(
         "no database configured: pass databaseUrl to createClient() or set DATABASE_URL".into(),
       )
     })?;
-    let mut config: tokio_postgres::Config = url.parse().map_err(|_| {
+    let tls = settings_from_url(url)?;
+    let mut config: tokio_postgres::Config = tls.url.parse().map_err(|_| {
       QuotaError::DbUnavailable(
         "the database URL is not a valid PostgreSQL connection string (expected postgres://user:password@host:port/database)".into(),
       )
@@ -153,7 +155,11 @@ impl Config {
     // Every statement of ours is short; a stuck one must not hold a pooled connection forever.
     let timeout_ms = self.statement_timeout.as_millis();
     config.options(format!("-c statement_timeout={timeout_ms}"));
-    Ok(config)
+    // Plain TCP unless the string asks for TLS (tokio-postgres alone would default to prefer).
+    if url.contains("://") || !url.contains("sslmode") {
+      config.ssl_mode(tls.ssl_mode());
+    }
+    Ok((config, tls))
   }
 }
 

@@ -261,31 +261,18 @@ pub async fn record_overwrite(
   if would_refuse && mode == Mode::Enforce {
     return Err(QuotaError::QuotaExceeded(usage.shortfall(net)));
   }
-  if mode == Mode::Off {
-    return Ok(Overwritten {
-      upload_id: upload_id.to_owned(),
-      bytes,
-      replaced_bytes: replaced,
-      net_bytes: net,
-      duplicate: false,
-      would_refuse,
-      usage,
-    });
-  }
-  let deletion_key = format!("overwrite by {upload_id}");
-  let usage = apply(
-    &tx,
-    user,
-    project,
-    net,
-    &[
+  let usage = if mode == Mode::Off {
+    usage
+  } else {
+    let deletion_key = format!("overwrite by {upload_id}");
+    let entries = [
       (upload_id, "upload", bytes),
-      (&deletion_key, "deletion", -replaced),
-    ],
-    would_refuse,
-  )
-  .await?;
-  tx.commit().await?;
+      (deletion_key.as_str(), "deletion", -replaced),
+    ];
+    let usage = apply(&tx, user, project, net, &entries, would_refuse).await?;
+    tx.commit().await?;
+    usage
+  };
   Ok(Overwritten {
     upload_id: upload_id.to_owned(),
     bytes,

@@ -24,3 +24,4 @@ pub mod reconcile;
 pub mod reservations;
 pub mod rollout;
 pub mod storage;
+mod tls;

@@ -208,16 +208,7 @@ pub async fn commit(
       &[id, &actual_bytes, &caller_id, &entry.key, &entry.kind],
     )
     .await?;
-  let Some(owner) = row.get::<_, Option<String>>("user_id") else {
-    return Err(QuotaError::NotFound(format!(
-      "reservation {id} does not exist"
-    )));
-  };
-  if caller.is_some_and(|c| c.as_str() != owner) {
-    return Err(QuotaError::Forbidden(format!(
-      "reservation {id} belongs to another user"
-    )));
-  }
+  let owner = reservation_owner(&row, id, caller)?;
   let status: String = row.get("status");
   let reserved_bytes: i64 = row.get("bytes");
   let project_id: uuid::Uuid = row.get("project_id");
@@ -254,6 +245,26 @@ pub async fn commit(
   Err(QuotaError::QuotaExceeded(usage.shortfall(extra)))
 }
 
+/// The reservation's owner from a commit/cancel row: `NOT_FOUND` when there is no such
+/// reservation, `FORBIDDEN` when the caller named another user.
+fn reservation_owner(
+  row: &tokio_postgres::Row,
+  id: &uuid::Uuid,
+  caller: Option<&UserId>,
+) -> Result<String> {
+  let Some(owner) = row.get::<_, Option<String>>("user_id") else {
+    return Err(QuotaError::NotFound(format!(
+      "reservation {id} does not exist"
+    )));
+  };
+  if caller.is_some_and(|c| c.as_str() != owner) {
+    return Err(QuotaError::Forbidden(format!(
+      "reservation {id} belongs to another user"
+    )));
+  }
+  Ok(owner)
+}
+
 fn expired_error(id: &uuid::Uuid) -> QuotaError {
   QuotaError::ReservationExpired(format!(
     "reservation {id} expired before it was committed; its bytes were given back. Reserve again."
@@ -270,16 +281,7 @@ pub async fn cancel(
   let statement = conn.prepared(CANCEL).await?;
   let caller_id = caller.map(|u| u.as_str());
   let row = conn.client.query_one(&statement, &[id, &caller_id]).await?;
-  let Some(owner) = row.get::<_, Option<String>>("user_id") else {
-    return Err(QuotaError::NotFound(format!(
-      "reservation {id} does not exist"
-    )));
-  };
-  if caller.is_some_and(|c| c.as_str() != owner) {
-    return Err(QuotaError::Forbidden(format!(
-      "reservation {id} belongs to another user"
-    )));
-  }
+  let owner = reservation_owner(&row, id, caller)?;
   let status: String = row.get("status");
   if status == "committed" {
     return Err(settled_error(id, &status));

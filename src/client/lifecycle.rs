@@ -6,7 +6,7 @@ use crate::config::parse_ttl_ms;
 use crate::deletions::{self, DeletionTarget, Overwritten, Released, RemovedProject};
 use crate::disk::{self, ProjectDir};
 use crate::error::{QuotaError, Result};
-use crate::ids::{parse_bytes, parse_upload_id, ProjectId, UserId};
+use crate::ids::{parse_bytes, parse_upload_id, upload_key_or_new, ProjectId, UserId};
 use crate::projects::ProjectStoragePath;
 use crate::quota::{self, RecordedUpload, Usage};
 use crate::reservations::{self, LedgerEntry, Reservation, Settled};
@@ -109,10 +109,7 @@ impl Client {
     let project = ProjectId::parse(project_id)?;
     let bytes = bytes.map(|b| parse_bytes("bytes", b)).transpose()?;
     let upload_id = upload_id.map(parse_upload_id).transpose()?;
-    let deletion_id = match deletion_id {
-      Some(raw) => parse_upload_id(raw)?,
-      None => uuid::Uuid::new_v4().to_string(),
-    };
+    let deletion_id = upload_key_or_new(deletion_id)?;
     let target = match (&upload_id, bytes) {
       (Some(upload_id), bytes) => DeletionTarget::Upload { upload_id, bytes },
       (None, Some(bytes)) => DeletionTarget::Bytes {
@@ -146,10 +143,7 @@ impl Client {
     let project = ProjectId::parse(project_id)?;
     let bytes = parse_bytes("bytes", bytes)?;
     let replaced = parse_bytes("replacesBytes", replaced_bytes)?;
-    let upload_id = match upload_id {
-      Some(raw) => parse_upload_id(raw)?,
-      None => uuid::Uuid::new_v4().to_string(),
-    };
+    let upload_id = upload_key_or_new(upload_id)?;
     let (mode, limit) = (self.mode_for(&user), self.default_limit());
     self
       .with_conn(async |conn| {

@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use crate::config::{Config, RawOptions};
 use crate::error::{QuotaError, Result};
-use crate::ids::{parse_bytes, parse_upload_id, ProjectId, UserId};
+use crate::ids::{parse_bytes, upload_key_or_new, ProjectId, UserId};
 use crate::pool::{Checkout, Pool};
 use crate::projects::{self, ProjectStoragePath};
 use crate::quota::{self, QuotaCheck, RecordedUpload};
@@ -198,10 +198,7 @@ impl Client {
     let user = UserId::parse(user_id)?;
     let project = ProjectId::parse(project_id)?;
     let bytes = parse_bytes("bytes", bytes)?;
-    let upload_id = match upload_id {
-      Some(raw) => parse_upload_id(raw)?,
-      None => uuid::Uuid::new_v4().to_string(),
-    };
+    let upload_id = upload_key_or_new(upload_id)?;
     let (mode, limit) = (self.mode_for(&user), self.default_limit());
     self
       .with_conn(async |conn| {
