@@ -192,6 +192,13 @@ mod tests {
   }
 
   #[test]
+  fn paths_need_an_absolute_root() {
+    let (user, project) = ids();
+    let error = project_dir(Path::new("relative/root"), &user, &project).unwrap_err();
+    assert_eq!(error.code(), "INVALID_ARGUMENT");
+  }
+
+  #[test]
   fn refuses_a_planted_symlink() {
     let root = temp_root("symlink");
     let elsewhere = temp_root("elsewhere");

@@ -187,4 +187,20 @@ mod tests {
     );
     fs::remove_dir_all(&base).unwrap();
   }
+
+  #[test]
+  fn refuses_trees_deeper_than_the_limit() {
+    let base = std::env::temp_dir().join(format!("sq-usage-deep-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&base);
+    let user = UserId::parse("u1").unwrap();
+    let project = ProjectId::parse("3f2b8c1e-6a0d-4c7e-9b5a-2d1e0f9c8a7b").unwrap();
+    let mut deep = base.join("u1").join(project.to_string());
+    for _ in 0..MAX_DEPTH + 1 {
+      deep.push("d");
+    }
+    fs::create_dir_all(&deep).unwrap();
+    let error = project_usage(&base, &user, &project).unwrap_err();
+    assert_eq!(error.code(), "STORAGE_ERROR");
+    fs::remove_dir_all(&base).unwrap();
+  }
 }
