@@ -46,6 +46,13 @@ export declare class NativeClient {
   reconcile(userId: string | undefined | null, fix: boolean, includeDisk: boolean): Promise<ReconcileReport>
   /** The project's storage path, created (record and directory) on first call. */
   allocateProjectPath(userId: string, projectId: string): Promise<ProjectStoragePath>
+  /** Applies pending migrations; resolves to the versions applied by this call. */
+  migrate(): Promise<Array<number>>
+  /** Reverts the `steps` most recent migrations; resolves to the versions reverted. */
+  rollback(steps: number): Promise<Array<number>>
+  migrationStatus(): Promise<MigrationStatus>
+  /** Stops handing out connections; calls in flight finish first. */
+  close(): void
   /**
    * Where the project lives (or would): backend, key and path. Touches neither the database
    * nor the disk.
@@ -55,13 +62,6 @@ export declare class NativeClient {
   validatePath(userId: string, projectId: string, candidate: string): Promise<PathCheck>
   /** The project's usage counted from its files on disk. */
   diskUsage(userId: string, projectId: string): Promise<DiskUsage>
-  /** Applies pending migrations; resolves to the versions applied by this call. */
-  migrate(): Promise<Array<number>>
-  /** Reverts the `steps` most recent migrations; resolves to the versions reverted. */
-  rollback(steps: number): Promise<Array<number>>
-  migrationStatus(): Promise<MigrationStatus>
-  /** Stops handing out connections; calls in flight finish first. */
-  close(): void
 }
 
 /** Options for `createClient`. Every one is optional. */

@@ -29,7 +29,11 @@ async function tempDir(prefix) {
   })
   return dir
 }
+
 const NOBODY = 65534
+// Made before any test is declared: node:test starts running declared tests at once, and a
+// top-level await between declarations could let the file's after-hooks run too early.
+const portableBinding = await bindingForNobody()
 
 test('a symlink planted at {root}/{userId}/{projectId} is not followed', async () => {
   const user = 'user_plant2'
@@ -102,8 +106,6 @@ async function bindingForNobody() {
   }
   return join(dir, 'binding.js')
 }
-// At the top level, so the copy lives as long as the file's tests.
-const portableBinding = await bindingForNobody()
 
 /**
  * Runs `NativeClient[method](...args)` in a separate process without permission on the storage

@@ -15,6 +15,7 @@ pub mod limits;
 mod log;
 pub mod migrate;
 mod napi_client;
+mod napi_storage;
 mod napi_types;
 pub mod paths;
 pub mod pool;

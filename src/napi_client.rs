@@ -11,7 +11,7 @@ use crate::{client, config, migrate, projects, quota};
 /// Every error crosses into JS as a JSON payload (`code`, `message` and the numbers behind it)
 /// in the message; the JS layer (`lib/errors.js`) decodes it once into a `StorageQuotaError`.
 /// napi-rs keeps only its own status as `code` on async rejections, so the code travels here.
-fn to_js_error(error: QuotaError) -> napi::Error {
+pub(crate) fn to_js_error(error: QuotaError) -> napi::Error {
   napi::Error::new(Status::GenericFailure, error.to_payload().to_string())
 }
 
@@ -116,7 +116,7 @@ fn drift_to_js(d: crate::reconcile::UserDrift) -> UserDrift {
 /// rather than this class directly: it validates arguments and decodes errors.
 #[napi]
 pub struct NativeClient {
-  inner: client::Client,
+  pub(crate) inner: client::Client,
 }
 
 #[napi]
@@ -469,59 +469,6 @@ impl NativeClient {
       .await
       .map_err(to_js_error)?;
     Ok(path_to_js(record))
-  }
-
-  /// Where the project lives (or would): backend, key and path. Touches neither the database
-  /// nor the disk.
-  #[napi(catch_unwind)]
-  pub fn project_path_for(&self, user_id: String, project_id: String) -> Result<ProjectLocation> {
-    let location = self
-      .inner
-      .project_path_for(&user_id, &project_id)
-      .map_err(to_js_error)?;
-    Ok(ProjectLocation {
-      backend: location.backend.to_owned(),
-      key: location.key,
-      path: location.path,
-    })
-  }
-
-  /// Whether `candidate` (relative to the project directory, or absolute) lies inside it.
-  #[napi]
-  pub async fn validate_path(
-    &self,
-    user_id: String,
-    project_id: String,
-    candidate: String,
-  ) -> Result<PathCheck> {
-    let check = self
-      .inner
-      .validate_path(&user_id, &project_id, &candidate)
-      .await
-      .map_err(to_js_error)?;
-    Ok(PathCheck {
-      inside: check.inside,
-      path: check.path,
-      relative_path: check.relative_path,
-      reason: check.reason,
-    })
-  }
-
-  /// The project's usage counted from its files on disk.
-  #[napi]
-  pub async fn disk_usage(&self, user_id: String, project_id: String) -> Result<DiskUsage> {
-    let usage = self
-      .inner
-      .disk_usage(&user_id, &project_id)
-      .await
-      .map_err(to_js_error)?;
-    Ok(DiskUsage {
-      bytes: usage.bytes,
-      allocated_bytes: usage.allocated_bytes,
-      files: usage.files,
-      directories: usage.directories,
-      skipped: usage.skipped,
-    })
   }
 
   /// Applies pending migrations; resolves to the versions applied by this call.
