@@ -107,9 +107,14 @@ impl ManageConnection for Manager {
     tokio::spawn(async move {
       // bb8-postgres drops this error silently; we report it once per connection.
       if let Err(error) = connection.await {
+        // `connect_cause` keeps the server's reason ("terminating connection due to
+        // administrator command"), which a bare "db error" would hide.
         log::warn(
           "connection_lost",
-          &[("target", target.as_str()), ("error", &error.to_string())],
+          &[
+            ("target", target.as_str()),
+            ("error", &connect_cause(&error)),
+          ],
         );
       }
     });
@@ -187,6 +192,19 @@ impl Pool {
   /// A connection, or `DB_UNAVAILABLE` as soon as an attempt to open one fails, or
   /// `DB_TIMEOUT` when every connection stays busy past the timeout.
   pub async fn get(&self) -> Result<Checkout<'_>> {
+    // An idle connection the server closed (restart, failover, idle kill) is skipped, not handed
+    // out to fail the caller's statement: dropping it returns it to bb8, whose `has_broken`
+    // discards it. Bounded: at most every pooled connection once, then a fresh one.
+    for _ in 0..self.pool_size {
+      let checkout = self.get_one().await?;
+      if !checkout.0.client.is_closed() {
+        return Ok(checkout);
+      }
+    }
+    self.get_one().await
+  }
+
+  async fn get_one(&self) -> Result<Checkout<'_>> {
     let mut failed = pin!(self.failures.notify.notified());
     failed.as_mut().enable();
     let result = tokio::select! {
