@@ -2,12 +2,16 @@
 
 // Same rules as src/format.rs: binary multiples (1 KB = 1024 bytes) with the familiar
 // KB/MB/GB labels, one decimal dropped when zero. Pure, so client components can use it.
+const { StorageQuotaError } = require('./errors.js')
+
 const UNITS = ['B', 'KB', 'MB', 'GB', 'TB', 'PB']
 
-/** `512 B`, `12.5 MB`, `1 GB`. */
+/** `512 B`, `12.5 MB`, `1 GB`. Throws a StorageQuotaError (INVALID_ARGUMENT) for a non-finite or non-number value. */
 function formatBytes(bytes) {
   if (typeof bytes !== 'number' || !Number.isFinite(bytes)) {
-    throw new TypeError(`formatBytes expects a finite number, got ${String(bytes)}`)
+    // Only the type is named: String(bytes) could run a hostile toString().
+    const got = typeof bytes === 'number' ? String(bytes) : typeof bytes
+    throw new StorageQuotaError('INVALID_ARGUMENT', `formatBytes expects a finite number, got ${got}`)
   }
   if (bytes < 0) return `-${formatBytes(-bytes)}`
   let value = bytes
