@@ -36,6 +36,7 @@ await client.migrate()
 const ctx = {
   userId: 'user_fuzz',
   projectId: await insertProject(db, 'user_fuzz'),
+  otherProjectId: await insertProject(db, 'user_fuzz', 'empty'),
   uploadId: 'fuzz-upload-1',
   clientOptions: { databaseUrl: db.url, storageRoot: db.storageRoot },
 }
@@ -132,7 +133,7 @@ for (const [targetName, invoke] of Object.entries(targets)) {
             inputsTried += 1
             let promise
             try {
-              promise = invoke(op.name, argumentsWith(op, ctx, index, value))
+              promise = invoke(op.name, argumentsWith(op.args, ctx, index, value))
             } catch (error) {
               assert.fail(`threw synchronously instead of rejecting: ${error}`)
             }
@@ -154,14 +155,12 @@ for (const [targetName, invoke] of Object.entries(targets)) {
 
 for (const op of SYNC_OPERATIONS) {
   test(`${op.name}: bad input throws INVALID_ARGUMENT synchronously`, async () => {
-    const accepts =
-      op.name === 'formatBytes' ? (v) => typeof v === 'number' && Number.isFinite(v) : KINDS.clientOptions.accepts
     await fc.assert(
-      fc.property(nasty.filter((raw) => !accepts(realize(raw))), (raw) => {
+      fc.property(nasty.filter((raw) => !op.accepts(realize(raw))), (raw) => {
         const value = realize(raw)
         inputsTried += 1
         assert.throws(
-          () => op.call([value]),
+          () => op.call(value),
           (error) => error instanceof StorageQuotaError && error.code === 'INVALID_ARGUMENT',
         )
       }),
@@ -217,7 +216,7 @@ test('NativeClient methods: every bad argument throws or rejects as INVALID_ARGU
   const native = new NativeClient(ctx.clientOptions)
   after(() => native.close())
   for (const op of OPERATIONS) {
-    for (const [index, kind] of op.args.entries()) {
+    for (const [index, kind] of op.native.entries()) {
       await fc.assert(
         fc.asyncProperty(nasty.filter((raw) => !KINDS[kind].accepts(realize(raw))), async (raw) => {
           const value = realize(raw)
@@ -225,7 +224,7 @@ test('NativeClient methods: every bad argument throws or rejects as INVALID_ARGU
           // without that field, extra keys ignored) are valid there, and would charge an upload.
           fc.pre(!(kind === 'uploadOptions' && nativeReadsAsNoUploadId(value)))
           inputsTried += 1
-          const args = argumentsWith(op, ctx, index, value)
+          const args = argumentsWith(op.native, ctx, index, value)
           const outcome = await nativeOutcome(() => native[op.name](...args))
           assert.ok(!('value' in outcome), `${op.name} resolved for a bad ${kind}`)
           if (outcome.error instanceof HostileError) return // the caller's own getter threw
@@ -254,8 +253,8 @@ test('NativeClient: well-typed but invalid values are refused by Rust, not by na
   )
   const invalidNumbers = fc.oneof(fc.double(), fc.constantFrom(NaN, -1, 0.5, 2 ** 53, -0.5, 1e300))
   const cases = [
-    [invalidStrings.filter((v) => !KINDS.userId.accepts(v)), (v) => native.checkQuota(v, 1)],
-    [invalidNumbers.filter((v) => !KINDS.bytes.accepts(v)), (v) => native.checkQuota(ctx.userId, v)],
+    [invalidStrings.filter((v) => !KINDS.userId.accepts(v)), (v) => native.checkQuota(v, [1])],
+    [invalidNumbers.filter((v) => !KINDS.bytes.accepts(v)), (v) => native.checkQuota(ctx.userId, [v])],
     [invalidStrings.filter((v) => !KINDS.projectId.accepts(v)), (v) => native.allocateProjectPath(ctx.userId, v)],
     [invalidStrings.filter((v) => !KINDS.projectId.accepts(v)), (v) => native.recordUpload(ctx.userId, v, 1)],
     [invalidNumbers.filter((v) => !KINDS.bytes.accepts(v)), (v) => native.recordUpload(ctx.userId, ctx.projectId, v)],
