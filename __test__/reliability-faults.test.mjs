@@ -245,3 +245,32 @@ test('closing the client while calls are in flight settles every one of them', a
   const ledger = await db.query(`SELECT idempotency_key FROM quota_ledger ORDER BY idempotency_key`)
   assert.deepEqual(ledger.rows.map((r) => r.idempotency_key), recorded)
 })
+
+test('a connection cut mid-call fails that call only; the immediate retry with the same uploadId succeeds once', async () => {
+  const db = await createTestDatabase('rel_cut')
+  const client = createClient({ databaseUrl: db.url, storageRoot: db.storageRoot, poolSize: 1, applicationName: 'sq-cut-test' })
+  after(() => client.close())
+  await client.migrate()
+  const project = await insertProject(db, 'user_cut')
+  await db.query(`INSERT INTO user_quotas (user_id, limit_bytes) VALUES ('user_cut', 1000000)`)
+  const admin = new pg.Client({ connectionString: db.url })
+  admin.on('error', () => {})
+  await admin.connect()
+  const CUTS = 10
+  for (let i = 0; i < CUTS; i++) {
+    await admin.query('BEGIN')
+    await admin.query(`SELECT 1 FROM user_quotas WHERE user_id = 'user_cut' FOR UPDATE`)
+    const blocked = timed(client.recordUpload('user_cut', project, 10, { uploadId: `cut-${i}` }))
+    await sleep(100)
+    await admin.query(`SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'sq-cut-test'`)
+    await admin.query('COMMIT')
+    const { error } = await blocked
+    assert.equal(error?.code, 'DB_UNAVAILABLE', String(error))
+    // No pause: the pool must not hand out the connection the server just cut.
+    const retried = await client.recordUpload('user_cut', project, 10, { uploadId: `cut-${i}` })
+    assert.equal(retried.duplicate, false)
+  }
+  await admin.end()
+  const usage = await client.checkQuota('user_cut', 0)
+  assert.equal(usage.usedBytes, 10 * CUTS)
+})

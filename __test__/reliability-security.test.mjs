@@ -202,6 +202,7 @@ test('connection strings and passwords never appear in errors or logs, through f
   }
   assert.match(stdout, /password authentication failed/)
   assert.match(stdout, /after loss: recorded, duplicate=false/)
+  assert.doesNotMatch(stdout, /^retry 0:/m, 'the immediate retry after the loss succeeded')
   assert.match(stderr, /"event":"connection_lost"/, 'the lost connection was logged')
   for (const secret of [password, encodeURIComponent(password), own.password, `${password}-wrong`]) {
     assert.ok(!output.includes(secret), `the password appears in the output:\n${output}`)
