@@ -21,7 +21,7 @@ import * as quota from '../index.js'
 import { NativeClient } from '../binding.js'
 import { fromNative } from '../lib/errors.js'
 import { createTestDatabase, insertProject } from './helpers/db.mjs'
-import { KINDS, OPERATIONS, SYNC_OPERATIONS, argumentsWith, databaseSnapshot } from './helpers/operations.mjs'
+import { KINDS, NO_ARGUMENTS, OPERATIONS, SYNC_OPERATIONS, argumentsWith, databaseSnapshot } from './helpers/operations.mjs'
 
 const RUNS = Number(process.env.FUZZ_RUNS ?? 300)
 const { StorageQuotaError } = quota
@@ -47,6 +47,16 @@ const rootBefore = await readdir(db.storageRoot, { recursive: true })
 after(async () => {
   await client.close()
   await quota.closeDefaultClient()
+})
+
+test('the table covers every exported function', () => {
+  const methods = Object.getOwnPropertyNames(quota.StorageQuotaClient.prototype).filter((m) => m !== 'constructor')
+  const covered = new Set([...OPERATIONS.map((op) => op.name), ...NO_ARGUMENTS])
+  assert.deepEqual(methods.filter((m) => !covered.has(m)), [], 'add a row to OPERATIONS in helpers/operations.mjs')
+  const sync = new Set(SYNC_OPERATIONS.map((op) => op.name.split(' ')[0]))
+  const exported = Object.keys(quota).filter((k) => typeof quota[k] === 'function' && !/^[A-Z]/.test(k))
+  const unlisted = exported.filter((k) => !covered.has(k) && !sync.has(k) && !['getDefaultClient', 'closeDefaultClient'].includes(k))
+  assert.deepEqual(unlisted, [], 'add each new export to OPERATIONS or SYNC_OPERATIONS')
 })
 
 let inputsTried = 0
@@ -271,6 +281,12 @@ test('NativeClient: well-typed but invalid values are refused by Rust, not by na
       }),
       { numRuns: RUNS },
     )
+  }
+  // Lists napi converts without complaint: empty, or longer than the JS schema allows.
+  for (const sizes of [[], new Array(10_001).fill(1)]) {
+    inputsTried += 1
+    const outcome = await nativeOutcome(() => native.checkQuota(ctx.userId, sizes))
+    assert.equal(JSON.parse(outcome.error.message).code, 'INVALID_ARGUMENT', `${sizes.length} sizes`)
   }
   // Options: napi would wrap -1 to 4294967295 and truncate 1.5 to 1; Rust refuses both.
   const badOptions = [

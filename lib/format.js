@@ -29,7 +29,7 @@ function formatBytes(bytes) {
 /** `used / limit` in percent with two decimals (a zero limit is 100 % full). Same as the addon. */
 function quotaPercentage(usedBytes, limitBytes) {
   if (![usedBytes, limitBytes].every((n) => typeof n === 'number' && Number.isFinite(n))) {
-    throw new TypeError('quotaPercentage expects two finite numbers')
+    throw new StorageQuotaError('INVALID_ARGUMENT', 'quotaPercentage expects two finite numbers')
   }
   if (limitBytes <= 0) return 100
   return Math.round((usedBytes / limitBytes) * 10000) / 100
@@ -37,6 +37,10 @@ function quotaPercentage(usedBytes, limitBytes) {
 
 /** `normal` below 75 %, `nearing` from 75 %, `critical` from 90 %, `exceeded` from 100 %. */
 function quotaState(percentUsed) {
+  // A number only: comparing anything else would coerce it (running a hostile valueOf).
+  if (typeof percentUsed !== 'number' || Number.isNaN(percentUsed)) {
+    throw new StorageQuotaError('INVALID_ARGUMENT', `quotaState expects a number, got ${typeof percentUsed}`)
+  }
   if (percentUsed >= 100) return 'exceeded'
   if (percentUsed >= 90) return 'critical'
   if (percentUsed >= 75) return 'nearing'

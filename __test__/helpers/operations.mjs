@@ -90,7 +90,13 @@ export const OPERATIONS = [
 export const SYNC_OPERATIONS = [
   { name: 'createClient', accepts: KINDS.clientOptions.accepts, call: (value) => quota.createClient(value) },
   { name: 'formatBytes', accepts: (v) => typeof v === 'number' && Number.isFinite(v), call: (value) => quota.formatBytes(value) },
+  { name: 'quotaPercentage (used)', accepts: (v) => typeof v === 'number' && Number.isFinite(v), call: (value) => quota.quotaPercentage(value, 100) },
+  { name: 'quotaPercentage (limit)', accepts: (v) => typeof v === 'number' && Number.isFinite(v), call: (value) => quota.quotaPercentage(1, value) },
+  { name: 'quotaState', accepts: (v) => typeof v === 'number' && !Number.isNaN(v), call: (value) => quota.quotaState(value) },
 ]
+
+/** Client methods that take no argument, so have nothing to fuzz. */
+export const NO_ARGUMENTS = ['sweepExpiredReservations', 'migrate', 'migrationStatus', 'close']
 
 /** Valid arguments for `op`, with position `index` replaced by `value`. */
 export function argumentsWith(kinds, ctx, index, value) {
