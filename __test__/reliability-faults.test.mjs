@@ -55,7 +55,7 @@ async function lockQuotaRow(url, userId) {
   }
 }
 
-test('PostgreSQL restarted twice under load: bounded failures, pool recovers, retried uploads count once', async () => {
+test('PostgreSQL restarted twice under load: bounded failures, pool recovers, retried uploads and commits count once', async () => {
   const own = await startOwnPostgres('restart')
   const storageRoot = await mkdtemp(join(tmpdir(), 'sq-faults-'))
   after(() => rm(storageRoot, { recursive: true, force: true }))
@@ -103,7 +103,66 @@ test('PostgreSQL restarted twice under load: bounded failures, pool recovers, re
     }
   }
 
-  const load = Promise.all(Array.from({ length: WORKERS }, (_, w) => worker(w)))
+  // Reservation writers: reserve, then commit; a call that fails is retried. reserveUpload has no
+  // idempotency key, so a reservation whose reply was lost is unknown to the writer ("orphan"):
+  // it holds its bytes until its TTL. A commit whose reply was lost comes back as CONFLICT
+  // ("already committed") on retry.
+  const RESERVERS = 3
+  const RESERVATIONS = 15
+  const committed = new Map()
+  let orphanSuspects = 0
+  let conflictsAfterLoss = 0
+  async function call(run) {
+    for (;;) {
+      assert.ok(Date.now() < deadline, 'a reservation call did not settle before the deadline')
+      attempts += 1
+      const { value, error, ms } = await timed(run())
+      assert.ok(ms < connectTimeoutMs + statementTimeoutMs + 1500, `a call took ${Math.round(ms)} ms`)
+      if (value) return { value }
+      assert.ok(error instanceof StorageQuotaError, String(error))
+      if (!['DB_UNAVAILABLE', 'DB_TIMEOUT'].includes(error.code)) return { error }
+      codes.set(error.code, (codes.get(error.code) ?? 0) + 1)
+      await sleep(25)
+      return { retry: true }
+    }
+  }
+  async function reserver(w) {
+    for (let k = 0; k < RESERVATIONS; k++) {
+      const bytes = 500 + w * 10 + k
+      for (;;) {
+        const reserved = await call(() => client.reserveUpload(user, project, bytes, { ttlMs: 3000 }))
+        if (reserved.retry) {
+          orphanSuspects += 1
+          continue
+        }
+        assert.ok(reserved.value, String(reserved.error))
+        const id = reserved.value.reservationId
+        let settled
+        let retried = false
+        for (;;) {
+          settled = await call(() => client.commitUpload(id))
+          if (!settled.retry) break
+          retried = true
+        }
+        if (settled.value) {
+          committed.set(id, bytes)
+          break
+        }
+        if (settled.error.code === 'CONFLICT' && retried && /already committed/.test(settled.error.message)) {
+          conflictsAfterLoss += 1
+          committed.set(id, bytes)
+          break
+        }
+        // Expired while the server was down: reserve again, as an app would.
+        assert.equal(settled.error.code, 'RESERVATION_EXPIRED', settled.error.message)
+      }
+    }
+  }
+
+  const load = Promise.all([
+    ...Array.from({ length: WORKERS }, (_, w) => worker(w)),
+    ...Array.from({ length: RESERVERS }, (_, w) => reserver(w)),
+  ])
   const faults = (async () => {
     await sleep(300)
     await own.restart({ downMs: 1000 })
@@ -118,17 +177,36 @@ test('PostgreSQL restarted twice under load: bounded failures, pool recovers, re
   assert.ok(failures > 0, 'the restarts hit calls in flight')
   assert.equal(accepted.size, WORKERS * UPLOADS)
   const ledger = await own.query(
-    `SELECT idempotency_key, bytes::float8 AS bytes FROM quota_ledger WHERE user_id = $1 ORDER BY idempotency_key`,
+    `SELECT idempotency_key, bytes::float8 AS bytes FROM quota_ledger WHERE user_id = $1 AND idempotency_key NOT LIKE 'reservation %' ORDER BY idempotency_key`,
     [user],
   )
   assert.equal(ledger.rows.length, WORKERS * UPLOADS, 'one ledger row per upload')
   for (const row of ledger.rows) assert.equal(row.bytes, accepted.get(row.idempotency_key))
-  const expected = [...accepted.values()].reduce((a, b) => a + b, 0)
+  // Each commit is in the ledger exactly once.
+  const commits = await own.query(
+    `SELECT idempotency_key, bytes::float8 AS bytes FROM quota_ledger WHERE user_id = $1 AND idempotency_key LIKE 'reservation %'`,
+    [user],
+  )
+  assert.equal(commits.rows.length, RESERVERS * RESERVATIONS)
+  for (const row of commits.rows) assert.equal(row.bytes, committed.get(row.idempotency_key.slice('reservation '.length)))
+  const expected = [...accepted.values(), ...committed.values()].reduce((a, b) => a + b, 0)
   const usage = await client.checkQuota(user, 0)
-  assert.equal(usage.usedBytes, expected, 'each upload counted exactly once')
+  assert.equal(usage.usedBytes, expected, 'each upload and commit counted exactly once')
+  // Orphaned reservations hold bytes only until their TTL; then nothing is reserved.
+  const orphans = await own.query(`SELECT count(*)::int AS n FROM quota_reservations WHERE user_id = $1 AND status = 'pending'`, [user])
+  assert.ok(orphans.rows[0].n <= orphanSuspects, 'a pending reservation the writer does not know came from a lost reply')
+  await sleep(3100)
+  await client.sweepExpiredReservations()
+  const swept = await client.checkQuota(user, 0)
+  assert.equal(swept.reservedBytes, 0)
+  assert.equal(swept.usedBytes, expected)
+  const report = await client.reconcile(user)
+  for (const drift of report.users) assert.deepEqual([drift.driftBytes, drift.reservedDriftBytes], [0, 0])
   console.log(
     `# restarts: 2; attempts ${attempts}, failed ${failures} (${JSON.stringify(Object.fromEntries(codes))}), ` +
-      `answered as duplicate after a lost reply ${duplicates}, slowest call ${Math.round(slowest)} ms`,
+      `answered as duplicate after a lost reply ${duplicates}, slowest call ${Math.round(slowest)} ms; ` +
+      `${committed.size} reservations committed, ${conflictsAfterLoss} commit replies lost (CONFLICT on retry), ` +
+      `${orphans.rows[0].n} orphaned reservations (released at TTL)`,
   )
 })
 
