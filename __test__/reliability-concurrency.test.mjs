@@ -13,7 +13,7 @@ import { randomUUID } from 'node:crypto'
 import { createClient, StorageQuotaError } from '../index.js'
 import { createTestDatabase, insertProject } from './helpers/db.mjs'
 
-const CALLS = Number(process.env.CONCURRENCY_CALLS ?? 5000)
+const CALLS = Number(process.env.CONCURRENCY_CALLS ?? 4000)
 const IN_FLIGHT = 64
 const CLIENTS = 4
 const USERS = ['user_conc_a', 'user_conc_b', 'user_conc_c']
