@@ -474,7 +474,7 @@ impl NativeClient {
 
   /// Reverts the `steps` most recent migrations; resolves to the versions reverted.
   #[napi]
-  pub async fn rollback(&self, steps: u32) -> Result<Vec<i32>> {
+  pub async fn rollback(&self, steps: f64) -> Result<Vec<i32>> {
     self.inner.rollback(steps).await.map_err(to_js_error)
   }
 
