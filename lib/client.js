@@ -78,8 +78,8 @@ class StorageQuotaClient {
     const user = parse(S.UserIdSchema, userId, 'userId')
     const project = parse(S.ProjectIdSchema, projectId, 'projectId')
     const size = parse(S.BytesSchema, bytes, 'bytes')
-    const { ttlMs } = parse(S.ReserveUploadOptionsSchema, options ?? {}, 'options')
-    return this.#charged('reserveUpload', user, () => this.#native.reserveUpload(user, project, size, ttlMs))
+    const { ttlMs, reservationId } = parse(S.ReserveUploadOptionsSchema, options ?? {}, 'options')
+    return this.#charged('reserveUpload', user, () => this.#native.reserveUpload(user, project, size, ttlMs, reservationId))
   }
 
   /**

@@ -231,10 +231,17 @@ impl NativeClient {
     project_id: String,
     bytes: f64,
     ttl_ms: Option<f64>,
+    reservation_id: Option<String>,
   ) -> Result<Reservation> {
     let r = self
       .inner
-      .reserve_upload(&user_id, &project_id, bytes, ttl_ms)
+      .reserve_upload(
+        &user_id,
+        &project_id,
+        bytes,
+        ttl_ms,
+        reservation_id.as_deref(),
+      )
       .await
       .map_err(to_js_error)?;
     Ok(with_usage!(

@@ -55,6 +55,7 @@ export const KINDS = {
   sizes: { valid: () => [1], accepts: (v) => accepts(S.BytesListSchema, v) },
   optionalTtl: { valid: () => 60_000, accepts: optional(S.ReserveUploadOptionsSchema.shape.ttlMs.unwrap()) },
   optionalUserId: { valid: (ctx) => ctx.userId, accepts: optional(S.UserIdSchema) },
+  optionalReservationId: { valid: () => undefined, accepts: optional(S.ReservationIdSchema) },
   optionalUploadId: { valid: () => 'fuzz-deletion', accepts: optional(S.UploadIdSchema) },
   optionalAuditText: { valid: () => 'fuzz', accepts: optional(S.SetQuotaLimitOptionsSchema.shape.changedBy.unwrap()) },
   boolean: { valid: () => false, accepts: (v) => typeof v === 'boolean' },
@@ -69,7 +70,7 @@ export const OPERATIONS = [
   { name: 'checkQuota', args: ['userId', 'bytesOrList'], native: ['userId', 'sizes'] },
   { name: 'recordUpload', args: ['userId', 'projectId', 'bytes', 'uploadOptions'], native: ['userId', 'projectId', 'bytes', 'uploadOptions'] },
   { name: 'allocateProjectPath', args: ['userId', 'projectId'], native: ['userId', 'projectId'] },
-  { name: 'reserveUpload', args: ['userId', 'projectId', 'bytes', 'reserveOptions'], native: ['userId', 'projectId', 'bytes', 'optionalTtl'] },
+  { name: 'reserveUpload', args: ['userId', 'projectId', 'bytes', 'reserveOptions'], native: ['userId', 'projectId', 'bytes', 'optionalTtl', 'optionalReservationId'] },
   { name: 'commitUpload', args: ['reservationId', 'optionalBytes', 'ownerOptions'], native: ['reservationId', 'nullableBytes', 'optionalUserId'] },
   { name: 'cancelUpload', args: ['reservationId', 'ownerOptions'], native: ['reservationId', 'optionalUserId'] },
   {
