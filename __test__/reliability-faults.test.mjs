@@ -339,7 +339,14 @@ test('a connection cut mid-call fails that call only; the immediate retry with t
     await admin.query('BEGIN')
     await admin.query(`SELECT 1 FROM user_quotas WHERE user_id = 'user_cut' FOR UPDATE`)
     const blocked = timed(client.recordUpload('user_cut', project, 10, { uploadId: `cut-${i}` }))
-    await sleep(100)
+    // Cut only once the call is really waiting on the row lock (a fixed sleep races on a busy machine).
+    for (let waited = 0; waited < 10_000; waited += 20) {
+      const { rows } = await admin.query(
+        `SELECT 1 FROM pg_stat_activity WHERE application_name = 'sq-cut-test' AND wait_event_type = 'Lock'`,
+      )
+      if (rows.length > 0) break
+      await sleep(20)
+    }
     await admin.query(`SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'sq-cut-test'`)
     await admin.query('COMMIT')
     const { error } = await blocked
