@@ -53,6 +53,15 @@ export declare class NativeClient {
   migrationStatus(): Promise<MigrationStatus>
   /** Stops handing out connections; calls in flight finish first. */
   close(): void
+  /**
+   * Where the project lives (or would): backend, key and path. Touches neither the database
+   * nor the disk.
+   */
+  projectPathFor(userId: string, projectId: string): ProjectLocation
+  /** Whether `candidate` (relative to the project directory, or absolute) lies inside it. */
+  validatePath(userId: string, projectId: string, candidate: string): Promise<PathCheck>
+  /** The project's usage counted from its files on disk. */
+  diskUsage(userId: string, projectId: string): Promise<DiskUsage>
 }
 
 /** Options for `createClient`. Every one is optional. */
@@ -86,6 +95,8 @@ export interface ClientOptions {
   rolloutPercent?: number
   /** How long a reservation holds its bytes unless committed or cancelled, in ms. Default 1 h. */
   reservationTtlMs?: number
+  /** Where project paths point. Default `{ backend: 'local' }` (directories under `storageRoot`). */
+  storage?: StorageOptions
 }
 
 /** A project copied by `copyProject`. */
@@ -102,6 +113,19 @@ export interface CopiedProject {
   percentUsed: number
 }
 
+/** A project's usage counted from the files on disk (symlinks are never followed). */
+export interface DiskUsage {
+  /** Sum of the sizes of the regular files; a hard-linked file counts once. */
+  bytes: number
+  /** Space taken on disk (`st_blocks` × 512) by the files and directories, as `du` counts. */
+  allocatedBytes: number
+  files: number
+  /** Directories below the project directory. */
+  directories: number
+  /** Symlinks, sockets, FIFOs and devices: neither followed nor counted. */
+  skipped: number
+}
+
 /** One migration, applied or pending. */
 export interface MigrationInfo {
   version: number
@@ -115,6 +139,21 @@ export interface MigrationStatus {
   pending: Array<MigrationInfo>
 }
 
+/** The answer of `validatePath`. */
+export interface PathCheck {
+  /**
+   * True when the candidate lies inside the project's directory (and, on local disk, no
+   * symlink sits on the way).
+   */
+  inside: boolean
+  /** The candidate as an absolute path (or URL) inside the project; absent when refused. */
+  path?: string
+  /** The candidate relative to the project directory, `''` for the directory itself. */
+  relativePath?: string
+  /** Why the candidate was refused; absent when inside. */
+  reason?: string
+}
+
 /** One project in a reconciliation report. */
 export interface ProjectDrift {
   projectId: string
@@ -126,6 +165,16 @@ export interface ProjectDrift {
   diskBytes?: number
   /** `diskBytes − ledgerBytes`. */
   diskDriftBytes?: number
+}
+
+/** Where a project lives (or would), computed without touching the database or disk. */
+export interface ProjectLocation {
+  /** `local` or `s3`. */
+  backend: string
+  /** `{userId}/{projectId}/`, the same for every backend. */
+  key: string
+  /** `{storageRoot}/{userId}/{projectId}/`, or `s3://{bucket}/{prefix}/{userId}/{projectId}/`. */
+  path: string
 }
 
 /** Where a project's files live. */
@@ -274,6 +323,19 @@ export interface SettledReservation {
   limitBytes: number
   remainingBytes: number
   percentUsed: number
+}
+
+/**
+ * The storage backend: `{ backend: 'local' }`, or `{ backend: 's3', bucket, prefix? }` for
+ * keys under `s3://{bucket}/{prefix}/` (allocation then writes nothing anywhere).
+ */
+export interface StorageOptions {
+  /** `local` or `s3`. */
+  backend: string
+  /** S3 bucket name (s3 only). */
+  bucket?: string
+  /** Key prefix inside the bucket, e.g. `projects` (s3 only). Default none. */
+  prefix?: string
 }
 
 /** A user's usage as the UI shows it. */

@@ -4,6 +4,9 @@ import type { z } from 'zod'
 import type {
   ClientOptions as NativeClientOptions,
   CopiedProject,
+  DiskUsage,
+  PathCheck,
+  ProjectLocation,
   MigrationInfo,
   MigrationStatus,
   ProjectDrift,
@@ -23,6 +26,9 @@ import type {
 
 export type {
   CopiedProject,
+  DiskUsage,
+  PathCheck,
+  ProjectLocation,
   MigrationInfo,
   MigrationStatus,
   ProjectDrift,
@@ -49,12 +55,20 @@ export type Logger =
   | ((event: LogEvent, fields: Record<string, unknown>) => void)
   | { info?: (entry: Record<string, unknown>) => void; warn?: (entry: Record<string, unknown>) => void }
 
-export interface ClientOptions extends NativeClientOptions {
+export interface ClientOptions extends Omit<NativeClientOptions, 'storage'> {
+  /** Where project paths point. Default `{ backend: 'local' }` (directories under `storageRoot`). */
+  storage?: StorageOptions
   /** Where log events go: a function, an object with `info`/`warn`, or `false`. Default: JSON lines on stderr. */
   logger?: Logger | false
   /** Calls slower than this many ms are logged as `slow_call`. Default 250. */
   slowCallMs?: number
 }
+
+/**
+ * Where project paths point: directories under `storageRoot` (the default), or keys under
+ * `s3://{bucket}/{prefix}/`, whose allocation writes nothing anywhere.
+ */
+export type StorageOptions = { backend: 'local' } | { backend: 's3'; bucket: string; prefix?: string }
 
 /** Every code a StorageQuotaError can carry. Codes are stable across versions. */
 export type StorageQuotaErrorCode =
@@ -150,6 +164,12 @@ export declare class StorageQuotaClient {
   checkQuota(userId: string, bytes: number | number[]): Promise<QuotaCheck>
   /** `{storageRoot}/{userId}/{projectId}/`, created on first call. NOT_FOUND / FORBIDDEN for unknown or foreign projects. */
   allocateProjectPath(userId: string, projectId: string): Promise<ProjectStoragePath>
+  /** Where the project lives (or would): `{ backend, key, path }`. Pure: no database, no disk. */
+  projectPathFor(userId: string, projectId: string): ProjectLocation
+  /** Whether `candidate` (relative to the project directory, or absolute) lies inside it. */
+  validatePath(userId: string, projectId: string, candidate: string): Promise<PathCheck>
+  /** The project's usage counted from its files on disk; symlinks are never followed. */
+  diskUsage(userId: string, projectId: string): Promise<DiskUsage>
   /** Charges an upload; rejects with a QuotaExceededError when it does not fit. `replacesBytes` charges the net change. */
   recordUpload(userId: string, projectId: string, bytes: number, options?: RecordUploadOptions): Promise<RecordedUpload>
   /** Holds bytes for an upload whose bytes arrive later; QUOTA_EXCEEDED when they do not fit. */
@@ -209,6 +229,9 @@ export declare function removeProject(userId: string, projectId: string, options
 export declare function setQuotaLimit(userId: string, limitBytes: number, options?: SetQuotaLimitOptions): Promise<Usage>
 export declare function getUsage(userId: string, options?: { projects?: boolean }): Promise<Usage>
 export declare function reconcile(userId?: string, options?: { fix?: boolean; disk?: boolean }): Promise<ReconcileReport>
+export declare function projectPathFor(userId: string, projectId: string): ProjectLocation
+export declare function validatePath(userId: string, projectId: string, candidate: string): Promise<PathCheck>
+export declare function diskUsage(userId: string, projectId: string): Promise<DiskUsage>
 export declare function migrate(): Promise<{ applied: number[] }>
 export declare function rollback(steps?: number): Promise<{ reverted: number[] }>
 export declare function migrationStatus(): Promise<MigrationStatus>
@@ -244,6 +267,11 @@ export declare const BytesSchema: z.ZodType<number>
 export declare const UploadIdSchema: z.ZodType<string>
 export declare const RecordUploadOptionsSchema: z.ZodType<RecordUploadOptions>
 export declare const ClientOptionsSchema: z.ZodType<ClientOptions>
+export declare const StorageOptionsSchema: z.ZodType<StorageOptions>
+export declare const CandidatePathSchema: z.ZodType<string>
+export declare const ProjectLocationSchema: z.ZodType<ProjectLocation>
+export declare const PathCheckSchema: z.ZodType<PathCheck>
+export declare const DiskUsageSchema: z.ZodType<DiskUsage>
 export declare const QuotaCheckSchema: z.ZodType<QuotaCheck>
 export declare const RecordedUploadSchema: z.ZodType<RecordedUpload>
 export declare const StorageBackendSchema: z.ZodType<'local' | 's3'>

@@ -51,6 +51,9 @@ exports.removeProject = (...args) => getDefaultClient().removeProject(...args)
 exports.setQuotaLimit = (...args) => getDefaultClient().setQuotaLimit(...args)
 exports.getUsage = (...args) => getDefaultClient().getUsage(...args)
 exports.reconcile = (...args) => getDefaultClient().reconcile(...args)
+exports.projectPathFor = (...args) => getDefaultClient().projectPathFor(...args)
+exports.validatePath = (...args) => getDefaultClient().validatePath(...args)
+exports.diskUsage = (...args) => getDefaultClient().diskUsage(...args)
 exports.migrate = (...args) => getDefaultClient().migrate(...args)
 exports.rollback = (...args) => getDefaultClient().rollback(...args)
 exports.migrationStatus = (...args) => getDefaultClient().migrationStatus(...args)
@@ -85,6 +88,11 @@ exports.BytesSchema = schemas.BytesSchema
 exports.UploadIdSchema = schemas.UploadIdSchema
 exports.RecordUploadOptionsSchema = schemas.RecordUploadOptionsSchema
 exports.ClientOptionsSchema = schemas.ClientOptionsSchema
+exports.StorageOptionsSchema = schemas.StorageOptionsSchema
+exports.CandidatePathSchema = schemas.CandidatePathSchema
+exports.ProjectLocationSchema = schemas.ProjectLocationSchema
+exports.PathCheckSchema = schemas.PathCheckSchema
+exports.DiskUsageSchema = schemas.DiskUsageSchema
 exports.QuotaCheckSchema = schemas.QuotaCheckSchema
 exports.RecordedUploadSchema = schemas.RecordedUploadSchema
 exports.StorageBackendSchema = schemas.StorageBackendSchema

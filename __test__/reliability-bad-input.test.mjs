@@ -52,8 +52,9 @@ after(async () => {
 test('the table covers every exported function', () => {
   const methods = Object.getOwnPropertyNames(quota.StorageQuotaClient.prototype).filter((m) => m !== 'constructor')
   const covered = new Set([...OPERATIONS.map((op) => op.name), ...NO_ARGUMENTS])
-  assert.deepEqual(methods.filter((m) => !covered.has(m)), [], 'add a row to OPERATIONS in helpers/operations.mjs')
+  // Sync methods (projectPathFor) are fuzzed through their module-level form in SYNC_OPERATIONS.
   const sync = new Set(SYNC_OPERATIONS.map((op) => op.name.split(' ')[0]))
+  assert.deepEqual(methods.filter((m) => !covered.has(m) && !sync.has(m)), [], 'add a row to OPERATIONS in helpers/operations.mjs')
   const exported = Object.keys(quota).filter((k) => typeof quota[k] === 'function' && !/^[A-Z]/.test(k))
   const unlisted = exported.filter((k) => !covered.has(k) && !sync.has(k) && !['getDefaultClient', 'closeDefaultClient'].includes(k))
   assert.deepEqual(unlisted, [], 'add each new export to OPERATIONS or SYNC_OPERATIONS')

@@ -61,6 +61,38 @@ class StorageQuotaClient {
   }
 
   /**
+   * Where the project lives (or would): `{ backend, key, path }`. Pure: touches neither the
+   * database nor the disk, and needs no project row.
+   */
+  projectPathFor(userId, projectId) {
+    const user = parse(S.UserIdSchema, userId, 'userId')
+    const project = parse(S.ProjectIdSchema, projectId, 'projectId')
+    try {
+      return this.#native.projectPathFor(user, project)
+    } catch (error) {
+      throw fromNative(error)
+    }
+  }
+
+  /**
+   * Whether `candidate` (relative to the project directory, or absolute) lies inside it.
+   * Resolves `{ inside: true, path, relativePath }` or `{ inside: false, reason }`.
+   */
+  async validatePath(userId, projectId, candidate) {
+    const user = parse(S.UserIdSchema, userId, 'userId')
+    const project = parse(S.ProjectIdSchema, projectId, 'projectId')
+    const path = parse(S.CandidatePathSchema, candidate, 'candidate')
+    return this.#call('validatePath', (n) => n.validatePath(user, project, path))
+  }
+
+  /** The project's usage counted from its files on disk (links are never followed). */
+  async diskUsage(userId, projectId) {
+    const user = parse(S.UserIdSchema, userId, 'userId')
+    const project = parse(S.ProjectIdSchema, projectId, 'projectId')
+    return this.#call('diskUsage', (n) => n.diskUsage(user, project))
+  }
+
+  /**
    * Charges an upload of `bytes` to `projectId`. Rejects with QUOTA_EXCEEDED when it does not
    * fit; with the same `uploadId` twice, the upload counts once. With `replacesBytes` (an
    * overwrite) only the difference is charged.
@@ -242,13 +274,22 @@ class StorageQuotaClient {
   }
 }
 
-/** Options from the environment: DATABASE_URL (or POSTGRES_URL), STORAGE_ROOT, STORAGE_QUOTA_MODE. */
+/**
+ * Options from the environment: DATABASE_URL (or POSTGRES_URL), STORAGE_ROOT, STORAGE_QUOTA_MODE,
+ * and STORAGE_BACKEND=s3 with STORAGE_BUCKET and STORAGE_PREFIX.
+ */
 function optionsFromEnv(env = process.env) {
   const options = {}
   const url = env.DATABASE_URL || env.POSTGRES_URL
   if (url) options.databaseUrl = url
   if (env.STORAGE_ROOT) options.storageRoot = env.STORAGE_ROOT
   if (env.STORAGE_QUOTA_MODE) options.mode = env.STORAGE_QUOTA_MODE
+  if (env.STORAGE_BACKEND === 's3') {
+    options.storage = { backend: 's3', bucket: env.STORAGE_BUCKET ?? '' }
+    if (env.STORAGE_PREFIX) options.storage.prefix = env.STORAGE_PREFIX
+  } else if (env.STORAGE_BACKEND) {
+    options.storage = { backend: env.STORAGE_BACKEND }
+  }
   return options
 }
 

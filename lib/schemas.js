@@ -61,6 +61,19 @@ const ReconcileOptionsSchema = z.strictObject({ fix: z.boolean().optional(), dis
 const StepsSchema = z.number().int().min(1).max(1000)
 const ModeSchema = z.enum(['enforce', 'shadow', 'off'])
 
+/**
+ * Where project paths point: directories under `storageRoot` (`local`, the default), or keys
+ * under `s3://{bucket}/{prefix}/` (`s3`). The Rust side checks bucket and prefix in full.
+ */
+const StorageOptionsSchema = z.discriminatedUnion('backend', [
+  z.strictObject({ backend: z.literal('local') }),
+  z.strictObject({
+    backend: z.literal('s3'),
+    bucket: z.string().min(3, 'bucket must be 3 to 63 characters').max(63, 'bucket must be 3 to 63 characters'),
+    prefix: z.string().max(514).optional(),
+  }),
+])
+
 const ClientOptionsSchema = z.strictObject({
   databaseUrl: z.string().optional(),
   storageRoot: z.string().min(1).optional(),
@@ -76,7 +89,11 @@ const ClientOptionsSchema = z.strictObject({
   logger: z.union([z.custom((v) => typeof v === 'function', 'logger must be a function'), z.literal(false), z.looseObject({})]).optional(),
   /** Calls slower than this are logged as `slow_call`. Default 250. */
   slowCallMs: z.number().min(0).optional(),
+  storage: StorageOptionsSchema.optional(),
 })
+
+/** A path to check with `validatePath`: relative to the project directory, or absolute. */
+const CandidatePathSchema = z.string().min(1, 'the path to check must not be empty')
 
 const usageShape = {
   usedBytes: BytesSchema,
@@ -153,6 +170,26 @@ const UsageSchema = z.object({
 
 const StorageBackendSchema = z.enum(['local', 's3'])
 
+/** The answer of `projectPathFor`. */
+const ProjectLocationSchema = z.object({ backend: StorageBackendSchema, key: z.string(), path: z.string() })
+
+/** The answer of `validatePath`. */
+const PathCheckSchema = z.object({
+  inside: z.boolean(),
+  path: z.string().optional(),
+  relativePath: z.string().optional(),
+  reason: z.string().optional(),
+})
+
+/** The answer of `diskUsage`. */
+const DiskUsageSchema = z.object({
+  bytes: BytesSchema,
+  allocatedBytes: BytesSchema,
+  files: BytesSchema,
+  directories: BytesSchema,
+  skipped: BytesSchema,
+})
+
 const ProjectStoragePathSchema = z.object({
   id: z.string(),
   projectId: ProjectIdSchema,
@@ -216,6 +253,11 @@ module.exports = {
   UploadIdSchema,
   RecordUploadOptionsSchema,
   ClientOptionsSchema,
+  StorageOptionsSchema,
+  CandidatePathSchema,
+  ProjectLocationSchema,
+  PathCheckSchema,
+  DiskUsageSchema,
   QuotaCheckSchema,
   RecordedUploadSchema,
   StorageBackendSchema,

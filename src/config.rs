@@ -7,6 +7,7 @@ use std::time::Duration;
 use crate::error::{QuotaError, Result};
 use crate::ids::{parse_bytes, MAX_BYTES};
 use crate::rollout::{Mode, Rollout};
+use crate::storage::{object_store, StorageConfig};
 use crate::tls::{settings_from_url, TlsSettings};
 
 pub const DEFAULT_QUOTA_BYTES: i64 = 1_073_741_824;
@@ -46,6 +47,15 @@ pub struct RawOptions {
   pub mode: Option<String>,
   pub rollout_percent: Option<u32>,
   pub reservation_ttl_ms: Option<f64>,
+  pub storage: Option<RawStorage>,
+}
+
+/// The `storage` option as it arrives from JS.
+#[derive(Debug, Default, Clone)]
+pub struct RawStorage {
+  pub backend: String,
+  pub bucket: Option<String>,
+  pub prefix: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -54,6 +64,8 @@ pub struct Config {
   /// constructor throwing, so importing a module that creates a client never breaks a build.
   pub database_url: Option<String>,
   pub storage_root: PathBuf,
+  /// Where project paths point: `Local { root: storage_root }` unless `storage` says otherwise.
+  pub storage: StorageConfig,
   pub default_quota_bytes: i64,
   pub pool_size: u32,
   pub connect_timeout: Duration,
@@ -125,11 +137,13 @@ impl Config {
       Some(value) => parse_ttl_ms(value)?,
       None => DEFAULT_RESERVATION_TTL_MS,
     };
+    let storage = storage_config(raw.storage, &storage_root)?;
     Ok(Config {
       rollout: Rollout { mode, percent },
       reservation_ttl_ms,
       database_url: raw.database_url.filter(|url| !url.trim().is_empty()),
       storage_root,
+      storage,
       default_quota_bytes,
       pool_size,
       connect_timeout: Duration::from_millis(connect_timeout_ms.into()),
@@ -162,6 +176,33 @@ impl Config {
       config.ssl_mode(tls.ssl_mode());
     }
     Ok((config, tls))
+  }
+}
+
+/// The backend from the `storage` option: `local` (the default) or `s3` with a bucket.
+fn storage_config(raw: Option<RawStorage>, root: &std::path::Path) -> Result<StorageConfig> {
+  let Some(raw) = raw else {
+    return Ok(StorageConfig::Local { root: root.into() });
+  };
+  match raw.backend.as_str() {
+    "local" if raw.bucket.is_none() && raw.prefix.is_none() => {
+      Ok(StorageConfig::Local { root: root.into() })
+    }
+    "local" => Err(QuotaError::invalid(
+      "storage.bucket and storage.prefix apply to the s3 backend only; the local backend uses storageRoot",
+    )),
+    "s3" => {
+      let bucket = raw
+        .bucket
+        .ok_or_else(|| QuotaError::invalid("storage.bucket is required for the s3 backend"))?;
+      Ok(StorageConfig::S3 {
+        bucket: object_store::parse_bucket(&bucket)?,
+        prefix: object_store::parse_prefix(raw.prefix.as_deref().unwrap_or(""))?,
+      })
+    }
+    other => Err(QuotaError::invalid(format!(
+      "storage.backend must be 'local' or 's3', got {other:?}"
+    ))),
   }
 }
 
@@ -235,5 +276,18 @@ mod tests {
       storage_root: Some(String::new()),
       ..Default::default()
     }));
+    let storage = |backend: &str, bucket: Option<&str>| RawOptions {
+      storage: Some(RawStorage {
+        backend: backend.into(),
+        bucket: bucket.map(Into::into),
+        prefix: None,
+      }),
+      ..Default::default()
+    };
+    assert!(bad(storage("s3", None)));
+    assert!(bad(storage("gcs", Some("bucket"))));
+    assert!(bad(storage("local", Some("bucket"))));
+    assert!(bad(storage("s3", Some("Not_A_Bucket"))));
+    assert!(!bad(storage("s3", Some("my-bucket"))));
   }
 }

@@ -149,6 +149,27 @@ mod tests {
     assert!(UserId::parse(&"a".repeat(129)).is_err());
   }
 
+  /// The shared corpus of traversal attempts (also run through the addon by
+  /// `__test__/traversal.test.mjs`): every one is refused as a
+  /// user id, and every one and the UUID-shaped extras as a project id.
+  #[test]
+  fn refuses_the_traversal_corpus() {
+    let corpus: serde_json::Value =
+      serde_json::from_str(include_str!("../__test__/fixtures/traversal.json")).unwrap();
+    let ids = corpus["ids"].as_array().unwrap();
+    let projects = corpus["projectIds"].as_array().unwrap();
+    assert!(ids.len() >= 50);
+    for raw in ids.iter().map(|v| v.as_str().unwrap()) {
+      assert!(UserId::parse(raw).is_err(), "accepted user id {raw:?}");
+    }
+    for raw in ids.iter().chain(projects).map(|v| v.as_str().unwrap()) {
+      assert!(
+        ProjectId::parse(raw).is_err(),
+        "accepted project id {raw:?}"
+      );
+    }
+  }
+
   #[test]
   fn project_ids_are_canonical_uuids() {
     let id = ProjectId::parse("3F2B8C1E-6A0D-4C7E-9B5A-2D1E0F9C8A7B").unwrap();

@@ -11,7 +11,7 @@ use crate::{client, config, migrate, projects, quota};
 /// Every error crosses into JS as a JSON payload (`code`, `message` and the numbers behind it)
 /// in the message; the JS layer (`lib/errors.js`) decodes it once into a `StorageQuotaError`.
 /// napi-rs keeps only its own status as `code` on async rejections, so the code travels here.
-fn to_js_error(error: QuotaError) -> napi::Error {
+pub(crate) fn to_js_error(error: QuotaError) -> napi::Error {
   napi::Error::new(Status::GenericFailure, error.to_payload().to_string())
 }
 
@@ -116,7 +116,7 @@ fn drift_to_js(d: crate::reconcile::UserDrift) -> UserDrift {
 /// rather than this class directly: it validates arguments and decodes errors.
 #[napi]
 pub struct NativeClient {
-  inner: client::Client,
+  pub(crate) inner: client::Client,
 }
 
 #[napi]
@@ -135,6 +135,11 @@ impl NativeClient {
       mode: options.mode,
       rollout_percent: options.rollout_percent,
       reservation_ttl_ms: options.reservation_ttl_ms,
+      storage: options.storage.map(|s| config::RawStorage {
+        backend: s.backend,
+        bucket: s.bucket,
+        prefix: s.prefix,
+      }),
     })
     .map_err(to_js_error)?;
     Ok(NativeClient { inner })

@@ -33,6 +33,60 @@ pub struct ClientOptions {
   pub rollout_percent: Option<u32>,
   /// How long a reservation holds its bytes unless committed or cancelled, in ms. Default 1 h.
   pub reservation_ttl_ms: Option<f64>,
+  /// Where project paths point. Default `{ backend: 'local' }` (directories under `storageRoot`).
+  pub storage: Option<StorageOptions>,
+}
+
+/// The storage backend: `{ backend: 'local' }`, or `{ backend: 's3', bucket, prefix? }` for
+/// keys under `s3://{bucket}/{prefix}/` (allocation then writes nothing anywhere).
+#[napi(object)]
+#[derive(Default)]
+pub struct StorageOptions {
+  /// `local` or `s3`.
+  pub backend: String,
+  /// S3 bucket name (s3 only).
+  pub bucket: Option<String>,
+  /// Key prefix inside the bucket, e.g. `projects` (s3 only). Default none.
+  pub prefix: Option<String>,
+}
+
+/// Where a project lives (or would), computed without touching the database or disk.
+#[napi(object)]
+pub struct ProjectLocation {
+  /// `local` or `s3`.
+  pub backend: String,
+  /// `{userId}/{projectId}/`, the same for every backend.
+  pub key: String,
+  /// `{storageRoot}/{userId}/{projectId}/`, or `s3://{bucket}/{prefix}/{userId}/{projectId}/`.
+  pub path: String,
+}
+
+/// The answer of `validatePath`.
+#[napi(object)]
+pub struct PathCheck {
+  /// True when the candidate lies inside the project's directory (and, on local disk, no
+  /// symlink sits on the way).
+  pub inside: bool,
+  /// The candidate as an absolute path (or URL) inside the project; absent when refused.
+  pub path: Option<String>,
+  /// The candidate relative to the project directory, `''` for the directory itself.
+  pub relative_path: Option<String>,
+  /// Why the candidate was refused; absent when inside.
+  pub reason: Option<String>,
+}
+
+/// A project's usage counted from the files on disk (symlinks are never followed).
+#[napi(object)]
+pub struct DiskUsage {
+  /// Sum of the sizes of the regular files; a hard-linked file counts once.
+  pub bytes: i64,
+  /// Space taken on disk (`st_blocks` × 512) by the files and directories, as `du` counts.
+  pub allocated_bytes: i64,
+  pub files: i64,
+  /// Directories below the project directory.
+  pub directories: i64,
+  /// Symlinks, sockets, FIFOs and devices: neither followed nor counted.
+  pub skipped: i64,
 }
 
 /// The answer of `checkQuota`: whether `requestedBytes` more would fit, and the numbers.

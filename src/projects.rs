@@ -4,8 +4,8 @@ use chrono::{DateTime, Utc};
 
 use crate::error::{QuotaError, Result};
 use crate::ids::{ProjectId, UserId};
-use crate::paths::{project_key, project_path};
 use crate::pool::PgConnection;
+use crate::storage::Location;
 
 #[derive(Debug, Clone)]
 pub struct ProjectStoragePath {
@@ -29,7 +29,7 @@ SELECT p.user_id AS owner_id, sp.id, sp.project_id, sp.user_id, sp.backend, sp.k
 
 const INSERT_PATH: &str = "
 INSERT INTO project_storage_paths AS sp (project_id, user_id, quota_id, backend, key, path)
-SELECT $1, $2, q.id, 'local', $3, $4 FROM user_quotas q WHERE q.user_id = $2
+SELECT $1, $2, q.id, $5, $3, $4 FROM user_quotas q WHERE q.user_id = $2
 ON CONFLICT (project_id) DO NOTHING
 RETURNING sp.id, sp.project_id, sp.user_id, sp.backend, sp.key, sp.path, sp.created_at";
 
@@ -58,13 +58,13 @@ pub fn check_owner(owner: Option<String>, user: &UserId, project: &ProjectId) ->
   }
 }
 
-/// Finds or creates the storage path record of `project` for `user` under `root`. Safe to call
+/// Finds or creates the storage path record of `project` for `user` at `location`. Safe to call
 /// from many processes at once: the unique key on `project_id` leaves exactly one row.
 pub async fn find_or_create_path(
   conn: &mut PgConnection,
   user: &UserId,
   project: &ProjectId,
-  root: &std::path::Path,
+  location: &Location,
   default_limit: i64,
 ) -> Result<ProjectStoragePath> {
   let find = conn.prepared(FIND_PROJECT).await?;
@@ -75,8 +75,6 @@ pub async fn find_or_create_path(
     return Ok(row_to_path(&row, 1));
   }
 
-  let key = project_key(user, project);
-  let path = project_path(root, user, project);
   // The quota row first, committed on its own: inside the transaction below, a second caller
   // waiting on our uncommitted quota row while we wait on its project row lock would deadlock.
   crate::quota::ensure_quota_row(conn, user, default_limit).await?;
@@ -95,7 +93,16 @@ pub async fn find_or_create_path(
   check_owner(owner, user, project)?;
   let insert = PgConnection::statement(statements, &tx, INSERT_PATH).await?;
   let created = tx
-    .query_opt(&insert, &[&project.uuid(), &user.as_str(), &key, &path])
+    .query_opt(
+      &insert,
+      &[
+        &project.uuid(),
+        &user.as_str(),
+        &location.key,
+        &location.path,
+        &location.backend,
+      ],
+    )
     .await?;
   let record = match created {
     Some(row) => row_to_path(&row, 0),

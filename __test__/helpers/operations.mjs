@@ -59,6 +59,7 @@ export const KINDS = {
   optionalUploadId: { valid: () => 'fuzz-deletion', accepts: optional(S.UploadIdSchema) },
   optionalAuditText: { valid: () => 'fuzz', accepts: optional(S.SetQuotaLimitOptionsSchema.shape.changedBy.unwrap()) },
   boolean: { valid: () => false, accepts: (v) => typeof v === 'boolean' },
+  candidate: { valid: () => 'reports/q1.pdf', accepts: (v) => accepts(S.CandidatePathSchema, v) },
 }
 
 /**
@@ -85,6 +86,8 @@ export const OPERATIONS = [
   { name: 'getUsage', args: ['userId', 'usageOptions'], native: ['userId', 'boolean'] },
   { name: 'reconcile', args: ['reconcileTarget', 'reconcileOptions'], native: ['optionalUserId', 'boolean', 'boolean'] },
   { name: 'rollback', args: ['steps'], native: ['steps'] },
+  { name: 'validatePath', args: ['userId', 'projectId', 'candidate'], native: ['userId', 'projectId', 'candidate'] },
+  { name: 'diskUsage', args: ['userId', 'projectId'], native: ['userId', 'projectId'] },
 ]
 
 /** Synchronous exports: bad input throws a StorageQuotaError (INVALID_ARGUMENT) at once. */
@@ -93,6 +96,12 @@ export const SYNC_OPERATIONS = [
   { name: 'formatBytes', accepts: (v) => typeof v === 'number' && Number.isFinite(v), call: (value) => quota.formatBytes(value) },
   { name: 'quotaPercentage (used)', accepts: (v) => typeof v === 'number' && Number.isFinite(v), call: (value) => quota.quotaPercentage(value, 100) },
   { name: 'quotaPercentage (limit)', accepts: (v) => typeof v === 'number' && Number.isFinite(v), call: (value) => quota.quotaPercentage(1, value) },
+  {
+    name: 'projectPathFor (userId)',
+    accepts: KINDS.userId.accepts,
+    call: (value) => quota.projectPathFor(value, '3f2b8c1e-6a0d-4c7e-9b5a-2d1e0f9c8a7b'),
+  },
+  { name: 'projectPathFor (projectId)', accepts: KINDS.projectId.accepts, call: (value) => quota.projectPathFor('user_fuzz', value) },
   { name: 'quotaState', accepts: (v) => typeof v === 'number' && !Number.isNaN(v), call: (value) => quota.quotaState(value) },
 ]
 

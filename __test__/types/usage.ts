@@ -74,3 +74,33 @@ export async function reservedUploadAction(userId: string, projectId: string, si
 
 // @ts-expect-error bytes are numbers
 void checkQuota('user_1', '10')
+
+// Storage utilities and the object-store option (issue 4).
+import {
+  projectPathFor,
+  validatePath,
+  diskUsage,
+  PathCheckSchema,
+  DiskUsageSchema,
+  type PathCheck,
+  type DiskUsage,
+  type ProjectLocation,
+  type StorageOptions,
+} from 'storage-quota'
+
+export async function saveUploadedFile(userId: string, projectId: string, fileName: string) {
+  const where: ProjectLocation = projectPathFor(userId, projectId)
+  const check: PathCheck = await validatePath(userId, projectId, fileName)
+  if (!check.inside) return { ok: false as const, message: check.reason ?? 'refused' }
+  const usage: DiskUsage = await diskUsage(userId, projectId)
+  return { ok: true as const, path: check.path, base: where.path, bytes: usage.bytes }
+}
+
+const s3Storage: StorageOptions = { backend: 's3', bucket: 'acme-uploads', prefix: 'projects' }
+void createClient({ storage: s3Storage }).close()
+// @ts-expect-error the s3 backend needs a bucket
+void createClient({ storage: { backend: 's3' } })
+
+const pathCheckAgrees: Same<z.infer<typeof PathCheckSchema>, PathCheck> = true
+const diskUsageAgrees: Same<z.infer<typeof DiskUsageSchema>, DiskUsage> = true
+void [pathCheckAgrees, diskUsageAgrees]

@@ -157,7 +157,7 @@ impl Client {
   fn migration_settings(&self) -> Result<MigrationSettings> {
     Ok(MigrationSettings {
       default_limit_bytes: self.config.default_quota_bytes,
-      storage_root: self.storage_root()?.to_string_lossy().into_owned(),
+      storage_root: self.migration_storage_root()?,
     })
   }
 

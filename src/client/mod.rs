@@ -9,17 +9,18 @@ mod lifecycle;
 pub use admin::ReconcileReport;
 pub use lifecycle::{CopiedProject, RegisteredProject};
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use crate::config::{Config, RawOptions};
 use crate::error::{QuotaError, Result};
 use crate::ids::{parse_bytes, upload_key_or_new, ProjectId, UserId};
-use crate::paths;
 use crate::pool::{Checkout, Pool};
 use crate::projects::{self, ProjectStoragePath};
 use crate::quota::{self, QuotaCheck, RecordedUpload};
 use crate::rollout::Mode;
+use crate::storage::StorageConfig;
+use crate::storage::{self, local::LocalBackend, DiskUsage, Location, PathCheck, StorageBackend};
 
 enum PoolState {
   Unopened,
@@ -30,7 +31,8 @@ enum PoolState {
 pub struct Client {
   config: Config,
   pool: Mutex<PoolState>,
-  root: OnceLock<PathBuf>,
+  /// Opened on first allocation (the local backend creates and resolves its root then).
+  backend: OnceLock<Arc<dyn StorageBackend>>,
 }
 
 impl Client {
@@ -38,7 +40,7 @@ impl Client {
     Ok(Client {
       config: Config::from_options(options)?,
       pool: Mutex::new(PoolState::Unopened),
-      root: OnceLock::new(),
+      backend: OnceLock::new(),
     })
   }
 
@@ -79,12 +81,80 @@ impl Client {
     *self.pool.lock().unwrap_or_else(|e| e.into_inner()) = PoolState::Closed;
   }
 
-  fn storage_root(&self) -> Result<&PathBuf> {
-    if let Some(root) = self.root.get() {
-      return Ok(root);
+  fn storage_backend(&self) -> Result<Arc<dyn StorageBackend>> {
+    if let Some(backend) = self.backend.get() {
+      return Ok(backend.clone());
     }
-    let root = paths::canonical_root(&self.config.storage_root)?;
-    Ok(self.root.get_or_init(|| root))
+    let backend = storage::open(&self.config.storage)?;
+    Ok(self.backend.get_or_init(|| backend).clone())
+  }
+
+  /// The local backend's canonical root, for the operations that work on files on this
+  /// machine (copying, clearing, measuring project directories). `STORAGE_ERROR` on s3.
+  fn storage_root(&self) -> Result<PathBuf> {
+    let backend = self.storage_backend()?;
+    backend.local_root().map(Path::to_path_buf).ok_or_else(|| {
+      QuotaError::Storage(format!(
+        "this operation works on project files on the local disk; with the {} backend they are in the bucket (use your S3 client)",
+        backend.name()
+      ))
+    })
+  }
+
+  /// The root the migration records existing projects under: the resolved local root, or for
+  /// an object store the configured one as it is (nothing is created; README "Moving to object
+  /// storage" says how to move those records).
+  fn migration_storage_root(&self) -> Result<String> {
+    Ok(match &self.config.storage {
+      StorageConfig::Local { .. } => self.storage_root()?.to_string_lossy().into_owned(),
+      StorageConfig::S3 { .. } => self.config.storage_root.to_string_lossy().into_owned(),
+    })
+  }
+
+  /// The backend for calls that only read: the opened one, or else one that creates nothing
+  /// (a local root is resolved through symlinks if it exists, used as configured if not).
+  fn reading_backend(&self) -> Result<Arc<dyn StorageBackend>> {
+    if let Some(backend) = self.backend.get() {
+      return Ok(backend.clone());
+    }
+    match &self.config.storage {
+      StorageConfig::Local { root } => Ok(Arc::new(LocalBackend::at(
+        root.canonicalize().unwrap_or_else(|_| root.clone()),
+      ))),
+      other => storage::open(other),
+    }
+  }
+
+  /// Where `projectId` of `userId` lives (or would), without touching the database or disk.
+  pub fn project_path_for(&self, user_id: &str, project_id: &str) -> Result<Location> {
+    let user = UserId::parse(user_id)?;
+    let project = ProjectId::parse(project_id)?;
+    self.reading_backend()?.locate(&user, &project)
+  }
+
+  /// Whether `candidate` lies inside the project's directory (see `storage::candidate`).
+  pub async fn validate_path(
+    &self,
+    user_id: &str,
+    project_id: &str,
+    candidate: &str,
+  ) -> Result<PathCheck> {
+    let user = UserId::parse(user_id)?;
+    let project = ProjectId::parse(project_id)?;
+    if candidate.is_empty() {
+      return Err(QuotaError::invalid("the path to check must not be empty"));
+    }
+    let backend = self.reading_backend()?;
+    let candidate = candidate.to_owned();
+    blocking(move || backend.check_path(&user, &project, &candidate)).await
+  }
+
+  /// Bytes and files in the project's directory, counted on disk.
+  pub async fn disk_usage(&self, user_id: &str, project_id: &str) -> Result<DiskUsage> {
+    let user = UserId::parse(user_id)?;
+    let project = ProjectId::parse(project_id)?;
+    let backend = self.reading_backend()?;
+    blocking(move || backend.usage(&user, &project)).await
   }
 
   fn default_limit(&self) -> i64 {
@@ -145,27 +215,25 @@ impl Client {
       .await
   }
 
-  /// The path record (created once) and the directory on disk.
+  /// The path record (created once) and the place in storage (the directory on local disk).
   async fn allocate(&self, user: &UserId, project: &ProjectId) -> Result<ProjectStoragePath> {
-    let root = self.storage_root()?.clone();
+    let backend = self.storage_backend()?;
+    let location = backend.locate(user, project)?;
     let limit = self.default_limit();
     let record = self
       .with_conn(async |conn| {
-        projects::find_or_create_path(&mut conn.0, user, project, &root, limit).await
+        projects::find_or_create_path(&mut conn.0, user, project, &location, limit).await
       })
       .await?;
-    let expected = paths::project_path(&root, user, project);
-    if record.backend != "local" || record.path != expected {
+    if record.backend != location.backend || record.path != location.path {
       return Err(QuotaError::Storage(format!(
-        "project {project} is recorded at {} ({} backend), not under this client's storage root {}; \
-         see README \"Moving the storage root\"",
-        record.path,
-        record.backend,
-        root.display()
+        "project {project} is recorded at {} ({} backend), not at {} where this client's storage puts it; \
+         see README \"Moving the storage root\" and \"Moving to object storage\"",
+        record.path, record.backend, location.path
       )));
     }
     let (user, project) = (user.clone(), *project);
-    blocking(move || paths::ensure_project_dir(&root, &user, &project)).await?;
+    blocking(move || backend.prepare(&user, &project)).await?;
     Ok(record)
   }
 
@@ -186,5 +254,5 @@ async fn blocking<T: Send + 'static>(
 ) -> Result<T> {
   tokio::task::spawn_blocking(work)
     .await
-    .map_err(|e| QuotaError::Internal(format!("filesystem work did not finish: {e}")))?
+    .map_err(|e| QuotaError::Internal(format!("storage work did not finish: {e}")))?
 }
