@@ -1,12 +1,12 @@
 //! Administration: limits, usage for the UI, reconciliation and migrations.
 
 use super::{blocking, Client};
-use crate::disk::{self, ProjectDir};
 use crate::error::{QuotaError, Result};
 use crate::ids::{parse_bytes, ProjectId, UserId};
 use crate::limits::{self, UsageReport};
 use crate::migrate::{self, MigrationSettings, Status};
 use crate::reconcile::{self, UserDrift};
+use crate::storage::usage::project_usage;
 
 #[derive(Debug, Clone, Default)]
 pub struct ReconcileReport {
@@ -139,10 +139,7 @@ impl Client {
       projects
         .into_iter()
         .map(|(i, project)| {
-          let bytes = match ProjectDir::open(&root, &user, &project)? {
-            Some(dir) => disk::dir_size(&dir.path())?.0,
-            None => 0,
-          };
+          let bytes = project_usage(&root, &user, &project)?.bytes;
           Ok((i, bytes))
         })
         .collect::<Result<Vec<_>>>()

@@ -11,6 +11,7 @@ use crate::projects::ProjectStoragePath;
 use crate::quota::{self, RecordedUpload, Usage};
 use crate::reservations::{self, LedgerEntry, Reservation, Settled};
 use crate::rollout::Mode;
+use crate::storage::usage::project_usage;
 
 #[derive(Debug, Clone)]
 pub struct RegisteredProject {
@@ -252,23 +253,10 @@ impl Client {
     }
 
     let (src_root, src_user) = (root.clone(), user.clone());
-    let size = blocking(move || {
-      let dir = ProjectDir::open(&src_root, &src_user, &source)?;
-      Ok(match dir {
-        Some(dir) => disk::dir_size(&dir.path())?.0,
-        None => 0,
-      })
-    })
-    .await?;
+    let size = blocking(move || Ok(project_usage(&src_root, &src_user, &source)?.bytes)).await?;
     let (tgt_root, tgt_user) = (root.clone(), user.clone());
-    let target_has_files = blocking(move || {
-      let dir = ProjectDir::open(&tgt_root, &tgt_user, &target)?;
-      Ok(match dir {
-        Some(dir) => disk::dir_size(&dir.path())?.1 > 0,
-        None => false,
-      })
-    })
-    .await?;
+    let target_has_files =
+      blocking(move || Ok(project_usage(&tgt_root, &tgt_user, &target)?.files > 0)).await?;
     if target_has_files {
       return Err(QuotaError::Conflict(format!(
         "project {target} already has files; copy into a new, empty project"
