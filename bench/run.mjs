@@ -16,8 +16,8 @@ import { memory, memoryMarkdown, migrationTime, scaleLatency, scaleMarkdown } fr
 
 const args = Object.fromEntries(
   process.argv.slice(2).map((a) => {
-    const [k, v] = a.replace(/^--/, '').split('=')
-    return [k, v ?? true]
+    const [k, ...v] = a.replace(/^--/, '').split('=')
+    return [k, v.length ? v.join('=') : true]
   }),
 )
 const quick = Boolean(args.quick)

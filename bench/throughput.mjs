@@ -53,7 +53,7 @@ export async function throughput(settings, log) {
           results.push(row)
           log(
             `${op} ${distribution} c=${concurrency}: ` +
-              contenders.map((c) => `${LABELS[c]} ${fmtOps(row.contenders[c].opsPerSec)}/s p99 ${fmtMs(row.contenders[c].p99)}`).join(', '),
+              contenders.map((c) => `${LABELS[c] ?? c} ${fmtOps(row.contenders[c].opsPerSec)}/s p99 ${fmtMs(row.contenders[c].p99)}`).join(', '),
           )
         }
       }
@@ -76,7 +76,7 @@ export function throughputMarkdown(results, contenders) {
     out.push(`#### \`${op}\` — ops/s (median of repetitions) and ours ÷ each\n`)
     out.push(
       table(
-        ['users', 'conc.', ...contenders.map((c) => LABELS[c]), ...(contenders.includes('ours') ? others.map((c) => `ours/${LABELS[c]}`) : [])],
+        ['users', 'conc.', ...contenders.map((c) => LABELS[c] ?? c), ...(contenders.includes('ours') ? others.map((c) => `ours/${LABELS[c] ?? c}`) : [])],
         rows.map((r) => [
           r.distribution,
           r.concurrency,
@@ -88,7 +88,7 @@ export function throughputMarkdown(results, contenders) {
     out.push(`\n#### \`${op}\` — latency p50 / p99 (ms)\n`)
     out.push(
       table(
-        ['users', 'conc.', ...contenders.map((c) => LABELS[c])],
+        ['users', 'conc.', ...contenders.map((c) => LABELS[c] ?? c)],
         rows.map((r) => [
           r.distribution,
           r.concurrency,

@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock};
 
+use crate::coalesce::{self, Coalescer};
 use crate::config::{Config, RawOptions};
 use crate::error::{QuotaError, Result};
 use crate::ids::{parse_bytes, parse_upload_id, ProjectId, UserId};
@@ -12,6 +13,7 @@ use crate::paths;
 use crate::pool::Pool;
 use crate::projects::{self, ProjectStoragePath};
 use crate::quota::{self, QuotaCheck, RecordedUpload};
+use crate::shared_reads;
 
 enum PoolState {
   Unopened,
@@ -23,6 +25,8 @@ pub struct Client {
   config: Config,
   pool: Mutex<PoolState>,
   root: OnceLock<PathBuf>,
+  /// Concurrent uploads of one user, charged together (see `coalesce`).
+  uploads: Arc<Coalescer>,
 }
 
 impl Client {
@@ -31,6 +35,7 @@ impl Client {
       config: Config::from_options(options)?,
       pool: Mutex::new(PoolState::Unopened),
       root: OnceLock::new(),
+      uploads: Arc::default(),
     })
   }
 
@@ -72,6 +77,10 @@ impl Client {
     let user = UserId::parse(user_id)?;
     let bytes = parse_bytes("bytes", bytes)?;
     let pool = self.pool()?;
+    let default_limit = self.config.default_quota_bytes;
+    if let Some(check) = shared_reads::check_quota(&pool, &user, bytes, default_limit).await? {
+      return Ok(check);
+    }
     let mut conn = pool.get().await?;
     quota::check_quota(&mut conn.0, &user, bytes, self.config.default_quota_bytes).await
   }
@@ -91,16 +100,16 @@ impl Client {
       None => uuid::Uuid::new_v4().to_string(),
     };
     let pool = self.pool()?;
-    let mut conn = pool.get().await?;
-    quota::record_upload(
-      &mut conn.0,
-      &user,
-      &project,
+    let upload = coalesce::Upload {
+      user,
+      project,
       bytes,
-      &upload_id,
-      self.config.default_quota_bytes,
-    )
-    .await
+      upload_id,
+    };
+    self
+      .uploads
+      .record_upload(pool, upload, self.config.default_quota_bytes)
+      .await
   }
 
   pub async fn allocate_project_path(

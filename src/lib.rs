@@ -5,6 +5,7 @@
 //! class and the one place errors become JS errors. The work happens in the plain modules.
 
 pub mod client;
+pub mod coalesce;
 pub mod config;
 pub mod error;
 pub mod format;
@@ -17,3 +18,4 @@ pub mod paths;
 pub mod pool;
 pub mod projects;
 pub mod quota;
+pub mod shared_reads;

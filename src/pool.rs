@@ -17,6 +17,7 @@ use tokio_postgres::{Client, GenericClient, NoTls, Statement};
 use crate::config::{describe_target, Config};
 use crate::error::{QuotaError, Result};
 use crate::log;
+use crate::shared_reads::{Connect, SharedClient, SharedReads};
 
 /// One pooled connection and the statements already prepared on it.
 pub struct PgConnection {
@@ -88,25 +89,7 @@ impl ManageConnection for Manager {
 
   async fn connect(&self) -> Result<Self::Connection> {
     let generation = self.generation.load(std::sync::atomic::Ordering::Acquire);
-    let (client, connection) = self.config.connect(NoTls).await.map_err(|error| {
-      let failure = QuotaError::DbUnavailable(format!(
-        "could not connect to PostgreSQL at {}: {}",
-        self.target,
-        connect_cause(&error)
-      ));
-      self.failures.record(failure.to_string());
-      failure
-    })?;
-    let target = self.target.clone();
-    tokio::spawn(async move {
-      // bb8-postgres drops this error silently; we report it once per connection.
-      if let Err(error) = connection.await {
-        log::warn(
-          "connection_lost",
-          &[("target", target.as_str()), ("error", &error.to_string())],
-        );
-      }
-    });
+    let client = open_client(&self.config, &self.target, &self.failures).await?;
     let connection = PgConnection {
       client,
       statements: HashMap::new(),
@@ -124,6 +107,57 @@ impl ManageConnection for Manager {
   }
 }
 
+/// Opens one connection and drives it on the runtime. A failure is recorded so that callers
+/// waiting for a pooled connection fail at once.
+async fn open_client(
+  config: &tokio_postgres::Config,
+  target: &str,
+  failures: &ConnectFailures,
+) -> Result<Client> {
+  let (client, connection) = config.connect(NoTls).await.map_err(|error| {
+    let failure = QuotaError::DbUnavailable(format!(
+      "could not connect to PostgreSQL at {}: {}",
+      target,
+      connect_cause(&error)
+    ));
+    failures.record(failure.to_string());
+    failure
+  })?;
+  let target = target.to_owned();
+  tokio::spawn(async move {
+    // bb8-postgres drops this error silently; we report it once per connection.
+    if let Err(error) = connection.await {
+      log::warn(
+        "connection_lost",
+        &[("target", target.as_str()), ("error", &error.to_string())],
+      );
+    }
+  });
+  Ok(client)
+}
+
+fn config_timeout(timeout: Option<&std::time::Duration>) -> std::time::Duration {
+  timeout
+    .copied()
+    .unwrap_or(std::time::Duration::from_millis(5_000))
+}
+
+/// How many of `pool_size` connections are shared for pipelined single-statement reads
+/// (see `shared_reads`). Two keep both cores of a small server busy; small pools share none.
+fn shared_read_connections(pool_size: u32) -> u32 {
+  if let Some(n) = std::env::var("SQ_EXPERIMENT_SHARED")
+    .ok()
+    .and_then(|v| v.parse().ok())
+  {
+    return n;
+  }
+  if pool_size < 4 {
+    0
+  } else {
+    (pool_size / 8).clamp(1, 2)
+  }
+}
+
 /// tokio-postgres says "error connecting to server: Connection refused (os error 111)"; keep
 /// the cause, which never contains the password.
 fn connect_cause(error: &tokio_postgres::Error) -> String {
@@ -136,6 +170,7 @@ fn connect_cause(error: &tokio_postgres::Error) -> String {
 
 pub struct Pool {
   pool: bb8::Pool<Manager>,
+  shared: SharedReads,
   failures: Arc<ConnectFailures>,
   generation: Arc<std::sync::atomic::AtomicU64>,
   target: String,
@@ -153,6 +188,30 @@ impl Pool {
     let target = describe_target(&pg_config);
     let failures = Arc::new(ConnectFailures::default());
     let generation = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let shared_count = shared_read_connections(config.pool_size);
+    let connect: Connect = {
+      let (config, target, failures) = (pg_config.clone(), target.clone(), failures.clone());
+      let timeout = config_timeout(config.get_connect_timeout());
+      Arc::new(move || {
+        let (config, target, failures) = (config.clone(), target.clone(), failures.clone());
+        Box::pin(async move {
+          // The driver's connect timeout covers the socket only; bound the handshake too, as
+          // bb8's checkout timeout does for pooled connections.
+          match tokio::time::timeout(timeout, open_client(&config, &target, &failures)).await {
+            Ok(result) => result,
+            Err(_) => {
+              let failure = QuotaError::DbUnavailable(format!(
+                "PostgreSQL at {target} did not answer within {} ms",
+                timeout.as_millis()
+              ));
+              failures.record(failure.to_string());
+              Err(failure)
+            }
+          }
+        })
+      })
+    };
+    let shared = SharedReads::new(shared_count as usize, connect, generation.clone());
     let manager = Manager {
       config: pg_config,
       target: target.clone(),
@@ -160,7 +219,7 @@ impl Pool {
       generation: generation.clone(),
     };
     let pool = bb8::Pool::builder()
-      .max_size(config.pool_size)
+      .max_size(config.pool_size - shared_count)
       .min_idle(None)
       .test_on_check_out(false)
       .queue_strategy(QueueStrategy::Lifo)
@@ -169,6 +228,7 @@ impl Pool {
       .build_unchecked(manager);
     Ok(Pool {
       pool,
+      shared,
       failures,
       generation,
       target,
@@ -206,6 +266,15 @@ impl Pool {
       checkout.1 = current;
     }
     Ok(checkout)
+  }
+
+  /// A shared connection for a single-statement read, or `None` when this pool shares none
+  /// (then use `get`).
+  pub async fn shared(&self) -> Result<Option<Arc<SharedClient>>> {
+    if !self.shared.is_enabled() {
+      return Ok(None);
+    }
+    self.shared.client().await.map(Some)
   }
 
   fn unavailable(&self) -> QuotaError {

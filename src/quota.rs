@@ -57,7 +57,7 @@ pub struct RecordedUpload {
   pub usage: Usage,
 }
 
-const SELECT_USAGE: &str =
+pub const SELECT_USAGE: &str =
   "SELECT used_bytes, reserved_bytes, limit_bytes FROM user_quotas WHERE user_id = $1";
 
 pub const ENSURE_QUOTA_ROW_SQL: &str =

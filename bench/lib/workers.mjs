@@ -7,9 +7,13 @@ export class Worker {
   #child
   #pending = null
 
+  /** `name` is a contender, optionally with environment for A/B runs: `ours@SOME_VAR=1`. */
   constructor(name) {
     this.name = name
-    this.#child = fork(WORKER, [], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'] })
+    const [contender, ...assignments] = name.split('@')
+    this.contender = contender
+    const env = { ...process.env, ...Object.fromEntries(assignments.map((a) => a.split('='))) }
+    this.#child = fork(WORKER, [], { env, stdio: ['ignore', 'inherit', 'inherit', 'ipc'] })
     this.#child.on('message', (message) => {
       const pending = this.#pending
       this.#pending = null
@@ -32,7 +36,7 @@ export class Worker {
   }
 
   open(options) {
-    return this.#send({ open: { name: this.name, ...options } })
+    return this.#send({ open: { name: this.contender, ...options } })
   }
 
   run(spec) {
