@@ -129,8 +129,8 @@ export async function memory({ poolSize, reps }, log) {
   const db = await createDatabase('rss')
   try {
     await migrate(db)
-    await seed(db, { users: 10 })
-    const modes = ['bare', 'ours', 'pg', 'postgresjs']
+    await seed(db, { users: 64 })
+    const modes = ['bare', 'addon', 'ours', 'pg', 'postgresjs']
     const samples = Object.fromEntries(modes.map((m) => [m, []]))
     for (let rep = 0; rep < reps; rep++) {
       for (const mode of modes) samples[mode].push(await rssOf(mode, db.url, poolSize))
@@ -154,8 +154,14 @@ export function memoryMarkdown(result, poolSize) {
   const bare = result.bare.rss
   return table(
     ['process', 'connections open', 'RSS', 'over bare Node', 'share of pg\'s'],
-    ['bare', 'ours', 'pg', 'postgresjs'].map((m) => [
-      m === 'bare' ? 'bare Node' : m === 'ours' ? `storage-quota, poolSize ${poolSize}` : m === 'pg' ? `pg Pool, max ${poolSize}` : `postgres.js, max ${poolSize}`,
+    ['bare', 'addon', 'ours', 'pg', 'postgresjs'].map((m) => [
+      {
+        bare: 'bare Node',
+        addon: `storage-quota native addon alone (binding.js), poolSize ${poolSize}`,
+        ours: `storage-quota package (index.js: addon + Zod layer), poolSize ${poolSize}`,
+        pg: `pg Pool, max ${poolSize}`,
+        postgresjs: `postgres.js, max ${poolSize}`,
+      }[m],
       result[m].connections,
       mb(result[m].rss),
       m === 'bare' ? '–' : `+${mb(result[m].rss - bare)}`,

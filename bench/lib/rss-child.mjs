@@ -3,6 +3,8 @@
 // over IPC after a GC, then waits for the parent to count its connections and end it.
 import { createRequire } from 'node:module'
 
+import { projectId, userId } from './sql.mjs'
+
 const require = createRequire(import.meta.url)
 const [mode, url, poolSizeArg] = process.argv.slice(2)
 const poolSize = Number(poolSizeArg)
@@ -11,10 +13,23 @@ const SELECT = 'SELECT used_bytes, reserved_bytes, limit_bytes FROM user_quotas 
 
 async function open() {
   if (mode === 'bare') return { call: async () => {}, close: async () => {} }
-  if (mode === 'ours') {
-    const { createClient } = require('../../index.js')
-    const client = createClient({ databaseUrl: url, poolSize, applicationName: 'rss-ours' })
-    return { call: () => client.checkQuota(user, 1), close: () => client.close() }
+  if (mode === 'ours' || mode === 'addon') {
+    // `ours` is the package as apps import it (with its Zod validation layer); `addon` the
+    // native binding alone. Uploads of distinct users use the exclusive pool, checks the
+    // shared read connections, so together every connection opens.
+    const options = { databaseUrl: url, poolSize, applicationName: `rss-${mode}` }
+    const client =
+      mode === 'ours'
+        ? require('../../index.js').createClient(options)
+        : new (require('../../binding.js').NativeClient)(options)
+    let n = 0
+    const call = () => {
+      const i = n++
+      if (i % 2 === 0) return client.checkQuota(user, 1)
+      const u = userId(1 + ((i >> 1) % 64))
+      return client.recordUpload(u, projectId(u), 1, { uploadId: `rss-${process.pid}-${i}` })
+    }
+    return { call, close: async () => client.close() }
   }
   if (mode === 'pg') {
     const pg = require('pg')
