@@ -12,7 +12,7 @@ import os from 'node:os'
 import { execFileSync } from 'node:child_process'
 import { admin, dropAll } from './lib/db.mjs'
 import { throughput, throughputMarkdown } from './throughput.mjs'
-import { memory, memoryMarkdown, migrationTime, scaleLatency, scaleMarkdown } from './scale.mjs'
+import { memory, memoryMarkdown, migrationTime, plansMarkdown, scaleLatency, scaleMarkdown } from './scale.mjs'
 
 const args = Object.fromEntries(
   process.argv.slice(2).map((a) => {
@@ -72,7 +72,10 @@ try {
   if (only.includes('scale')) {
     const sizes = quick ? [1_000, 100_000] : [1_000, 1_000_000]
     raw.scale = await scaleLatency({ ...settings, sizes }, log)
-    sections.push(`### Latency vs. table size (ours, random users)\n\n${scaleMarkdown(raw.scale, sizes)}`)
+    sections.push(
+      `### Latency vs. table size (ours, random users)\n\n${scaleMarkdown(raw.scale.rows, sizes)}\n\n` +
+        `Plans (EXPLAIN ANALYZE, BUFFERS) of the two statements for a user in the middle:\n\n${plansMarkdown(raw.scale.plans)}`,
+    )
   }
   if (only.includes('migration')) {
     const projects = Number(args.projects ?? (quick ? 20_000 : 100_000))
@@ -82,6 +85,7 @@ try {
       `### Migration on an existing app\n\n` +
         `\`migrate()\` on a database with ${m.projects.toLocaleString('en-US')} projects (with \`size_bytes\`) of ` +
         `${m.users.toLocaleString('en-US')} owners: **${(m.ms / 1000).toFixed(2)} s** ` +
+        (m.defaults.ok ? '' : `with \`statementTimeoutMs: 0\` — with the default options it failed: ${m.defaults.code}, "${m.defaults.message}" ` ) +
         `(${m.paths.toLocaleString('en-US')} storage paths and ${m.ledger.toLocaleString('en-US')} baseline ledger entries written).`,
     )
   }

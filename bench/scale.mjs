@@ -3,6 +3,7 @@ import { fork } from 'node:child_process'
 import { Worker } from './lib/workers.mjs'
 import { createDatabase, dropDatabase, migrate, query, seed } from './lib/db.mjs'
 import { fmtMs, fmtOps, median, table } from './lib/stats.mjs'
+import { RECORD_UPLOAD, SELECT_USAGE, projectId, userId } from './lib/sql.mjs'
 
 /** checkQuota and recordUpload latency (ours) on a small and a large database, interleaved. */
 export async function scaleLatency({ sizes, reps, warmupMs, durationMs, poolSize }, log) {
@@ -15,6 +16,7 @@ export async function scaleLatency({ sizes, reps, warmupMs, durationMs, poolSize
       await migrate(db)
       const start = performance.now()
       await seed(db, { users, ledgerPerUser: 1 })
+      dbs.at(-1).plans = await plans(db, users)
       log(`seeded ${users.toLocaleString('en-US')} users, projects, paths and ledger rows in ${((performance.now() - start) / 1000).toFixed(1)} s`)
       const worker = new Worker('ours')
       workers.push(worker)
@@ -42,12 +44,43 @@ export async function scaleLatency({ sizes, reps, warmupMs, durationMs, poolSize
         log(`scale ${op} c=${concurrency}: ` + sizes.map((u) => `${u}: p50 ${fmtMs(row.sizes[u].p50)} ms`).join(', '))
       }
     }
-    return rows
+    return { rows, plans: dbs.map((d) => d.plans) }
   } finally {
     for (const worker of workers) await worker.close()
     for (const worker of workers) worker.kill()
     for (const { db } of dbs) await dropDatabase(db)
   }
+}
+
+/** Scans and buffers of one execution of `sql` (in a transaction rolled back afterwards). */
+async function plan(db, sql, params) {
+  const { rows } = await query(db, `EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) ${sql}`, params)
+  const root = rows[0]['QUERY PLAN'][0].Plan
+  const scans = new Set()
+  const walk = (node) => {
+    if (/Scan|ModifyTable/.test(node['Node Type'])) {
+      scans.add(`${node['Node Type']}${node['Index Name'] ? ` using ${node['Index Name']}` : ''}${node['Relation Name'] ? ` on ${node['Relation Name']}` : ''}`)
+    }
+    for (const child of node.Plans ?? []) walk(child)
+  }
+  walk(root)
+  return { buffers: root['Shared Hit Blocks'] + root['Shared Read Blocks'], scans: [...scans].sort() }
+}
+
+/** Plans of the two statements on one database: which index scans, how many pages. */
+async function plans(db, users) {
+  const u = userId(Math.ceil(users / 2))
+  const read = await plan(db, SELECT_USAGE, [u])
+  const write = await plan(db, RECORD_UPLOAD, [u, projectId(u), `plan-${users}`, 1])
+  return { users, read, write }
+}
+
+export function plansMarkdown(list) {
+  const n = (u) => u.toLocaleString('en-US')
+  return table(
+    ['users', '`checkQuota` statement: pages touched', '`recordUpload` statement: pages touched', 'scans (both sizes must match)'],
+    list.map((p) => [n(p.users), p.read.buffers, p.write.buffers, [...new Set([...p.read.scans, ...p.write.scans])].join('; ')]),
+  )
 }
 
 export function scaleMarkdown(rows, sizes) {
@@ -86,13 +119,22 @@ export async function migrationTime({ projects, projectsPerUser }, log) {
       [projects, Math.ceil(projects / projectsPerUser)],
     )
     await query(db, 'VACUUM ANALYZE projects')
-    const ms = await migrate(db)
+    // First as an app would call it, with the client's default options.
+    let defaults
+    try {
+      defaults = { ok: true, ms: await migrate(db) }
+    } catch (error) {
+      defaults = { ok: false, code: error.code, message: error.message }
+      log(`migration with default options failed: ${error.code}: ${error.message}`)
+    }
+    // Then, if that failed (it rolls back), with no statement timeout.
+    const ms = defaults.ok ? defaults.ms : await migrate(db, { statementTimeoutMs: 0 })
     const counts = await query(
       db,
       `SELECT (SELECT count(*) FROM user_quotas)::int AS users, (SELECT count(*) FROM project_storage_paths)::int AS paths,
               (SELECT count(*) FROM quota_ledger)::int AS ledger`,
     )
-    const result = { projects, ms, ...counts.rows[0] }
+    const result = { projects, ms, defaults, ...counts.rows[0] }
     log(`migration of ${projects} projects: ${(ms / 1000).toFixed(2)} s`)
     return result
   } finally {

@@ -58,9 +58,9 @@ export async function query(db, sql, params) {
 }
 
 /** Migrates with the addon itself, as an app would. Resolves to the time it took (ms). */
-export async function migrate(db) {
+export async function migrate(db, options = {}) {
   const { createClient } = require('../../index.js')
-  const client = createClient({ databaseUrl: db.url, storageRoot: db.storageRoot, poolSize: 1 })
+  const client = createClient({ databaseUrl: db.url, storageRoot: db.storageRoot, poolSize: 1, ...options })
   try {
     const start = performance.now()
     await client.migrate()

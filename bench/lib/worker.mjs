@@ -40,13 +40,16 @@ async function measure({ op, concurrency, warmupMs, durationMs, users, hot }) {
   const loops = Array.from({ length: concurrency }, loop)
   await new Promise((resolve) => setTimeout(resolve, warmupMs))
   recording = true
+  const cpuStart = process.cpuUsage()
   const started = performance.now()
   await new Promise((resolve) => setTimeout(resolve, durationMs))
   const elapsed = performance.now() - started
+  const cpu = process.cpuUsage(cpuStart)
   recording = false
   stop = true
   await Promise.all(loops)
-  return { ...summarize(latencies, elapsed), errors, firstError }
+  const cpuUsPerOp = (cpu.user + cpu.system) / Math.max(1, latencies.length)
+  return { ...summarize(latencies, elapsed), errors, firstError, cpuUsPerOp }
 }
 
 process.on('message', async (message) => {
