@@ -5,7 +5,7 @@
 // (reserveUpload, commitUpload), add it to each contender here, to OPERATIONS in
 // bench/lib/scenarios.mjs and, for the pgbench ceiling, to bench/lib/pgbench.mjs.
 import { createRequire } from 'node:module'
-import { ENSURE_QUOTA_ROW_SQL, RECORD_UPLOAD, SELECT_USAGE } from './sql.mjs'
+import { ENSURE_QUOTA_ROW_SQL, RECORD_UPLOAD, SELECT_USAGE, SWEEP_USER_SQL } from './sql.mjs'
 
 const require = createRequire(import.meta.url)
 const DEFAULT_LIMIT = 1_073_741_824
@@ -21,6 +21,9 @@ class QuotaExceeded extends Error {
 async function recordUploadWith(q, user, project, bytes, uploadId) {
   for (let attempt = 0; attempt < 4; attempt++) {
     let row
+    // Once reservations exist, the addon gives back expired ones before each charge (pipelined
+    // with it); these drivers cannot pipeline on a pooled connection, so a round trip first.
+    if (SWEEP_USER_SQL) await q(SWEEP_USER_SQL, 'sq_sweep_user', [user])
     try {
       ;[row] = await q(RECORD_UPLOAD, 'sq_record_upload', [user, project, uploadId, bytes])
     } catch (error) {

@@ -4,7 +4,7 @@ import { spawn } from 'node:child_process'
 import { mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { RECORD_UPLOAD, SELECT_USAGE, USER_BASE } from './sql.mjs'
+import { RECORD_UPLOAD, SELECT_USAGE, SWEEP_USER_SQL, USER_BASE } from './sql.mjs'
 import { percentile } from './stats.mjs'
 
 /**
@@ -22,7 +22,11 @@ function script(op, { users, hot }) {
       .replaceAll('$2', 'md5(:u)::uuid')
       .replaceAll('$3', ':k')
       .replaceAll('$4', ':b')
-    return `${pick}\n\\set k random(1, 1000000000000000)\n\\set b 1\n${sql};\n`
+    const head = `${pick}\n\\set k random(1, 1000000000000000)\n\\set b 1\n`
+    if (!SWEEP_USER_SQL) return `${head}${sql};\n`
+    // Like the addon: the sweep of expired reservations pipelined before the charge.
+    const sweep = oneLine(SWEEP_USER_SQL).replaceAll('$1', ':u')
+    return `${head}\\startpipeline\n${sweep};\n${sql};\n\\endpipeline\n`
   }
   throw new Error(`pgbench: no script for ${op}`)
 }

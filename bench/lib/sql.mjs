@@ -5,17 +5,34 @@ import { createHash } from 'node:crypto'
 
 const QUOTA_RS = new URL('../../src/quota.rs', import.meta.url)
 
-function rustConst(source, name) {
-  const match = source.match(new RegExp(`const ${name}: &str =\\s*"([\\s\\S]*?)";`))
-  if (!match) throw new Error(`bench: const ${name} not found in src/quota.rs`)
-  // Rust string continuation (`\` + newline + indentation) joins lines.
-  return match[1].replace(/\\\n\s*/g, '')
+// Rust string continuation (`\` + newline + indentation) joins lines.
+const unescape = (literal) => literal.replace(/\\\n\s*/g, '')
+
+/**
+ * A `const NAME: &str = "…";`, or one built by a `macro_rules!` that splices one argument
+ * into a `concat!` of literals (`const NAME: &str = some_sql!("…");`).
+ */
+export function rustConst(source, name, { optional = false } = {}) {
+  const plain = source.match(new RegExp(`const ${name}: &str =\\s*"([\\s\\S]*?)";`))
+  if (plain) return unescape(plain[1])
+  const call = source.match(new RegExp(`const ${name}: &str =\\s*(\\w+)!\\(\\s*"([\\s\\S]*?)"\\s*\\);`))
+  if (call) {
+    const body = source.match(new RegExp(`macro_rules! ${call[1]} \\{[\\s\\S]*?concat!\\(([\\s\\S]*?)\\)\\s*\\};`))
+    if (body) {
+      const parts = [...body[1].matchAll(/"((?:[^"\\]|\\[\s\S])*)"|(\$\w+)/g)]
+      return parts.map((m) => (m[2] ? unescape(call[2]) : unescape(m[1]))).join('')
+    }
+  }
+  if (optional) return null
+  throw new Error(`bench: const ${name} not found in src/quota.rs`)
 }
 
 const source = readFileSync(QUOTA_RS, 'utf8')
 export const SELECT_USAGE = rustConst(source, 'SELECT_USAGE')
 export const ENSURE_QUOTA_ROW_SQL = rustConst(source, 'ENSURE_QUOTA_ROW_SQL')
 export const RECORD_UPLOAD = rustConst(source, 'RECORD_UPLOAD')
+/** Present once reservations exist: run (pipelined, by the addon) before each charge. */
+export const SWEEP_USER_SQL = rustConst(source, 'SWEEP_USER_SQL', { optional: true })
 
 /** Seeded users are `1000001`, `1000002`, …: valid user ids of constant length, usable by pgbench. */
 export const USER_BASE = 1_000_000
