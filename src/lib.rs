@@ -5,6 +5,7 @@
 //! class and the one place errors become JS errors. The work happens in the plain modules.
 
 pub mod client;
+pub mod coalesce;
 pub mod config;
 pub mod deletions;
 pub mod disk;

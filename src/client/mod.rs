@@ -12,6 +12,7 @@ pub use lifecycle::{CopiedProject, RegisteredProject};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
 
+use crate::coalesce::{self, Coalescer};
 use crate::config::{Config, RawOptions};
 use crate::error::{QuotaError, Result};
 use crate::ids::{parse_bytes, upload_key_or_new, ProjectId, UserId};
@@ -31,6 +32,8 @@ enum PoolState {
 pub struct Client {
   config: Config,
   pool: Mutex<PoolState>,
+  /// Concurrent uploads of one user, charged together (see `coalesce`).
+  uploads: Arc<Coalescer>,
   /// Opened on first allocation (the local backend creates and resolves its root then).
   backend: OnceLock<Arc<dyn StorageBackend>>,
 }
@@ -40,6 +43,7 @@ impl Client {
     Ok(Client {
       config: Config::from_options(options)?,
       pool: Mutex::new(PoolState::Unopened),
+      uploads: Arc::new(Coalescer::default()),
       backend: OnceLock::new(),
     })
   }
@@ -208,6 +212,18 @@ impl Client {
     let bytes = parse_bytes("bytes", bytes)?;
     let upload_id = upload_key_or_new(upload_id)?;
     let (mode, limit) = (self.mode_for(&user), self.default_limit());
+    if mode == Mode::Enforce {
+      let upload = coalesce::Upload {
+        user,
+        project,
+        bytes,
+        upload_id,
+      };
+      return self
+        .uploads
+        .record_upload(self.pool()?, upload, limit)
+        .await;
+    }
     self
       .with_conn(async |conn| {
         quota::record_upload(&mut conn.0, &user, &project, bytes, &upload_id, limit, mode).await

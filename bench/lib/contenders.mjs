@@ -1,0 +1,109 @@
+// The contenders: our addon through its public API, and the same operations written the way a
+// careful developer would with `pg` (node-postgres) and `postgres` (postgres.js): the same SQL
+// (read from src/quota.rs), prepared statements, the same retry and refusal logic, the same pool
+// size. Each contender is `{ checkQuota, recordUpload, close }`; to benchmark a new operation
+// (reserveUpload, commitUpload), add it to each contender here, to OPERATIONS in
+// bench/lib/scenarios.mjs and, for the pgbench ceiling, to bench/lib/pgbench.mjs.
+import { createRequire } from 'node:module'
+import { ENSURE_QUOTA_ROW_SQL, RECORD_UPLOAD, SELECT_USAGE, SWEEP_USER_SQL } from './sql.mjs'
+
+const require = createRequire(import.meta.url)
+const DEFAULT_LIMIT = 1_073_741_824
+
+class QuotaExceeded extends Error {
+  code = 'QUOTA_EXCEEDED'
+}
+
+/**
+ * The decision logic of src/quota.rs record_upload, over any driver: `q(sql, name, params)`
+ * runs a prepared statement and resolves to its rows as plain objects with numbers.
+ */
+async function recordUploadWith(q, user, project, bytes, uploadId) {
+  for (let attempt = 0; attempt < 4; attempt++) {
+    let row
+    // Once reservations exist, the addon gives back expired ones before each charge (pipelined
+    // with it); these drivers cannot pipeline on a pooled connection, so a round trip first.
+    if (SWEEP_USER_SQL) await q(SWEEP_USER_SQL, 'sq_sweep_user', [user])
+    try {
+      ;[row] = await q(RECORD_UPLOAD, 'sq_record_upload', [user, project, uploadId, bytes])
+    } catch (error) {
+      if (error.code === '23505') continue
+      throw error
+    }
+    if (row.prior_bytes != null) {
+      if (Number(row.prior_bytes) !== bytes || row.prior_project !== project) throw new Error('CONFLICT')
+      const [usage] = await q(SELECT_USAGE, 'sq_select_usage', [user])
+      return { uploadId, bytes, duplicate: true, ...usageOf(usage) }
+    }
+    if (row.owner_id == null) throw new Error('NOT_FOUND')
+    if (row.owner_id !== user) throw new Error('FORBIDDEN')
+    if (Number(row.entries) === 1) return { uploadId, bytes, duplicate: false, ...usageOf(row) }
+    const [usage] = await q(SELECT_USAGE, 'sq_select_usage', [user])
+    if (!usage) {
+      await q(ENSURE_QUOTA_ROW_SQL, 'sq_ensure_quota_row', [user, DEFAULT_LIMIT])
+      continue
+    }
+    const u = usageOf(usage)
+    if (u.usedBytes + u.reservedBytes + bytes <= u.limitBytes) continue
+    throw new QuotaExceeded('quota exceeded')
+  }
+  throw new Error('recordUpload could not settle')
+}
+
+function usageOf(row) {
+  const usedBytes = Number(row.used_bytes)
+  const reservedBytes = Number(row.reserved_bytes)
+  const limitBytes = Number(row.limit_bytes)
+  return {
+    usedBytes,
+    reservedBytes,
+    limitBytes,
+    remainingBytes: Math.max(0, limitBytes - usedBytes - reservedBytes),
+  }
+}
+
+async function checkQuotaWith(q, user, bytes) {
+  const [row] = await q(SELECT_USAGE, 'sq_select_usage', [user])
+  const usage = row ? usageOf(row) : { usedBytes: 0, reservedBytes: 0, limitBytes: DEFAULT_LIMIT, remainingBytes: DEFAULT_LIMIT }
+  return { allowed: usage.usedBytes + usage.reservedBytes + bytes <= usage.limitBytes, requestedBytes: bytes, ...usage }
+}
+
+export const CONTENDERS = {
+  async ours({ url, poolSize }) {
+    const { createClient } = require('../../index.js')
+    const client = createClient({ databaseUrl: url, poolSize, applicationName: 'bench-ours' })
+    return {
+      checkQuota: (user, bytes) => client.checkQuota(user, bytes),
+      recordUpload: (user, project, bytes, uploadId) => client.recordUpload(user, project, bytes, { uploadId }),
+      close: () => client.close(),
+    }
+  },
+
+  async pg({ url, poolSize }) {
+    const pg = require('pg')
+    const pool = new pg.Pool({ connectionString: url, max: poolSize, application_name: 'bench-pg' })
+    // A named query is prepared once per connection by node-postgres.
+    const q = async (text, name, values) => (await pool.query({ name, text, values })).rows
+    return {
+      checkQuota: (user, bytes) => checkQuotaWith(q, user, bytes),
+      recordUpload: (user, project, bytes, uploadId) => recordUploadWith(q, user, project, bytes, uploadId),
+      close: () => pool.end(),
+    }
+  },
+
+  async postgresjs({ url, poolSize }) {
+    const postgres = require('postgres')
+    const sql = postgres(url, {
+      max: poolSize,
+      prepare: true,
+      onnotice: () => {},
+      connection: { application_name: 'bench-postgresjs' },
+    })
+    const q = (text, _name, values) => sql.unsafe(text, values, { prepare: true })
+    return {
+      checkQuota: (user, bytes) => checkQuotaWith(q, user, bytes),
+      recordUpload: (user, project, bytes, uploadId) => recordUploadWith(q, user, project, bytes, uploadId),
+      close: () => sql.end({ timeout: 5 }),
+    }
+  },
+}

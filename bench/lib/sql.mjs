@@ -1,0 +1,46 @@
+// The SQL the contenders run, read from src/quota.rs so the baselines always send exactly the
+// statements the addon sends (a change in quota.rs changes the baselines with it).
+import { readFileSync } from 'node:fs'
+import { createHash } from 'node:crypto'
+
+const QUOTA_RS = new URL('../../src/quota.rs', import.meta.url)
+
+// Rust string continuation (`\` + newline + indentation) joins lines.
+const unescape = (literal) => literal.replace(/\\\n\s*/g, '')
+
+/**
+ * A `const NAME: &str = "…";`, or one built by a `macro_rules!` that splices one argument
+ * into a `concat!` of literals (`const NAME: &str = some_sql!("…");`).
+ */
+export function rustConst(source, name, { optional = false } = {}) {
+  const plain = source.match(new RegExp(`const ${name}: &str =\\s*"([\\s\\S]*?)";`))
+  if (plain) return unescape(plain[1])
+  const call = source.match(new RegExp(`const ${name}: &str =\\s*(\\w+)!\\(\\s*"([\\s\\S]*?)"\\s*\\);`))
+  if (call) {
+    const body = source.match(new RegExp(`macro_rules! ${call[1]} \\{[\\s\\S]*?concat!\\(([\\s\\S]*?)\\)\\s*\\};`))
+    if (body) {
+      const parts = [...body[1].matchAll(/"((?:[^"\\]|\\[\s\S])*)"|(\$\w+)/g)]
+      return parts.map((m) => (m[2] ? unescape(call[2]) : unescape(m[1]))).join('')
+    }
+  }
+  if (optional) return null
+  throw new Error(`bench: const ${name} not found in src/quota.rs`)
+}
+
+const source = readFileSync(QUOTA_RS, 'utf8')
+export const SELECT_USAGE = rustConst(source, 'SELECT_USAGE')
+export const ENSURE_QUOTA_ROW_SQL = rustConst(source, 'ENSURE_QUOTA_ROW_SQL')
+export const RECORD_UPLOAD = rustConst(source, 'RECORD_UPLOAD')
+/** Present once reservations exist: run (pipelined, by the addon) before each charge. */
+export const SWEEP_USER_SQL = rustConst(source, 'SWEEP_USER_SQL', { optional: true })
+
+/** Seeded users are `1000001`, `1000002`, …: valid user ids of constant length, usable by pgbench. */
+export const USER_BASE = 1_000_000
+export const userId = (n) => String(USER_BASE + n)
+
+/** Each seeded user owns one project whose id is md5(user id) read as a uuid (as PostgreSQL's
+ *  `md5(x)::uuid` does), so pgbench can name it without a lookup. */
+export function projectId(user) {
+  const h = createHash('md5').update(user).digest('hex')
+  return `${h.slice(0, 8)}-${h.slice(8, 12)}-${h.slice(12, 16)}-${h.slice(16, 20)}-${h.slice(20)}`
+}
