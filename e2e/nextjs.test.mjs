@@ -34,8 +34,8 @@ before(async () => {
   rmSync(OUTPUT, { recursive: true, force: true })
   mkdirSync(OUTPUT, { recursive: true })
   if (!process.env.E2E_REUSE_BUILD) {
-    console.log(`# npm ci in examples/nextjs: ${installApp().toFixed(1)} s`)
-    console.log(`# next build: ${buildApp().toFixed(1)} s`)
+    console.log(`npm ci in examples/nextjs: ${installApp().toFixed(1)} s`)
+    console.log(`next build: ${buildApp().toFixed(1)} s`)
   }
   app = await startApp({
     DATABASE_URL: db.url,
