@@ -1,7 +1,7 @@
 // The example app as a user gets it: installed from the packed tarballs, built with `next build`,
 // served by `next start` on 127.0.0.1, driven by Debian's chromium.
 import { execFileSync, spawn } from 'node:child_process'
-import { existsSync, mkdtempSync, readdirSync, rmSync } from 'node:fs'
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs'
 import { connect, createServer } from 'node:net'
 import { tmpdir } from 'node:os'
 import { dirname, join, resolve } from 'node:path'
@@ -22,7 +22,8 @@ export function timed(command, args, cwd) {
 
 /** `npm ci` in the example: storage-quota comes from dist-pack/*.tgz (see its package.json). */
 export function installApp() {
-  for (const tarball of ['storage-quota-0.1.0.tgz', 'storage-quota-linux-x64-gnu-0.1.0.tgz']) {
+  const { version } = JSON.parse(readFileSync(join(ROOT, 'package.json'), 'utf8'))
+  for (const tarball of [`storage-quota-${version}.tgz`, `storage-quota-linux-x64-gnu-${version}.tgz`]) {
     if (!existsSync(join(ROOT, 'dist-pack', tarball))) throw new Error(`dist-pack/${tarball} is missing: run npm run pack:local`)
   }
   return timed('npm', ['ci', '--no-audit', '--no-fund'], APP).seconds

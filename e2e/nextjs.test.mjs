@@ -119,7 +119,7 @@ test('create, upload, refuse, copy, delete: the bar, the disk and the database a
   })
 
   await t.test('copy: the copy is charged and the bar turns amber past 80 %', async () => {
-    await project('Thesis').getByRole('button', { name: 'Copy' }).click()
+    await project('Thesis').getByRole('button', { name: 'Copy project' }).click()
     await project('Thesis (copy)').waitFor()
     await quotaReads('840 KB of 1 MB')
     assert.equal(await page.getByTestId('quota').getAttribute('data-state'), 'warning')
@@ -150,7 +150,7 @@ test('create, upload, refuse, copy, delete: the bar, the disk and the database a
   await t.test('a copy that does not fit is refused as a whole', async () => {
     const { rows: before } = await db.query('SELECT count(*)::int AS n FROM projects WHERE user_id = $1', [userId])
     const copyForm = project('Thesis').getByTestId('copy-project')
-    await copyForm.getByRole('button', { name: 'Copy' }).click()
+    await copyForm.getByRole('button', { name: 'Copy project' }).click()
     await copyForm.getByRole('status').filter({ hasText: 'Not enough storage to copy' }).waitFor()
     await shot('5-copy-refused')
     const { rows: now } = await db.query('SELECT count(*)::int AS n FROM projects WHERE user_id = $1', [userId])
@@ -159,12 +159,12 @@ test('create, upload, refuse, copy, delete: the bar, the disk and the database a
     assert.equal(await usedBytes(userId), 840 * KB)
   })
 
-  await t.test('a client that sends more than it declared is cut off, and nothing is stored', async () => {
-    // Chunked, so no Content-Length holds the body to its size: only the app's cap does.
-    const answer = await new Promise((resolve, reject) => {
+  /** A chunked PUT (no Content-Length to hold the body to its size) declaring `declared` bytes. */
+  function rawUpload(name, declared, chunks) {
+    return new Promise((resolve, reject) => {
       const req = request(
-        `${app.url}/api/projects/${thesisId}/files?name=liar.bin`,
-        { method: 'PUT', headers: { cookie: `example_user_id=${userId}`, 'x-upload-bytes': String(10 * KB) } },
+        `${app.url}/api/projects/${thesisId}/files?name=${name}`,
+        { method: 'PUT', headers: { cookie: `example_user_id=${userId}`, 'x-upload-bytes': String(declared) } },
         (res) => {
           let body = ''
           res.on('data', (chunk) => (body += chunk))
@@ -172,12 +172,24 @@ test('create, upload, refuse, copy, delete: the bar, the disk and the database a
         },
       )
       req.on('error', reject)
-      for (let i = 0; i < 10; i++) req.write(Buffer.alloc(5 * KB, 1))
+      for (const chunk of chunks) req.write(chunk)
       req.end()
     })
+  }
+
+  await t.test('a client that sends more than it declared is cut off, and nothing is stored', async () => {
+    const answer = await rawUpload('liar.bin', 10 * KB, Array.from({ length: 10 }, () => Buffer.alloc(5 * KB, 1)))
     assert.equal(answer.status, 400)
     assert.equal(answer.body.ok, false)
     assert.match(answer.body.message, /more than the 10240 bytes it declared/)
+    assert.deepEqual(listDir(thesisDir()), ['data.bin'], 'no file and no partial upload left behind')
+    assert.equal(await usedBytes(userId), 840 * KB)
+  })
+
+  await t.test('a body shorter than declared is not stored either', async () => {
+    const answer = await rawUpload('short.bin', 10 * KB, [Buffer.alloc(4 * KB, 1)])
+    assert.equal(answer.status, 400)
+    assert.match(answer.body.message, /ended after 4096 of the 10240 bytes/)
     assert.deepEqual(listDir(thesisDir()), ['data.bin'])
     assert.equal(await usedBytes(userId), 840 * KB)
   })

@@ -53,9 +53,6 @@ export default async function Home() {
           <div className="project-head">
             <h2>{project.name}</h2>
             <span className="size" data-testid="project-size">{formatBytes(project.bytes)}</span>
-            <ActionForm action={copyProjectAction} label="Copy" testId="copy-project">
-              <input type="hidden" name="projectId" value={project.id} />
-            </ActionForm>
           </div>
           <ul className="files">
             {project.files.map((file) => (
@@ -70,6 +67,9 @@ export default async function Home() {
             ))}
           </ul>
           <UploadForm projectId={project.id} />
+          <ActionForm action={copyProjectAction} label="Copy project" testId="copy-project">
+            <input type="hidden" name="projectId" value={project.id} />
+          </ActionForm>
         </section>
       ))}
     </>
