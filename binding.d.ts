@@ -15,10 +15,35 @@ export declare const __napiBindingTarget: 'native' | 'wasm32-wasi' | 'wasm32-was
  */
 export declare class NativeClient {
   constructor(options?: ClientOptions | undefined | null)
-  /** Whether `bytes` more would fit in the user's quota. Never fails for "no room". */
-  checkQuota(userId: string, bytes: number): Promise<QuotaCheck>
+  /**
+   * Whether `sizes` (one upload, or each file of a multi-file upload) fit. Never fails for
+   * "no room".
+   */
+  checkQuota(userId: string, sizes: Array<number>): Promise<QuotaCheck>
   /** Charges an upload to the user's quota, atomically and at most once per upload id. */
   recordUpload(userId: string, projectId: string, bytes: number, options?: RecordUploadOptions | undefined | null): Promise<RecordedUpload>
+  /** Holds `bytes` against the quota for an upload whose bytes arrive later. */
+  reserveUpload(userId: string, projectId: string, bytes: number, ttlMs?: number | undefined | null): Promise<Reservation>
+  /** Turns a reservation into usage (`actualBytes`, default the reserved amount). */
+  commitUpload(reservationId: string, actualBytes?: number | undefined | null, userId?: string | undefined | null): Promise<SettledReservation>
+  /** Gives a reservation's bytes back. */
+  cancelUpload(reservationId: string, userId?: string | undefined | null): Promise<SettledReservation>
+  /** Gives back every expired reservation now; resolves to the number of users swept. */
+  sweepExpiredReservations(): Promise<number>
+  /** Releases a deleted file's bytes, by its upload id or by a byte count. */
+  recordDeletion(userId: string, projectId: string, bytes?: number | undefined | null, uploadId?: string | undefined | null, deletionId?: string | undefined | null): Promise<Released>
+  /** A new project: quota check, storage path, initial size counted. */
+  registerProject(userId: string, projectId: string, sizeBytes?: number | undefined | null): Promise<RegisteredProject>
+  /** Copies a project's files into a new project and counts them. */
+  copyProject(userId: string, sourceProjectId: string, newProjectId: string): Promise<CopiedProject>
+  /** Releases a project's bytes and, unless `deleteFiles` is false, removes its directory. */
+  removeProject(userId: string, projectId: string, deleteFiles: boolean): Promise<Released>
+  /** Sets a user's limit, recording who changed it and why. */
+  setQuotaLimit(userId: string, limitBytes: number, changedBy?: string | undefined | null, reason?: string | undefined | null): Promise<Usage>
+  /** The user's usage as the UI shows it. */
+  getUsage(userId: string, includeProjects: boolean): Promise<Usage>
+  /** Recomputes counters from the ledger; reports drift and fixes it when `fix`. */
+  reconcile(userId: string | undefined | null, fix: boolean, includeDisk: boolean): Promise<ReconcileReport>
   /** The project's storage path, created (record and directory) on first call. */
   allocateProjectPath(userId: string, projectId: string): Promise<ProjectStoragePath>
   /** Applies pending migrations; resolves to the versions applied by this call. */
@@ -49,6 +74,32 @@ export interface ClientOptions {
   statementTimeoutMs?: number
   /** `application_name` shown in `pg_stat_activity`. Default `storage-quota`. */
   applicationName?: string
+  /**
+   * `enforce` (default) refuses what does not fit; `shadow` counts everything and reports
+   * would-be refusals; `off` neither refuses nor counts new bytes. Default: `STORAGE_QUOTA_MODE`.
+   */
+  mode?: 'enforce' | 'shadow' | 'off'
+  /**
+   * With `mode: 'enforce'`: the share of users (0–100, by a stable hash of their id) who are
+   * enforced; the others are shadowed. Default 100.
+   */
+  rolloutPercent?: number
+  /** How long a reservation holds its bytes unless committed or cancelled, in ms. Default 1 h. */
+  reservationTtlMs?: number
+}
+
+/** A project copied by `copyProject`. */
+export interface CopiedProject {
+  /** The new project's storage path. */
+  path: ProjectStoragePath
+  copiedBytes: number
+  /** The copy had been made before: nothing was copied or charged this time. */
+  duplicate: boolean
+  usedBytes: number
+  reservedBytes: number
+  limitBytes: number
+  remainingBytes: number
+  percentUsed: number
 }
 
 /** One migration, applied or pending. */
@@ -64,13 +115,26 @@ export interface MigrationStatus {
   pending: Array<MigrationInfo>
 }
 
+/** One project in a reconciliation report. */
+export interface ProjectDrift {
+  projectId: string
+  /** What the ledger counts for the project. */
+  ledgerBytes: number
+  /** The project's local directory, if it has one. */
+  path?: string
+  /** Bytes of regular files in it (with `{ disk: true }`). */
+  diskBytes?: number
+  /** `diskBytes − ledgerBytes`. */
+  diskDriftBytes?: number
+}
+
 /** Where a project's files live. */
 export interface ProjectStoragePath {
   id: string
   projectId: string
   userId: string
   /** Storage backend of the record: `local` for the filesystem. */
-  backend: string
+  backend: 'local' | 's3'
   /** Path relative to the storage root: `{userId}/{projectId}/`. */
   key: string
   /** Absolute path with a trailing slash: `{storageRoot}/{userId}/{projectId}/`. */
@@ -78,11 +142,28 @@ export interface ProjectStoragePath {
   createdAt: Date
 }
 
+/** One project's counted bytes, for the UI. */
+export interface ProjectUsage {
+  projectId: string
+  usedBytes: number
+  /** `usedBytes` in words, e.g. `12.5 MB`. */
+  usedText: string
+}
+
 /** The answer of `checkQuota`: whether `requestedBytes` more would fit, and the numbers. */
 export interface QuotaCheck {
-  /** True when the bytes fit in what is left of the quota. */
+  /** True when the bytes may be added (always true in `shadow` and `off` mode). */
   allowed: boolean
+  /** True when enforcement would refuse them, whatever the mode. */
+  wouldRefuse: boolean
+  /** The sum of the sizes asked about. */
   requestedBytes: number
+  /** Bytes beyond what is free: `max(requestedBytes − remainingBytes, 0)`. */
+  missingBytes: number
+  /** For each size asked about, in order: whether it fits after the ones before it that fit. */
+  fits: Array<boolean>
+  /** The mode that applied to this user: `enforce`, `shadow` or `off`. */
+  mode: 'enforce' | 'shadow' | 'off'
   /** Bytes counted against the quota. */
   usedBytes: number
   /** Bytes held by uploads in progress (counted against the quota too). */
@@ -94,6 +175,14 @@ export interface QuotaCheck {
   percentUsed: number
 }
 
+export interface ReconcileReport {
+  checkedUsers: number
+  driftedUsers: number
+  fixedUsers: number
+  /** Users with drift (all checked users when one was named or `disk` was asked for). */
+  users: Array<UserDrift>
+}
+
 /** The result of `recordUpload`: the upload and the user's usage after it. */
 export interface RecordedUpload {
   /** The idempotency key: the one passed in, or a generated UUID. */
@@ -101,6 +190,15 @@ export interface RecordedUpload {
   bytes: number
   /** True when this upload id had been recorded before: nothing was charged this time. */
   duplicate: boolean
+  /** False only in `off` mode, where nothing is counted. */
+  counted: boolean
+  /** True when enforcement would have refused it (it was counted anyway: shadow mode). */
+  wouldRefuse: boolean
+  /** For an overwrite (`replacesBytes`): the replaced bytes that were counted and given back. */
+  replacedBytes: number
+  /** What the quota was charged: `bytes − replacedBytes` (0 for a duplicate). */
+  netBytes: number
+  mode: 'enforce' | 'shadow' | 'off'
   usedBytes: number
   reservedBytes: number
   limitBytes: number
@@ -112,4 +210,105 @@ export interface RecordedUpload {
 export interface RecordUploadOptions {
   /** Idempotency key: recording the same id again counts the upload once. */
   uploadId?: string
+  /** The upload overwrites content of this many bytes: only the difference is charged. */
+  replacesBytes?: number
+}
+
+/** A project registered by `registerProject`. */
+export interface RegisteredProject {
+  path: ProjectStoragePath
+  /** Bytes counted for the project's initial content. */
+  countedBytes: number
+  usedBytes: number
+  reservedBytes: number
+  limitBytes: number
+  remainingBytes: number
+  percentUsed: number
+}
+
+/** Bytes given back by `recordDeletion` or `removeProject`. */
+export interface Released {
+  releasedBytes: number
+  /** The same deletion was recorded before: nothing was released this time. */
+  duplicate: boolean
+  /** Pending reservations of the project that were cancelled (`removeProject`). */
+  cancelledReservations: number
+  usedBytes: number
+  reservedBytes: number
+  limitBytes: number
+  remainingBytes: number
+  percentUsed: number
+}
+
+/** Bytes held for an upload in progress. */
+export interface Reservation {
+  reservationId: string
+  userId: string
+  projectId: string
+  /** Bytes held. */
+  bytes: number
+  /** After this, the reservation stops counting and cannot be committed. */
+  expiresAt: Date
+  wouldRefuse: boolean
+  mode: 'enforce' | 'shadow' | 'off'
+  usedBytes: number
+  reservedBytes: number
+  limitBytes: number
+  remainingBytes: number
+  percentUsed: number
+}
+
+/** A reservation after `commitUpload` or `cancelUpload`. */
+export interface SettledReservation {
+  reservationId: string
+  userId: string
+  projectId: string
+  /** `committed`, `cancelled` or `expired`. */
+  status: 'committed' | 'cancelled' | 'expired'
+  /** Bytes the reservation held. */
+  heldBytes: number
+  /** Bytes now counted as used (0 when cancelled). */
+  committedBytes: number
+  usedBytes: number
+  reservedBytes: number
+  limitBytes: number
+  remainingBytes: number
+  percentUsed: number
+}
+
+/** A user's usage as the UI shows it. */
+export interface Usage {
+  userId: string
+  usedBytes: number
+  reservedBytes: number
+  limitBytes: number
+  remainingBytes: number
+  percentUsed: number
+  /** `normal` below 75 %, `nearing` from 75 %, `critical` from 90 %, `exceeded` from 100 %. */
+  state: 'normal' | 'nearing' | 'critical' | 'exceeded'
+  /** Used plus reserved, in words (`312 MB`). */
+  usedText: string
+  limitText: string
+  remainingText: string
+  /** `312 MB of 1 GB used (30.47 %)`. */
+  summary: string
+  /** Each project's counted bytes, with `{ projects: true }`. */
+  projects?: Array<ProjectUsage>
+}
+
+/** One user in a reconciliation report. */
+export interface UserDrift {
+  userId: string
+  /** The counter before any fix. */
+  usedBytes: number
+  ledgerBytes: number
+  /** `usedBytes − ledgerBytes`. */
+  driftBytes: number
+  reservedBytes: number
+  /** Bytes of live reservations. */
+  pendingReservedBytes: number
+  reservedDriftBytes: number
+  /** The counters were set from the ledger. */
+  fixed: boolean
+  projects: Array<ProjectDrift>
 }

@@ -2,23 +2,58 @@
 // (built from the Rust `///` docs), so they cannot drift from the addon.
 import type { z } from 'zod'
 import type {
-  ClientOptions,
+  ClientOptions as NativeClientOptions,
+  CopiedProject,
   MigrationInfo,
   MigrationStatus,
+  ProjectDrift,
   ProjectStoragePath,
+  ProjectUsage,
   QuotaCheck,
+  ReconcileReport,
   RecordedUpload,
   RecordUploadOptions,
+  RegisteredProject,
+  Released,
+  Reservation,
+  SettledReservation,
+  Usage,
+  UserDrift,
 } from './binding'
 
 export type {
-  ClientOptions,
+  CopiedProject,
   MigrationInfo,
   MigrationStatus,
+  ProjectDrift,
   ProjectStoragePath,
+  ProjectUsage,
   QuotaCheck,
+  ReconcileReport,
   RecordedUpload,
   RecordUploadOptions,
+  RegisteredProject,
+  Released,
+  Reservation,
+  SettledReservation,
+  Usage,
+  UserDrift,
+}
+
+export type QuotaMode = 'enforce' | 'shadow' | 'off'
+export type QuotaState = 'normal' | 'nearing' | 'critical' | 'exceeded'
+
+/** Structured log events: `quota_refused`, `shadow_refusal`, `drift_found`, `slow_call`, `limit_changed`. */
+export type LogEvent = 'quota_refused' | 'shadow_refusal' | 'drift_found' | 'slow_call' | 'limit_changed'
+export type Logger =
+  | ((event: LogEvent, fields: Record<string, unknown>) => void)
+  | { info?: (entry: Record<string, unknown>) => void; warn?: (entry: Record<string, unknown>) => void }
+
+export interface ClientOptions extends NativeClientOptions {
+  /** Where log events go: a function, an object with `info`/`warn`, or `false`. Default: JSON lines on stderr. */
+  logger?: Logger | false
+  /** Calls slower than this many ms are logged as `slow_call`. Default 250. */
+  slowCallMs?: number
 }
 
 /** Every code a StorageQuotaError can carry. Codes are stable across versions. */
@@ -28,6 +63,7 @@ export type StorageQuotaErrorCode =
   | 'NOT_FOUND'
   | 'FORBIDDEN'
   | 'CONFLICT'
+  | 'RESERVATION_EXPIRED'
   | 'MIGRATION_REQUIRED'
   | 'MIGRATION_FAILED'
   | 'DB_UNAVAILABLE'
@@ -84,14 +120,59 @@ export interface SimulationJob {
   finishedAt: Date | null
 }
 
+export interface ReserveUploadOptions {
+  /** How long the bytes are held, 1 s to 7 days. Default: the client's `reservationTtlMs` (1 h). */
+  ttlMs?: number
+}
+export interface OwnerOptions {
+  /** Refuse (FORBIDDEN) a reservation that belongs to another user. */
+  userId?: string
+}
+export interface RecordDeletionOptions {
+  /** Release exactly the bytes this upload recorded, once. */
+  uploadId?: string
+  /** Idempotency key for a deletion given in bytes. */
+  deletionId?: string
+}
+export interface SetQuotaLimitOptions {
+  changedBy?: string
+  reason?: string
+}
+
 export declare class StorageQuotaClient {
   constructor(options?: ClientOptions)
-  /** Whether `bytes` more fit. Resolves `{ allowed: false, … }` rather than rejecting for lack of room. */
-  checkQuota(userId: string, bytes: number): Promise<QuotaCheck>
+  /**
+   * Whether `bytes` more fit — or, for a list of sizes, whether all do, `missingBytes`, and
+   * `fits[i]` for each in order. Resolves `{ allowed: false, … }` rather than rejecting.
+   */
+  checkQuota(userId: string, bytes: number | number[]): Promise<QuotaCheck>
   /** `{storageRoot}/{userId}/{projectId}/`, created on first call. NOT_FOUND / FORBIDDEN for unknown or foreign projects. */
   allocateProjectPath(userId: string, projectId: string): Promise<ProjectStoragePath>
-  /** Charges an upload; rejects with a QuotaExceededError when it does not fit. */
+  /** Charges an upload; rejects with a QuotaExceededError when it does not fit. `replacesBytes` charges the net change. */
   recordUpload(userId: string, projectId: string, bytes: number, options?: RecordUploadOptions): Promise<RecordedUpload>
+  /** Holds bytes for an upload whose bytes arrive later; QUOTA_EXCEEDED when they do not fit. */
+  reserveUpload(userId: string, projectId: string, bytes: number, options?: ReserveUploadOptions): Promise<Reservation>
+  /** Turns a reservation into usage (`actualBytes`, default the reserved amount). */
+  commitUpload(reservationId: string, actualBytes?: number, options?: OwnerOptions): Promise<SettledReservation>
+  /** Gives a reservation's bytes back; harmless twice. CONFLICT once committed. */
+  cancelUpload(reservationId: string, options?: OwnerOptions): Promise<SettledReservation>
+  /** Gives back every expired reservation now. */
+  sweepExpiredReservations(): Promise<{ users: number }>
+  /** Releases a deleted file's bytes (works over quota, never below zero). */
+  recordDeletion(userId: string, projectId: string, bytes?: number, options?: RecordDeletionOptions): Promise<Released>
+  /** A new project: quota check, storage path, initial size counted. */
+  registerProject(userId: string, projectId: string, options?: { sizeBytes?: number }): Promise<RegisteredProject>
+  /** Copies a project's files into a new, empty project of the same user and counts them. */
+  copyProject(userId: string, sourceProjectId: string, newProjectId: string): Promise<CopiedProject>
+  /** Releases a project's bytes, cancels its reservations and (by default) deletes its files. */
+  removeProject(userId: string, projectId: string, options?: { deleteFiles?: boolean }): Promise<Released>
+  /** Sets a user's limit; recorded in quota_limit_changes with who and why. */
+  setQuotaLimit(userId: string, limitBytes: number, options?: SetQuotaLimitOptions): Promise<Usage>
+  /** Usage for the UI; `{ projects: true }` adds each project's bytes. */
+  getUsage(userId: string, options?: { projects?: boolean }): Promise<Usage>
+  /** Recomputes usage from the ledger; reports drift, fixes counters with `{ fix: true }`. */
+  reconcile(userId?: string, options?: { fix?: boolean; disk?: boolean }): Promise<ReconcileReport>
+  reconcile(options: { fix?: boolean; disk?: boolean }): Promise<ReconcileReport>
   /** Applies pending migrations. */
   migrate(): Promise<{ applied: number[] }>
   /** Reverts the `steps` (default 1) most recent migrations. */
@@ -107,7 +188,7 @@ export declare function createClient(options?: ClientOptions): StorageQuotaClien
 export declare function getDefaultClient(): StorageQuotaClient
 export declare function closeDefaultClient(): Promise<void>
 
-export declare function checkQuota(userId: string, bytes: number): Promise<QuotaCheck>
+export declare function checkQuota(userId: string, bytes: number | number[]): Promise<QuotaCheck>
 export declare function allocateProjectPath(userId: string, projectId: string): Promise<ProjectStoragePath>
 export declare function recordUpload(
   userId: string,
@@ -115,13 +196,46 @@ export declare function recordUpload(
   bytes: number,
   options?: RecordUploadOptions,
 ): Promise<RecordedUpload>
+export declare function reserveUpload(userId: string, projectId: string, bytes: number, options?: ReserveUploadOptions): Promise<Reservation>
+export declare function commitUpload(reservationId: string, actualBytes?: number, options?: OwnerOptions): Promise<SettledReservation>
+export declare function cancelUpload(reservationId: string, options?: OwnerOptions): Promise<SettledReservation>
+export declare function sweepExpiredReservations(): Promise<{ users: number }>
+export declare function recordDeletion(userId: string, projectId: string, bytes?: number, options?: RecordDeletionOptions): Promise<Released>
+export declare function registerProject(userId: string, projectId: string, options?: { sizeBytes?: number }): Promise<RegisteredProject>
+export declare function copyProject(userId: string, sourceProjectId: string, newProjectId: string): Promise<CopiedProject>
+export declare function removeProject(userId: string, projectId: string, options?: { deleteFiles?: boolean }): Promise<Released>
+export declare function setQuotaLimit(userId: string, limitBytes: number, options?: SetQuotaLimitOptions): Promise<Usage>
+export declare function getUsage(userId: string, options?: { projects?: boolean }): Promise<Usage>
+export declare function reconcile(userId?: string, options?: { fix?: boolean; disk?: boolean }): Promise<ReconcileReport>
 export declare function migrate(): Promise<{ applied: number[] }>
 export declare function rollback(steps?: number): Promise<{ reverted: number[] }>
 export declare function migrationStatus(): Promise<MigrationStatus>
 
-/** `512 B`, `12.5 MB`, `1 GB`: binary multiples (1 KB = 1024 bytes). */
+/** `512 B`, `12.5 MB`, `1 GB`: binary multiples (1 KB = 1024 bytes). Pure: fine in client components. */
 export declare function formatBytes(bytes: number): string
+/** `used / limit` in percent, two decimals, as the addon computes `percentUsed`. */
+export declare function quotaPercentage(usedBytes: number, limitBytes: number): number
+/** `normal` < 75 ≤ `nearing` < 90 ≤ `critical` < 100 ≤ `exceeded`. */
+export declare function quotaState(percentUsed: number): QuotaState
 
+export declare const BytesListSchema: z.ZodType<number[]>
+export declare const ReservationIdSchema: z.ZodType<string>
+export declare const ReserveUploadOptionsSchema: z.ZodType<ReserveUploadOptions>
+export declare const OwnerOptionsSchema: z.ZodType<OwnerOptions>
+export declare const RecordDeletionOptionsSchema: z.ZodType<RecordDeletionOptions>
+export declare const RegisterProjectOptionsSchema: z.ZodType<{ sizeBytes?: number }>
+export declare const RemoveProjectOptionsSchema: z.ZodType<{ deleteFiles?: boolean }>
+export declare const SetQuotaLimitOptionsSchema: z.ZodType<SetQuotaLimitOptions>
+export declare const GetUsageOptionsSchema: z.ZodType<{ projects?: boolean }>
+export declare const ReconcileOptionsSchema: z.ZodType<{ fix?: boolean; disk?: boolean }>
+export declare const StepsSchema: z.ZodType<number>
+export declare const ModeSchema: z.ZodType<QuotaMode>
+export declare const ReservationSchema: z.ZodType<Reservation>
+export declare const ReservationStatusSchema: z.ZodType<'committed' | 'cancelled' | 'expired'>
+export declare const SettledReservationSchema: z.ZodType<SettledReservation>
+export declare const ReleasedSchema: z.ZodType<Released>
+export declare const QuotaStateSchema: z.ZodType<QuotaState>
+export declare const UsageSchema: z.ZodType<Usage>
 export declare const UserIdSchema: z.ZodType<string>
 export declare const ProjectIdSchema: z.ZodType<string>
 export declare const BytesSchema: z.ZodType<number>

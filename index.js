@@ -1,12 +1,12 @@
 'use strict'
 
 // The package's hand-written JS layer: validation (Zod), error classes, a default client from
-// the environment. The native addon is loaded by the generated ./binding.js.
+// the environment, pure helpers for the UI. The native addon is loaded by ./binding.js.
 
 const { StorageQuotaClient, optionsFromEnv } = require('./lib/client.js')
 const { StorageQuotaError, QuotaExceededError } = require('./lib/errors.js')
 const schemas = require('./lib/schemas.js')
-const { formatBytes } = require('./lib/format.js')
+const { formatBytes, quotaPercentage, quotaState } = require('./lib/format.js')
 
 /** A client with its own pool. Options default to the environment (see README). */
 function createClient(options) {
@@ -31,17 +31,51 @@ async function closeDefaultClient() {
 exports.createClient = createClient
 exports.getDefaultClient = getDefaultClient
 exports.closeDefaultClient = closeDefaultClient
-exports.checkQuota = (userId, bytes) => getDefaultClient().checkQuota(userId, bytes)
-exports.allocateProjectPath = (userId, projectId) => getDefaultClient().allocateProjectPath(userId, projectId)
-exports.recordUpload = (userId, projectId, bytes, options) =>
-  getDefaultClient().recordUpload(userId, projectId, bytes, options)
-exports.migrate = () => getDefaultClient().migrate()
-exports.rollback = (steps) => getDefaultClient().rollback(steps)
-exports.migrationStatus = () => getDefaultClient().migrationStatus()
+
+// Module-level forms of every client method, on the default client. Written out one by one
+// so Node's ESM loader sees each named export of this CommonJS file.
+exports.checkQuota = (...args) => getDefaultClient().checkQuota(...args)
+exports.allocateProjectPath = (...args) => getDefaultClient().allocateProjectPath(...args)
+exports.recordUpload = (...args) => getDefaultClient().recordUpload(...args)
+exports.reserveUpload = (...args) => getDefaultClient().reserveUpload(...args)
+exports.commitUpload = (...args) => getDefaultClient().commitUpload(...args)
+exports.cancelUpload = (...args) => getDefaultClient().cancelUpload(...args)
+exports.sweepExpiredReservations = (...args) => getDefaultClient().sweepExpiredReservations(...args)
+exports.recordDeletion = (...args) => getDefaultClient().recordDeletion(...args)
+exports.registerProject = (...args) => getDefaultClient().registerProject(...args)
+exports.copyProject = (...args) => getDefaultClient().copyProject(...args)
+exports.removeProject = (...args) => getDefaultClient().removeProject(...args)
+exports.setQuotaLimit = (...args) => getDefaultClient().setQuotaLimit(...args)
+exports.getUsage = (...args) => getDefaultClient().getUsage(...args)
+exports.reconcile = (...args) => getDefaultClient().reconcile(...args)
+exports.migrate = (...args) => getDefaultClient().migrate(...args)
+exports.rollback = (...args) => getDefaultClient().rollback(...args)
+exports.migrationStatus = (...args) => getDefaultClient().migrationStatus(...args)
+
 exports.formatBytes = formatBytes
+exports.quotaPercentage = quotaPercentage
+exports.quotaState = quotaState
 exports.StorageQuotaClient = StorageQuotaClient
 exports.StorageQuotaError = StorageQuotaError
 exports.QuotaExceededError = QuotaExceededError
+exports.BytesListSchema = schemas.BytesListSchema
+exports.ReservationIdSchema = schemas.ReservationIdSchema
+exports.ReserveUploadOptionsSchema = schemas.ReserveUploadOptionsSchema
+exports.OwnerOptionsSchema = schemas.OwnerOptionsSchema
+exports.RecordDeletionOptionsSchema = schemas.RecordDeletionOptionsSchema
+exports.RegisterProjectOptionsSchema = schemas.RegisterProjectOptionsSchema
+exports.RemoveProjectOptionsSchema = schemas.RemoveProjectOptionsSchema
+exports.SetQuotaLimitOptionsSchema = schemas.SetQuotaLimitOptionsSchema
+exports.GetUsageOptionsSchema = schemas.GetUsageOptionsSchema
+exports.ReconcileOptionsSchema = schemas.ReconcileOptionsSchema
+exports.StepsSchema = schemas.StepsSchema
+exports.ModeSchema = schemas.ModeSchema
+exports.ReservationSchema = schemas.ReservationSchema
+exports.ReservationStatusSchema = schemas.ReservationStatusSchema
+exports.SettledReservationSchema = schemas.SettledReservationSchema
+exports.ReleasedSchema = schemas.ReleasedSchema
+exports.QuotaStateSchema = schemas.QuotaStateSchema
+exports.UsageSchema = schemas.UsageSchema
 exports.UserIdSchema = schemas.UserIdSchema
 exports.ProjectIdSchema = schemas.ProjectIdSchema
 exports.BytesSchema = schemas.BytesSchema

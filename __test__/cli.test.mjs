@@ -13,12 +13,19 @@ test('the storage-quota command migrates, reports and rolls back', async () => {
   const env = { ...process.env, DATABASE_URL: db.url, STORAGE_ROOT: db.storageRoot, POSTGRES_URL: '' }
   const cli = (...args) => run(process.execPath, [bin, ...args], { env })
 
-  assert.match((await cli('status')).stdout, /^pending {2}1 storage_quota$/m)
-  assert.equal((await cli('migrate')).stdout.trim(), 'applied: 1')
+  assert.match((await cli('status')).stdout, /^pending {2}1 storage_quota\npending {2}2 quota_lifecycle$/m)
+  assert.equal((await cli('migrate')).stdout.trim(), 'applied: 1, 2')
   assert.equal((await cli('migrate')).stdout.trim(), 'already up to date')
   assert.match((await cli('status')).stdout, /^applied {2}1 storage_quota {2}\d{4}-/m)
-  assert.equal((await cli('rollback')).stdout.trim(), 'reverted: 1')
-  assert.equal((await cli('rollback', '--database-url', db.url)).stdout.trim(), 'nothing to revert')
+  assert.equal((await cli('sweep')).stdout.trim(), 'swept expired reservations of 0 user(s)')
+  await db.query(`INSERT INTO user_quotas (user_id, limit_bytes, used_bytes) VALUES ('user_cli', 100, 40)`)
+  assert.match((await cli('reconcile')).stdout, /^user_cli {2}counter 40 {2}ledger 0 {2}drift 40 .*\nchecked 1 user\(s\), 1 drifted, 0 fixed$/m)
+  assert.match((await cli('reconcile', 'user_cli', '--fix')).stdout, /1 drifted, 1 fixed/)
+  assert.match((await cli('reconcile')).stdout, /checked 1 user\(s\), 0 drifted/)
+  await db.query(`DELETE FROM user_quotas`)
+  assert.equal((await cli('rollback')).stdout.trim(), 'reverted: 2')
+  assert.equal((await cli('rollback', '5', '--database-url', db.url)).stdout.trim(), 'reverted: 1')
+  assert.equal((await cli('rollback')).stdout.trim(), 'nothing to revert')
 })
 
 test('failures exit non-zero with the code and no password', async () => {

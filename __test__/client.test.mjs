@@ -53,10 +53,14 @@ test('the Rust side validates too, for callers that bypass the JS layer', async 
   const { NativeClient } = await import('../binding.js')
   const native = new NativeClient({ databaseUrl: db.url, storageRoot: db.storageRoot })
   for (const call of [
-    () => native.checkQuota('user_x', -5),
-    () => native.checkQuota('user_x', 1.5),
-    () => native.checkQuota('user_x', Number.NaN),
-    () => native.checkQuota('../x', 1),
+    () => native.checkQuota('user_x', [-5]),
+    () => native.checkQuota('user_x', [1, 1.5]),
+    () => native.checkQuota('user_x', [Number.NaN]),
+    () => native.checkQuota('user_x', [2 ** 52, 2 ** 52]),
+    () => native.checkQuota('../x', [1]),
+    () => native.reserveUpload('user_x', '00000000-0000-4000-8000-000000000000', 1, 10),
+    () => native.commitUpload('not-a-uuid', 1, null),
+    () => native.setQuotaLimit('user_x', -1, null, null),
     () => native.allocateProjectPath('user_x', '../../etc/passwd'),
   ]) {
     const error = await rejection(call())

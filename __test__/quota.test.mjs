@@ -27,7 +27,11 @@ test('a user without a row has the default quota and nothing used', async () => 
   const check = await client.checkQuota('user_fresh', 10 * MB)
   assert.deepEqual(check, {
     allowed: true,
+    wouldRefuse: false,
     requestedBytes: 10 * MB,
+    missingBytes: 0,
+    fits: [true],
+    mode: 'enforce',
     usedBytes: 0,
     reservedBytes: 0,
     limitBytes: 100 * MB,

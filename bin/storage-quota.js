@@ -6,11 +6,13 @@
 const { parseArgs } = require('node:util')
 const { createClient } = require('../index.js')
 
-const USAGE = `usage: storage-quota <migrate|rollback [steps]|status> [--database-url URL] [--storage-root DIR]
+const USAGE = `usage: storage-quota <command> [--database-url URL] [--storage-root DIR]
 
-  migrate          apply pending migrations
-  rollback [N]     revert the N most recent migrations (default 1)
-  status           list applied and pending migrations
+  migrate              apply pending migrations
+  rollback [N]         revert the N most recent migrations (default 1)
+  status               list applied and pending migrations
+  reconcile [USER_ID]  compare counters with the ledger (all users, or one); --fix sets them
+  sweep                give back the bytes of expired reservations (for a cron job)
 
 The database URL defaults to DATABASE_URL, then POSTGRES_URL; the storage root to STORAGE_ROOT.`
 
@@ -20,6 +22,7 @@ async function main() {
     options: {
       'database-url': { type: 'string' },
       'storage-root': { type: 'string' },
+      fix: { type: 'boolean' },
       help: { type: 'boolean', short: 'h' },
     },
   })
@@ -31,7 +34,7 @@ async function main() {
   const options = {}
   if (values['database-url']) options.databaseUrl = values['database-url']
   if (values['storage-root']) options.storageRoot = values['storage-root']
-  const client = createClient(options)
+  const client = createClient({ logger: false, ...options })
   try {
     if (command === 'migrate') {
       const { applied } = await client.migrate()
@@ -44,6 +47,15 @@ async function main() {
       const status = await client.migrationStatus()
       for (const m of status.applied) console.log(`applied  ${m.version} ${m.name}  ${m.appliedAt.toISOString()}`)
       for (const m of status.pending) console.log(`pending  ${m.version} ${m.name}`)
+    } else if (command === 'reconcile') {
+      const report = await client.reconcile(stepsArg, { fix: Boolean(values.fix) })
+      for (const u of report.users) {
+        console.log(`${u.userId}  counter ${u.usedBytes}  ledger ${u.ledgerBytes}  drift ${u.driftBytes}  reserved drift ${u.reservedDriftBytes}${u.fixed ? '  fixed' : ''}`)
+      }
+      console.log(`checked ${report.checkedUsers} user(s), ${report.driftedUsers} drifted, ${report.fixedUsers} fixed`)
+    } else if (command === 'sweep') {
+      const { users } = await client.sweepExpiredReservations()
+      console.log(`swept expired reservations of ${users} user(s)`)
     } else {
       console.error(USAGE)
       return 2

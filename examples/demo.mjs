@@ -56,6 +56,11 @@ try {
 
   const replay = await quota.recordUpload(userId, projectId, sizes[0], { uploadId: 'demo-upload-0' })
   console.log(`\nreplaying upload 1 with the same uploadId: duplicate=${replay.duplicate}, still ${formatBytes(replay.usedBytes)} used`)
+
+  const freed = await quota.recordDeletion(userId, projectId, undefined, { uploadId: 'demo-upload-1' })
+  console.log(`deleting upload 2 gives back ${formatBytes(freed.releasedBytes)}`)
+  const usage = await quota.getUsage(userId)
+  console.log(`\nusage: ${usage.summary} — state "${usage.state}", ${usage.remainingText} free`)
 } finally {
   await quota.close()
   await app.end().catch(() => {})

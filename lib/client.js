@@ -1,8 +1,8 @@
 'use strict'
 
-const { z } = require('zod')
 const { NativeClient } = require('../binding.js')
 const { fromNative, fromZod } = require('./errors.js')
+const { createLogger } = require('./log.js')
 const S = require('./schemas.js')
 
 function parse(schema, value, what) {
@@ -11,8 +11,6 @@ function parse(schema, value, what) {
   return result.data
 }
 
-const StepsSchema = z.number().int().min(1).max(1000)
-
 /**
  * A storage-quota client with its own PostgreSQL pool. Every method validates its arguments
  * (rejecting with code INVALID_ARGUMENT before anything is sent) and rejects with a
@@ -20,58 +18,182 @@ const StepsSchema = z.number().int().min(1).max(1000)
  */
 class StorageQuotaClient {
   #native
+  #log
+  #slowCallMs
 
   constructor(options = {}) {
-    const parsed = parse(S.ClientOptionsSchema, options ?? {}, 'options')
+    const { logger, slowCallMs, ...nativeOptions } = parse(S.ClientOptionsSchema, options ?? {}, 'options')
+    this.#log = createLogger(logger)
+    this.#slowCallMs = slowCallMs ?? 250
     try {
-      this.#native = new NativeClient(parsed)
+      this.#native = new NativeClient(nativeOptions)
     } catch (error) {
       throw fromNative(error)
     }
   }
 
-  /** Whether `bytes` more fit in the user's quota. Resolves `{ allowed: false, … }` when not. */
+  /**
+   * Whether `bytes` more fit — or, given a list of sizes (a multi-file upload), whether all of
+   * them do, how much is missing, and which would fit in order. Resolves `{ allowed: false, … }`
+   * rather than rejecting when there is no room.
+   */
   async checkQuota(userId, bytes) {
     const user = parse(S.UserIdSchema, userId, 'userId')
-    const size = parse(S.BytesSchema, bytes, 'bytes')
-    return this.#call((n) => n.checkQuota(user, size))
+    const sizes = Array.isArray(bytes) ? parse(S.BytesListSchema, bytes, 'bytes') : [parse(S.BytesSchema, bytes, 'bytes')]
+    const check = await this.#call('checkQuota', (n) => n.checkQuota(user, sizes))
+    if (check.wouldRefuse && check.mode === 'shadow') this.#log('shadow_refusal', { operation: 'checkQuota', userId: user, requestedBytes: check.requestedBytes })
+    return check
   }
 
   /** The project's storage path; creates the record and the directory on first call. */
   async allocateProjectPath(userId, projectId) {
     const user = parse(S.UserIdSchema, userId, 'userId')
     const project = parse(S.ProjectIdSchema, projectId, 'projectId')
-    return this.#call((n) => n.allocateProjectPath(user, project))
+    return this.#call('allocateProjectPath', (n) => n.allocateProjectPath(user, project))
   }
 
   /**
    * Charges an upload of `bytes` to `projectId`. Rejects with QUOTA_EXCEEDED when it does not
-   * fit; with the same `uploadId` twice, the upload counts once.
+   * fit; with the same `uploadId` twice, the upload counts once. With `replacesBytes` (an
+   * overwrite) only the difference is charged.
    */
   async recordUpload(userId, projectId, bytes, options = {}) {
     const user = parse(S.UserIdSchema, userId, 'userId')
     const project = parse(S.ProjectIdSchema, projectId, 'projectId')
     const size = parse(S.BytesSchema, bytes, 'bytes')
     const opts = parse(S.RecordUploadOptionsSchema, options ?? {}, 'options')
-    return this.#call((n) => n.recordUpload(user, project, size, opts))
+    return this.#charged('recordUpload', user, () => this.#native.recordUpload(user, project, size, opts))
+  }
+
+  /** Holds `bytes` for an upload whose bytes arrive later; they count at once. */
+  async reserveUpload(userId, projectId, bytes, options = {}) {
+    const user = parse(S.UserIdSchema, userId, 'userId')
+    const project = parse(S.ProjectIdSchema, projectId, 'projectId')
+    const size = parse(S.BytesSchema, bytes, 'bytes')
+    const { ttlMs } = parse(S.ReserveUploadOptionsSchema, options ?? {}, 'options')
+    return this.#charged('reserveUpload', user, () => this.#native.reserveUpload(user, project, size, ttlMs))
+  }
+
+  /**
+   * Turns a reservation into usage: `actualBytes` (default: the reserved amount; smaller always
+   * works, larger only if the difference fits). Pass `{ userId }` to refuse another user's id.
+   */
+  async commitUpload(reservationId, actualBytes, options = {}) {
+    const id = parse(S.ReservationIdSchema, reservationId, 'reservationId')
+    const actual = actualBytes === undefined ? undefined : parse(S.BytesSchema, actualBytes, 'actualBytes')
+    const { userId } = parse(S.OwnerOptionsSchema, options ?? {}, 'options')
+    return this.#call('commitUpload', (n) => n.commitUpload(id, actual, userId))
+  }
+
+  /** Gives a reservation's bytes back. Cancelling twice is harmless. */
+  async cancelUpload(reservationId, options = {}) {
+    const id = parse(S.ReservationIdSchema, reservationId, 'reservationId')
+    const { userId } = parse(S.OwnerOptionsSchema, options ?? {}, 'options')
+    return this.#call('cancelUpload', (n) => n.cancelUpload(id, userId))
+  }
+
+  /** Gives back every expired reservation now (they stop counting at expiry anyway). */
+  async sweepExpiredReservations() {
+    const users = await this.#call('sweepExpiredReservations', (n) => n.sweepExpiredReservations())
+    return { users }
+  }
+
+  /**
+   * Releases a deleted file's bytes. Works over quota; never below zero; never more than the
+   * project has counted. Name the upload (`{ uploadId }`: exactly its bytes, once) or the bytes
+   * (with an optional `deletionId` so a retry releases once).
+   */
+  async recordDeletion(userId, projectId, bytes, options = {}) {
+    const user = parse(S.UserIdSchema, userId, 'userId')
+    const project = parse(S.ProjectIdSchema, projectId, 'projectId')
+    const size = bytes === undefined || bytes === null ? undefined : parse(S.BytesSchema, bytes, 'bytes')
+    const { uploadId, deletionId } = parse(S.RecordDeletionOptionsSchema, options ?? {}, 'options')
+    return this.#call('recordDeletion', (n) => n.recordDeletion(user, project, size, uploadId, deletionId))
+  }
+
+  /** A new project: quota check, storage path, initial size counted (once). */
+  async registerProject(userId, projectId, options = {}) {
+    const user = parse(S.UserIdSchema, userId, 'userId')
+    const project = parse(S.ProjectIdSchema, projectId, 'projectId')
+    const { sizeBytes } = parse(S.RegisterProjectOptionsSchema, options ?? {}, 'options')
+    return this.#charged('registerProject', user, () => this.#native.registerProject(user, project, sizeBytes))
+  }
+
+  /**
+   * Copies a project's files into a new (already created, empty) project of the same user and
+   * counts them. Refused up front when the source does not fit; on failure nothing stays.
+   */
+  async copyProject(userId, sourceProjectId, newProjectId) {
+    const user = parse(S.UserIdSchema, userId, 'userId')
+    const source = parse(S.ProjectIdSchema, sourceProjectId, 'sourceProjectId')
+    const target = parse(S.ProjectIdSchema, newProjectId, 'newProjectId')
+    return this.#charged('copyProject', user, () => this.#native.copyProject(user, source, target))
+  }
+
+  /** Releases a project's bytes, cancels its reservations and (default) deletes its files. */
+  async removeProject(userId, projectId, options = {}) {
+    const user = parse(S.UserIdSchema, userId, 'userId')
+    const project = parse(S.ProjectIdSchema, projectId, 'projectId')
+    const { deleteFiles = true } = parse(S.RemoveProjectOptionsSchema, options ?? {}, 'options')
+    return this.#call('removeProject', (n) => n.removeProject(user, project, deleteFiles))
+  }
+
+  /** Sets a user's limit (plan upgrade or downgrade), recorded with who and why. */
+  async setQuotaLimit(userId, limitBytes, options = {}) {
+    const user = parse(S.UserIdSchema, userId, 'userId')
+    const limit = parse(S.BytesSchema, limitBytes, 'limitBytes')
+    const { changedBy, reason } = parse(S.SetQuotaLimitOptionsSchema, options ?? {}, 'options')
+    const usage = await this.#call('setQuotaLimit', (n) => n.setQuotaLimit(user, limit, changedBy, reason))
+    this.#log('limit_changed', { userId: user, limitBytes: limit, changedBy: changedBy ?? null })
+    return usage
+  }
+
+  /** Usage for the UI: numbers, state, human-readable strings; `{ projects: true }` adds each project. */
+  async getUsage(userId, options = {}) {
+    const user = parse(S.UserIdSchema, userId, 'userId')
+    const { projects = false } = parse(S.GetUsageOptionsSchema, options ?? {}, 'options')
+    return this.#call('getUsage', (n) => n.getUsage(user, projects))
+  }
+
+  /**
+   * Recomputes usage from the ledger for one user (or all, when `userId` is omitted), reports
+   * drift per user and project (`{ disk: true }` adds the bytes on disk), and with `{ fix: true }`
+   * sets the counters from the ledger. Safe while uploads are going on.
+   */
+  async reconcile(userId, options = {}) {
+    if (userId !== null && typeof userId === 'object') [userId, options] = [undefined, userId]
+    const user = userId === undefined || userId === null ? undefined : parse(S.UserIdSchema, userId, 'userId')
+    const { fix = false, disk = false } = parse(S.ReconcileOptionsSchema, options ?? {}, 'options')
+    const report = await this.#call('reconcile', (n) => n.reconcile(user, fix, disk))
+    for (const drift of report.users) {
+      if (drift.driftBytes !== 0 || drift.reservedDriftBytes !== 0) {
+        this.#log('drift_found', {
+          userId: drift.userId,
+          driftBytes: drift.driftBytes,
+          reservedDriftBytes: drift.reservedDriftBytes,
+          fixed: drift.fixed,
+        })
+      }
+    }
+    return report
   }
 
   /** Applies pending migrations. Resolves to `{ applied: number[] }` (versions applied now). */
   async migrate() {
-    const applied = await this.#call((n) => n.migrate())
+    const applied = await this.#call('migrate', (n) => n.migrate())
     return { applied }
   }
 
   /** Reverts the `steps` (default 1) most recent migrations. Resolves to `{ reverted }`. */
   async rollback(steps = 1) {
-    const count = parse(StepsSchema, steps, 'steps')
-    const reverted = await this.#call((n) => n.rollback(count))
+    const count = parse(S.StepsSchema, steps, 'steps')
+    const reverted = await this.#call('rollback', (n) => n.rollback(count))
     return { reverted }
   }
 
   /** Applied and pending migrations. */
   async migrationStatus() {
-    return this.#call((n) => n.migrationStatus())
+    return this.#call('migrationStatus', (n) => n.migrationStatus())
   }
 
   /** Calls in flight finish; later calls reject with CLIENT_CLOSED. */
@@ -79,21 +201,46 @@ class StorageQuotaClient {
     this.#native.close()
   }
 
-  async #call(run) {
+  /** A call that charges a user: refusals and shadow-mode would-be refusals are logged. */
+  async #charged(operation, userId, run) {
+    try {
+      const result = await this.#call(operation, run)
+      if (result.wouldRefuse && result.mode === 'shadow') this.#log('shadow_refusal', { operation, userId })
+      return result
+    } catch (error) {
+      if (error.code === 'QUOTA_EXCEEDED') {
+        this.#log('quota_refused', {
+          operation,
+          userId,
+          requestedBytes: error.requestedBytes,
+          remainingBytes: error.remainingBytes,
+          limitBytes: error.limitBytes,
+        })
+      }
+      throw error
+    }
+  }
+
+  async #call(operation, run) {
+    const started = performance.now()
     try {
       return await run(this.#native)
     } catch (error) {
       throw fromNative(error)
+    } finally {
+      const ms = performance.now() - started
+      if (ms > this.#slowCallMs) this.#log('slow_call', { operation, ms: Math.round(ms) })
     }
   }
 }
 
-/** Options from the environment: DATABASE_URL (or POSTGRES_URL) and STORAGE_ROOT. */
+/** Options from the environment: DATABASE_URL (or POSTGRES_URL), STORAGE_ROOT, STORAGE_QUOTA_MODE. */
 function optionsFromEnv(env = process.env) {
   const options = {}
   const url = env.DATABASE_URL || env.POSTGRES_URL
   if (url) options.databaseUrl = url
   if (env.STORAGE_ROOT) options.storageRoot = env.STORAGE_ROOT
+  if (env.STORAGE_QUOTA_MODE) options.mode = env.STORAGE_QUOTA_MODE
   return options
 }
 

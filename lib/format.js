@@ -22,4 +22,21 @@ function formatBytes(bytes) {
   return `${Number.isInteger(rounded) ? rounded : rounded.toFixed(1)} ${UNITS[unit]}`
 }
 
-module.exports = { formatBytes }
+/** `used / limit` in percent with two decimals (a zero limit is 100 % full). Same as the addon. */
+function quotaPercentage(usedBytes, limitBytes) {
+  if (![usedBytes, limitBytes].every((n) => typeof n === 'number' && Number.isFinite(n))) {
+    throw new TypeError('quotaPercentage expects two finite numbers')
+  }
+  if (limitBytes <= 0) return 100
+  return Math.round((usedBytes / limitBytes) * 10000) / 100
+}
+
+/** `normal` below 75 %, `nearing` from 75 %, `critical` from 90 %, `exceeded` from 100 %. */
+function quotaState(percentUsed) {
+  if (percentUsed >= 100) return 'exceeded'
+  if (percentUsed >= 90) return 'critical'
+  if (percentUsed >= 75) return 'nearing'
+  return 'normal'
+}
+
+module.exports = { formatBytes, quotaPercentage, quotaState }

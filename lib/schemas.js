@@ -27,7 +27,35 @@ const UploadIdSchema = z
   .max(200)
   .regex(/^[\x21-\x7e]+$/, 'uploadId must be printable ASCII without spaces')
 
-const RecordUploadOptionsSchema = z.strictObject({ uploadId: UploadIdSchema.optional() })
+/** Sizes of a multi-file upload: 1 to 10,000 byte counts. */
+const BytesListSchema = z.array(BytesSchema).min(1, 'give at least one size').max(10_000)
+
+const ReservationIdSchema = ProjectIdSchema.describe('reservationId')
+
+const RecordUploadOptionsSchema = z.strictObject({
+  uploadId: UploadIdSchema.optional(),
+  /** The upload overwrites content of this many bytes: only the difference is charged. */
+  replacesBytes: BytesSchema.optional(),
+})
+
+const TtlMsSchema = z.number().int().min(1000).max(7 * 24 * 60 * 60 * 1000)
+const ReserveUploadOptionsSchema = z.strictObject({ ttlMs: TtlMsSchema.optional() })
+const OwnerOptionsSchema = z.strictObject({ userId: UserIdSchema.optional() })
+const RecordDeletionOptionsSchema = z.strictObject({
+  uploadId: UploadIdSchema.optional(),
+  deletionId: UploadIdSchema.optional(),
+})
+const RegisterProjectOptionsSchema = z.strictObject({ sizeBytes: BytesSchema.optional() })
+const RemoveProjectOptionsSchema = z.strictObject({ deleteFiles: z.boolean().optional() })
+const AuditTextSchema = z.string().max(500).regex(/^[^\0]*$/, 'must not contain NUL')
+const SetQuotaLimitOptionsSchema = z.strictObject({
+  changedBy: AuditTextSchema.optional(),
+  reason: AuditTextSchema.optional(),
+})
+const GetUsageOptionsSchema = z.strictObject({ projects: z.boolean().optional() })
+const ReconcileOptionsSchema = z.strictObject({ fix: z.boolean().optional(), disk: z.boolean().optional() })
+const StepsSchema = z.number().int().min(1).max(1000)
+const ModeSchema = z.enum(['enforce', 'shadow', 'off'])
 
 const ClientOptionsSchema = z.strictObject({
   databaseUrl: z.string().optional(),
@@ -37,6 +65,13 @@ const ClientOptionsSchema = z.strictObject({
   connectTimeoutMs: z.number().int().min(1).max(2 ** 31 - 1).optional(),
   statementTimeoutMs: z.number().int().min(0).max(2 ** 31 - 1).optional(),
   applicationName: z.string().max(63).optional(),
+  mode: ModeSchema.optional(),
+  rolloutPercent: z.number().int().min(0).max(100).optional(),
+  reservationTtlMs: TtlMsSchema.optional(),
+  /** `(event, fields) => void`, an object with `info`/`warn`, or `false` for silence. */
+  logger: z.union([z.custom((v) => typeof v === 'function', 'logger must be a function'), z.literal(false), z.looseObject({})]).optional(),
+  /** Calls slower than this are logged as `slow_call`. Default 250. */
+  slowCallMs: z.number().min(0).optional(),
 })
 
 const usageShape = {
@@ -47,13 +82,69 @@ const usageShape = {
   percentUsed: z.number().min(0),
 }
 
-const QuotaCheckSchema = z.object({ allowed: z.boolean(), requestedBytes: BytesSchema, ...usageShape })
+const QuotaCheckSchema = z.object({
+  allowed: z.boolean(),
+  wouldRefuse: z.boolean(),
+  requestedBytes: BytesSchema,
+  missingBytes: BytesSchema,
+  fits: z.array(z.boolean()),
+  mode: ModeSchema,
+  ...usageShape,
+})
 
 const RecordedUploadSchema = z.object({
   uploadId: UploadIdSchema,
   bytes: BytesSchema,
   duplicate: z.boolean(),
+  counted: z.boolean(),
+  wouldRefuse: z.boolean(),
+  replacedBytes: BytesSchema,
+  netBytes: z.number().int(),
+  mode: ModeSchema,
   ...usageShape,
+})
+
+const ReservationSchema = z.object({
+  reservationId: ReservationIdSchema,
+  userId: UserIdSchema,
+  projectId: ProjectIdSchema,
+  bytes: BytesSchema,
+  expiresAt: z.date(),
+  wouldRefuse: z.boolean(),
+  mode: ModeSchema,
+  ...usageShape,
+})
+
+const ReservationStatusSchema = z.enum(['committed', 'cancelled', 'expired'])
+
+const SettledReservationSchema = z.object({
+  reservationId: ReservationIdSchema,
+  userId: UserIdSchema,
+  projectId: ProjectIdSchema,
+  status: ReservationStatusSchema,
+  heldBytes: BytesSchema,
+  committedBytes: BytesSchema,
+  ...usageShape,
+})
+
+const ReleasedSchema = z.object({
+  releasedBytes: BytesSchema,
+  duplicate: z.boolean(),
+  cancelledReservations: z.number().int().min(0),
+  ...usageShape,
+})
+
+const QuotaStateSchema = z.enum(['normal', 'nearing', 'critical', 'exceeded'])
+
+const UsageSchema = z.object({
+  userId: UserIdSchema,
+  ...usageShape,
+  state: QuotaStateSchema,
+  usedText: z.string(),
+  limitText: z.string(),
+  remainingText: z.string(),
+  summary: z.string(),
+  projects: z.array(z.object({ projectId: ProjectIdSchema, usedBytes: z.number().int(), usedText: z.string() })).optional(),
 })
 
 const StorageBackendSchema = z.enum(['local', 's3'])
@@ -97,6 +188,24 @@ const SimulationJobSchema = z.object({
 })
 
 module.exports = {
+  BytesListSchema,
+  ReservationIdSchema,
+  ReserveUploadOptionsSchema,
+  OwnerOptionsSchema,
+  RecordDeletionOptionsSchema,
+  RegisterProjectOptionsSchema,
+  RemoveProjectOptionsSchema,
+  SetQuotaLimitOptionsSchema,
+  GetUsageOptionsSchema,
+  ReconcileOptionsSchema,
+  StepsSchema,
+  ModeSchema,
+  ReservationSchema,
+  ReservationStatusSchema,
+  SettledReservationSchema,
+  ReleasedSchema,
+  QuotaStateSchema,
+  UsageSchema,
   UserIdSchema,
   ProjectIdSchema,
   BytesSchema,

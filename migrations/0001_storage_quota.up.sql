@@ -183,7 +183,7 @@ BEGIN
   IF has_sizes THEN
     EXECUTE $sql$
       INSERT INTO quota_ledger (user_id, project_id, idempotency_key, kind, bytes)
-      SELECT user_id, id, 'baseline:' || id::text, 'baseline', greatest(coalesce(size_bytes, 0), 0)::bigint
+      SELECT user_id, id, 'baseline ' || id::text, 'baseline', greatest(coalesce(size_bytes, 0), 0)::bigint
         FROM projects WHERE user_id ~ '^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$'
     $sql$;
     UPDATE user_quotas q

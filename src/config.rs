@@ -6,12 +6,17 @@ use std::time::Duration;
 
 use crate::error::{QuotaError, Result};
 use crate::ids::{parse_bytes, MAX_BYTES};
+use crate::rollout::{Mode, Rollout};
+use crate::tls::{settings_from_url, TlsSettings};
 
 pub const DEFAULT_QUOTA_BYTES: i64 = 1_073_741_824;
 pub const DEFAULT_POOL_SIZE: u32 = 10;
 pub const DEFAULT_CONNECT_TIMEOUT_MS: u32 = 5_000;
 pub const DEFAULT_STATEMENT_TIMEOUT_MS: u32 = 10_000;
 pub const DEFAULT_APPLICATION_NAME: &str = "storage-quota";
+pub const DEFAULT_RESERVATION_TTL_MS: i64 = 60 * 60 * 1000;
+/// Longest reservation: a week. Longer holds are leaks, not uploads.
+pub const MAX_RESERVATION_TTL_MS: i64 = 7 * 24 * 60 * 60 * 1000;
 
 /// Options as they arrive from JS, every one optional.
 #[derive(Debug, Default, Clone)]
@@ -23,6 +28,9 @@ pub struct RawOptions {
   pub connect_timeout_ms: Option<u32>,
   pub statement_timeout_ms: Option<u32>,
   pub application_name: Option<String>,
+  pub mode: Option<String>,
+  pub rollout_percent: Option<u32>,
+  pub reservation_ttl_ms: Option<f64>,
 }
 
 #[derive(Debug, Clone)]
@@ -36,6 +44,21 @@ pub struct Config {
   pub connect_timeout: Duration,
   pub statement_timeout: Duration,
   pub application_name: String,
+  pub rollout: Rollout,
+  pub reservation_ttl_ms: i64,
+}
+
+/// A reservation TTL in ms: whole, from 1 s to a week.
+pub fn parse_ttl_ms(value: f64) -> Result<i64> {
+  if !value.is_finite()
+    || value.fract() != 0.0
+    || !(1000.0..=MAX_RESERVATION_TTL_MS as f64).contains(&value)
+  {
+    return Err(QuotaError::invalid(format!(
+      "ttlMs must be a whole number of milliseconds from 1000 to {MAX_RESERVATION_TTL_MS}, got {value}"
+    )));
+  }
+  Ok(value as i64)
 }
 
 impl Config {
@@ -74,7 +97,21 @@ impl Config {
     }
     let storage_root = std::path::absolute(&storage_root)
       .map_err(|e| QuotaError::invalid(format!("storageRoot cannot be resolved: {e}")))?;
+    let mode = match raw.mode.as_deref() {
+      Some(mode) => Mode::parse(mode)?,
+      None => Mode::Enforce,
+    };
+    let percent = raw.rollout_percent.unwrap_or(100);
+    if percent > 100 {
+      return Err(QuotaError::invalid("rolloutPercent must be from 0 to 100"));
+    }
+    let reservation_ttl_ms = match raw.reservation_ttl_ms {
+      Some(value) => parse_ttl_ms(value)?,
+      None => DEFAULT_RESERVATION_TTL_MS,
+    };
     Ok(Config {
+      rollout: Rollout { mode, percent },
+      reservation_ttl_ms,
       database_url: raw.database_url.filter(|url| !url.trim().is_empty()),
       storage_root,
       default_quota_bytes,
@@ -87,13 +124,14 @@ impl Config {
 
   /// The driver configuration. Parse errors are reported without echoing the URL, which may
   /// hold a password.
-  pub fn postgres_config(&self) -> Result<tokio_postgres::Config> {
+  pub fn postgres_config(&self) -> Result<(tokio_postgres::Config, TlsSettings)> {
     let url = self.database_url.as_deref().ok_or_else(|| {
       QuotaError::DbUnavailable(
         "no database configured: pass databaseUrl to createClient() or set DATABASE_URL".into(),
       )
     })?;
-    let mut config: tokio_postgres::Config = url.parse().map_err(|_| {
+    let tls = settings_from_url(url)?;
+    let mut config: tokio_postgres::Config = tls.url.parse().map_err(|_| {
       QuotaError::DbUnavailable(
         "the database URL is not a valid PostgreSQL connection string (expected postgres://user:password@host:port/database)".into(),
       )
@@ -103,7 +141,11 @@ impl Config {
     // Every statement of ours is short; a stuck one must not hold a pooled connection forever.
     let timeout_ms = self.statement_timeout.as_millis();
     config.options(format!("-c statement_timeout={timeout_ms}"));
-    Ok(config)
+    // Plain TCP unless the string asks for TLS (tokio-postgres alone would default to prefer).
+    if url.contains("://") || !url.contains("sslmode") {
+      config.ssl_mode(tls.ssl_mode());
+    }
+    Ok((config, tls))
   }
 }
 

@@ -34,6 +34,9 @@ pub enum QuotaError {
   /// The same upload id was recorded before with other bytes or another project.
   #[error("{0}")]
   Conflict(String),
+  /// A reservation's TTL passed before it was committed.
+  #[error("{0}")]
+  ReservationExpired(String),
   #[error("{0}")]
   MigrationRequired(String),
   #[error("{0}")]
@@ -75,6 +78,7 @@ impl QuotaError {
       QuotaError::NotFound(_) => "NOT_FOUND",
       QuotaError::Forbidden(_) => "FORBIDDEN",
       QuotaError::Conflict(_) => "CONFLICT",
+      QuotaError::ReservationExpired(_) => "RESERVATION_EXPIRED",
       QuotaError::MigrationRequired(_) => "MIGRATION_REQUIRED",
       QuotaError::MigrationFailed(_) => "MIGRATION_FAILED",
       QuotaError::DbUnavailable(_) => "DB_UNAVAILABLE",
@@ -112,8 +116,17 @@ impl QuotaError {
 impl From<tokio_postgres::Error> for QuotaError {
   fn from(error: tokio_postgres::Error) -> Self {
     let Some(state) = error.code() else {
-      // No SQLSTATE: the connection itself failed (closed socket, server gone, TLS, timeout).
-      return QuotaError::DbUnavailable(format!("lost the connection to PostgreSQL: {error}"));
+      use std::error::Error as _;
+      // No SQLSTATE: either the connection failed (closed socket, server gone, timeout) or the
+      // driver refused a value on our side, which is a bug of ours, not an outage.
+      let io_failure = error
+        .source()
+        .is_some_and(|source| source.downcast_ref::<std::io::Error>().is_some());
+      return if error.is_closed() || io_failure {
+        QuotaError::DbUnavailable(format!("lost the connection to PostgreSQL: {error}"))
+      } else {
+        QuotaError::Internal(format!("database client error: {error}"))
+      };
     };
     let detail = error
       .as_db_error()

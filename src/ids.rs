@@ -92,6 +92,14 @@ pub fn parse_upload_id(raw: &str) -> Result<String> {
   Ok(raw.to_owned())
 }
 
+/// The caller's idempotency key, validated, or a fresh UUID when there is none.
+pub fn upload_key_or_new(raw: Option<&str>) -> Result<String> {
+  match raw {
+    Some(raw) => parse_upload_id(raw),
+    None => Ok(uuid::Uuid::new_v4().to_string()),
+  }
+}
+
 /// Largest byte count accepted anywhere: 2^53 − 1, the largest integer a JS number holds exactly.
 pub const MAX_BYTES: i64 = 9_007_199_254_740_991;
 

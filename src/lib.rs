@@ -6,9 +6,12 @@
 
 pub mod client;
 pub mod config;
+pub mod deletions;
+pub mod disk;
 pub mod error;
 pub mod format;
 pub mod ids;
+pub mod limits;
 mod log;
 pub mod migrate;
 mod napi_client;
@@ -17,3 +20,7 @@ pub mod paths;
 pub mod pool;
 pub mod projects;
 pub mod quota;
+pub mod reconcile;
+pub mod reservations;
+pub mod rollout;
+mod tls;

@@ -18,5 +18,7 @@ fn emit(level: &str, event: &str, fields: &[(&str, &str)]) {
   for (key, value) in fields {
     line.insert((*key).into(), Value::from(*value));
   }
-  eprintln!("{}", Value::Object(line));
+  // Never `eprintln!`: it panics when stderr is a full non-blocking pipe.
+  use std::io::Write;
+  let _ = writeln!(std::io::stderr(), "{}", Value::Object(line));
 }

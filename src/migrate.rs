@@ -14,12 +14,20 @@ pub struct Migration {
   pub down: &'static str,
 }
 
-pub const MIGRATIONS: &[Migration] = &[Migration {
-  version: 1,
-  name: "storage_quota",
-  up: include_str!("../migrations/0001_storage_quota.up.sql"),
-  down: include_str!("../migrations/0001_storage_quota.down.sql"),
-}];
+pub const MIGRATIONS: &[Migration] = &[
+  Migration {
+    version: 1,
+    name: "storage_quota",
+    up: include_str!("../migrations/0001_storage_quota.up.sql"),
+    down: include_str!("../migrations/0001_storage_quota.down.sql"),
+  },
+  Migration {
+    version: 2,
+    name: "quota_lifecycle",
+    up: include_str!("../migrations/0002_quota_lifecycle.up.sql"),
+    down: include_str!("../migrations/0002_quota_lifecycle.down.sql"),
+  },
+];
 
 /// `pg_advisory_xact_lock` key: the first 8 bytes of sha256("storage-quota/migrations").
 const LOCK_KEY: i64 = 0x38e6_1a1c_67b1_7ef5;

@@ -1,4 +1,6 @@
 //! Argument and result shapes exchanged with JS. Their `///` docs flow into `binding.d.ts`.
+//! Every result that changes or reports a user's quota carries the usage after it, flat:
+//! `usedBytes`, `reservedBytes`, `limitBytes`, `remainingBytes`, `percentUsed`.
 
 use chrono::{DateTime, Utc};
 use napi_derive::napi;
@@ -22,14 +24,33 @@ pub struct ClientOptions {
   pub statement_timeout_ms: Option<u32>,
   /// `application_name` shown in `pg_stat_activity`. Default `storage-quota`.
   pub application_name: Option<String>,
+  /// `enforce` (default) refuses what does not fit; `shadow` counts everything and reports
+  /// would-be refusals; `off` neither refuses nor counts new bytes. Default: `STORAGE_QUOTA_MODE`.
+  #[napi(ts_type = "'enforce' | 'shadow' | 'off'")]
+  pub mode: Option<String>,
+  /// With `mode: 'enforce'`: the share of users (0–100, by a stable hash of their id) who are
+  /// enforced; the others are shadowed. Default 100.
+  pub rollout_percent: Option<u32>,
+  /// How long a reservation holds its bytes unless committed or cancelled, in ms. Default 1 h.
+  pub reservation_ttl_ms: Option<f64>,
 }
 
 /// The answer of `checkQuota`: whether `requestedBytes` more would fit, and the numbers.
 #[napi(object)]
 pub struct QuotaCheck {
-  /// True when the bytes fit in what is left of the quota.
+  /// True when the bytes may be added (always true in `shadow` and `off` mode).
   pub allowed: bool,
+  /// True when enforcement would refuse them, whatever the mode.
+  pub would_refuse: bool,
+  /// The sum of the sizes asked about.
   pub requested_bytes: i64,
+  /// Bytes beyond what is free: `max(requestedBytes − remainingBytes, 0)`.
+  pub missing_bytes: i64,
+  /// For each size asked about, in order: whether it fits after the ones before it that fit.
+  pub fits: Vec<bool>,
+  /// The mode that applied to this user: `enforce`, `shadow` or `off`.
+  #[napi(ts_type = "'enforce' | 'shadow' | 'off'")]
+  pub mode: String,
   /// Bytes counted against the quota.
   pub used_bytes: i64,
   /// Bytes held by uploads in progress (counted against the quota too).
@@ -49,6 +70,16 @@ pub struct RecordedUpload {
   pub bytes: i64,
   /// True when this upload id had been recorded before: nothing was charged this time.
   pub duplicate: bool,
+  /// False only in `off` mode, where nothing is counted.
+  pub counted: bool,
+  /// True when enforcement would have refused it (it was counted anyway: shadow mode).
+  pub would_refuse: bool,
+  /// For an overwrite (`replacesBytes`): the replaced bytes that were counted and given back.
+  pub replaced_bytes: i64,
+  /// What the quota was charged: `bytes − replacedBytes` (0 for a duplicate).
+  pub net_bytes: i64,
+  #[napi(ts_type = "'enforce' | 'shadow' | 'off'")]
+  pub mode: String,
   pub used_bytes: i64,
   pub reserved_bytes: i64,
   pub limit_bytes: i64,
@@ -61,6 +92,163 @@ pub struct RecordedUpload {
 pub struct RecordUploadOptions {
   /// Idempotency key: recording the same id again counts the upload once.
   pub upload_id: Option<String>,
+  /// The upload overwrites content of this many bytes: only the difference is charged.
+  pub replaces_bytes: Option<f64>,
+}
+
+/// Bytes held for an upload in progress.
+#[napi(object)]
+pub struct Reservation {
+  pub reservation_id: String,
+  pub user_id: String,
+  pub project_id: String,
+  /// Bytes held.
+  pub bytes: i64,
+  /// After this, the reservation stops counting and cannot be committed.
+  pub expires_at: DateTime<Utc>,
+  pub would_refuse: bool,
+  #[napi(ts_type = "'enforce' | 'shadow' | 'off'")]
+  pub mode: String,
+  pub used_bytes: i64,
+  pub reserved_bytes: i64,
+  pub limit_bytes: i64,
+  pub remaining_bytes: i64,
+  pub percent_used: f64,
+}
+
+/// A reservation after `commitUpload` or `cancelUpload`.
+#[napi(object)]
+pub struct SettledReservation {
+  pub reservation_id: String,
+  pub user_id: String,
+  pub project_id: String,
+  /// `committed`, `cancelled` or `expired`.
+  #[napi(ts_type = "'committed' | 'cancelled' | 'expired'")]
+  pub status: String,
+  /// Bytes the reservation held.
+  pub held_bytes: i64,
+  /// Bytes now counted as used (0 when cancelled).
+  pub committed_bytes: i64,
+  pub used_bytes: i64,
+  pub reserved_bytes: i64,
+  pub limit_bytes: i64,
+  pub remaining_bytes: i64,
+  pub percent_used: f64,
+}
+
+/// Bytes given back by `recordDeletion` or `removeProject`.
+#[napi(object)]
+pub struct Released {
+  pub released_bytes: i64,
+  /// The same deletion was recorded before: nothing was released this time.
+  pub duplicate: bool,
+  /// Pending reservations of the project that were cancelled (`removeProject`).
+  pub cancelled_reservations: i64,
+  pub used_bytes: i64,
+  pub reserved_bytes: i64,
+  pub limit_bytes: i64,
+  pub remaining_bytes: i64,
+  pub percent_used: f64,
+}
+
+/// A project registered by `registerProject`.
+#[napi(object)]
+pub struct RegisteredProject {
+  pub path: ProjectStoragePath,
+  /// Bytes counted for the project's initial content.
+  pub counted_bytes: i64,
+  pub used_bytes: i64,
+  pub reserved_bytes: i64,
+  pub limit_bytes: i64,
+  pub remaining_bytes: i64,
+  pub percent_used: f64,
+}
+
+/// A project copied by `copyProject`.
+#[napi(object)]
+pub struct CopiedProject {
+  /// The new project's storage path.
+  pub path: ProjectStoragePath,
+  pub copied_bytes: i64,
+  /// The copy had been made before: nothing was copied or charged this time.
+  pub duplicate: bool,
+  pub used_bytes: i64,
+  pub reserved_bytes: i64,
+  pub limit_bytes: i64,
+  pub remaining_bytes: i64,
+  pub percent_used: f64,
+}
+
+/// One project's counted bytes, for the UI.
+#[napi(object)]
+pub struct ProjectUsage {
+  pub project_id: String,
+  pub used_bytes: i64,
+  /// `usedBytes` in words, e.g. `12.5 MB`.
+  pub used_text: String,
+}
+
+/// A user's usage as the UI shows it.
+#[napi(object)]
+pub struct Usage {
+  pub user_id: String,
+  pub used_bytes: i64,
+  pub reserved_bytes: i64,
+  pub limit_bytes: i64,
+  pub remaining_bytes: i64,
+  pub percent_used: f64,
+  /// `normal` below 75 %, `nearing` from 75 %, `critical` from 90 %, `exceeded` from 100 %.
+  #[napi(ts_type = "'normal' | 'nearing' | 'critical' | 'exceeded'")]
+  pub state: String,
+  /// Used plus reserved, in words (`312 MB`).
+  pub used_text: String,
+  pub limit_text: String,
+  pub remaining_text: String,
+  /// `312 MB of 1 GB used (30.47 %)`.
+  pub summary: String,
+  /// Each project's counted bytes, with `{ projects: true }`.
+  pub projects: Option<Vec<ProjectUsage>>,
+}
+
+/// One project in a reconciliation report.
+#[napi(object)]
+pub struct ProjectDrift {
+  pub project_id: String,
+  /// What the ledger counts for the project.
+  pub ledger_bytes: i64,
+  /// The project's local directory, if it has one.
+  pub path: Option<String>,
+  /// Bytes of regular files in it (with `{ disk: true }`).
+  pub disk_bytes: Option<i64>,
+  /// `diskBytes − ledgerBytes`.
+  pub disk_drift_bytes: Option<i64>,
+}
+
+/// One user in a reconciliation report.
+#[napi(object)]
+pub struct UserDrift {
+  pub user_id: String,
+  /// The counter before any fix.
+  pub used_bytes: i64,
+  pub ledger_bytes: i64,
+  /// `usedBytes − ledgerBytes`.
+  pub drift_bytes: i64,
+  pub reserved_bytes: i64,
+  /// Bytes of live reservations.
+  pub pending_reserved_bytes: i64,
+  pub reserved_drift_bytes: i64,
+  /// The counters were set from the ledger.
+  pub fixed: bool,
+  pub projects: Vec<ProjectDrift>,
+}
+
+#[napi(object)]
+pub struct ReconcileReport {
+  pub checked_users: i64,
+  pub drifted_users: i64,
+  pub fixed_users: i64,
+  /// Users with drift (all checked users when one was named or `disk` was asked for).
+  pub users: Vec<UserDrift>,
 }
 
 /// Where a project's files live.
@@ -70,6 +258,7 @@ pub struct ProjectStoragePath {
   pub project_id: String,
   pub user_id: String,
   /// Storage backend of the record: `local` for the filesystem.
+  #[napi(ts_type = "'local' | 's3'")]
   pub backend: String,
   /// Path relative to the storage root: `{userId}/{projectId}/`.
   pub key: String,

@@ -12,7 +12,8 @@ use std::sync::{Arc, Mutex};
 
 use bb8::{ManageConnection, PooledConnection, QueueStrategy, RunError};
 use tokio::sync::Notify;
-use tokio_postgres::{Client, GenericClient, NoTls, Statement};
+use tokio_postgres::{Client, GenericClient, Statement};
+use tokio_postgres_rustls::MakeRustlsConnect;
 
 use crate::config::{describe_target, Config};
 use crate::error::{QuotaError, Result};
@@ -77,6 +78,7 @@ impl ConnectFailures {
 
 pub struct Manager {
   config: tokio_postgres::Config,
+  tls: MakeRustlsConnect,
   target: String,
   failures: Arc<ConnectFailures>,
   generation: Arc<std::sync::atomic::AtomicU64>,
@@ -88,15 +90,19 @@ impl ManageConnection for Manager {
 
   async fn connect(&self) -> Result<Self::Connection> {
     let generation = self.generation.load(std::sync::atomic::Ordering::Acquire);
-    let (client, connection) = self.config.connect(NoTls).await.map_err(|error| {
-      let failure = QuotaError::DbUnavailable(format!(
-        "could not connect to PostgreSQL at {}: {}",
-        self.target,
-        connect_cause(&error)
-      ));
-      self.failures.record(failure.to_string());
-      failure
-    })?;
+    let (client, connection) = self
+      .config
+      .connect(self.tls.clone())
+      .await
+      .map_err(|error| {
+        let failure = QuotaError::DbUnavailable(format!(
+          "could not connect to PostgreSQL at {}: {}",
+          self.target,
+          connect_cause(&error)
+        ));
+        self.failures.record(failure.to_string());
+        failure
+      })?;
     let target = self.target.clone();
     tokio::spawn(async move {
       // bb8-postgres drops this error silently; we report it once per connection.
@@ -149,12 +155,13 @@ impl Pool {
   /// Builds the pool without connecting; connections open on first use. Must run inside the
   /// tokio runtime (bb8 spawns its reaper there).
   pub fn new(config: &Config) -> Result<Self> {
-    let pg_config = config.postgres_config()?;
+    let (pg_config, tls) = config.postgres_config()?;
     let target = describe_target(&pg_config);
     let failures = Arc::new(ConnectFailures::default());
     let generation = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let manager = Manager {
       config: pg_config,
+      tls: tls.connector()?,
       target: target.clone(),
       failures: failures.clone(),
       generation: generation.clone(),

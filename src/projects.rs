@@ -45,7 +45,8 @@ fn row_to_path(row: &tokio_postgres::Row, offset: usize) -> ProjectStoragePath {
   }
 }
 
-fn check_owner(owner: Option<String>, user: &UserId, project: &ProjectId) -> Result<()> {
+/// `NOT_FOUND` when the project has no row, `FORBIDDEN` when another user owns it.
+pub fn check_owner(owner: Option<String>, user: &UserId, project: &ProjectId) -> Result<()> {
   match owner {
     None => Err(QuotaError::NotFound(format!(
       "project {project} does not exist"
@@ -76,20 +77,22 @@ pub async fn find_or_create_path(
 
   let key = project_key(user, project);
   let path = project_path(root, user, project);
+  // The quota row first, committed on its own: inside the transaction below, a second caller
+  // waiting on our uncommitted quota row while we wait on its project row lock would deadlock.
+  crate::quota::ensure_quota_row(conn, user, default_limit).await?;
   let (client, statements) = conn.parts();
   let tx = client.transaction().await?;
-  // Lock the project row so its owner cannot change between the check and the insert.
+  // Lock the project row in the mode the UPDATE below needs, so concurrent allocations of one
+  // project queue here instead of deadlocking on a lock upgrade, and the owner cannot change
+  // between the check and the insert.
   let owner: Option<String> = tx
     .query_opt(
-      "SELECT user_id FROM projects WHERE id = $1 FOR SHARE",
+      "SELECT user_id FROM projects WHERE id = $1 FOR NO KEY UPDATE",
       &[&project.uuid()],
     )
     .await?
     .map(|row| row.get(0));
   check_owner(owner, user, project)?;
-  let ensure = PgConnection::statement(statements, &tx, crate::quota::ENSURE_QUOTA_ROW_SQL).await?;
-  tx.execute(&ensure, &[&user.as_str(), &default_limit])
-    .await?;
   let insert = PgConnection::statement(statements, &tx, INSERT_PATH).await?;
   let created = tx
     .query_opt(&insert, &[&project.uuid(), &user.as_str(), &key, &path])

@@ -1,6 +1,6 @@
-//! Checking and charging a user's quota. Every write is one SQL statement whose row lock on
-//! `user_quotas` serialises concurrent uploads of a user, and whose `WHERE` re-checks the limit
-//! against the latest row, so no interleaving of calls can pass the limit.
+//! Checking and charging a user's quota. Every charge is one SQL statement whose row lock on
+//! `user_quotas` serialises concurrent charges of a user, and whose `WHERE` re-checks the limit
+//! against the latest row version, so no interleaving of calls can pass the limit.
 
 use tokio_postgres::error::SqlState;
 
@@ -8,6 +8,8 @@ use crate::error::{QuotaError, QuotaShortfall, Result};
 use crate::format::percent_used;
 use crate::ids::{ProjectId, UserId};
 use crate::pool::PgConnection;
+use crate::projects::check_owner;
+use crate::rollout::Mode;
 
 /// A user's numbers at one moment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -18,6 +20,14 @@ pub struct Usage {
 }
 
 impl Usage {
+  pub fn empty(limit_bytes: i64) -> Self {
+    Usage {
+      used_bytes: 0,
+      reserved_bytes: 0,
+      limit_bytes,
+    }
+  }
+
   pub fn remaining_bytes(&self) -> i64 {
     (self.limit_bytes - self.used_bytes - self.reserved_bytes).max(0)
   }
@@ -31,7 +41,11 @@ impl Usage {
     self.used_bytes + self.reserved_bytes + bytes <= self.limit_bytes
   }
 
-  fn shortfall(&self, requested_bytes: i64) -> QuotaShortfall {
+  pub fn over_limit(&self) -> bool {
+    self.used_bytes + self.reserved_bytes > self.limit_bytes
+  }
+
+  pub fn shortfall(&self, requested_bytes: i64) -> QuotaShortfall {
     QuotaShortfall {
       requested_bytes,
       used_bytes: self.used_bytes,
@@ -39,13 +53,27 @@ impl Usage {
       limit_bytes: self.limit_bytes,
     }
   }
+
+  pub fn from_row(row: &tokio_postgres::Row, offset: usize) -> Self {
+    Usage {
+      used_bytes: row.get(offset),
+      reserved_bytes: row.get(offset + 1),
+      limit_bytes: row.get(offset + 2),
+    }
+  }
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct QuotaCheck {
+  /// Whether the bytes may be added. In shadow and off modes always true.
   pub allowed: bool,
+  /// Whether enforcement would refuse them (differs from `!allowed` in shadow/off mode).
+  pub would_refuse: bool,
   pub requested_bytes: i64,
   pub usage: Usage,
+  pub mode: Mode,
+  /// For a list of sizes: whether each fits, taking them in order.
+  pub fits: Vec<bool>,
 }
 
 #[derive(Debug, Clone)]
@@ -54,20 +82,47 @@ pub struct RecordedUpload {
   pub bytes: i64,
   /// The upload id was recorded before; nothing was charged this time.
   pub duplicate: bool,
+  /// Whether the bytes were counted (false only in `off` mode).
+  pub counted: bool,
+  /// Enforcement would have refused this upload (only in shadow mode).
+  pub would_refuse: bool,
   pub usage: Usage,
+  pub mode: Mode,
 }
 
-const SELECT_USAGE: &str =
-  "SELECT used_bytes, reserved_bytes, limit_bytes FROM user_quotas WHERE user_id = $1";
+/// Usage with reservations past their TTL no longer counted, even before they are swept.
+const SELECT_USAGE: &str = "
+SELECT q.used_bytes,
+       q.reserved_bytes - coalesce((SELECT sum(r.bytes) FROM quota_reservations r
+                                     WHERE r.user_id = q.user_id AND r.status = 'pending'
+                                       AND r.expires_at <= now()), 0)::bigint,
+       q.limit_bytes
+  FROM user_quotas q WHERE q.user_id = $1";
 
 pub const ENSURE_QUOTA_ROW_SQL: &str =
   "INSERT INTO user_quotas (user_id, limit_bytes) VALUES ($1, $2) ON CONFLICT (user_id) DO NOTHING";
 
+/// Marks the user's expired reservations and gives their bytes back, in one statement so the
+/// two can never disagree. Locks reservation rows before the quota row, like commit and cancel.
+pub const SWEEP_USER_SQL: &str = "
+WITH expired AS (
+  UPDATE quota_reservations SET status = 'expired', settled_at = now()
+   WHERE user_id = $1 AND status = 'pending' AND expires_at <= now()
+  RETURNING bytes
+), total AS (
+  SELECT coalesce(sum(bytes), 0)::bigint AS bytes FROM expired
+)
+UPDATE user_quotas q SET reserved_bytes = q.reserved_bytes - total.bytes, updated_at = now()
+  FROM total WHERE q.user_id = $1 AND total.bytes > 0";
+
 /// One round trip: charge the bytes and write the ledger entry, only if the upload id is new,
-/// the project belongs to the user and the bytes fit. The outer SELECT reports which of those
-/// failed. `prior` and `owner` come from the statement's snapshot; a concurrent insert of the
-/// same upload id is caught by the ledger's unique key and retried.
-const RECORD_UPLOAD: &str = "
+/// the project belongs to the user and (when enforcing) the bytes fit. The outer SELECT reports
+/// which of those failed. A concurrent insert of the same upload id is caught by the ledger's
+/// unique key and retried. `$limit` is the enforcement clause (see the two statements below).
+macro_rules! record_upload_sql {
+  ($limit:literal) => {
+    concat!(
+      "
 WITH owner AS (
   SELECT p.user_id FROM projects p WHERE p.id = $2
 ), prior AS (
@@ -78,7 +133,9 @@ WITH owner AS (
    WHERE q.user_id = $1
      AND NOT EXISTS (SELECT 1 FROM prior)
      AND EXISTS (SELECT 1 FROM owner WHERE owner.user_id = $1)
-     AND q.used_bytes + q.reserved_bytes + $4 <= q.limit_bytes
+     AND ",
+      $limit,
+      "
   RETURNING q.used_bytes, q.reserved_bytes, q.limit_bytes
 ), entry AS (
   INSERT INTO quota_ledger (user_id, project_id, idempotency_key, kind, bytes)
@@ -90,34 +147,56 @@ SELECT (SELECT user_id FROM owner) AS owner_id,
        (SELECT project_id FROM prior) AS prior_project,
        (SELECT count(*) FROM entry) AS entries,
        c.used_bytes, c.reserved_bytes, c.limit_bytes
-  FROM (SELECT 1) AS one LEFT JOIN charged c ON true";
-
-async fn read_usage(conn: &mut PgConnection, user: &UserId) -> Result<Option<Usage>> {
-  let statement = conn.prepared(SELECT_USAGE).await?;
-  let row = conn.client.query_opt(&statement, &[&user.as_str()]).await?;
-  Ok(row.map(|row| Usage {
-    used_bytes: row.get(0),
-    reserved_bytes: row.get(1),
-    limit_bytes: row.get(2),
-  }))
+  FROM (SELECT 1) AS one LEFT JOIN charged c ON true"
+    )
+  };
 }
 
-/// A user without a row has the default quota and nothing used.
+const RECORD_UPLOAD: &str =
+  record_upload_sql!("q.used_bytes + q.reserved_bytes + $4 <= q.limit_bytes");
+/// Shadow mode: counts past the limit, lifting the database guard for this statement only
+/// (`set_config(…, true)` lasts until the end of the statement's own transaction).
+const RECORD_UPLOAD_SHADOW: &str =
+  record_upload_sql!("set_config('storage_quota.allow_over_limit', 'on', true) = 'on'");
+
+pub async fn read_usage(conn: &mut PgConnection, user: &UserId) -> Result<Option<Usage>> {
+  let statement = conn.prepared(SELECT_USAGE).await?;
+  let row = conn.client.query_opt(&statement, &[&user.as_str()]).await?;
+  Ok(row.map(|row| Usage::from_row(&row, 0)))
+}
+
+/// Whether each of `sizes` fits, in order, and whether all do. A user without a row has the
+/// default quota and nothing used.
 pub async fn check_quota(
   conn: &mut PgConnection,
   user: &UserId,
-  bytes: i64,
+  sizes: &[i64],
   default_limit: i64,
+  mode: Mode,
 ) -> Result<QuotaCheck> {
-  let usage = read_usage(conn, user).await?.unwrap_or(Usage {
-    used_bytes: 0,
-    reserved_bytes: 0,
-    limit_bytes: default_limit,
-  });
+  let usage = read_usage(conn, user)
+    .await?
+    .unwrap_or(Usage::empty(default_limit));
+  let mut running = 0i64;
+  let fits = sizes
+    .iter()
+    .map(|&size| {
+      let fits = usage.fits(running + size);
+      if fits {
+        running += size;
+      }
+      fits
+    })
+    .collect();
+  let requested_bytes: i64 = sizes.iter().sum();
+  let would_refuse = !usage.fits(requested_bytes);
   Ok(QuotaCheck {
-    allowed: usage.fits(bytes),
-    requested_bytes: bytes,
+    allowed: !would_refuse || mode != Mode::Enforce,
+    would_refuse,
+    requested_bytes,
     usage,
+    mode,
+    fits,
   })
 }
 
@@ -134,6 +213,63 @@ pub async fn ensure_quota_row(
   Ok(())
 }
 
+/// Gives back the user's expired reservations.
+pub async fn sweep_user(conn: &mut PgConnection, user: &UserId) -> Result<u64> {
+  let statement = conn.prepared(SWEEP_USER_SQL).await?;
+  Ok(conn.client.execute(&statement, &[&user.as_str()]).await?)
+}
+
+/// Runs the user's sweep and then `sql`, sent back to back on one connection (tokio-postgres
+/// pipelines them): expired reservations are given back before a limit is checked, at no extra
+/// round trip. The sweep's own outcome does not matter here; the next charge sweeps again.
+pub async fn swept_query_one(
+  conn: &mut PgConnection,
+  user: &UserId,
+  sql: &'static str,
+  params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+) -> std::result::Result<tokio_postgres::Row, tokio_postgres::Error> {
+  let sweep = match conn.prepared(SWEEP_USER_SQL).await {
+    Ok(statement) => statement,
+    Err(_) => return conn.client.query_one(sql, params).await,
+  };
+  let statement = match conn.prepared(sql).await {
+    Ok(statement) => statement,
+    Err(_) => return conn.client.query_one(sql, params).await,
+  };
+  let user_id = user.as_str();
+  let sweep_params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&user_id];
+  let (_, result) = tokio::join!(
+    conn.client.execute(&sweep, &sweep_params),
+    conn.client.query_one(&statement, params)
+  );
+  result
+}
+
+/// After a charge statement charged nothing for a known owner: `Ok(())` means "try again" (the
+/// quota row was missing and now exists, or room appeared), otherwise the refusal, explained
+/// with the latest numbers (a fresh snapshot, so never "needs 5 MB but 9 MB is free").
+pub async fn after_uncharged(
+  conn: &mut PgConnection,
+  user: &UserId,
+  bytes: i64,
+  default_limit: i64,
+) -> Result<()> {
+  match read_usage(conn, user).await? {
+    None => ensure_quota_row(conn, user, default_limit).await,
+    Some(usage) if usage.fits(bytes) => Ok(()),
+    Some(usage) => Err(QuotaError::QuotaExceeded(usage.shortfall(bytes))),
+  }
+}
+
+/// How often a charge is retried after a state change one snapshot cannot see.
+pub const CHARGE_ATTEMPTS: usize = 4;
+
+pub fn contention_error(operation: &str) -> QuotaError {
+  QuotaError::Db(format!(
+    "{operation} could not settle after {CHARGE_ATTEMPTS} attempts under heavy contention; retry it"
+  ))
+}
+
 /// Charges `bytes` for an upload to `project`, once per `upload_id`.
 pub async fn record_upload(
   conn: &mut PgConnection,
@@ -142,29 +278,44 @@ pub async fn record_upload(
   bytes: i64,
   upload_id: &str,
   default_limit: i64,
+  mode: Mode,
 ) -> Result<RecordedUpload> {
-  // Each retry follows a state change we cannot see from one snapshot: the quota row was just
-  // created, a concurrent call inserted the same upload id, or usage shrank after a refusal.
-  for _ in 0..4 {
-    let statement = conn.prepared(RECORD_UPLOAD).await?;
-    let result = conn
-      .client
-      .query_one(
-        &statement,
-        &[&user.as_str(), &project.uuid(), &upload_id, &bytes],
-      )
-      .await;
+  if mode == Mode::Off {
+    let usage = read_usage(conn, user)
+      .await?
+      .unwrap_or(Usage::empty(default_limit));
+    return Ok(RecordedUpload {
+      upload_id: upload_id.to_owned(),
+      bytes,
+      duplicate: false,
+      counted: false,
+      would_refuse: !usage.fits(bytes),
+      usage,
+      mode,
+    });
+  }
+  let sql = if mode == Mode::Shadow {
+    RECORD_UPLOAD_SHADOW
+  } else {
+    RECORD_UPLOAD
+  };
+  for _ in 0..CHARGE_ATTEMPTS {
+    let project_id = project.uuid();
+    let result = swept_query_one(
+      conn,
+      user,
+      sql,
+      &[&user.as_str(), &project_id, &upload_id, &bytes],
+    )
+    .await;
     let row = match result {
       Ok(row) => row,
       Err(error) if error.code() == Some(&SqlState::UNIQUE_VIOLATION) => continue,
       Err(error) => return Err(error.into()),
     };
-    let owner: Option<String> = row.get("owner_id");
     let prior_bytes: Option<i64> = row.get("prior_bytes");
-    let prior_project: Option<uuid::Uuid> = row.get("prior_project");
-    let entries: i64 = row.get("entries");
-
     if let Some(prior_bytes) = prior_bytes {
+      let prior_project: Option<uuid::Uuid> = row.get("prior_project");
       if prior_bytes != bytes || prior_project != Some(project.uuid()) {
         return Err(QuotaError::Conflict(format!(
           "uploadId {upload_id:?} was already recorded with {prior_bytes} bytes for another project or size; use a new uploadId for a new upload"
@@ -177,45 +328,32 @@ pub async fn record_upload(
         upload_id: upload_id.to_owned(),
         bytes,
         duplicate: true,
+        counted: true,
+        would_refuse: false,
         usage,
+        mode,
       });
     }
-    match owner {
-      None => {
-        return Err(QuotaError::NotFound(format!(
-          "project {project} does not exist"
-        )))
-      }
-      Some(owner) if owner != user.as_str() => {
-        return Err(QuotaError::Forbidden(format!(
-          "project {project} belongs to another user"
-        )))
-      }
-      Some(_) => {}
-    }
-    if entries == 1 {
+    check_owner(row.get("owner_id"), user, project)?;
+    if row.get::<_, i64>("entries") == 1 {
+      let usage = Usage {
+        used_bytes: row.get("used_bytes"),
+        reserved_bytes: row.get("reserved_bytes"),
+        limit_bytes: row.get("limit_bytes"),
+      };
       return Ok(RecordedUpload {
         upload_id: upload_id.to_owned(),
         bytes,
         duplicate: false,
-        usage: Usage {
-          used_bytes: row.get("used_bytes"),
-          reserved_bytes: row.get("reserved_bytes"),
-          limit_bytes: row.get("limit_bytes"),
-        },
+        counted: true,
+        would_refuse: usage.over_limit(),
+        usage,
+        mode,
       });
     }
-    // Not charged: either the user has no quota row yet, or the bytes do not fit. Read the
-    // latest numbers (a fresh snapshot) to tell which, and to explain a refusal truthfully.
-    match read_usage(conn, user).await? {
-      None => ensure_quota_row(conn, user, default_limit).await?,
-      Some(usage) if usage.fits(bytes) => continue,
-      Some(usage) => return Err(QuotaError::QuotaExceeded(usage.shortfall(bytes))),
-    }
+    after_uncharged(conn, user, bytes, default_limit).await?;
   }
-  Err(QuotaError::Db(
-    "recordUpload could not settle after several attempts under heavy contention; retry with the same uploadId".into(),
-  ))
+  Err(contention_error("recordUpload"))
 }
 
 #[cfg(test)]
@@ -240,5 +378,13 @@ mod tests {
     };
     assert_eq!(over.remaining_bytes(), 0);
     assert!(!over.fits(0));
+    assert!(over.over_limit());
+  }
+
+  #[test]
+  fn both_statements_differ_only_in_the_limit_clause() {
+    assert!(RECORD_UPLOAD.contains("<= q.limit_bytes"));
+    assert!(!RECORD_UPLOAD_SHADOW.contains("<= q.limit_bytes"));
+    assert!(RECORD_UPLOAD_SHADOW.contains("allow_over_limit"));
   }
 }

@@ -10,6 +10,20 @@ import {
   QuotaCheckSchema,
   UserQuotaSchema,
   SimulationJobSchema,
+  RecordedUploadSchema,
+  ReservationSchema,
+  SettledReservationSchema,
+  ReleasedSchema,
+  UsageSchema,
+  reserveUpload,
+  commitUpload,
+  getUsage,
+  formatBytes,
+  quotaState,
+  type Reservation,
+  type SettledReservation,
+  type Released,
+  type Usage,
   type QuotaCheck,
   type ProjectStoragePath,
   type RecordedUpload,
@@ -43,7 +57,20 @@ type Same<A, B> = [A] extends [B] ? ([B] extends [A] ? true : false) : false
 const quotaCheckAgrees: Same<z.infer<typeof QuotaCheckSchema>, QuotaCheck> = true
 const userQuotaAgrees: Same<z.infer<typeof UserQuotaSchema>, UserQuota> = true
 const jobAgrees: Same<z.infer<typeof SimulationJobSchema>, SimulationJob> = true
-void [quotaCheckAgrees, userQuotaAgrees, jobAgrees]
+const recordedAgrees: Same<z.infer<typeof RecordedUploadSchema>, RecordedUpload> = true
+const reservationAgrees: Same<z.infer<typeof ReservationSchema>, Reservation> = true
+const settledAgrees: Same<z.infer<typeof SettledReservationSchema>, SettledReservation> = true
+const releasedAgrees: Same<z.infer<typeof ReleasedSchema>, Released> = true
+const usageAgrees: Same<z.infer<typeof UsageSchema>, Usage> = true
+void [quotaCheckAgrees, userQuotaAgrees, jobAgrees, recordedAgrees, reservationAgrees, settledAgrees, releasedAgrees, usageAgrees]
+
+export async function reservedUploadAction(userId: string, projectId: string, size: number) {
+  const held = await reserveUpload(userId, projectId, size, { ttlMs: 60_000 })
+  const done = await commitUpload(held.reservationId, size - 1, { userId })
+  const usage = await getUsage(userId, { projects: true })
+  const state: 'normal' | 'nearing' | 'critical' | 'exceeded' = usage.state
+  return { status: done.status, bar: `${usage.percentUsed}% ${formatBytes(usage.usedBytes)}`, state, same: quotaState(usage.percentUsed) === state }
+}
 
 // @ts-expect-error bytes are numbers
 void checkQuota('user_1', '10')

@@ -1,0 +1,36 @@
+-- Reverses 0002. Refuses (changing nothing) while the ledger holds entries of the kinds 0002
+-- introduced: 0001's schema cannot hold them, and dropping them would change users' usage.
+
+SET LOCAL lock_timeout = '10s';
+
+DO $$
+DECLARE
+  newer bigint;
+BEGIN
+  SELECT count(*) INTO newer FROM quota_ledger WHERE kind NOT IN ('upload', 'baseline');
+  IF newer > 0 THEN
+    RAISE EXCEPTION 'cannot roll back 0002_quota_lifecycle: quota_ledger holds % deletion/copy/removal/adjustment entries that the older schema cannot hold', newer
+      USING ERRCODE = 'SQ004',
+            HINT = 'Nothing was changed. Keep 0002 applied, or back up and remove those entries deliberately first (see docs).';
+  END IF;
+END
+$$;
+
+DROP TRIGGER user_quotas_limit_on_update ON user_quotas;
+CREATE TRIGGER user_quotas_limit_on_update
+  BEFORE UPDATE ON user_quotas
+  FOR EACH ROW WHEN (NEW.used_bytes + NEW.reserved_bytes > NEW.limit_bytes
+                     AND NEW.used_bytes + NEW.reserved_bytes > OLD.used_bytes + OLD.reserved_bytes)
+  EXECUTE FUNCTION storage_quota_refuse_over_limit();
+
+DROP INDEX quota_ledger_user_project_idx;
+ALTER TABLE quota_ledger DROP CONSTRAINT quota_ledger_bytes_sign_check;
+ALTER TABLE quota_ledger DROP CONSTRAINT quota_ledger_kind_check;
+ALTER TABLE quota_ledger ADD CONSTRAINT quota_ledger_kind_check CHECK (kind IN ('upload', 'baseline'));
+ALTER TABLE quota_ledger ADD CONSTRAINT quota_ledger_bytes_check CHECK (bytes >= 0);
+
+-- Pending reservations are given back before their table goes.
+UPDATE user_quotas SET reserved_bytes = 0 WHERE reserved_bytes <> 0;
+
+DROP TABLE quota_limit_changes;
+DROP TABLE quota_reservations;

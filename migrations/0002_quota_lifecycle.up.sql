@@ -1,0 +1,65 @@
+-- storage-quota 0002: reservations for uploads in progress, deletions/copies/removals in the
+-- ledger, an audit trail of limit changes, and an explicit admin override of the limit guard.
+
+SET LOCAL lock_timeout = '10s';
+
+-- Bytes held for an upload whose bytes arrive later. While `pending` and not expired they count
+-- in user_quotas.reserved_bytes; committing moves them to used_bytes, cancelling or expiry gives
+-- them back. Rows stay as history so a second commit can be told apart from a first.
+CREATE TABLE quota_reservations (
+  id uuid PRIMARY KEY,
+  user_id text NOT NULL,
+  project_id uuid NOT NULL,
+  bytes bigint NOT NULL,
+  status text NOT NULL DEFAULT 'pending',
+  committed_bytes bigint,
+  expires_at timestamptz NOT NULL,
+  created_at timestamptz NOT NULL DEFAULT now(),
+  settled_at timestamptz,
+  CONSTRAINT quota_reservations_bytes_check CHECK (bytes >= 0),
+  CONSTRAINT quota_reservations_committed_bytes_check CHECK (committed_bytes >= 0),
+  CONSTRAINT quota_reservations_status_check
+    CHECK (status IN ('pending', 'committed', 'cancelled', 'expired'))
+);
+CREATE INDEX quota_reservations_pending_user_idx
+  ON quota_reservations (user_id, expires_at) WHERE status = 'pending';
+CREATE INDEX quota_reservations_pending_expiry_idx
+  ON quota_reservations (expires_at) WHERE status = 'pending';
+
+-- Who changed a user's limit, when, and why (plan upgrades and downgrades).
+CREATE TABLE quota_limit_changes (
+  id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+  user_id text NOT NULL,
+  old_limit_bytes bigint,
+  new_limit_bytes bigint NOT NULL,
+  changed_by text,
+  reason text,
+  changed_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX quota_limit_changes_user_idx ON quota_limit_changes (user_id, changed_at);
+
+-- New ledger kinds: releases are negative, reconciliation adjustments either sign.
+ALTER TABLE quota_ledger DROP CONSTRAINT quota_ledger_kind_check;
+ALTER TABLE quota_ledger DROP CONSTRAINT quota_ledger_bytes_check;
+ALTER TABLE quota_ledger
+  ADD CONSTRAINT quota_ledger_kind_check
+  CHECK (kind IN ('upload', 'baseline', 'deletion', 'copy', 'removal', 'adjustment')) NOT VALID;
+ALTER TABLE quota_ledger VALIDATE CONSTRAINT quota_ledger_kind_check;
+ALTER TABLE quota_ledger
+  ADD CONSTRAINT quota_ledger_bytes_sign_check
+  CHECK (CASE WHEN kind IN ('deletion', 'removal') THEN bytes <= 0
+              WHEN kind = 'adjustment' THEN true
+              ELSE bytes >= 0 END) NOT VALID;
+ALTER TABLE quota_ledger VALIDATE CONSTRAINT quota_ledger_bytes_sign_check;
+CREATE INDEX quota_ledger_user_project_idx ON quota_ledger (user_id, project_id);
+
+-- The guard may be overridden for one transaction with
+-- SET LOCAL storage_quota.allow_over_limit = 'on': reconciliation (the ledger says more is used
+-- than the limit allows) and shadow mode (count without refusing) need it. Nothing else does.
+DROP TRIGGER user_quotas_limit_on_update ON user_quotas;
+CREATE TRIGGER user_quotas_limit_on_update
+  BEFORE UPDATE ON user_quotas
+  FOR EACH ROW WHEN (NEW.used_bytes + NEW.reserved_bytes > NEW.limit_bytes
+                     AND NEW.used_bytes + NEW.reserved_bytes > OLD.used_bytes + OLD.reserved_bytes
+                     AND current_setting('storage_quota.allow_over_limit', true) IS DISTINCT FROM 'on')
+  EXECUTE FUNCTION storage_quota_refuse_over_limit();

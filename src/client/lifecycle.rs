@@ -1,0 +1,369 @@
+//! The quota lifecycle beyond one-step uploads: reservations, deletions and overwrites, and the
+//! project operations of the app's server actions (register, copy, remove).
+
+use super::{blocking, Client};
+use crate::config::parse_ttl_ms;
+use crate::deletions::{self, DeletionTarget, Overwritten, Released, RemovedProject};
+use crate::disk::{self, ProjectDir};
+use crate::error::{QuotaError, Result};
+use crate::ids::{parse_bytes, parse_upload_id, upload_key_or_new, ProjectId, UserId};
+use crate::projects::ProjectStoragePath;
+use crate::quota::{self, RecordedUpload, Usage};
+use crate::reservations::{self, LedgerEntry, Reservation, Settled};
+use crate::rollout::Mode;
+
+#[derive(Debug, Clone)]
+pub struct RegisteredProject {
+  pub path: ProjectStoragePath,
+  pub upload: Option<RecordedUpload>,
+}
+
+#[derive(Debug, Clone)]
+pub struct CopiedProject {
+  pub path: ProjectStoragePath,
+  pub copied_bytes: i64,
+  pub duplicate: bool,
+  pub usage: Usage,
+}
+
+fn parse_reservation_id(raw: &str) -> Result<uuid::Uuid> {
+  ProjectId::parse(raw)
+    .map(|id| id.uuid())
+    .map_err(|_| QuotaError::invalid("reservationId must be a UUID"))
+}
+
+fn parse_caller(user_id: Option<&str>) -> Result<Option<UserId>> {
+  user_id.map(UserId::parse).transpose()
+}
+
+impl Client {
+  pub async fn reserve_upload(
+    &self,
+    user_id: &str,
+    project_id: &str,
+    bytes: f64,
+    ttl_ms: Option<f64>,
+  ) -> Result<Reservation> {
+    let user = UserId::parse(user_id)?;
+    let project = ProjectId::parse(project_id)?;
+    let bytes = parse_bytes("bytes", bytes)?;
+    let ttl = match ttl_ms {
+      Some(ttl) => parse_ttl_ms(ttl)?,
+      None => self.config.reservation_ttl_ms,
+    };
+    let (mode, limit) = (self.mode_for(&user), self.default_limit());
+    self
+      .with_conn(async |conn| {
+        reservations::reserve(&mut conn.0, &user, &project, bytes, ttl, limit, mode).await
+      })
+      .await
+  }
+
+  pub async fn commit_upload(
+    &self,
+    reservation_id: &str,
+    actual_bytes: Option<f64>,
+    user_id: Option<&str>,
+  ) -> Result<Settled> {
+    let id = parse_reservation_id(reservation_id)?;
+    let actual = actual_bytes
+      .map(|b| parse_bytes("actualBytes", b))
+      .transpose()?;
+    let caller = parse_caller(user_id)?;
+    self
+      .with_conn(async |conn| {
+        reservations::commit(&mut conn.0, &id, actual, caller.as_ref(), None).await
+      })
+      .await
+  }
+
+  pub async fn cancel_upload(
+    &self,
+    reservation_id: &str,
+    user_id: Option<&str>,
+  ) -> Result<Settled> {
+    let id = parse_reservation_id(reservation_id)?;
+    let caller = parse_caller(user_id)?;
+    self
+      .with_conn(async |conn| reservations::cancel(&mut conn.0, &id, caller.as_ref()).await)
+      .await
+  }
+
+  pub async fn sweep_expired_reservations(&self) -> Result<u64> {
+    self
+      .with_conn(async |conn| reservations::sweep_all(&mut conn.0).await)
+      .await
+  }
+
+  /// Releases a deleted file's bytes: by the upload id that recorded it, or by a byte count
+  /// (with an optional idempotency key).
+  pub async fn record_deletion(
+    &self,
+    user_id: &str,
+    project_id: &str,
+    bytes: Option<f64>,
+    upload_id: Option<&str>,
+    deletion_id: Option<&str>,
+  ) -> Result<Released> {
+    let user = UserId::parse(user_id)?;
+    let project = ProjectId::parse(project_id)?;
+    let bytes = bytes.map(|b| parse_bytes("bytes", b)).transpose()?;
+    let upload_id = upload_id.map(parse_upload_id).transpose()?;
+    let deletion_id = upload_key_or_new(deletion_id)?;
+    let target = match (&upload_id, bytes) {
+      (Some(upload_id), bytes) => DeletionTarget::Upload { upload_id, bytes },
+      (None, Some(bytes)) => DeletionTarget::Bytes {
+        bytes,
+        deletion_id: &deletion_id,
+      },
+      (None, None) => {
+        return Err(QuotaError::invalid(
+          "recordDeletion needs the bytes deleted, or the uploadId of the upload deleted",
+        ))
+      }
+    };
+    let limit = self.default_limit();
+    self
+      .with_conn(async |conn| {
+        deletions::record_deletion(&mut conn.0, &user, &project, target, limit).await
+      })
+      .await
+  }
+
+  /// An upload that replaces content of `replaced_bytes`: charged `bytes − replaced_bytes`.
+  pub async fn record_overwrite(
+    &self,
+    user_id: &str,
+    project_id: &str,
+    bytes: f64,
+    replaced_bytes: f64,
+    upload_id: Option<&str>,
+  ) -> Result<Overwritten> {
+    let user = UserId::parse(user_id)?;
+    let project = ProjectId::parse(project_id)?;
+    let bytes = parse_bytes("bytes", bytes)?;
+    let replaced = parse_bytes("replacesBytes", replaced_bytes)?;
+    let upload_id = upload_key_or_new(upload_id)?;
+    let (mode, limit) = (self.mode_for(&user), self.default_limit());
+    self
+      .with_conn(async |conn| {
+        deletions::record_overwrite(
+          &mut conn.0,
+          &user,
+          &project,
+          bytes,
+          replaced,
+          &upload_id,
+          limit,
+          mode,
+        )
+        .await
+      })
+      .await
+  }
+
+  /// A new project: quota check, storage path, initial size counted (once per project).
+  pub async fn register_project(
+    &self,
+    user_id: &str,
+    project_id: &str,
+    size_bytes: Option<f64>,
+  ) -> Result<RegisteredProject> {
+    let user = UserId::parse(user_id)?;
+    let project = ProjectId::parse(project_id)?;
+    let size = size_bytes
+      .map(|b| parse_bytes("sizeBytes", b))
+      .transpose()?
+      .unwrap_or(0);
+    let (mode, limit) = (self.mode_for(&user), self.default_limit());
+    if size > 0 && mode == Mode::Enforce {
+      let check = self
+        .with_conn(async |conn| quota::check_quota(&mut conn.0, &user, &[size], limit, mode).await)
+        .await?;
+      if !check.allowed {
+        return Err(QuotaError::QuotaExceeded(check.usage.shortfall(size)));
+      }
+    }
+    let path = self.allocate(&user, &project).await?;
+    let upload = if size > 0 {
+      let key = format!("register {project}");
+      Some(
+        self
+          .with_conn(async |conn| {
+            quota::record_upload(&mut conn.0, &user, &project, size, &key, limit, mode).await
+          })
+          .await?,
+      )
+    } else {
+      None
+    };
+    Ok(RegisteredProject { path, upload })
+  }
+
+  /// Copies a project's files into a new project of the same user and counts them. The size is
+  /// reserved before anything is copied; on any failure the copy is removed and the
+  /// reservation given back, so nothing stays counted or half-copied.
+  pub async fn copy_project(
+    &self,
+    user_id: &str,
+    source_project_id: &str,
+    new_project_id: &str,
+  ) -> Result<CopiedProject> {
+    let user = UserId::parse(user_id)?;
+    let source = ProjectId::parse(source_project_id)?;
+    let target = ProjectId::parse(new_project_id)?;
+    if source == target {
+      return Err(QuotaError::invalid(
+        "a project cannot be copied onto itself",
+      ));
+    }
+    let root = self.storage_root()?.clone();
+    let (mode, limit) = (self.mode_for(&user), self.default_limit());
+    let key = format!("copy {target}");
+
+    self.allocate(&user, &source).await?;
+    let target_path = self.allocate(&user, &target).await?;
+    let prior = self
+      .with_conn(async |conn| {
+        let row = conn
+          .0
+          .client
+          .query_opt(
+            "SELECT bytes FROM quota_ledger WHERE user_id = $1 AND idempotency_key = $2",
+            &[&user.as_str(), &key],
+          )
+          .await?;
+        Ok(row.map(|row| row.get::<_, i64>(0)))
+      })
+      .await?;
+    if let Some(copied_bytes) = prior {
+      let usage = self
+        .with_conn(async |conn| quota::read_usage(&mut conn.0, &user).await)
+        .await?
+        .unwrap_or(Usage::empty(limit));
+      return Ok(CopiedProject {
+        path: target_path,
+        copied_bytes,
+        duplicate: true,
+        usage,
+      });
+    }
+
+    let (src_root, src_user) = (root.clone(), user.clone());
+    let size = blocking(move || {
+      let dir = ProjectDir::open(&src_root, &src_user, &source)?;
+      Ok(match dir {
+        Some(dir) => disk::dir_size(&dir.path())?.0,
+        None => 0,
+      })
+    })
+    .await?;
+    let (tgt_root, tgt_user) = (root.clone(), user.clone());
+    let target_has_files = blocking(move || {
+      let dir = ProjectDir::open(&tgt_root, &tgt_user, &target)?;
+      Ok(match dir {
+        Some(dir) => disk::dir_size(&dir.path())?.1 > 0,
+        None => false,
+      })
+    })
+    .await?;
+    if target_has_files {
+      return Err(QuotaError::Conflict(format!(
+        "project {target} already has files; copy into a new, empty project"
+      )));
+    }
+
+    let ttl = self.config.reservation_ttl_ms;
+    let reservation = self
+      .with_conn(async |conn| {
+        reservations::reserve(&mut conn.0, &user, &target, size, ttl, limit, mode).await
+      })
+      .await?;
+    let (copy_root, copy_user) = (root.clone(), user.clone());
+    let copied = blocking(move || {
+      let from = ProjectDir::open(&copy_root, &copy_user, &source)?;
+      let to = ProjectDir::open(&copy_root, &copy_user, &target)?
+        .ok_or_else(|| QuotaError::Storage(format!("project {target}'s directory vanished")))?;
+      let Some(from) = from else { return Ok(0) };
+      disk::copy_tree(&from.path(), &to.path()).map_err(|error| {
+        let _ = disk::clear_dir(&to.path());
+        QuotaError::Storage(format!(
+          "copying project {source} failed and was undone: {error}"
+        ))
+      })
+    })
+    .await;
+    let committed = match copied {
+      Ok(copied) => {
+        self
+          .with_conn(async |conn| {
+            reservations::commit(
+              &mut conn.0,
+              &reservation.reservation_id,
+              Some(copied),
+              Some(&user),
+              Some(LedgerEntry {
+                key: &key,
+                kind: "copy",
+              }),
+            )
+            .await
+          })
+          .await
+      }
+      Err(error) => Err(error),
+    };
+    match committed {
+      Ok(settled) => Ok(CopiedProject {
+        path: target_path,
+        copied_bytes: settled.committed_bytes,
+        duplicate: false,
+        usage: settled.usage,
+      }),
+      Err(error) => {
+        let (undo_root, undo_user) = (root, user.clone());
+        let _ = blocking(move || {
+          if let Some(dir) = ProjectDir::open(&undo_root, &undo_user, &target)? {
+            disk::clear_dir(&dir.path())?;
+          }
+          Ok(())
+        })
+        .await;
+        let id = reservation.reservation_id;
+        let _ = self
+          .with_conn(async |conn| reservations::cancel(&mut conn.0, &id, Some(&user)).await)
+          .await;
+        Err(error)
+      }
+    }
+  }
+
+  /// Releases the project's bytes, cancels its pending reservations and, when `delete_files`,
+  /// removes its directory on the local backend.
+  pub async fn remove_project(
+    &self,
+    user_id: &str,
+    project_id: &str,
+    delete_files: bool,
+  ) -> Result<RemovedProject> {
+    let user = UserId::parse(user_id)?;
+    let project = ProjectId::parse(project_id)?;
+    let limit = self.default_limit();
+    let removed = self
+      .with_conn(async |conn| deletions::remove_project(&mut conn.0, &user, &project, limit).await)
+      .await?;
+    if delete_files {
+      let root = self.storage_root()?.clone();
+      blocking(move || {
+        if let Some(dir) = ProjectDir::open(&root, &user, &project)? {
+          disk::clear_dir(&dir.path())?;
+          drop(dir);
+          std::fs::remove_dir(root.join(user.as_str()).join(project.to_string()))?;
+        }
+        Ok(())
+      })
+      .await?;
+    }
+    Ok(removed)
+  }
+}

@@ -1,0 +1,343 @@
+//! Giving bytes back: file deletions, overwrites (charged the net change) and project removal.
+//! Each runs in a transaction that first locks the user's quota row, so it is serialised with
+//! every charge of that user and reads the ledger as it is after them. Releases always succeed
+//! for bytes that were counted, even over quota, and never take usage below zero.
+
+use tokio_postgres::Transaction;
+
+use crate::error::{QuotaError, Result};
+use crate::ids::{ProjectId, UserId};
+use crate::pool::PgConnection;
+use crate::quota::Usage;
+use crate::rollout::Mode;
+
+#[derive(Debug, Clone)]
+pub struct Released {
+  /// Bytes given back by this call (0 for a duplicate).
+  pub released_bytes: i64,
+  pub duplicate: bool,
+  pub usage: Usage,
+}
+
+#[derive(Debug, Clone)]
+pub struct Overwritten {
+  pub upload_id: String,
+  pub bytes: i64,
+  /// Bytes of the replaced content that were counted and are now given back.
+  pub replaced_bytes: i64,
+  /// `bytes − replacedBytes`: what the quota was charged (negative: given back).
+  pub net_bytes: i64,
+  pub duplicate: bool,
+  pub would_refuse: bool,
+  pub usage: Usage,
+}
+
+#[derive(Debug, Clone)]
+pub struct RemovedProject {
+  pub released_bytes: i64,
+  pub cancelled_reservations: i64,
+  pub usage: Usage,
+}
+
+const LOCK_QUOTA: &str =
+  "SELECT used_bytes, reserved_bytes, limit_bytes FROM user_quotas WHERE user_id = $1 FOR UPDATE";
+
+async fn lock_quota(tx: &Transaction<'_>, user: &UserId) -> Result<Option<Usage>> {
+  Ok(
+    tx.query_opt(LOCK_QUOTA, &[&user.as_str()])
+      .await?
+      .map(|row| Usage::from_row(&row, 0)),
+  )
+}
+
+/// The project's owner check for releases: its row, or — once the app deleted the row — the
+/// user's own ledger entries for it.
+async fn check_release_owner(
+  tx: &Transaction<'_>,
+  user: &UserId,
+  project: &ProjectId,
+) -> Result<()> {
+  let owner: Option<String> = tx
+    .query_opt(
+      "SELECT user_id FROM projects WHERE id = $1",
+      &[&project.uuid()],
+    )
+    .await?
+    .map(|row| row.get(0));
+  match owner {
+    Some(owner) if owner == user.as_str() => Ok(()),
+    Some(_) => Err(QuotaError::Forbidden(format!(
+      "project {project} belongs to another user"
+    ))),
+    None => {
+      let known: bool = tx
+        .query_one(
+          "SELECT EXISTS (SELECT 1 FROM quota_ledger WHERE user_id = $1 AND project_id = $2)",
+          &[&user.as_str(), &project.uuid()],
+        )
+        .await?
+        .get(0);
+      if known {
+        Ok(())
+      } else {
+        Err(QuotaError::NotFound(format!(
+          "project {project} does not exist"
+        )))
+      }
+    }
+  }
+}
+
+async fn project_counted(tx: &Transaction<'_>, user: &UserId, project: &ProjectId) -> Result<i64> {
+  Ok(
+    tx.query_one(
+      "SELECT coalesce(sum(bytes), 0)::bigint FROM quota_ledger WHERE user_id = $1 AND project_id = $2",
+      &[&user.as_str(), &project.uuid()],
+    )
+    .await?
+    .get(0),
+  )
+}
+
+async fn prior_entry(
+  tx: &Transaction<'_>,
+  user: &UserId,
+  key: &str,
+) -> Result<Option<(i64, Option<uuid::Uuid>)>> {
+  Ok(
+    tx.query_opt(
+      "SELECT bytes, project_id FROM quota_ledger WHERE user_id = $1 AND idempotency_key = $2",
+      &[&user.as_str(), &key],
+    )
+    .await?
+    .map(|row| (row.get(0), row.get(1))),
+  )
+}
+
+/// Applies `delta` to used_bytes and writes the ledger entries, returning the new usage.
+/// `allow_over_limit` lifts the database guard for this transaction (shadow mode only).
+async fn apply(
+  tx: &Transaction<'_>,
+  user: &UserId,
+  project: &ProjectId,
+  delta: i64,
+  entries: &[(&str, &str, i64)],
+  allow_over_limit: bool,
+) -> Result<Usage> {
+  if allow_over_limit {
+    tx.batch_execute("SET LOCAL storage_quota.allow_over_limit = 'on'")
+      .await?;
+  }
+  let row = tx
+    .query_one(
+      "UPDATE user_quotas SET used_bytes = used_bytes + $2, updated_at = now() WHERE user_id = $1
+       RETURNING used_bytes, reserved_bytes, limit_bytes",
+      &[&user.as_str(), &delta],
+    )
+    .await?;
+  for (key, kind, bytes) in entries {
+    tx.execute(
+      "INSERT INTO quota_ledger (user_id, project_id, idempotency_key, kind, bytes) VALUES ($1, $2, $3, $4, $5)",
+      &[&user.as_str(), &project.uuid(), key, kind, bytes],
+    )
+    .await?;
+  }
+  Ok(Usage::from_row(&row, 0))
+}
+
+/// What a deletion names: the upload it removes (exact bytes, once), or a number of bytes.
+pub enum DeletionTarget<'a> {
+  Upload {
+    upload_id: &'a str,
+    bytes: Option<i64>,
+  },
+  Bytes {
+    bytes: i64,
+    deletion_id: &'a str,
+  },
+}
+
+pub async fn record_deletion(
+  conn: &mut PgConnection,
+  user: &UserId,
+  project: &ProjectId,
+  target: DeletionTarget<'_>,
+  default_limit: i64,
+) -> Result<Released> {
+  let tx = conn.client.transaction().await?;
+  let Some(usage) = lock_quota(&tx, user).await? else {
+    check_release_owner(&tx, user, project).await?;
+    // Nothing was ever counted for this user.
+    return Ok(Released {
+      released_bytes: 0,
+      duplicate: false,
+      usage: Usage::empty(default_limit),
+    });
+  };
+  check_release_owner(&tx, user, project).await?;
+  let (key, wanted) = match target {
+    DeletionTarget::Upload { upload_id, bytes } => {
+      let Some((recorded, recorded_project)) = prior_entry(&tx, user, upload_id).await? else {
+        return Err(QuotaError::NotFound(format!(
+          "upload {upload_id:?} was never recorded for this user"
+        )));
+      };
+      if recorded_project != Some(project.uuid()) || bytes.is_some_and(|b| b != recorded) {
+        return Err(QuotaError::Conflict(format!(
+          "upload {upload_id:?} was recorded with {recorded} bytes for another project or size"
+        )));
+      }
+      (format!("deletion of {upload_id}"), recorded)
+    }
+    DeletionTarget::Bytes { bytes, deletion_id } => (format!("deletion {deletion_id}"), bytes),
+  };
+  if let Some((bytes, _)) = prior_entry(&tx, user, &key).await? {
+    tx.commit().await?;
+    return Ok(Released {
+      released_bytes: -bytes,
+      duplicate: true,
+      usage,
+    });
+  }
+  let counted = project_counted(&tx, user, project).await?;
+  let released = wanted.min(counted).min(usage.used_bytes).max(0);
+  let usage = apply(
+    &tx,
+    user,
+    project,
+    -released,
+    &[(&key, "deletion", -released)],
+    false,
+  )
+  .await?;
+  tx.commit().await?;
+  Ok(Released {
+    released_bytes: released,
+    duplicate: false,
+    usage,
+  })
+}
+
+/// Replaces content of `replaced_bytes` (as far as it was counted) with `bytes`, charging the
+/// difference: a bigger file needs room only for the growth, a smaller one always fits.
+#[allow(clippy::too_many_arguments)]
+pub async fn record_overwrite(
+  conn: &mut PgConnection,
+  user: &UserId,
+  project: &ProjectId,
+  bytes: i64,
+  replaced_bytes: i64,
+  upload_id: &str,
+  default_limit: i64,
+  mode: Mode,
+) -> Result<Overwritten> {
+  crate::quota::ensure_quota_row(conn, user, default_limit).await?;
+  let tx = conn.client.transaction().await?;
+  let usage = lock_quota(&tx, user)
+    .await?
+    .ok_or_else(|| QuotaError::Internal("quota row missing after it was ensured".into()))?;
+  check_release_owner(&tx, user, project).await?;
+  if let Some((prior, prior_project)) = prior_entry(&tx, user, upload_id).await? {
+    if prior != bytes || prior_project != Some(project.uuid()) {
+      return Err(QuotaError::Conflict(format!(
+        "uploadId {upload_id:?} was already recorded with {prior} bytes for another project or size"
+      )));
+    }
+    tx.commit().await?;
+    return Ok(Overwritten {
+      upload_id: upload_id.to_owned(),
+      bytes,
+      replaced_bytes: 0,
+      net_bytes: 0,
+      duplicate: true,
+      would_refuse: false,
+      usage,
+    });
+  }
+  let counted = project_counted(&tx, user, project).await?;
+  let replaced = replaced_bytes.min(counted).min(usage.used_bytes).max(0);
+  let net = bytes - replaced;
+  let would_refuse = net > 0 && !usage.fits(net);
+  if would_refuse && mode == Mode::Enforce {
+    return Err(QuotaError::QuotaExceeded(usage.shortfall(net)));
+  }
+  let usage = if mode == Mode::Off {
+    usage
+  } else {
+    let deletion_key = format!("overwrite by {upload_id}");
+    let entries = [
+      (upload_id, "upload", bytes),
+      (deletion_key.as_str(), "deletion", -replaced),
+    ];
+    let usage = apply(&tx, user, project, net, &entries, would_refuse).await?;
+    tx.commit().await?;
+    usage
+  };
+  Ok(Overwritten {
+    upload_id: upload_id.to_owned(),
+    bytes,
+    replaced_bytes: replaced,
+    net_bytes: net,
+    duplicate: false,
+    would_refuse,
+    usage,
+  })
+}
+
+/// Releases everything counted for the project and cancels its pending reservations.
+pub async fn remove_project(
+  conn: &mut PgConnection,
+  user: &UserId,
+  project: &ProjectId,
+  default_limit: i64,
+) -> Result<RemovedProject> {
+  let tx = conn.client.transaction().await?;
+  // Reservations first (their rows, then the quota row), the order commit and cancel use.
+  let cancelled = tx
+    .query(
+      "UPDATE quota_reservations SET status = 'cancelled', settled_at = now()
+        WHERE user_id = $1 AND project_id = $2 AND status = 'pending' RETURNING bytes",
+      &[&user.as_str(), &project.uuid()],
+    )
+    .await?;
+  let held: i64 = cancelled.iter().map(|row| row.get::<_, i64>(0)).sum();
+  let Some(usage) = lock_quota(&tx, user).await? else {
+    check_release_owner(&tx, user, project).await?;
+    tx.commit().await?;
+    return Ok(RemovedProject {
+      released_bytes: 0,
+      cancelled_reservations: 0,
+      usage: Usage::empty(default_limit),
+    });
+  };
+  check_release_owner(&tx, user, project).await?;
+  if held > 0 {
+    tx.execute(
+      "UPDATE user_quotas SET reserved_bytes = reserved_bytes - $2 WHERE user_id = $1",
+      &[&user.as_str(), &held],
+    )
+    .await?;
+  }
+  let counted = project_counted(&tx, user, project).await?;
+  let released = counted.min(usage.used_bytes).max(0);
+  let usage = if released > 0 {
+    let key = format!("removal {}", uuid::Uuid::new_v4());
+    apply(
+      &tx,
+      user,
+      project,
+      -released,
+      &[(&key, "removal", -released)],
+      false,
+    )
+    .await?
+  } else {
+    lock_quota(&tx, user).await?.unwrap_or(usage)
+  };
+  tx.commit().await?;
+  Ok(RemovedProject {
+    released_bytes: released,
+    cancelled_reservations: cancelled.len() as i64,
+    usage,
+  })
+}

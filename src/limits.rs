@@ -1,0 +1,168 @@
+//! Limits (set by admins, audited) and usage as the UI shows it.
+
+use crate::error::{QuotaError, Result};
+use crate::format::format_bytes;
+use crate::ids::UserId;
+use crate::pool::PgConnection;
+use crate::quota::{read_usage, Usage};
+
+/// Where a user stands: below 75 % `normal`, from 75 % `nearing`, from 90 % `critical`,
+/// from 100 % `exceeded`.
+pub fn quota_state(percent_used: f64) -> &'static str {
+  if percent_used >= 100.0 {
+    "exceeded"
+  } else if percent_used >= 90.0 {
+    "critical"
+  } else if percent_used >= 75.0 {
+    "nearing"
+  } else {
+    "normal"
+  }
+}
+
+#[derive(Debug, Clone)]
+pub struct ProjectUsage {
+  pub project_id: uuid::Uuid,
+  pub used_bytes: i64,
+}
+
+#[derive(Debug, Clone)]
+pub struct UsageReport {
+  pub usage: Usage,
+  pub state: &'static str,
+  pub used_text: String,
+  pub limit_text: String,
+  pub remaining_text: String,
+  /// "312 MB of 1 GB used (30.47 %)" — from the same numbers as `percentUsed`.
+  pub summary: String,
+  pub projects: Vec<ProjectUsage>,
+}
+
+pub fn report(usage: Usage, projects: Vec<ProjectUsage>) -> UsageReport {
+  let percent = usage.percent_used();
+  let taken = usage.used_bytes + usage.reserved_bytes;
+  UsageReport {
+    usage,
+    state: quota_state(percent),
+    used_text: format_bytes(taken),
+    limit_text: format_bytes(usage.limit_bytes),
+    remaining_text: format_bytes(usage.remaining_bytes()),
+    summary: format!(
+      "{} of {} used ({percent:.2} %)",
+      format_bytes(taken),
+      format_bytes(usage.limit_bytes)
+    ),
+    projects,
+  }
+}
+
+const PROJECT_USAGE: &str = "
+SELECT sp.project_id, coalesce(l.bytes, 0)::bigint
+  FROM project_storage_paths sp
+  LEFT JOIN (SELECT project_id, sum(bytes) AS bytes FROM quota_ledger WHERE user_id = $1 GROUP BY project_id) l
+    ON l.project_id = sp.project_id
+ WHERE sp.user_id = $1
+UNION ALL
+SELECT l.project_id, sum(l.bytes)::bigint
+  FROM quota_ledger l
+ WHERE l.user_id = $1 AND l.project_id IS NOT NULL
+   AND NOT EXISTS (SELECT 1 FROM project_storage_paths sp WHERE sp.project_id = l.project_id AND sp.user_id = $1)
+ GROUP BY l.project_id
+ORDER BY 1";
+
+pub async fn get_usage(
+  conn: &mut PgConnection,
+  user: &UserId,
+  default_limit: i64,
+  with_projects: bool,
+) -> Result<UsageReport> {
+  let usage = read_usage(conn, user)
+    .await?
+    .unwrap_or(Usage::empty(default_limit));
+  let mut projects = Vec::new();
+  if with_projects {
+    let statement = conn.prepared(PROJECT_USAGE).await?;
+    for row in conn.client.query(&statement, &[&user.as_str()]).await? {
+      projects.push(ProjectUsage {
+        project_id: row.get(0),
+        used_bytes: row.get(1),
+      });
+    }
+  }
+  Ok(report(usage, projects))
+}
+
+/// Sets the user's limit (creating the row if needed) and records who changed it and why.
+/// Lowering below usage is allowed: the user can then read and delete but not add.
+pub async fn set_quota_limit(
+  conn: &mut PgConnection,
+  user: &UserId,
+  limit_bytes: i64,
+  changed_by: Option<&str>,
+  reason: Option<&str>,
+) -> Result<UsageReport> {
+  let tx = conn.client.transaction().await?;
+  let old: Option<i64> = tx
+    .query_opt(
+      "SELECT limit_bytes FROM user_quotas WHERE user_id = $1 FOR UPDATE",
+      &[&user.as_str()],
+    )
+    .await?
+    .map(|row| row.get(0));
+  if old.is_some() {
+    tx.execute(
+      "UPDATE user_quotas SET limit_bytes = $2, updated_at = now() WHERE user_id = $1",
+      &[&user.as_str(), &limit_bytes],
+    )
+    .await?;
+  } else {
+    tx.execute(
+      "INSERT INTO user_quotas (user_id, limit_bytes) VALUES ($1, $2)
+       ON CONFLICT (user_id) DO UPDATE SET limit_bytes = EXCLUDED.limit_bytes, updated_at = now()",
+      &[&user.as_str(), &limit_bytes],
+    )
+    .await?;
+  }
+  tx.execute(
+    "INSERT INTO quota_limit_changes (user_id, old_limit_bytes, new_limit_bytes, changed_by, reason)
+     VALUES ($1, $2, $3, $4, $5)",
+    &[&user.as_str(), &old, &limit_bytes, &changed_by, &reason],
+  )
+  .await?;
+  tx.commit().await?;
+  let usage = read_usage(conn, user)
+    .await?
+    .ok_or_else(|| QuotaError::Internal("quota row missing after setting its limit".into()))?;
+  Ok(report(usage, Vec::new()))
+}
+
+#[cfg(test)]
+mod tests {
+  use super::*;
+
+  #[test]
+  fn states_follow_the_thresholds() {
+    assert_eq!(quota_state(0.0), "normal");
+    assert_eq!(quota_state(74.99), "normal");
+    assert_eq!(quota_state(75.0), "nearing");
+    assert_eq!(quota_state(89.99), "nearing");
+    assert_eq!(quota_state(90.0), "critical");
+    assert_eq!(quota_state(100.0), "exceeded");
+    assert_eq!(quota_state(250.0), "exceeded");
+  }
+
+  #[test]
+  fn summary_uses_the_same_numbers_as_the_percentage() {
+    let r = report(
+      Usage {
+        used_bytes: 327_155_712,
+        reserved_bytes: 0,
+        limit_bytes: 1_073_741_824,
+      },
+      Vec::new(),
+    );
+    assert_eq!(r.summary, "312 MB of 1 GB used (30.47 %)");
+    assert_eq!(r.usage.percent_used(), 30.47);
+    assert_eq!(r.state, "normal");
+  }
+}

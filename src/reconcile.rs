@@ -1,0 +1,121 @@
+//! Reconciliation: recompute each user's counters from the ledger (the record of every charge
+//! and release) and from live reservations, report drift per user and project, and fix the
+//! counters when asked. Each user is handled in a transaction holding the quota row lock, so it
+//! is safe while uploads go on: a charge either finished before (in counter and ledger) or
+//! waits until after.
+
+use crate::error::Result;
+use crate::ids::UserId;
+use crate::pool::PgConnection;
+
+#[derive(Debug, Clone)]
+pub struct ProjectDrift {
+  pub project_id: uuid::Uuid,
+  pub ledger_bytes: i64,
+  /// The project's local directory, when it has one (disk sizes are filled in by the caller).
+  pub path: Option<String>,
+  pub disk_bytes: Option<i64>,
+}
+
+#[derive(Debug, Clone)]
+pub struct UserDrift {
+  pub user_id: String,
+  /// `used_bytes` as the counter had it.
+  pub used_bytes: i64,
+  /// What the ledger adds up to.
+  pub ledger_bytes: i64,
+  pub reserved_bytes: i64,
+  /// Bytes of live (pending, unexpired) reservations.
+  pub pending_reserved_bytes: i64,
+  pub fixed: bool,
+  pub projects: Vec<ProjectDrift>,
+}
+
+impl UserDrift {
+  pub fn drifted(&self) -> bool {
+    self.used_bytes != self.ledger_bytes || self.reserved_bytes != self.pending_reserved_bytes
+  }
+}
+
+const PROJECTS: &str = "
+SELECT coalesce(sp.project_id, l.project_id) AS project_id, coalesce(l.bytes, 0)::bigint,
+       CASE WHEN sp.backend = 'local' THEN sp.path END
+  FROM (SELECT project_id, sum(bytes) AS bytes FROM quota_ledger
+         WHERE user_id = $1 AND project_id IS NOT NULL GROUP BY project_id) l
+  FULL JOIN (SELECT project_id, backend, path FROM project_storage_paths WHERE user_id = $1) sp
+    ON sp.project_id = l.project_id
+ ORDER BY 1";
+
+/// The users to check: one, or every user with a quota row, in pages.
+pub async fn users_after(conn: &mut PgConnection, after: &str, limit: i64) -> Result<Vec<String>> {
+  let rows = conn
+    .client
+    .query(
+      "SELECT user_id FROM user_quotas WHERE user_id > $1 ORDER BY user_id LIMIT $2",
+      &[&after, &limit],
+    )
+    .await?;
+  Ok(rows.iter().map(|row| row.get(0)).collect())
+}
+
+pub async fn reconcile_user(
+  conn: &mut PgConnection,
+  user: &UserId,
+  fix: bool,
+) -> Result<Option<UserDrift>> {
+  // Expired reservations first, in their own statement (reservation rows before the quota row,
+  // the order every other writer uses).
+  crate::quota::sweep_user(conn, user).await?;
+  let tx = conn.client.transaction().await?;
+  let Some(counter) = tx
+    .query_opt(
+      "SELECT used_bytes, reserved_bytes FROM user_quotas WHERE user_id = $1 FOR UPDATE",
+      &[&user.as_str()],
+    )
+    .await?
+  else {
+    return Ok(None);
+  };
+  let totals = tx
+    .query_one(
+      "SELECT (SELECT coalesce(sum(bytes), 0)::bigint FROM quota_ledger WHERE user_id = $1),
+              (SELECT coalesce(sum(bytes), 0)::bigint FROM quota_reservations
+                WHERE user_id = $1 AND status = 'pending' AND expires_at > now())",
+      &[&user.as_str()],
+    )
+    .await?;
+  let projects = tx
+    .query(PROJECTS, &[&user.as_str()])
+    .await?
+    .iter()
+    .map(|row| ProjectDrift {
+      project_id: row.get(0),
+      ledger_bytes: row.get(1),
+      path: row.get(2),
+      disk_bytes: None,
+    })
+    .collect();
+  let mut drift = UserDrift {
+    user_id: user.as_str().to_owned(),
+    used_bytes: counter.get(0),
+    reserved_bytes: counter.get(1),
+    ledger_bytes: totals.get(0),
+    pending_reserved_bytes: totals.get(1),
+    fixed: false,
+    projects,
+  };
+  if fix && drift.drifted() {
+    // The ledger may say more is used than the limit allows (the counter was lowered behind
+    // our back): the counter must follow the ledger, so lift the guard for this transaction.
+    tx.batch_execute("SET LOCAL storage_quota.allow_over_limit = 'on'")
+      .await?;
+    tx.execute(
+      "UPDATE user_quotas SET used_bytes = greatest($2::bigint, 0), reserved_bytes = $3::bigint, updated_at = now() WHERE user_id = $1",
+      &[&user.as_str(), &drift.ledger_bytes, &drift.pending_reserved_bytes],
+    )
+    .await?;
+    drift.fixed = true;
+  }
+  tx.commit().await?;
+  Ok(Some(drift))
+}
