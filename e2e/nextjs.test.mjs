@@ -110,7 +110,7 @@ test('create, upload, refuse, copy, delete: the bar, the disk and the database a
     await status.filter({ hasText: 'Uploaded data.bin.' }).waitFor()
     await quotaReads('420 KB of 1 MB')
     assert.equal(await page.getByTestId('quota-percent').textContent(), '41.0%')
-    assert.equal(await page.getByTestId('quota').getAttribute('data-state'), 'ok')
+    assert.equal(await page.getByTestId('quota').getAttribute('data-state'), 'normal')
     assert.equal(await project('Thesis').getByTestId('project-size').textContent(), '420 KB')
     assert.deepEqual(listDir(thesisDir()), ['data.bin'])
     assert.equal(statSync(join(thesisDir(), 'data.bin')).size, 420 * KB)
@@ -118,11 +118,11 @@ test('create, upload, refuse, copy, delete: the bar, the disk and the database a
     await shot('2-uploaded')
   })
 
-  await t.test('copy: the copy is charged and the bar turns amber past 80 %', async () => {
+  await t.test('copy: the copy is charged and the bar turns amber (nearing) past 75 %', async () => {
     await project('Thesis').getByRole('button', { name: 'Copy project' }).click()
     await project('Thesis (copy)').waitFor()
     await quotaReads('840 KB of 1 MB')
-    assert.equal(await page.getByTestId('quota').getAttribute('data-state'), 'warning')
+    assert.equal(await page.getByTestId('quota').getAttribute('data-state'), 'nearing')
     assert.equal(await project('Thesis (copy)').getByTestId('project-size').textContent(), '420 KB')
     const copyId = await project('Thesis (copy)').getAttribute('data-project-id')
     assert.equal(statSync(join(db.storageRoot, userId, copyId, 'data.bin')).size, 420 * KB)

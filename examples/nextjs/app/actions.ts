@@ -8,7 +8,7 @@ import { auth } from '@/lib/auth'
 import { signInAs, signOut } from '@/lib/session'
 import { deleteProjectRow, findProject, insertProject } from '@/lib/db'
 import { safeFileName } from '@/lib/files'
-import { copyProjectFiles, deleteFile, projectDirectory } from '@/lib/quota'
+import { copyProjectFiles, deleteFile, registerProject } from '@/lib/quota'
 
 export type ActionResult = { ok: boolean; message: string } | null
 
@@ -33,9 +33,13 @@ export async function createProjectAction(_previous: ActionResult, formData: For
   if (!userId) return { ok: false, message: 'Sign in first.' }
   const name = String(formData.get('name') ?? '').trim()
   if (name.length < 1 || name.length > 80) return { ok: false, message: 'A project name has 1 to 80 characters.' }
-  // The app owns `projects`; storage-quota then gives the project its directory.
+  // The app owns `projects`; storage-quota then checks the quota and gives the project its directory.
   const project = await insertProject(userId, name)
-  await projectDirectory(userId, project.id)
+  const registered = await registerProject(userId, project.id)
+  if (!registered.ok) {
+    await deleteProjectRow(project.id)
+    return registered
+  }
   revalidatePath('/')
   return { ok: true, message: `Created ${name}.` }
 }

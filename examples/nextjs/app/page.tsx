@@ -29,7 +29,8 @@ export default async function Home() {
   const withFiles = await Promise.all(
     projects.map(async (project) => {
       const files = await listFiles(await projectDirectory(userId, project.id))
-      return { ...project, files, bytes: files.reduce((sum, file) => sum + file.bytes, 0) }
+      // The size the quota counts for the project (getUsage), next to the files on disk.
+      return { ...project, files, bytes: usage.projects.get(project.id) ?? 0 }
     }),
   )
 

@@ -1,6 +1,6 @@
 import type { Usage } from '@/lib/quota'
 
-/** Used storage against the limit; green, amber from 80 %, red when full. */
+/** Used storage against the limit, coloured by the package's state: normal, nearing (75 %), critical (90 %), exceeded. */
 export function QuotaBar({ usage }: { usage: Usage }) {
   const width = Math.min(100, Math.max(0, usage.percentUsed))
   return (

@@ -1,8 +1,7 @@
-// Every storage-quota call of the example lives in this file, so switching the app to another
-// part of the API is a change here only. The rest of the app gets plain values back: an expected
-// refusal is `{ ok: false, message }`, never a thrown error.
+// Every storage-quota call of the example lives in this file. The rest of the app gets plain
+// values back: an expected refusal is `{ ok: false, message }`, never a thrown error.
 import { randomUUID } from 'node:crypto'
-import { cp, readdir, rm, stat, unlink } from 'node:fs/promises'
+import { readdir, stat, unlink } from 'node:fs/promises'
 import { join } from 'node:path'
 import {
   createClient,
@@ -11,7 +10,6 @@ import {
   StorageQuotaError,
   type StorageQuotaClient,
 } from 'storage-quota'
-import { db } from './db'
 
 // One client (one pool) per server process; kept on globalThis so `next dev` reloads reuse it.
 const globalForQuota = globalThis as unknown as { storageQuota?: StorageQuotaClient }
@@ -24,6 +22,9 @@ function quota(): StorageQuotaClient {
   return globalForQuota.storageQuota
 }
 
+/** How long an upload may take before its reserved bytes stop counting. */
+const UPLOAD_TTL_MS = 15 * 60_000
+
 export type Refused = { ok: false; message: string }
 
 /** What the quota bar shows. */
@@ -32,7 +33,9 @@ export interface Usage {
   limitBytes: number
   percentUsed: number
   label: string
-  state: 'ok' | 'warning' | 'full'
+  state: 'normal' | 'nearing' | 'critical' | 'exceeded'
+  /** Bytes counted per project, by project id. */
+  projects: Map<string, number>
 }
 
 export async function migrateOnStartup(): Promise<void> {
@@ -41,15 +44,26 @@ export async function migrateOnStartup(): Promise<void> {
 }
 
 export async function getUsage(userId: string): Promise<Usage> {
-  // checkQuota for 0 bytes reads the user's numbers without changing anything.
-  const { usedBytes, reservedBytes, limitBytes, percentUsed } = await quota().checkQuota(userId, 0)
-  const taken = usedBytes + reservedBytes
+  const usage = await quota().getUsage(userId, { projects: true })
+  // Uploads in flight hold their bytes, so the bar counts them too.
+  const taken = usage.usedBytes + usage.reservedBytes
   return {
     usedBytes: taken,
-    limitBytes,
-    percentUsed,
-    label: `${formatBytes(taken)} of ${formatBytes(limitBytes)}`,
-    state: percentUsed >= 100 ? 'full' : percentUsed >= 80 ? 'warning' : 'ok',
+    limitBytes: usage.limitBytes,
+    percentUsed: usage.percentUsed,
+    label: `${formatBytes(taken)} of ${usage.limitText}`,
+    state: usage.state,
+    projects: new Map((usage.projects ?? []).map((project) => [project.projectId, project.usedBytes])),
+  }
+}
+
+/** A new project (the app has inserted its row): checks the quota, creates its directory. */
+export async function registerProject(userId: string, projectId: string): Promise<{ ok: true } | Refused> {
+  try {
+    await quota().registerProject(userId, projectId)
+    return { ok: true }
+  } catch (error) {
+    return refusal(error, (e) => `Not enough storage for a new project: only ${formatBytes(e.remainingBytes)} of your ${formatBytes(e.limitBytes)} is free.`)
   }
 }
 
@@ -74,91 +88,70 @@ export interface PendingUpload {
   ok: true
   userId: string
   projectId: string
-  uploadId: string
+  reservationId: string
   bytes: number
   dir: string
 }
 
-function refusal(error: unknown): Refused {
-  if (error instanceof QuotaExceededError) return { ok: false, message: error.message }
+/** A refusal for lack of room as a value, worded by `message`; anything else is thrown. */
+function refusal(error: unknown, message: (error: QuotaExceededError) => string): Refused {
+  if (error instanceof QuotaExceededError) return { ok: false, message: message(error) }
   throw error
 }
 
-/**
- * Before any byte is written: is there room for `bytes`?
- * Lifecycle API: `reserveUpload(userId, projectId, bytes)`, which holds the room until commit.
- */
+/** Before any byte is written: holds `bytes` of the user's quota for this upload. */
 export async function beginUpload(userId: string, projectId: string, bytes: number): Promise<PendingUpload | Refused> {
-  const check = await quota().checkQuota(userId, bytes)
-  if (!check.allowed) {
-    return {
-      ok: false,
-      message: `Not enough storage: this file is ${formatBytes(bytes)} but only ${formatBytes(check.remainingBytes)} of your ${formatBytes(check.limitBytes)} is free.`,
-    }
+  try {
+    const dir = await projectDirectory(userId, projectId)
+    const hold = await quota().reserveUpload(userId, projectId, bytes, { ttlMs: UPLOAD_TTL_MS })
+    return { ok: true, userId, projectId, reservationId: hold.reservationId, bytes, dir }
+  } catch (error) {
+    return refusal(
+      error,
+      (e) => `Not enough storage: this file is ${formatBytes(bytes)} but only ${formatBytes(e.remainingBytes)} of your ${formatBytes(e.limitBytes)} is free.`,
+    )
   }
-  const dir = await projectDirectory(userId, projectId)
-  return { ok: true, userId, projectId, uploadId: randomUUID(), bytes, dir }
 }
 
-/**
- * After the file is complete on disk: charge it. The uploadId makes a retry count once.
- * Lifecycle API: `commitUpload(upload.uploadId)`.
- */
+/** The file is complete on disk: the held bytes become used bytes. */
 export async function finishUpload(upload: PendingUpload): Promise<{ ok: true } | Refused> {
   try {
-    await quota().recordUpload(upload.userId, upload.projectId, upload.bytes, { uploadId: upload.uploadId })
+    await quota().commitUpload(upload.reservationId, upload.bytes, { userId: upload.userId })
     return { ok: true }
   } catch (error) {
-    return refusal(error)
+    return refusal(error, (e) => e.message)
   }
 }
 
-/**
- * The upload failed after beginUpload: nothing was charged, so nothing to undo yet.
- * Lifecycle API: `cancelUpload(upload.uploadId)` releases the reservation.
- */
-export async function abortUpload(_upload: PendingUpload): Promise<void> {}
+/** The upload failed: give the held bytes back (harmless if already settled or expired). */
+export async function abortUpload(upload: PendingUpload): Promise<void> {
+  await quota().cancelUpload(upload.reservationId, { userId: upload.userId })
+}
 
-/**
- * Deletes a file and gives its bytes back.
- * Lifecycle API: replace the UPDATE below with `recordDeletion(userId, projectId, bytes, …)`.
- * Until then this stand-in lowers `used_bytes` directly (the ledger has no deletion kind yet).
- */
+/** Deletes a file and gives its bytes back. */
 export async function deleteFile(userId: string, projectId: string, name: string): Promise<{ ok: true; bytes: number }> {
   const file = join(await projectDirectory(userId, projectId), name)
   const { size } = await stat(file)
   await unlink(file)
-  await db.query('UPDATE user_quotas SET used_bytes = greatest(used_bytes - $2, 0), updated_at = now() WHERE user_id = $1', [
-    userId,
-    size,
-  ])
+  await quota().recordDeletion(userId, projectId, size, { deletionId: randomUUID() })
   return { ok: true, bytes: size }
 }
 
 /**
- * Copies a project's files into a new project and charges the copy to the same user; refused
- * as a whole when it does not fit. Lifecycle API: `copyProject(userId, sourceId, targetId)`.
+ * Copies a project's files into a new, empty project (its row inserted by the app) and counts
+ * them; refused as a whole, before anything is copied, when they do not fit.
  */
 export async function copyProjectFiles(userId: string, sourceId: string, targetId: string): Promise<{ ok: true } | Refused> {
-  const source = await projectDirectory(userId, sourceId)
-  const bytes = (await listFiles(source)).reduce((sum, file) => sum + file.bytes, 0)
-  const check = await quota().checkQuota(userId, bytes)
-  if (!check.allowed) {
-    return {
-      ok: false,
-      message: `Not enough storage to copy: the project is ${formatBytes(bytes)} but only ${formatBytes(check.remainingBytes)} of your ${formatBytes(check.limitBytes)} is free.`,
-    }
-  }
-  const target = await projectDirectory(userId, targetId)
-  for (const file of await listFiles(source)) {
-    await cp(join(source, file.name), join(target, file.name), { errorOnExist: true, force: false })
-  }
   try {
-    await quota().recordUpload(userId, targetId, bytes, { uploadId: `copy:${sourceId}:${targetId}` })
+    await quota().copyProject(userId, sourceId, targetId)
     return { ok: true }
   } catch (error) {
-    await rm(target, { recursive: true, force: true })
-    return refusal(error)
+    // Nothing was counted; drop the new project's record and empty directory.
+    await quota().removeProject(userId, targetId)
+    return refusal(
+      error,
+      (e) => `Not enough storage to copy: the project is ${formatBytes(e.requestedBytes)} but only ${formatBytes(e.remainingBytes)} of your ${formatBytes(e.limitBytes)} is free.`,
+    )
   }
 }
 

@@ -1,8 +1,8 @@
 // PUT /api/projects/:projectId/files?name=report.csv with the file as the raw body.
 // A route handler rather than a server action: it gets the body as a stream, so the file goes to
 // disk as it arrives (a server action receives the whole FormData in memory, capped by
-// serverActions.bodySizeLimit). The declared size is checked against the quota before any byte
-// is written, and the stream is cut off past it.
+// serverActions.bodySizeLimit). The declared size is reserved from the quota before any byte is
+// written, the stream is cut off past it, and the reservation is committed or cancelled.
 import { randomUUID } from 'node:crypto'
 import { link, unlink } from 'node:fs/promises'
 import { join } from 'node:path'
@@ -58,11 +58,9 @@ export async function PUT(request: NextRequest, { params }: { params: Promise<{ 
   } finally {
     await unlink(temporary).catch(() => {})
   }
-  const charged = await finishUpload(upload).catch(async (error) => {
-    await abortUpload(upload)
-    return { ok: false as const, message: describeError(error) }
-  })
+  const charged = await finishUpload(upload).catch((error) => ({ ok: false as const, message: describeError(error) }))
   if (!charged.ok) {
+    await abortUpload(upload).catch(() => {})
     await unlink(final).catch(() => {})
     return answer(413, charged)
   }
