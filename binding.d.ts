@@ -23,7 +23,7 @@ export declare class NativeClient {
   /** Charges an upload to the user's quota, atomically and at most once per upload id. */
   recordUpload(userId: string, projectId: string, bytes: number, options?: RecordUploadOptions | undefined | null): Promise<RecordedUpload>
   /** Holds `bytes` against the quota for an upload whose bytes arrive later. */
-  reserveUpload(userId: string, projectId: string, bytes: number, ttlMs?: number | undefined | null): Promise<Reservation>
+  reserveUpload(userId: string, projectId: string, bytes: number, ttlMs?: number | undefined | null, reservationId?: string | undefined | null): Promise<Reservation>
   /** Turns a reservation into usage (`actualBytes`, default the reserved amount). */
   commitUpload(reservationId: string, actualBytes?: number | undefined | null, userId?: string | undefined | null): Promise<SettledReservation>
   /** Gives a reservation's bytes back. */

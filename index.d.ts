@@ -123,6 +123,8 @@ export interface SimulationJob {
 export interface ReserveUploadOptions {
   /** How long the bytes are held, 1 s to 7 days. Default: the client's `reservationTtlMs` (1 h). */
   ttlMs?: number
+  /** A UUID you choose: a retry with the same id after a lost reply holds the bytes once. */
+  reservationId?: string
 }
 export interface OwnerOptions {
   /** Refuse (FORBIDDEN) a reservation that belongs to another user. */

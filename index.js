@@ -3,14 +3,17 @@
 // The package's hand-written JS layer: validation (Zod), error classes, a default client from
 // the environment, pure helpers for the UI. The native addon is loaded by ./binding.js.
 
-const { StorageQuotaClient, optionsFromEnv } = require('./lib/client.js')
+const { StorageQuotaClient, optionsFromEnv, parse } = require('./lib/client.js')
 const { StorageQuotaError, QuotaExceededError } = require('./lib/errors.js')
 const schemas = require('./lib/schemas.js')
 const { formatBytes, quotaPercentage, quotaState } = require('./lib/format.js')
 
 /** A client with its own pool. Options default to the environment (see README). */
 function createClient(options) {
-  return new StorageQuotaClient({ ...optionsFromEnv(), ...(options ?? {}) })
+  // Validate before merging: spreading a hostile object (throwing getter, Proxy) would throw
+  // something other than INVALID_ARGUMENT.
+  const given = parse(schemas.ClientOptionsSchema, options ?? {}, 'options')
+  return new StorageQuotaClient({ ...optionsFromEnv(), ...given })
 }
 
 let defaultClient = null

@@ -75,6 +75,7 @@ test('on an existing app: paths and quotas for every project, rows untouched, ro
   const client = createClient({ databaseUrl: db.url, storageRoot: db.storageRoot })
   try {
     await client.migrate()
+    const schemaUp = await schemaDump(db)
 
     const paths = await db.query(
       `SELECT p.id, p.user_id, sp.key, sp.path, sp.backend, p.storage_path_id = sp.id AS linked
@@ -108,8 +109,10 @@ test('on an existing app: paths and quotas for every project, rows untouched, ro
     assert.deepEqual(await appRows(db), rowsBefore, 'rollback keeps every app row')
 
     await client.migrate()
+    assert.equal(await schemaDump(db), schemaUp, 'up → down → up gives the same schema')
     const again = await db.query('SELECT count(*)::int AS n FROM project_storage_paths')
     assert.equal(again.rows[0].n, 5)
+    assert.deepEqual(await appRows(db), rowsBefore, 'up → down → up keeps every app row')
     await client.rollback(2)
     assert.equal(await schemaDump(db), schemaBefore, 'migrate → rollback → migrate → rollback is stable')
   } finally {

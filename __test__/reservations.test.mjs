@@ -163,3 +163,19 @@ test('concurrent reserve/commit/cancel for one user never pass the limit and set
     await Promise.all(others.map((c) => c.close()))
   }
 })
+
+test('a caller-chosen reservationId makes a retried reserve hold the bytes once', async () => {
+  const user = 'user_res_retry'
+  const project = await insertProject(db, user)
+  const reservationId = '5d0c1a6e-1f7b-4c3e-9a2d-8b7e6f5a4c3b'
+  const attempts = await Promise.all(
+    Array.from({ length: 5 }, () => client.reserveUpload(user, project, 3 * MB, { reservationId })),
+  )
+  assert.ok(attempts.every((r) => r.reservationId === reservationId))
+  assert.equal((await counters(user)).reserved, 3 * MB, 'held once')
+  const other = await rejection(client.reserveUpload(user, project, 4 * MB, { reservationId }))
+  assert.equal(other.code, 'CONFLICT', 'the same id for a different size')
+  await client.commitUpload(reservationId)
+  assert.equal((await rejection(client.reserveUpload(user, project, 3 * MB, { reservationId }))).code, 'CONFLICT')
+  assert.deepEqual(await counters(user), { used: 3 * MB, reserved: 0, ledger: 3 * MB })
+})

@@ -1,14 +1,22 @@
 'use strict'
 
 const { NativeClient } = require('../binding.js')
-const { fromNative, fromZod } = require('./errors.js')
+const { StorageQuotaError, describeThrown, fromNative, fromZod } = require('./errors.js')
 const { createLogger } = require('./log.js')
 const S = require('./schemas.js')
 
 function parse(schema, value, what) {
-  const result = schema.safeParse(value)
-  if (!result.success) throw fromZod(result.error, what)
-  return result.data
+  let failure
+  try {
+    const result = schema.safeParse(value)
+    if (result.success) return result.data
+    failure = fromZod(result.error, what)
+  } catch (error) {
+    // A getter or Proxy trap that throws while Zod reads the value (or describes it in an
+    // issue's message): still the caller's bad input.
+    failure = new StorageQuotaError('INVALID_ARGUMENT', `invalid ${what}: reading it threw (${describeThrown(error)})`)
+  }
+  throw failure
 }
 
 /**
@@ -70,8 +78,8 @@ class StorageQuotaClient {
     const user = parse(S.UserIdSchema, userId, 'userId')
     const project = parse(S.ProjectIdSchema, projectId, 'projectId')
     const size = parse(S.BytesSchema, bytes, 'bytes')
-    const { ttlMs } = parse(S.ReserveUploadOptionsSchema, options ?? {}, 'options')
-    return this.#charged('reserveUpload', user, () => this.#native.reserveUpload(user, project, size, ttlMs))
+    const { ttlMs, reservationId } = parse(S.ReserveUploadOptionsSchema, options ?? {}, 'options')
+    return this.#charged('reserveUpload', user, () => this.#native.reserveUpload(user, project, size, ttlMs, reservationId))
   }
 
   /**
@@ -244,4 +252,4 @@ function optionsFromEnv(env = process.env) {
   return options
 }
 
-module.exports = { StorageQuotaClient, optionsFromEnv }
+module.exports = { StorageQuotaClient, optionsFromEnv, parse }

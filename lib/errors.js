@@ -41,13 +41,24 @@ function fromNative(error) {
       // fall through: not our payload after all
     }
   }
-  // napi's own argument conversion ("Failed to convert JavaScript value ...").
-  if (error && error.code === 'InvalidArg') {
+  // napi's own argument conversion ("Failed to convert JavaScript value ..."): InvalidArg,
+  // StringExpected, NumberExpected, ObjectExpected, …
+  if (error && typeof error.code === 'string' && (error.code === 'InvalidArg' || error.code.endsWith('Expected'))) {
     return new StorageQuotaError('INVALID_ARGUMENT', text)
   }
   const wrapped = new StorageQuotaError('INTERNAL', text || String(error))
   wrapped.cause = error
   return wrapped
+}
+
+/** What a thrown value says, without calling anything on it that could throw again. */
+function describeThrown(value) {
+  try {
+    if (value instanceof Error) return `${value.name}: ${value.message}`
+    return typeof value
+  } catch {
+    return 'an unreadable value'
+  }
 }
 
 /** A ZodError as INVALID_ARGUMENT, naming the argument and what was wrong with it. */
@@ -62,4 +73,4 @@ function fromZod(zodError, what) {
   return new StorageQuotaError('INVALID_ARGUMENT', `invalid ${what}: ${summary}`, { issues })
 }
 
-module.exports = { StorageQuotaError, QuotaExceededError, fromNative, fromZod }
+module.exports = { StorageQuotaError, QuotaExceededError, describeThrown, fromNative, fromZod }

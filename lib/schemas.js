@@ -39,7 +39,11 @@ const RecordUploadOptionsSchema = z.strictObject({
 })
 
 const TtlMsSchema = z.number().int().min(1000).max(7 * 24 * 60 * 60 * 1000)
-const ReserveUploadOptionsSchema = z.strictObject({ ttlMs: TtlMsSchema.optional() })
+const ReserveUploadOptionsSchema = z.strictObject({
+  ttlMs: TtlMsSchema.optional(),
+  /** A UUID chosen by the caller: retrying with it after a lost reply holds the bytes once. */
+  reservationId: ReservationIdSchema.optional(),
+})
 const OwnerOptionsSchema = z.strictObject({ userId: UserIdSchema.optional() })
 const RecordDeletionOptionsSchema = z.strictObject({
   uploadId: UploadIdSchema.optional(),

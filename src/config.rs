@@ -17,6 +17,19 @@ pub const DEFAULT_APPLICATION_NAME: &str = "storage-quota";
 pub const DEFAULT_RESERVATION_TTL_MS: i64 = 60 * 60 * 1000;
 /// Longest reservation: a week. Longer holds are leaks, not uploads.
 pub const MAX_RESERVATION_TTL_MS: i64 = 7 * 24 * 60 * 60 * 1000;
+/// Largest timeout accepted, in ms: 2^31 − 1, as the JS schema (and `setTimeout`) allow.
+pub const MAX_TIMEOUT_MS: u32 = 2_147_483_647;
+
+/// A whole number from `min` to `max`; anything else (NaN, 1.5, -1, 1e12) is INVALID_ARGUMENT.
+pub fn parse_whole(name: &str, value: f64, min: u32, max: u32) -> Result<u32> {
+  if value.is_finite() && value.fract() == 0.0 && value >= min.into() && value <= max.into() {
+    Ok(value as u32)
+  } else {
+    Err(QuotaError::invalid(format!(
+      "{name} must be a whole number from {min} to {max}, got {value}"
+    )))
+  }
+}
 
 /// Options as they arrive from JS, every one optional.
 #[derive(Debug, Default, Clone)]
@@ -24,9 +37,11 @@ pub struct RawOptions {
   pub database_url: Option<String>,
   pub storage_root: Option<String>,
   pub default_quota_bytes: Option<f64>,
-  pub pool_size: Option<u32>,
-  pub connect_timeout_ms: Option<u32>,
-  pub statement_timeout_ms: Option<u32>,
+  /// Numbers arrive as JS numbers and are checked here: napi's own `u32` conversion would
+  /// wrap -1 to 4294967295 and truncate 1.5 to 1 without a word.
+  pub pool_size: Option<f64>,
+  pub connect_timeout_ms: Option<f64>,
+  pub statement_timeout_ms: Option<f64>,
   pub application_name: Option<String>,
   pub mode: Option<String>,
   pub rollout_percent: Option<u32>,
@@ -68,17 +83,18 @@ impl Config {
       None => DEFAULT_QUOTA_BYTES,
     };
     debug_assert!(default_quota_bytes <= MAX_BYTES);
-    let pool_size = raw.pool_size.unwrap_or(DEFAULT_POOL_SIZE);
-    if !(1..=1000).contains(&pool_size) {
-      return Err(QuotaError::invalid("poolSize must be from 1 to 1000"));
-    }
-    let connect_timeout_ms = raw.connect_timeout_ms.unwrap_or(DEFAULT_CONNECT_TIMEOUT_MS);
-    if connect_timeout_ms == 0 {
-      return Err(QuotaError::invalid("connectTimeoutMs must be at least 1"));
-    }
-    let statement_timeout_ms = raw
-      .statement_timeout_ms
-      .unwrap_or(DEFAULT_STATEMENT_TIMEOUT_MS);
+    let pool_size = match raw.pool_size {
+      Some(value) => parse_whole("poolSize", value, 1, 1000)?,
+      None => DEFAULT_POOL_SIZE,
+    };
+    let connect_timeout_ms = match raw.connect_timeout_ms {
+      Some(value) => parse_whole("connectTimeoutMs", value, 1, MAX_TIMEOUT_MS)?,
+      None => DEFAULT_CONNECT_TIMEOUT_MS,
+    };
+    let statement_timeout_ms = match raw.statement_timeout_ms {
+      Some(value) => parse_whole("statementTimeoutMs", value, 0, MAX_TIMEOUT_MS)?,
+      None => DEFAULT_STATEMENT_TIMEOUT_MS,
+    };
     let application_name = raw
       .application_name
       .unwrap_or_else(|| DEFAULT_APPLICATION_NAME.to_owned());
@@ -191,7 +207,7 @@ mod tests {
   fn rejects_out_of_range_options() {
     let bad = |raw: RawOptions| Config::from_options(raw).is_err();
     assert!(bad(RawOptions {
-      pool_size: Some(0),
+      pool_size: Some(0.0),
       ..Default::default()
     }));
     assert!(bad(RawOptions {
@@ -199,7 +215,20 @@ mod tests {
       ..Default::default()
     }));
     assert!(bad(RawOptions {
-      connect_timeout_ms: Some(0),
+      connect_timeout_ms: Some(0.0),
+      ..Default::default()
+    }));
+    // napi would have turned these into 4294967295, 1 and 0.
+    assert!(bad(RawOptions {
+      connect_timeout_ms: Some(-1.0),
+      ..Default::default()
+    }));
+    assert!(bad(RawOptions {
+      statement_timeout_ms: Some(1.5),
+      ..Default::default()
+    }));
+    assert!(bad(RawOptions {
+      pool_size: Some(f64::NAN),
       ..Default::default()
     }));
     assert!(bad(RawOptions {

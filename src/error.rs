@@ -123,11 +123,16 @@ impl From<tokio_postgres::Error> for QuotaError {
         .source()
         .is_some_and(|source| source.downcast_ref::<std::io::Error>().is_some());
       return if error.is_closed() || io_failure {
+        crate::pool::connection_lost();
         QuotaError::DbUnavailable(format!("lost the connection to PostgreSQL: {error}"))
       } else {
         QuotaError::Internal(format!("database client error: {error}"))
       };
     };
+    if state.code().starts_with("57P") || state.code().starts_with("08") {
+      // The server terminated this connection (shutdown, restart, pg_terminate_backend).
+      crate::pool::connection_lost();
+    }
     let detail = error
       .as_db_error()
       .map(|db| db.message().to_string())

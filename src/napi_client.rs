@@ -231,10 +231,17 @@ impl NativeClient {
     project_id: String,
     bytes: f64,
     ttl_ms: Option<f64>,
+    reservation_id: Option<String>,
   ) -> Result<Reservation> {
     let r = self
       .inner
-      .reserve_upload(&user_id, &project_id, bytes, ttl_ms)
+      .reserve_upload(
+        &user_id,
+        &project_id,
+        bytes,
+        ttl_ms,
+        reservation_id.as_deref(),
+      )
       .await
       .map_err(to_js_error)?;
     Ok(with_usage!(
@@ -474,7 +481,7 @@ impl NativeClient {
 
   /// Reverts the `steps` most recent migrations; resolves to the versions reverted.
   #[napi]
-  pub async fn rollback(&self, steps: u32) -> Result<Vec<i32>> {
+  pub async fn rollback(&self, steps: f64) -> Result<Vec<i32>> {
     self.inner.rollback(steps).await.map_err(to_js_error)
   }
 

@@ -17,11 +17,11 @@ pub struct ClientOptions {
   /// Quota of a user who has no quota row yet, in bytes. Default 1 GiB (1073741824).
   pub default_quota_bytes: Option<f64>,
   /// Most connections this client opens. Default 10.
-  pub pool_size: Option<u32>,
+  pub pool_size: Option<f64>,
   /// Longest wait for a new connection, or for a free one from the pool, in ms. Default 5000.
-  pub connect_timeout_ms: Option<u32>,
+  pub connect_timeout_ms: Option<f64>,
   /// PostgreSQL `statement_timeout` for this client's connections, in ms. Default 10000.
-  pub statement_timeout_ms: Option<u32>,
+  pub statement_timeout_ms: Option<f64>,
   /// `application_name` shown in `pg_stat_activity`. Default `storage-quota`.
   pub application_name: Option<String>,
   /// `enforce` (default) refuses what does not fit; `shadow` counts everything and reports

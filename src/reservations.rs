@@ -46,9 +46,12 @@ macro_rules! reserve_sql {
       "
 WITH owner AS (
   SELECT p.user_id FROM projects p WHERE p.id = $2
+), prior AS (
+  SELECT r.user_id, r.project_id, r.bytes, r.status, r.expires_at FROM quota_reservations r WHERE r.id = $4
 ), charged AS (
   UPDATE user_quotas q SET reserved_bytes = q.reserved_bytes + $3, updated_at = now()
    WHERE q.user_id = $1
+     AND NOT EXISTS (SELECT 1 FROM prior)
      AND EXISTS (SELECT 1 FROM owner WHERE owner.user_id = $1)
      AND ",
       $limit,
@@ -60,8 +63,10 @@ WITH owner AS (
   RETURNING expires_at
 )
 SELECT (SELECT user_id FROM owner) AS owner_id, (SELECT expires_at FROM held) AS expires_at,
-       c.used_bytes, c.reserved_bytes, c.limit_bytes
-  FROM (SELECT 1) AS one LEFT JOIN charged c ON true"
+       c.used_bytes, c.reserved_bytes, c.limit_bytes,
+       p.user_id AS prior_user, p.project_id AS prior_project, p.bytes AS prior_bytes,
+       p.status AS prior_status, p.expires_at AS prior_expires_at
+  FROM (SELECT 1) AS one LEFT JOIN charged c ON true LEFT JOIN prior p ON true"
     )
   };
 }
@@ -125,7 +130,9 @@ const USERS_WITH_EXPIRED: &str = "
 SELECT DISTINCT user_id FROM quota_reservations
  WHERE status = 'pending' AND expires_at <= now() LIMIT 1000";
 
-/// Holds `bytes` for an upload to `project` for `ttl_ms`.
+/// Holds `bytes` for an upload to `project` for `ttl_ms`. With a caller-chosen `id`, a retry
+/// after a lost reply finds the reservation already made and holds nothing more.
+#[allow(clippy::too_many_arguments)]
 pub async fn reserve(
   conn: &mut PgConnection,
   user: &UserId,
@@ -134,8 +141,9 @@ pub async fn reserve(
   ttl_ms: i64,
   default_limit: i64,
   mode: Mode,
+  id: Option<uuid::Uuid>,
 ) -> Result<Reservation> {
-  let reservation_id = uuid::Uuid::new_v4();
+  let reservation_id = id.unwrap_or_else(uuid::Uuid::new_v4);
   let sql = if mode == Mode::Enforce {
     RESERVE
   } else {
@@ -150,7 +158,39 @@ pub async fn reserve(
       sql,
       &[&user.as_str(), &project_id, &bytes, &reservation_id, &ttl],
     )
-    .await?;
+    .await;
+    let row = match row {
+      Ok(row) => row,
+      // A concurrent call with the same reservation id inserted it first: read it next time.
+      Err(error) if error.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION) => {
+        continue
+      }
+      Err(error) => return Err(error.into()),
+    };
+    if let Some(prior_user) = row.get::<_, Option<String>>("prior_user") {
+      let same = prior_user == user.as_str()
+        && row.get::<_, uuid::Uuid>("prior_project") == project.uuid()
+        && row.get::<_, i64>("prior_bytes") == bytes;
+      let status: String = row.get("prior_status");
+      if !same || status != "pending" {
+        return Err(QuotaError::Conflict(format!(
+          "reservation {reservation_id} already exists ({status}) for another user, project or size; use a new reservationId"
+        )));
+      }
+      let usage = read_usage(conn, user)
+        .await?
+        .ok_or_else(|| QuotaError::Internal("quota row missing for a reservation".into()))?;
+      return Ok(Reservation {
+        reservation_id,
+        user_id: prior_user,
+        project_id: project.uuid(),
+        bytes,
+        expires_at: row.get("prior_expires_at"),
+        would_refuse: false,
+        usage,
+        mode,
+      });
+    }
     check_owner(row.get("owner_id"), user, project)?;
     if let Some(expires_at) = row.get::<_, Option<DateTime<Utc>>>("expires_at") {
       let usage = Usage {

@@ -172,7 +172,9 @@ impl Client {
     applied
   }
 
-  pub async fn rollback(&self, steps: u32) -> Result<Vec<i32>> {
+  /// `steps` from 1 to 1000, checked here too: a direct caller's -1 must not mean "all".
+  pub async fn rollback(&self, steps: f64) -> Result<Vec<i32>> {
+    let steps = crate::config::parse_whole("steps", steps, 1, 1000)?;
     let pool = self.pool()?;
     let reverted = {
       let mut conn = pool.get().await?;

@@ -43,7 +43,9 @@ impl Client {
     project_id: &str,
     bytes: f64,
     ttl_ms: Option<f64>,
+    reservation_id: Option<&str>,
   ) -> Result<Reservation> {
+    let id = reservation_id.map(parse_reservation_id).transpose()?;
     let user = UserId::parse(user_id)?;
     let project = ProjectId::parse(project_id)?;
     let bytes = parse_bytes("bytes", bytes)?;
@@ -54,7 +56,7 @@ impl Client {
     let (mode, limit) = (self.mode_for(&user), self.default_limit());
     self
       .with_conn(async |conn| {
-        reservations::reserve(&mut conn.0, &user, &project, bytes, ttl, limit, mode).await
+        reservations::reserve(&mut conn.0, &user, &project, bytes, ttl, limit, mode, id).await
       })
       .await
   }
@@ -276,7 +278,7 @@ impl Client {
     let ttl = self.config.reservation_ttl_ms;
     let reservation = self
       .with_conn(async |conn| {
-        reservations::reserve(&mut conn.0, &user, &target, size, ttl, limit, mode).await
+        reservations::reserve(&mut conn.0, &user, &target, size, ttl, limit, mode, None).await
       })
       .await?;
     let (copy_root, copy_user) = (root.clone(), user.clone());

@@ -98,6 +98,14 @@ impl Client {
   /// Whether `sizes` (one upload, or the files of a multi-file upload) fit.
   pub async fn check_quota(&self, user_id: &str, sizes: &[f64]) -> Result<QuotaCheck> {
     let user = UserId::parse(user_id)?;
+    // Same bounds as the JS schema (BytesListSchema): a direct caller's [] or a million sizes
+    // must not reach SQL.
+    if sizes.is_empty() || sizes.len() > 10_000 {
+      return Err(QuotaError::invalid(format!(
+        "bytes must list 1 to 10000 sizes, got {}",
+        sizes.len()
+      )));
+    }
     let sizes = sizes
       .iter()
       .map(|&size| parse_bytes("bytes", size))
