@@ -1,0 +1,217 @@
+// The example Next.js app in a real browser: create a project, upload, watch the quota bar,
+// be refused, copy, delete. Every step is checked where it lands too: on disk and in PostgreSQL.
+// Run with `npm run test:e2e` (packs the tarballs first). E2E_REUSE_BUILD=1 skips `npm ci` and
+// `next build` when the example is already installed and built.
+import assert from 'node:assert/strict'
+import { execFileSync } from 'node:child_process'
+import { existsSync, mkdirSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs'
+import { request } from 'node:http'
+import { join } from 'node:path'
+import { after, before, test } from 'node:test'
+import { createTestDatabase } from '../__test__/helpers/db.mjs'
+import { APP, OUTPUT, buildApp, installApp, launchBrowser, listDir, startApp } from './helpers.mjs'
+
+const KB = 1024
+const QUOTA = 1024 * KB // 1 MB per user, so a few small files fill it
+
+let app
+let browser
+let page
+
+// Registered first so it runs first: the app stops before its database is dropped.
+after(async () => {
+  // What the page and the server looked like at the end, for when a step failed.
+  await page?.screenshot({ path: join(OUTPUT, 'last.png'), fullPage: true }).catch(() => {})
+  if (app) writeFileSync(join(OUTPUT, 'next.log'), app.log())
+  await browser?.close()
+  await app?.stop()
+})
+
+// At the top level: the helper drops the database when the file ends.
+const db = await createTestDatabase('e2e')
+
+before(async () => {
+  rmSync(OUTPUT, { recursive: true, force: true })
+  mkdirSync(OUTPUT, { recursive: true })
+  if (!process.env.E2E_REUSE_BUILD) {
+    console.log(`npm ci in examples/nextjs: ${installApp().toFixed(1)} s`)
+    console.log(`next build: ${buildApp().toFixed(1)} s`)
+  }
+  app = await startApp({
+    DATABASE_URL: db.url,
+    STORAGE_ROOT: db.storageRoot,
+    STORAGE_QUOTA_DEFAULT_BYTES: String(QUOTA),
+  })
+  browser = await launchBrowser()
+  page = await browser.context.newPage()
+})
+
+async function shot(name) {
+  await page.screenshot({ path: join(OUTPUT, `${name}.png`), fullPage: true })
+}
+
+/** Waits until the quota bar reads `label`, e.g. "420 KB of 1 MB". */
+async function quotaReads(label) {
+  await page.getByTestId('quota-label').filter({ hasText: new RegExp(`^${label}$`) }).waitFor({ timeout: 15_000 })
+}
+
+async function usedBytes(userId) {
+  const { rows } = await db.query('SELECT used_bytes, reserved_bytes FROM user_quotas WHERE user_id = $1', [userId])
+  return rows.length ? Number(rows[0].used_bytes) + Number(rows[0].reserved_bytes) : 0
+}
+
+function project(name) {
+  return page.getByTestId('project').filter({ has: page.getByRole('heading', { name, exact: true }) })
+}
+
+async function upload(card, name, bytes) {
+  await card.getByLabel('File to upload').setInputFiles({ name, mimeType: 'application/octet-stream', buffer: Buffer.alloc(bytes, 7) })
+  await card.getByRole('button', { name: 'Upload', exact: true }).click()
+  return card.getByTestId('upload-form').getByRole('status')
+}
+
+test('the package loads its binary from the platform package it was installed with', () => {
+  const installed = join(APP, 'node_modules', 'storage-quota')
+  assert.deepEqual(readdirSync(installed).filter((file) => file.endsWith('.node')), [])
+  const loaded = execFileSync(
+    process.execPath,
+    ['-e', "require('storage-quota'); console.log(Object.keys(require.cache).filter((f) => f.endsWith('.node')).join('\\n'))"],
+    { cwd: APP, encoding: 'utf8' },
+  ).trim()
+  assert.equal(loaded, join(APP, 'node_modules', 'storage-quota-linux-x64-gnu', 'storage-quota.linux-x64-gnu.node'))
+})
+
+test('create, upload, refuse, copy, delete: the bar, the disk and the database agree', async (t) => {
+  await page.goto(app.url)
+  await page.getByLabel('Your name').fill('Ada')
+  await page.getByRole('button', { name: 'Sign in' }).click()
+  await quotaReads('0 B of 1 MB')
+  const userId = (await page.getByTestId('user-id').textContent()).trim()
+  assert.match(userId, /^user_[0-9a-f]{27}$/)
+  await shot('1-signed-in')
+
+  let thesisId
+  await t.test('create project: the app inserts it, storage-quota gives it a directory', async () => {
+    await page.getByLabel('Project name').fill('Thesis')
+    await page.getByRole('button', { name: 'Create project' }).click()
+    await project('Thesis').waitFor()
+    thesisId = await project('Thesis').getAttribute('data-project-id')
+    const { rows } = await db.query('SELECT path FROM project_storage_paths WHERE project_id = $1 AND user_id = $2', [thesisId, userId])
+    assert.equal(rows.length, 1)
+    assert.equal(rows[0].path, join(db.storageRoot, userId, thesisId) + '/')
+    assert.ok(statSync(rows[0].path).isDirectory())
+    assert.equal(await project('Thesis').getByTestId('project-size').textContent(), '0 B')
+  })
+
+  const thesisDir = () => join(db.storageRoot, userId, thesisId)
+
+  await t.test('upload: the file is on disk, charged, and the bar moves', async () => {
+    const status = await upload(project('Thesis'), 'data.bin', 420 * KB)
+    await status.filter({ hasText: 'Uploaded data.bin.' }).waitFor()
+    await quotaReads('420 KB of 1 MB')
+    assert.equal(await page.getByTestId('quota-percent').textContent(), '41.0%')
+    assert.equal(await page.getByTestId('quota').getAttribute('data-state'), 'normal')
+    assert.equal(await project('Thesis').getByTestId('project-size').textContent(), '420 KB')
+    assert.deepEqual(listDir(thesisDir()), ['data.bin'])
+    assert.equal(statSync(join(thesisDir(), 'data.bin')).size, 420 * KB)
+    assert.equal(await usedBytes(userId), 420 * KB)
+    await shot('2-uploaded')
+  })
+
+  await t.test('copy: the copy is charged and the bar turns amber (nearing) past 75 %', async () => {
+    await project('Thesis').getByRole('button', { name: 'Copy project' }).click()
+    await project('Thesis (copy)').waitFor()
+    await quotaReads('840 KB of 1 MB')
+    assert.equal(await page.getByTestId('quota').getAttribute('data-state'), 'nearing')
+    assert.equal(await project('Thesis (copy)').getByTestId('project-size').textContent(), '420 KB')
+    const copyId = await project('Thesis (copy)').getAttribute('data-project-id')
+    assert.equal(statSync(join(db.storageRoot, userId, copyId, 'data.bin')).size, 420 * KB)
+    assert.equal(await usedBytes(userId), 840 * KB)
+    await shot('3-copied')
+  })
+
+  await t.test('an upload that does not fit is refused with the message, and nothing is stored', async () => {
+    const { rows: before } = await db.query('SELECT count(*)::int AS n FROM quota_ledger WHERE user_id = $1', [userId])
+    const status = await upload(project('Thesis'), 'too-big.bin', 300 * KB)
+    await status.filter({ hasText: 'Not enough storage' }).waitFor()
+    assert.equal(
+      await status.textContent(),
+      'Not enough storage: this file is 300 KB but only 184 KB of your 1 MB is free.',
+    )
+    await shot('4-upload-refused')
+    assert.deepEqual(listDir(thesisDir()), ['data.bin'], 'no file and no partial upload left behind')
+    assert.equal(await usedBytes(userId), 840 * KB)
+    const { rows: now } = await db.query('SELECT count(*)::int AS n FROM quota_ledger WHERE user_id = $1', [userId])
+    assert.equal(now[0].n, before[0].n)
+    await page.reload()
+    await quotaReads('840 KB of 1 MB')
+  })
+
+  await t.test('a copy that does not fit is refused as a whole', async () => {
+    const { rows: before } = await db.query('SELECT count(*)::int AS n FROM projects WHERE user_id = $1', [userId])
+    const copyForm = project('Thesis').getByTestId('copy-project')
+    await copyForm.getByRole('button', { name: 'Copy project' }).click()
+    await copyForm.getByRole('status').filter({ hasText: 'Not enough storage to copy' }).waitFor()
+    await shot('5-copy-refused')
+    const { rows: now } = await db.query('SELECT count(*)::int AS n FROM projects WHERE user_id = $1', [userId])
+    assert.equal(now[0].n, before[0].n)
+    assert.equal(listDir(join(db.storageRoot, userId)).length, 2)
+    assert.equal(await usedBytes(userId), 840 * KB)
+  })
+
+  /** A chunked PUT (no Content-Length to hold the body to its size) declaring `declared` bytes. */
+  function rawUpload(name, declared, chunks) {
+    return new Promise((resolve, reject) => {
+      const req = request(
+        `${app.url}/api/projects/${thesisId}/files?name=${name}`,
+        { method: 'PUT', headers: { cookie: `example_user_id=${userId}`, 'x-upload-bytes': String(declared) } },
+        (res) => {
+          let body = ''
+          res.on('data', (chunk) => (body += chunk))
+          res.on('end', () => resolve({ status: res.statusCode, body: JSON.parse(body) }))
+        },
+      )
+      req.on('error', reject)
+      for (const chunk of chunks) req.write(chunk)
+      req.end()
+    })
+  }
+
+  await t.test('a client that sends more than it declared is cut off, and nothing is stored', async () => {
+    const answer = await rawUpload('liar.bin', 10 * KB, Array.from({ length: 10 }, () => Buffer.alloc(5 * KB, 1)))
+    assert.equal(answer.status, 400)
+    assert.equal(answer.body.ok, false)
+    assert.match(answer.body.message, /more than the 10240 bytes it declared/)
+    assert.deepEqual(listDir(thesisDir()), ['data.bin'], 'no file and no partial upload left behind')
+    assert.equal(await usedBytes(userId), 840 * KB)
+  })
+
+  await t.test('a body shorter than declared is not stored either', async () => {
+    const answer = await rawUpload('short.bin', 10 * KB, [Buffer.alloc(4 * KB, 1)])
+    assert.equal(answer.status, 400)
+    assert.match(answer.body.message, /ended after 4096 of the 10240 bytes/)
+    assert.deepEqual(listDir(thesisDir()), ['data.bin'])
+    assert.equal(await usedBytes(userId), 840 * KB)
+  })
+
+  await t.test('delete frees: the file is gone and the bar goes back', async () => {
+    const file = project('Thesis (copy)').getByTestId('file').filter({ hasText: 'data.bin' })
+    await file.getByRole('button', { name: 'Delete' }).click()
+    await quotaReads('420 KB of 1 MB')
+    assert.equal(await project('Thesis (copy)').getByTestId('project-size').textContent(), '0 B')
+    const copyId = await project('Thesis (copy)').getAttribute('data-project-id')
+    assert.deepEqual(listDir(join(db.storageRoot, userId, copyId)), [])
+    assert.equal(await usedBytes(userId), 420 * KB)
+    assert.equal(existsSync(join(thesisDir(), 'data.bin')), true, 'the original is untouched')
+    await shot('6-deleted')
+  })
+
+  await t.test('after the delete, the upload that was refused fits', async () => {
+    const status = await upload(project('Thesis'), 'too-big.bin', 300 * KB)
+    await status.filter({ hasText: 'Uploaded too-big.bin.' }).waitFor()
+    await quotaReads('720 KB of 1 MB')
+    assert.deepEqual(listDir(thesisDir()), ['data.bin', 'too-big.bin'])
+    assert.equal(await usedBytes(userId), 720 * KB)
+    await shot('7-fits-after-delete')
+  })
+})

@@ -1,0 +1,3 @@
+// Who is signed in. With Clerk, this line becomes:
+//   export { auth } from '@clerk/nextjs/server'
+export { auth } from './session'
