@@ -15,8 +15,8 @@ async function open() {
   if (mode === 'bare') return { call: async () => {}, close: async () => {} }
   if (mode === 'ours' || mode === 'addon') {
     // `ours` is the package as apps import it (with its Zod validation layer); `addon` the
-    // native binding alone. Uploads of distinct users use the exclusive pool, checks the
-    // shared read connections, so together every connection opens.
+    // native binding alone (which takes a list of sizes). Checks and uploads of distinct users
+    // together open every connection of the pool.
     const options = { databaseUrl: url, poolSize, applicationName: `rss-${mode}` }
     const client =
       mode === 'ours'
@@ -25,7 +25,7 @@ async function open() {
     let n = 0
     const call = () => {
       const i = n++
-      if (i % 2 === 0) return client.checkQuota(user, 1)
+      if (i % 2 === 0) return client.checkQuota(user, mode === 'addon' ? [1] : 1)
       const u = userId(1 + ((i >> 1) % 64))
       return client.recordUpload(u, projectId(u), 1, { uploadId: `rss-${process.pid}-${i}` })
     }
