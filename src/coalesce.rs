@@ -66,18 +66,7 @@ impl Coalescer {
   ) -> Result<RecordedUpload> {
     let user = upload.user.as_str().to_owned();
     if !Self::enabled() {
-      let mut conn = pool.get().await?;
-      let u = &upload;
-      return quota::record_upload(
-        &mut conn.0,
-        &u.user,
-        &u.project,
-        u.bytes,
-        &u.upload_id,
-        default_limit,
-        Mode::Enforce,
-      )
-      .await;
+      return record_alone(&pool, &upload, default_limit).await;
     }
     let waiting = {
       let mut queues = self.queues();
@@ -111,17 +100,7 @@ impl Coalescer {
       user,
       default_limit,
     };
-    let mut conn = pool.get().await?;
-    quota::record_upload(
-      &mut conn.0,
-      &upload.user,
-      &upload.project,
-      upload.bytes,
-      &upload.upload_id,
-      default_limit,
-      Mode::Enforce,
-    )
-    .await
+    record_alone(&pool, &upload, default_limit).await
   }
 
   /// Only for A/B runs of bench/ (BENCHMARKS.md): `STORAGE_QUOTA_BENCH_COALESCE=0` turns it off.
@@ -187,6 +166,21 @@ impl Drop for Drain {
   }
 }
 
+/// One upload on its own: the single-statement path of `quota::record_upload`.
+async fn record_alone(pool: &Pool, upload: &Upload, default_limit: i64) -> Result<RecordedUpload> {
+  let mut conn = pool.get().await?;
+  quota::record_upload(
+    &mut conn.0,
+    &upload.user,
+    &upload.project,
+    upload.bytes,
+    &upload.upload_id,
+    default_limit,
+    Mode::Enforce,
+  )
+  .await
+}
+
 async fn run_batch(pool: &Pool, batch: Vec<Waiter>, default_limit: i64) {
   if batch.len() > 1 {
     let uploads: Vec<&Upload> = batch.iter().map(|(upload, _)| upload).collect();
@@ -204,21 +198,7 @@ async fn run_batch(pool: &Pool, batch: Vec<Waiter>, default_limit: i64) {
   // One upload, a user without a quota row yet, or the batch failed: each on its own, in
   // order, which gives each its own exact answer or error.
   for (upload, sender) in batch {
-    let answer = async {
-      let mut conn = pool.get().await?;
-      quota::record_upload(
-        &mut conn.0,
-        &upload.user,
-        &upload.project,
-        upload.bytes,
-        &upload.upload_id,
-        default_limit,
-        Mode::Enforce,
-      )
-      .await
-    }
-    .await;
-    let _ = sender.send(answer);
+    let _ = sender.send(record_alone(pool, &upload, default_limit).await);
   }
 }
 
