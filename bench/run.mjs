@@ -5,7 +5,7 @@
 // numbers as JSON, to bench/results/.
 //
 //   node bench/run.mjs [--quick] [--only=throughput,scale,migration,memory]
-//                      [--reps=N] [--duration=ms] [--warmup=ms] [--ops=checkQuota,recordUpload]
+//                      [--reps=N] [--duration=ms] [--warmup=ms] [--ops=checkQuota,recordUpload,reserveCommit]
 //                      [--concurrency=1,16,64] [--contenders=ours,pg,postgresjs,pgbench]
 import { mkdir, writeFile } from 'node:fs/promises'
 import os from 'node:os'
@@ -23,7 +23,7 @@ const args = Object.fromEntries(
 const quick = Boolean(args.quick)
 const list = (v, d) => (v ? String(v).split(',') : d)
 const settings = {
-  ops: list(args.ops, ['checkQuota', 'recordUpload']),
+  ops: list(args.ops, ['checkQuota', 'recordUpload', 'reserveCommit']),
   concurrencies: list(args.concurrency, ['1', '16', '64']).map(Number),
   distributions: list(args.users, ['random', 'hot']),
   contenders: list(args.contenders, ['ours', 'pg', 'postgresjs', 'pgbench']),

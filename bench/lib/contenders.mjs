@@ -1,11 +1,12 @@
 // The contenders: our addon through its public API, and the same operations written the way a
 // careful developer would with `pg` (node-postgres) and `postgres` (postgres.js): the same SQL
 // (read from src/quota.rs), prepared statements, the same retry and refusal logic, the same pool
-// size. Each contender is `{ checkQuota, recordUpload, close }`; to benchmark a new operation
-// (reserveUpload, commitUpload), add it to each contender here, to OPERATIONS in
-// bench/lib/scenarios.mjs and, for the pgbench ceiling, to bench/lib/pgbench.mjs.
+// size. Each contender is `{ checkQuota, recordUpload, reserveCommit, close }`; a new operation
+// is added to each contender here, to `measure` in bench/lib/worker.mjs and, for the pgbench
+// ceiling, to bench/lib/pgbench.mjs.
 import { createRequire } from 'node:module'
-import { ENSURE_QUOTA_ROW_SQL, RECORD_UPLOAD, SELECT_USAGE, SWEEP_USER_SQL } from './sql.mjs'
+import { randomUUID } from 'node:crypto'
+import { COMMIT, ENSURE_QUOTA_ROW_SQL, RECORD_UPLOAD, RESERVE, SELECT_USAGE, SWEEP_USER_SQL } from './sql.mjs'
 
 const require = createRequire(import.meta.url)
 const DEFAULT_LIMIT = 1_073_741_824
@@ -50,6 +51,31 @@ async function recordUploadWith(q, user, project, bytes, uploadId) {
   throw new Error('recordUpload could not settle')
 }
 
+/** reserveUpload then commitUpload (of the reserved size), as src/reservations.rs does them. */
+async function reserveCommitWith(q, user, project, bytes) {
+  const id = randomUUID()
+  for (let attempt = 0; attempt < 4; attempt++) {
+    await q(SWEEP_USER_SQL, 'sq_sweep_user', [user])
+    const [row] = await q(RESERVE, 'sq_reserve', [user, project, bytes, id, 3_600_000])
+    if (row.owner_id == null) throw new Error('NOT_FOUND')
+    if (row.owner_id !== user) throw new Error('FORBIDDEN')
+    if (row.expires_at != null) {
+      const [settled] = await q(COMMIT, 'sq_commit', [id, null, null, `reservation ${id}`, 'upload'])
+      if (Number(settled.writes) !== 2) throw new Error('commit did not settle')
+      return { reservationId: id, ...usageOf(settled) }
+    }
+    const [usage] = await q(SELECT_USAGE, 'sq_select_usage', [user])
+    if (!usage) {
+      await q(ENSURE_QUOTA_ROW_SQL, 'sq_ensure_quota_row', [user, DEFAULT_LIMIT])
+      continue
+    }
+    const u = usageOf(usage)
+    if (u.usedBytes + u.reservedBytes + bytes <= u.limitBytes) continue
+    throw new QuotaExceeded('quota exceeded')
+  }
+  throw new Error('reserveUpload could not settle')
+}
+
 function usageOf(row) {
   const usedBytes = Number(row.used_bytes)
   const reservedBytes = Number(row.reserved_bytes)
@@ -75,6 +101,10 @@ export const CONTENDERS = {
     return {
       checkQuota: (user, bytes) => client.checkQuota(user, bytes),
       recordUpload: (user, project, bytes, uploadId) => client.recordUpload(user, project, bytes, { uploadId }),
+      reserveCommit: async (user, project, bytes) => {
+        const held = await client.reserveUpload(user, project, bytes)
+        return client.commitUpload(held.reservationId)
+      },
       close: () => client.close(),
     }
   },
@@ -87,6 +117,7 @@ export const CONTENDERS = {
     return {
       checkQuota: (user, bytes) => checkQuotaWith(q, user, bytes),
       recordUpload: (user, project, bytes, uploadId) => recordUploadWith(q, user, project, bytes, uploadId),
+      reserveCommit: (user, project, bytes) => reserveCommitWith(q, user, project, bytes),
       close: () => pool.end(),
     }
   },
@@ -103,6 +134,7 @@ export const CONTENDERS = {
     return {
       checkQuota: (user, bytes) => checkQuotaWith(q, user, bytes),
       recordUpload: (user, project, bytes, uploadId) => recordUploadWith(q, user, project, bytes, uploadId),
+      reserveCommit: (user, project, bytes) => reserveCommitWith(q, user, project, bytes),
       close: () => sql.end({ timeout: 5 }),
     }
   },

@@ -4,7 +4,7 @@ import { spawn } from 'node:child_process'
 import { mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { RECORD_UPLOAD, SELECT_USAGE, SWEEP_USER_SQL, USER_BASE } from './sql.mjs'
+import { COMMIT, RECORD_UPLOAD, RESERVE, SELECT_USAGE, SWEEP_USER_SQL, USER_BASE } from './sql.mjs'
 import { percentile } from './stats.mjs'
 
 /**
@@ -27,6 +27,23 @@ function script(op, { users, hot }) {
     // Like the addon: the sweep of expired reservations pipelined before the charge.
     const sweep = oneLine(SWEEP_USER_SQL).replaceAll('$1', ':u')
     return `${head}\\startpipeline\n${sweep};\n${sql};\n\\endpipeline\n`
+  }
+  if (op === 'reserveCommit') {
+    // reserveUpload (sweep pipelined before it, as the addon does), then commitUpload.
+    const sweep = oneLine(SWEEP_USER_SQL).replaceAll('$1', ':u')
+    const reserve = oneLine(RESERVE)
+      .replaceAll('$1', ':u')
+      .replaceAll('$2', 'md5(:u)::uuid')
+      .replaceAll('$3', '1')
+      .replaceAll('$4', ':rid::uuid')
+      .replaceAll('$5', '3600000')
+    const commit = oneLine(COMMIT)
+      .replaceAll('$2', 'NULL::bigint')
+      .replaceAll('$3', 'NULL::text')
+      .replaceAll('$4', "('reservation ' || :rid)")
+      .replaceAll('$5', "'upload'")
+      .replaceAll('$1', ':rid::uuid')
+    return `${pick}\nSELECT gen_random_uuid()::text AS rid \\gset\n\\startpipeline\n${sweep};\n${reserve};\n\\endpipeline\n${commit};\n`
   }
   throw new Error(`pgbench: no script for ${op}`)
 }

@@ -24,7 +24,7 @@ export function rustConst(source, name, { optional = false } = {}) {
     }
   }
   if (optional) return null
-  throw new Error(`bench: const ${name} not found in src/quota.rs`)
+  throw new Error(`bench: const ${name} not found in the Rust source`)
 }
 
 const source = readFileSync(QUOTA_RS, 'utf8')
@@ -33,6 +33,11 @@ export const ENSURE_QUOTA_ROW_SQL = rustConst(source, 'ENSURE_QUOTA_ROW_SQL')
 export const RECORD_UPLOAD = rustConst(source, 'RECORD_UPLOAD')
 /** Present once reservations exist: run (pipelined, by the addon) before each charge. */
 export const SWEEP_USER_SQL = rustConst(source, 'SWEEP_USER_SQL', { optional: true })
+
+// Reservations: the statements of src/reservations.rs, for reserveUpload + commitUpload.
+const RESERVATIONS_RS = readFileSync(new URL('../../src/reservations.rs', import.meta.url), 'utf8')
+export const RESERVE = rustConst(RESERVATIONS_RS, 'RESERVE')
+export const COMMIT = rustConst(RESERVATIONS_RS, 'COMMIT')
 
 /** Seeded users are `1000001`, `1000002`, …: valid user ids of constant length, usable by pgbench. */
 export const USER_BASE = 1_000_000

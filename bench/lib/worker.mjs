@@ -12,13 +12,19 @@ async function measure({ op, concurrency, warmupMs, durationMs, users, hot }) {
   const tag = `b${process.pid.toString(36)}r${runs++}`
   let seq = 0
   const pick = () => (hot ? 1 : 1 + Math.floor(Math.random() * users))
-  const call =
-    op === 'checkQuota'
-      ? () => contender.checkQuota(userId(pick()), 1024)
-      : () => {
-          const user = userId(pick())
-          return contender.recordUpload(user, projectId(user), 1, `${tag}-${seq++}`)
-        }
+  const calls = {
+    checkQuota: () => contender.checkQuota(userId(pick()), 1024),
+    recordUpload: () => {
+      const user = userId(pick())
+      return contender.recordUpload(user, projectId(user), 1, `${tag}-${seq++}`)
+    },
+    reserveCommit: () => {
+      const user = userId(pick())
+      return contender.reserveCommit(user, projectId(user), 1)
+    },
+  }
+  const call = calls[op]
+  if (!call) throw new Error(`bench: unknown operation ${op}`)
 
   const latencies = []
   let errors = 0
