@@ -4,7 +4,7 @@ import { randomUUID } from 'node:crypto'
 import { mkdir, readdir, readFile, stat, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { createClient, formatBytes, quotaPercentage, quotaState } from '../index.js'
-import { createTestDatabase, insertProject, rejection } from './helpers/db.mjs'
+import { createTestDatabase, insertProject, quotaCounters, rejection } from './helpers/db.mjs'
 
 const MB = 1024 * 1024
 const db = await createTestDatabase('lifecycle')
@@ -18,15 +18,7 @@ const client = createClient({
 await client.migrate()
 after(() => client.close())
 
-async function counters(userId) {
-  const { rows } = await db.query(
-    `SELECT used_bytes::float8 AS used, reserved_bytes::float8 AS reserved,
-            (SELECT coalesce(sum(bytes), 0)::float8 FROM quota_ledger WHERE user_id = $1) AS ledger
-       FROM user_quotas WHERE user_id = $1`,
-    [userId],
-  )
-  return rows[0]
-}
+const counters = (userId) => quotaCounters(db, userId)
 
 async function writeFiles(dir, files) {
   for (const [name, bytes] of Object.entries(files)) {

@@ -1,7 +1,7 @@
 import { test, after } from 'node:test'
 import assert from 'node:assert/strict'
 import { createClient } from '../index.js'
-import { createTestDatabase, insertProject, rejection } from './helpers/db.mjs'
+import { createTestDatabase, insertProject, quotaCounters, rejection } from './helpers/db.mjs'
 
 const MB = 1024 * 1024
 const db = await createTestDatabase('reserve')
@@ -9,15 +9,7 @@ const client = createClient({ databaseUrl: db.url, storageRoot: db.storageRoot, 
 await client.migrate()
 after(() => client.close())
 
-async function counters(userId) {
-  const { rows } = await db.query(
-    `SELECT used_bytes::float8 AS used, reserved_bytes::float8 AS reserved,
-            (SELECT coalesce(sum(bytes), 0)::float8 FROM quota_ledger WHERE user_id = $1) AS ledger
-       FROM user_quotas WHERE user_id = $1`,
-    [userId],
-  )
-  return rows[0]
-}
+const counters = (userId) => quotaCounters(db, userId)
 
 test('a reservation counts at once; commit turns it into usage, smaller if the file was smaller', async () => {
   const user = 'user_res1'

@@ -70,3 +70,14 @@ export async function insertProject(db, userId, name = 'project') {
   const { rows } = await db.query('INSERT INTO projects (user_id, name) VALUES ($1, $2) RETURNING id', [userId, name])
   return rows[0].id
 }
+
+/** A user's counters and ledger sum, as plain numbers (undefined when the user has no row). */
+export async function quotaCounters(db, userId) {
+  const { rows } = await db.query(
+    `SELECT used_bytes::float8 AS used, reserved_bytes::float8 AS reserved,
+            (SELECT coalesce(sum(bytes), 0)::float8 FROM quota_ledger WHERE user_id = $1) AS ledger
+       FROM user_quotas WHERE user_id = $1`,
+    [userId],
+  )
+  return rows[0]
+}

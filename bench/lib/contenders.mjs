@@ -39,16 +39,23 @@ async function recordUploadWith(q, user, project, bytes, uploadId) {
     if (row.owner_id == null) throw new Error('NOT_FOUND')
     if (row.owner_id !== user) throw new Error('FORBIDDEN')
     if (Number(row.entries) === 1) return { uploadId, bytes, duplicate: false, ...usageOf(row) }
-    const [usage] = await q(SELECT_USAGE, 'sq_select_usage', [user])
-    if (!usage) {
-      await q(ENSURE_QUOTA_ROW_SQL, 'sq_ensure_quota_row', [user, DEFAULT_LIMIT])
-      continue
-    }
-    const u = usageOf(usage)
-    if (u.usedBytes + u.reservedBytes + bytes <= u.limitBytes) continue
-    throw new QuotaExceeded('quota exceeded')
+    await afterUncharged(q, user, bytes)
   }
   throw new Error('recordUpload could not settle')
+}
+
+/**
+ * Nothing was charged for a known owner (src/quota.rs after_uncharged): create a missing quota
+ * row, or let the caller retry when room appeared; otherwise the refusal.
+ */
+async function afterUncharged(q, user, bytes) {
+  const [usage] = await q(SELECT_USAGE, 'sq_select_usage', [user])
+  if (!usage) {
+    await q(ENSURE_QUOTA_ROW_SQL, 'sq_ensure_quota_row', [user, DEFAULT_LIMIT])
+    return
+  }
+  const u = usageOf(usage)
+  if (u.usedBytes + u.reservedBytes + bytes > u.limitBytes) throw new QuotaExceeded('quota exceeded')
 }
 
 /** reserveUpload then commitUpload (of the reserved size), as src/reservations.rs does them. */
@@ -64,14 +71,7 @@ async function reserveCommitWith(q, user, project, bytes) {
       if (Number(settled.writes) !== 2) throw new Error('commit did not settle')
       return { reservationId: id, ...usageOf(settled) }
     }
-    const [usage] = await q(SELECT_USAGE, 'sq_select_usage', [user])
-    if (!usage) {
-      await q(ENSURE_QUOTA_ROW_SQL, 'sq_ensure_quota_row', [user, DEFAULT_LIMIT])
-      continue
-    }
-    const u = usageOf(usage)
-    if (u.usedBytes + u.reservedBytes + bytes <= u.limitBytes) continue
-    throw new QuotaExceeded('quota exceeded')
+    await afterUncharged(q, user, bytes)
   }
   throw new Error('reserveUpload could not settle')
 }
