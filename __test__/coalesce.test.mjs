@@ -1,4 +1,4 @@
-// Concurrent uploads of one user inside one client are charged together (src/coalesce.rs).
+// Concurrent uploads of one user inside one client are charged together (src/quota/coalesce.rs).
 // What a caller relies on: each call still gets its own exact answer, the limit holds, and an
 // upload id counts once, whether or not its call was batched.
 import { test, after } from 'node:test'

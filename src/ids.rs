@@ -113,6 +113,17 @@ pub fn parse_bytes(name: &str, value: f64) -> Result<i64> {
   Ok(value as i64)
 }
 
+/// A whole number from `min` to `max`; anything else (NaN, 1.5, -1, 1e12) is INVALID_ARGUMENT.
+pub fn parse_whole(name: &str, value: f64, min: u32, max: u32) -> Result<u32> {
+  if value.is_finite() && value.fract() == 0.0 && value >= min.into() && value <= max.into() {
+    Ok(value as u32)
+  } else {
+    Err(QuotaError::invalid(format!(
+      "{name} must be a whole number from {min} to {max}, got {value}"
+    )))
+  }
+}
+
 #[cfg(test)]
 mod tests {
   use super::*;

@@ -1,29 +1,20 @@
 #![deny(clippy::all)]
 //! storage-quota: per-user storage quotas and safe per-project storage paths, enforced in
-//! PostgreSQL, for Node.js. The N-API surface is thin: `napi_types` holds the argument and
-//! result shapes (their `///` docs become the generated typings), `napi_client` the exported
-//! class and the one place errors become JS errors. The work happens in the plain modules.
+//! PostgreSQL, for Node.js.
+//!
+//! Layers, arrows pointing down only (`tests/layers.rs` checks it):
+//! - `napi`: the N-API binding; converts arguments and results and delegates;
+//! - `quota`: the domain (charges, reservations, deletions, limits, reconcile, project records);
+//! - `db` and `storage`: PostgreSQL (pool, TLS, migrations) and where files live (local disk,
+//!   object store), neither importing the other;
+//! - `error`, `ids`, `format`, `rollout`, `log`: pure helpers that import nothing above them.
 
-pub mod client;
-pub mod coalesce;
-pub mod config;
-pub mod deletions;
-pub mod disk;
+pub mod db;
 pub mod error;
 pub mod format;
 pub mod ids;
-pub mod limits;
 mod log;
-pub mod migrate;
-mod napi_client;
-mod napi_storage;
-mod napi_types;
-pub mod paths;
-pub mod pool;
-pub mod projects;
+mod napi;
 pub mod quota;
-pub mod reconcile;
-pub mod reservations;
 pub mod rollout;
 pub mod storage;
-mod tls;

@@ -1,6 +1,6 @@
 // The contenders: our addon through its public API, and the same operations written the way a
 // careful developer would with `pg` (node-postgres) and `postgres` (postgres.js): the same SQL
-// (read from src/quota.rs), prepared statements, the same retry and refusal logic, the same pool
+// (read from src/quota/usage.rs), prepared statements, the same retry and refusal logic, the same pool
 // size. Each contender is `{ checkQuota, recordUpload, reserveCommit, close }`; a new operation
 // is added to each contender here, to `measure` in bench/lib/worker.mjs and, for the pgbench
 // ceiling, to bench/lib/pgbench.mjs.
@@ -16,7 +16,7 @@ class QuotaExceeded extends Error {
 }
 
 /**
- * The decision logic of src/quota.rs record_upload, over any driver: `q(sql, name, params)`
+ * The decision logic of src/quota/usage.rs record_upload, over any driver: `q(sql, name, params)`
  * runs a prepared statement and resolves to its rows as plain objects with numbers.
  */
 async function recordUploadWith(q, user, project, bytes, uploadId) {
@@ -45,7 +45,7 @@ async function recordUploadWith(q, user, project, bytes, uploadId) {
 }
 
 /**
- * Nothing was charged for a known owner (src/quota.rs after_uncharged): create a missing quota
+ * Nothing was charged for a known owner (src/quota/usage.rs after_uncharged): create a missing quota
  * row, or let the caller retry when room appeared; otherwise the refusal.
  */
 async function afterUncharged(q, user, bytes) {
@@ -58,7 +58,7 @@ async function afterUncharged(q, user, bytes) {
   if (u.usedBytes + u.reservedBytes + bytes > u.limitBytes) throw new QuotaExceeded('quota exceeded')
 }
 
-/** reserveUpload then commitUpload (of the reserved size), as src/reservations.rs does them. */
+/** reserveUpload then commitUpload (of the reserved size), as src/quota/reservations.rs does them. */
 async function reserveCommitWith(q, user, project, bytes) {
   const id = randomUUID()
   for (let attempt = 0; attempt < 4; attempt++) {

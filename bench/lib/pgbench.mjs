@@ -8,7 +8,7 @@ import { COMMIT, RECORD_UPLOAD, RESERVE, SELECT_USAGE, SWEEP_USER_SQL, USER_BASE
 import { percentile } from './stats.mjs'
 
 /**
- * pgbench scripts for each operation: the statement text from src/quota.rs with its `$n`
+ * pgbench scripts for each operation: the statement text from src/quota/usage.rs with its `$n`
  * parameters as pgbench variables. The project id is `md5(user)::uuid`, how the seed names
  * each user's project (pgbench has no string variables), and the upload id a random number.
  */

@@ -1,9 +1,9 @@
-// The SQL the contenders run, read from src/quota.rs so the baselines always send exactly the
+// The SQL the contenders run, read from src/quota/usage.rs so the baselines always send exactly the
 // statements the addon sends (a change in quota.rs changes the baselines with it).
 import { readFileSync } from 'node:fs'
 import { createHash } from 'node:crypto'
 
-const QUOTA_RS = new URL('../../src/quota.rs', import.meta.url)
+const QUOTA_RS = new URL('../../src/quota/usage.rs', import.meta.url)
 
 // Rust string continuation (`\` + newline + indentation) joins lines.
 const unescape = (literal) => literal.replace(/\\\n\s*/g, '')
@@ -34,8 +34,8 @@ export const RECORD_UPLOAD = rustConst(source, 'RECORD_UPLOAD')
 /** Present once reservations exist: run (pipelined, by the addon) before each charge. */
 export const SWEEP_USER_SQL = rustConst(source, 'SWEEP_USER_SQL', { optional: true })
 
-// Reservations: the statements of src/reservations.rs, for reserveUpload + commitUpload.
-const RESERVATIONS_RS = readFileSync(new URL('../../src/reservations.rs', import.meta.url), 'utf8')
+// Reservations: the statements of src/quota/reservations.rs, for reserveUpload + commitUpload.
+const RESERVATIONS_RS = readFileSync(new URL('../../src/quota/reservations.rs', import.meta.url), 'utf8')
 export const RESERVE = rustConst(RESERVATIONS_RS, 'RESERVE')
 export const COMMIT = rustConst(RESERVATIONS_RS, 'COMMIT')
 

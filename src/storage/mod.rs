@@ -1,20 +1,17 @@
 //! Where a project's files live, behind one small trait so the records (`backend` + relative
 //! `key`) stay the same whichever backend serves them. Two backends: the local filesystem
-//! (`local.rs`) and an object store addressed by key prefix (`object_store.rs`), whose
+//! (`local/`) and an object store addressed by key prefix (`object_store.rs`), whose
 //! allocation writes nothing anywhere: object stores have no directories to create.
 
 pub mod candidate;
 pub mod local;
 pub mod object_store;
-pub mod usage;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::error::Result;
+use crate::error::{QuotaError, Result};
 use crate::ids::{ProjectId, UserId};
-
-pub use usage::DiskUsage;
 
 /// The backend a client was configured with, validated but not yet opened.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -94,4 +91,50 @@ pub fn open(config: &StorageConfig) -> Result<Arc<dyn StorageBackend>> {
       prefix.clone(),
     )?),
   })
+}
+
+impl StorageConfig {
+  /// The `storage` option: `local` (under `root`) or `s3` with a bucket and optional prefix.
+  pub fn parse(
+    backend: &str,
+    bucket: Option<String>,
+    prefix: Option<String>,
+    root: &Path,
+  ) -> Result<Self> {
+    match backend {
+      "local" if bucket.is_none() && prefix.is_none() => Ok(StorageConfig::Local { root: root.into() }),
+      "local" => Err(QuotaError::invalid(
+        "storage.bucket and storage.prefix apply to the s3 backend only; the local backend uses storageRoot",
+      )),
+      "s3" => {
+        let bucket =
+          bucket.ok_or_else(|| QuotaError::invalid("storage.bucket is required for the s3 backend"))?;
+        Ok(StorageConfig::S3 {
+          bucket: object_store::parse_bucket(&bucket)?,
+          prefix: object_store::parse_prefix(prefix.as_deref().unwrap_or(""))?,
+        })
+      }
+      other => Err(QuotaError::invalid(format!(
+        "storage.backend must be 'local' or 's3', got {other:?}"
+      ))),
+    }
+  }
+}
+
+/// The relative key of a project: `{userId}/{projectId}/`.
+pub fn project_key(user: &UserId, project: &ProjectId) -> String {
+  format!("{user}/{project}/")
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DiskUsage {
+  /// Sum of the sizes of the regular files (a hard-linked file counts once).
+  pub bytes: i64,
+  /// Space the files and directories take on disk (`st_blocks` × 512), as `du` reports it.
+  pub allocated_bytes: i64,
+  pub files: i64,
+  /// Directories below the project directory.
+  pub directories: i64,
+  /// Symlinks, sockets, FIFOs and devices: neither followed nor counted.
+  pub skipped: i64,
 }

@@ -7,10 +7,9 @@
 //! S3 support would add an HTTP and TLS stack to every build for code this library never runs.
 
 use super::candidate::{check_characters, relative_segments, strip_base};
-use super::{DiskUsage, Location, PathCheck, StorageBackend};
+use super::{project_key, DiskUsage, Location, PathCheck, StorageBackend};
 use crate::error::{QuotaError, Result};
 use crate::ids::{ProjectId, UserId};
-use crate::paths::project_key;
 
 pub struct ObjectStoreBackend {
   bucket: String,

@@ -1,12 +1,12 @@
 //! Administration: limits, usage for the UI, reconciliation and migrations.
 
 use super::{blocking, Client};
+use crate::db::migrate::{self, MigrationSettings, Status};
 use crate::error::{QuotaError, Result};
 use crate::ids::{parse_bytes, ProjectId, UserId};
-use crate::limits::{self, UsageReport};
-use crate::migrate::{self, MigrationSettings, Status};
-use crate::reconcile::{self, UserDrift};
-use crate::storage::usage::project_usage;
+use crate::quota::limits::{self, UsageReport};
+use crate::quota::reconcile::{self, UserDrift};
+use crate::storage::local::usage::project_usage;
 
 #[derive(Debug, Clone, Default)]
 pub struct ReconcileReport {
@@ -55,13 +55,13 @@ impl Client {
   }
 
   /// The user's usage now (the default quota for a user without a row).
-  pub async fn usage_of(&self, user: &UserId) -> Result<crate::quota::Usage> {
+  pub async fn usage_of(&self, user: &UserId) -> Result<crate::quota::usage::Usage> {
     let limit = self.default_limit();
     Ok(
       self
-        .with_conn(async |conn| crate::quota::read_usage(&mut conn.0, user).await)
+        .with_conn(async |conn| crate::quota::usage::read_usage(&mut conn.0, user).await)
         .await?
-        .unwrap_or(crate::quota::Usage::empty(limit)),
+        .unwrap_or(crate::quota::usage::Usage::empty(limit)),
     )
   }
 
@@ -171,7 +171,7 @@ impl Client {
 
   /// `steps` from 1 to 1000, checked here too: a direct caller's -1 must not mean "all".
   pub async fn rollback(&self, steps: f64) -> Result<Vec<i32>> {
-    let steps = crate::config::parse_whole("steps", steps, 1, 1000)?;
+    let steps = crate::ids::parse_whole("steps", steps, 1, 1000)?;
     let pool = self.pool()?;
     let reverted = {
       let mut conn = pool.get().await?;

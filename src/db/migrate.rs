@@ -18,14 +18,14 @@ pub const MIGRATIONS: &[Migration] = &[
   Migration {
     version: 1,
     name: "storage_quota",
-    up: include_str!("../migrations/0001_storage_quota.up.sql"),
-    down: include_str!("../migrations/0001_storage_quota.down.sql"),
+    up: include_str!("../../migrations/0001_storage_quota.up.sql"),
+    down: include_str!("../../migrations/0001_storage_quota.down.sql"),
   },
   Migration {
     version: 2,
     name: "quota_lifecycle",
-    up: include_str!("../migrations/0002_quota_lifecycle.up.sql"),
-    down: include_str!("../migrations/0002_quota_lifecycle.down.sql"),
+    up: include_str!("../../migrations/0002_quota_lifecycle.up.sql"),
+    down: include_str!("../../migrations/0002_quota_lifecycle.down.sql"),
   },
 ];
 

@@ -12,16 +12,32 @@ pub use lifecycle::{CopiedProject, RegisteredProject};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
 
-use crate::coalesce::{self, Coalescer};
-use crate::config::{Config, RawOptions};
+use crate::db::pool::{Checkout, Pool};
 use crate::error::{QuotaError, Result};
 use crate::ids::{parse_bytes, upload_key_or_new, ProjectId, UserId};
-use crate::pool::{Checkout, Pool};
-use crate::projects::{self, ProjectStoragePath};
-use crate::quota::{self, QuotaCheck, RecordedUpload};
+use crate::quota::coalesce::{self, Coalescer};
+use crate::quota::config::{Config, RawOptions};
+use crate::quota::projects::{self, ProjectStoragePath};
+use crate::quota::usage::{self, QuotaCheck, RecordedUpload, Usage};
 use crate::rollout::Mode;
 use crate::storage::StorageConfig;
 use crate::storage::{self, local::LocalBackend, DiskUsage, Location, PathCheck, StorageBackend};
+
+/// What `recordUpload` answers, for a plain upload and for an overwrite alike.
+#[derive(Debug, Clone)]
+pub struct Uploaded {
+  pub upload_id: String,
+  pub bytes: i64,
+  /// Counted bytes of the replaced content given back (0 without `replacesBytes`).
+  pub replaced_bytes: i64,
+  /// What the quota was charged by this call: 0 for a duplicate or when not counted.
+  pub net_bytes: i64,
+  pub duplicate: bool,
+  pub counted: bool,
+  pub would_refuse: bool,
+  pub mode: Mode,
+  pub usage: Usage,
+}
 
 enum PoolState {
   Unopened,
@@ -61,7 +77,7 @@ impl Client {
         "this storage-quota client was closed; create a new one".into(),
       )),
       PoolState::Unopened => {
-        let pool = Arc::new(Pool::new(&self.config)?);
+        let pool = Arc::new(Pool::new(&self.config.db)?);
         *state = PoolState::Open(pool.clone());
         Ok(pool)
       }
@@ -196,8 +212,55 @@ impl Client {
     let mode = self.mode_for(&user);
     let limit = self.default_limit();
     self
-      .with_conn(async |conn| quota::check_quota(&mut conn.0, &user, &sizes, limit, mode).await)
+      .with_conn(async |conn| usage::check_quota(&mut conn.0, &user, &sizes, limit, mode).await)
       .await
+  }
+
+  /// `recordUpload`: a plain upload, or with `replaced_bytes` an overwrite charged the net
+  /// change. One answer shape for both.
+  pub async fn record(
+    &self,
+    user_id: &str,
+    project_id: &str,
+    bytes: f64,
+    upload_id: Option<&str>,
+    replaced_bytes: Option<f64>,
+  ) -> Result<Uploaded> {
+    if let Some(replaced) = replaced_bytes {
+      let mode = self.mode_for(&UserId::parse(user_id)?);
+      let o = self
+        .record_overwrite(user_id, project_id, bytes, replaced, upload_id)
+        .await?;
+      return Ok(Uploaded {
+        upload_id: o.upload_id,
+        bytes: o.bytes,
+        replaced_bytes: o.replaced_bytes,
+        net_bytes: o.net_bytes,
+        duplicate: o.duplicate,
+        counted: mode != Mode::Off,
+        would_refuse: o.would_refuse,
+        mode,
+        usage: o.usage,
+      });
+    }
+    let r = self
+      .record_upload(user_id, project_id, bytes, upload_id)
+      .await?;
+    Ok(Uploaded {
+      net_bytes: if r.duplicate || !r.counted {
+        0
+      } else {
+        r.bytes
+      },
+      replaced_bytes: 0,
+      upload_id: r.upload_id,
+      bytes: r.bytes,
+      duplicate: r.duplicate,
+      counted: r.counted,
+      would_refuse: r.would_refuse,
+      mode: r.mode,
+      usage: r.usage,
+    })
   }
 
   pub async fn record_upload(
@@ -226,7 +289,7 @@ impl Client {
     }
     self
       .with_conn(async |conn| {
-        quota::record_upload(&mut conn.0, &user, &project, bytes, &upload_id, limit, mode).await
+        usage::record_upload(&mut conn.0, &user, &project, bytes, &upload_id, limit, mode).await
       })
       .await
   }

@@ -15,11 +15,6 @@ use rustix::process::geteuid;
 use crate::error::{QuotaError, Result};
 use crate::ids::{ProjectId, UserId};
 
-/// The relative key of a project: `{userId}/{projectId}/`.
-pub fn project_key(user: &UserId, project: &ProjectId) -> String {
-  format!("{user}/{project}/")
-}
-
 /// `{root}/{userId}/{projectId}`, checked after joining: exactly the two id segments below
 /// `root`, nothing else. Valid ids make this hold by construction; the check is there so that a
 /// future change to the id rules cannot silently open a way out (`Path::join` with an absolute
@@ -149,6 +144,7 @@ fn ensure_child_dir(parent: &OwnedFd, name: &str, parent_path: &Path) -> Result<
 #[cfg(test)]
 mod tests {
   use super::*;
+  use crate::storage::project_key;
 
   fn ids() -> (UserId, ProjectId) {
     (

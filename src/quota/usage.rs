@@ -4,11 +4,11 @@
 
 use tokio_postgres::error::SqlState;
 
+use crate::db::pool::PgConnection;
 use crate::error::{QuotaError, QuotaShortfall, Result};
 use crate::format::percent_used;
 use crate::ids::{ProjectId, UserId};
-use crate::pool::PgConnection;
-use crate::projects::check_owner;
+use crate::quota::owner::check_owner;
 use crate::rollout::Mode;
 
 /// A user's numbers at one moment.
@@ -74,6 +74,13 @@ pub struct QuotaCheck {
   pub mode: Mode,
   /// For a list of sizes: whether each fits, taking them in order.
   pub fits: Vec<bool>,
+}
+
+impl QuotaCheck {
+  /// How many bytes would have to be freed for the request to fit (0 when it fits).
+  pub fn missing_bytes(&self) -> i64 {
+    (self.requested_bytes - self.usage.remaining_bytes()).max(0)
+  }
 }
 
 #[derive(Debug, Clone)]

@@ -5,10 +5,10 @@
 
 use tokio_postgres::Transaction;
 
+use crate::db::pool::PgConnection;
 use crate::error::{QuotaError, Result};
 use crate::ids::{ProjectId, UserId};
-use crate::pool::PgConnection;
-use crate::quota::Usage;
+use crate::quota::usage::Usage;
 use crate::rollout::Mode;
 
 #[derive(Debug, Clone)]
@@ -231,7 +231,7 @@ pub async fn record_overwrite(
   default_limit: i64,
   mode: Mode,
 ) -> Result<Overwritten> {
-  crate::quota::ensure_quota_row(conn, user, default_limit).await?;
+  crate::quota::usage::ensure_quota_row(conn, user, default_limit).await?;
   let tx = conn.client.transaction().await?;
   let usage = lock_quota(&tx, user)
     .await?

@@ -1,6 +1,10 @@
 //! The local filesystem backend: `{root}/{userId}/{projectId}/`, created symlink-safe by
 //! `paths.rs`, checked and measured without following a single link.
 
+pub mod paths;
+pub mod tree;
+pub mod usage;
+
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 
@@ -8,10 +12,9 @@ use rustix::fs::{openat, statat, AtFlags, FileType, Mode, OFlags, CWD};
 use rustix::io::Errno;
 
 use super::candidate::{check_characters, relative_segments, strip_base};
-use super::{usage, DiskUsage, Location, PathCheck, StorageBackend};
+use super::{DiskUsage, Location, PathCheck, StorageBackend};
 use crate::error::{QuotaError, Result};
 use crate::ids::{ProjectId, UserId};
-use crate::paths;
 
 pub struct LocalBackend {
   /// Canonical: every path handed out starts with it.
@@ -41,7 +44,7 @@ impl StorageBackend for LocalBackend {
   fn locate(&self, user: &UserId, project: &ProjectId) -> Result<Location> {
     Ok(Location {
       backend: self.name(),
-      key: paths::project_key(user, project),
+      key: super::project_key(user, project),
       path: paths::project_path(&self.root, user, project)?,
     })
   }

@@ -4,11 +4,11 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::db::config::ConnectionConfig;
 use crate::error::{QuotaError, Result};
-use crate::ids::{parse_bytes, MAX_BYTES};
+use crate::ids::{parse_bytes, parse_whole, MAX_BYTES};
 use crate::rollout::{Mode, Rollout};
-use crate::storage::{object_store, StorageConfig};
-use crate::tls::{settings_from_url, TlsSettings};
+use crate::storage::StorageConfig;
 
 pub const DEFAULT_QUOTA_BYTES: i64 = 1_073_741_824;
 pub const DEFAULT_POOL_SIZE: u32 = 10;
@@ -20,17 +20,6 @@ pub const DEFAULT_RESERVATION_TTL_MS: i64 = 60 * 60 * 1000;
 pub const MAX_RESERVATION_TTL_MS: i64 = 7 * 24 * 60 * 60 * 1000;
 /// Largest timeout accepted, in ms: 2^31 − 1, as the JS schema (and `setTimeout`) allow.
 pub const MAX_TIMEOUT_MS: u32 = 2_147_483_647;
-
-/// A whole number from `min` to `max`; anything else (NaN, 1.5, -1, 1e12) is INVALID_ARGUMENT.
-pub fn parse_whole(name: &str, value: f64, min: u32, max: u32) -> Result<u32> {
-  if value.is_finite() && value.fract() == 0.0 && value >= min.into() && value <= max.into() {
-    Ok(value as u32)
-  } else {
-    Err(QuotaError::invalid(format!(
-      "{name} must be a whole number from {min} to {max}, got {value}"
-    )))
-  }
-}
 
 /// Options as they arrive from JS, every one optional.
 #[derive(Debug, Default, Clone)]
@@ -60,17 +49,12 @@ pub struct RawStorage {
 
 #[derive(Debug, Clone)]
 pub struct Config {
-  /// `None` when no URL was given; calls then fail with `DB_UNAVAILABLE` instead of the
-  /// constructor throwing, so importing a module that creates a client never breaks a build.
-  pub database_url: Option<String>,
   pub storage_root: PathBuf,
   /// Where project paths point: `Local { root: storage_root }` unless `storage` says otherwise.
   pub storage: StorageConfig,
   pub default_quota_bytes: i64,
-  pub pool_size: u32,
-  pub connect_timeout: Duration,
-  pub statement_timeout: Duration,
-  pub application_name: String,
+  /// How to reach PostgreSQL.
+  pub db: ConnectionConfig,
   pub rollout: Rollout,
   pub reservation_ttl_ms: i64,
 }
@@ -141,85 +125,26 @@ impl Config {
     Ok(Config {
       rollout: Rollout { mode, percent },
       reservation_ttl_ms,
-      database_url: raw.database_url.filter(|url| !url.trim().is_empty()),
       storage_root,
       storage,
       default_quota_bytes,
-      pool_size,
-      connect_timeout: Duration::from_millis(connect_timeout_ms.into()),
-      statement_timeout: Duration::from_millis(statement_timeout_ms.into()),
-      application_name,
+      db: ConnectionConfig {
+        database_url: raw.database_url.filter(|url| !url.trim().is_empty()),
+        pool_size,
+        connect_timeout: Duration::from_millis(connect_timeout_ms.into()),
+        statement_timeout: Duration::from_millis(statement_timeout_ms.into()),
+        application_name,
+      },
     })
-  }
-
-  /// The driver configuration. Parse errors are reported without echoing the URL, which may
-  /// hold a password.
-  pub fn postgres_config(&self) -> Result<(tokio_postgres::Config, TlsSettings)> {
-    let url = self.database_url.as_deref().ok_or_else(|| {
-      QuotaError::DbUnavailable(
-        "no database configured: pass databaseUrl to createClient() or set DATABASE_URL".into(),
-      )
-    })?;
-    let tls = settings_from_url(url)?;
-    let mut config: tokio_postgres::Config = tls.url.parse().map_err(|_| {
-      QuotaError::DbUnavailable(
-        "the database URL is not a valid PostgreSQL connection string (expected postgres://user:password@host:port/database)".into(),
-      )
-    })?;
-    config.connect_timeout(self.connect_timeout);
-    config.application_name(&self.application_name);
-    // Every statement of ours is short; a stuck one must not hold a pooled connection forever.
-    let timeout_ms = self.statement_timeout.as_millis();
-    config.options(format!("-c statement_timeout={timeout_ms}"));
-    // Plain TCP unless the string asks for TLS (tokio-postgres alone would default to prefer).
-    if url.contains("://") || !url.contains("sslmode") {
-      config.ssl_mode(tls.ssl_mode());
-    }
-    Ok((config, tls))
   }
 }
 
 /// The backend from the `storage` option: `local` (the default) or `s3` with a bucket.
 fn storage_config(raw: Option<RawStorage>, root: &std::path::Path) -> Result<StorageConfig> {
-  let Some(raw) = raw else {
-    return Ok(StorageConfig::Local { root: root.into() });
-  };
-  match raw.backend.as_str() {
-    "local" if raw.bucket.is_none() && raw.prefix.is_none() => {
-      Ok(StorageConfig::Local { root: root.into() })
-    }
-    "local" => Err(QuotaError::invalid(
-      "storage.bucket and storage.prefix apply to the s3 backend only; the local backend uses storageRoot",
-    )),
-    "s3" => {
-      let bucket = raw
-        .bucket
-        .ok_or_else(|| QuotaError::invalid("storage.bucket is required for the s3 backend"))?;
-      Ok(StorageConfig::S3 {
-        bucket: object_store::parse_bucket(&bucket)?,
-        prefix: object_store::parse_prefix(raw.prefix.as_deref().unwrap_or(""))?,
-      })
-    }
-    other => Err(QuotaError::invalid(format!(
-      "storage.backend must be 'local' or 's3', got {other:?}"
-    ))),
+  match raw {
+    None => Ok(StorageConfig::Local { root: root.into() }),
+    Some(raw) => StorageConfig::parse(&raw.backend, raw.bucket, raw.prefix, root),
   }
-}
-
-/// `host:port/database` of a driver config, for messages. Never includes user or password.
-pub fn describe_target(config: &tokio_postgres::Config) -> String {
-  let host = config
-    .get_hosts()
-    .first()
-    .map(|host| match host {
-      tokio_postgres::config::Host::Tcp(name) => name.clone(),
-      #[cfg(unix)]
-      tokio_postgres::config::Host::Unix(path) => path.display().to_string(),
-    })
-    .unwrap_or_else(|| "localhost".into());
-  let port = config.get_ports().first().copied().unwrap_or(5432);
-  let database = config.get_dbname().unwrap_or("(default)");
-  format!("{host}:{port}/{database}")
 }
 
 #[cfg(test)]
@@ -233,15 +158,8 @@ mod tests {
       ..Default::default()
     })
     .unwrap();
-    let message = config.postgres_config().unwrap_err().to_string();
+    let message = config.db.postgres_config().unwrap_err().to_string();
     assert!(!message.contains("s3cret"), "{message}");
-  }
-
-  #[test]
-  fn target_description_has_no_credentials() {
-    let config: tokio_postgres::Config =
-      "postgres://me:s3cret@db.example:6543/app".parse().unwrap();
-    assert_eq!(describe_target(&config), "db.example:6543/app");
   }
 
   #[test]

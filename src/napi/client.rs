@@ -4,21 +4,15 @@
 use napi::bindgen_prelude::*;
 use napi_derive::napi;
 
-use crate::error::QuotaError;
-use crate::napi_types::*;
-use crate::{client, config, migrate, projects, quota};
-
-/// Every error crosses into JS as a JSON payload (`code`, `message` and the numbers behind it)
-/// in the message; the JS layer (`lib/errors.js`) decodes it once into a `StorageQuotaError`.
-/// napi-rs keeps only its own status as `code` on async rejections, so the code travels here.
-pub(crate) fn to_js_error(error: QuotaError) -> napi::Error {
-  napi::Error::new(Status::GenericFailure, error.to_payload().to_string())
-}
+use super::error::to_js_error;
+use super::types::*;
+use crate::db::migrate;
+use crate::quota::{client, config, projects, usage};
 
 /// Builds a result struct from its own fields plus the flat usage fields every result carries.
 macro_rules! with_usage {
   ($usage:expr, $ty:ident { $($field:ident : $value:expr),* $(,)? }) => {{
-    let usage: quota::Usage = $usage;
+    let usage: usage::Usage = $usage;
     $ty {
       $($field: $value,)*
       used_bytes: usage.used_bytes,
@@ -50,7 +44,7 @@ fn migration_info(m: migrate::AppliedMigration) -> MigrationInfo {
   }
 }
 
-fn settled_to_js(s: crate::reservations::Settled) -> SettledReservation {
+fn settled_to_js(s: crate::quota::reservations::Settled) -> SettledReservation {
   with_usage!(
     s.usage,
     SettledReservation {
@@ -64,7 +58,7 @@ fn settled_to_js(s: crate::reservations::Settled) -> SettledReservation {
   )
 }
 
-fn usage_to_js(user_id: &str, r: crate::limits::UsageReport, with_projects: bool) -> Usage {
+fn usage_to_js(user_id: &str, r: crate::quota::limits::UsageReport, with_projects: bool) -> Usage {
   with_usage!(
     r.usage,
     Usage {
@@ -88,10 +82,10 @@ fn usage_to_js(user_id: &str, r: crate::limits::UsageReport, with_projects: bool
   )
 }
 
-fn drift_to_js(d: crate::reconcile::UserDrift) -> UserDrift {
+fn drift_to_js(d: crate::quota::reconcile::UserDrift) -> UserDrift {
   UserDrift {
-    drift_bytes: d.used_bytes - d.ledger_bytes,
-    reserved_drift_bytes: d.reserved_bytes - d.pending_reserved_bytes,
+    drift_bytes: d.drift_bytes(),
+    reserved_drift_bytes: d.reserved_drift_bytes(),
     user_id: d.user_id,
     used_bytes: d.used_bytes,
     ledger_bytes: d.ledger_bytes,
@@ -104,7 +98,7 @@ fn drift_to_js(d: crate::reconcile::UserDrift) -> UserDrift {
       .map(|p| ProjectDrift {
         project_id: p.project_id.to_string(),
         ledger_bytes: p.ledger_bytes,
-        disk_drift_bytes: p.disk_bytes.map(|disk| disk - p.ledger_bytes),
+        disk_drift_bytes: p.disk_drift_bytes(),
         path: p.path,
         disk_bytes: p.disk_bytes,
       })
@@ -160,7 +154,7 @@ impl NativeClient {
         allowed: check.allowed,
         would_refuse: check.would_refuse,
         requested_bytes: check.requested_bytes,
-        missing_bytes: (check.requested_bytes - check.usage.remaining_bytes()).max(0),
+        missing_bytes: check.missing_bytes(),
         fits: check.fits,
         mode: check.mode.as_str().to_owned(),
       }
@@ -179,50 +173,21 @@ impl NativeClient {
     let (upload_id, replaces) = options
       .map(|o| (o.upload_id, o.replaces_bytes))
       .unwrap_or_default();
-    let mode = self
-      .inner
-      .config()
-      .rollout
-      .mode_for(&crate::ids::UserId::parse(&user_id).map_err(to_js_error)?);
-    if let Some(replaced) = replaces {
-      let o = self
-        .inner
-        .record_overwrite(&user_id, &project_id, bytes, replaced, upload_id.as_deref())
-        .await
-        .map_err(to_js_error)?;
-      return Ok(with_usage!(
-        o.usage,
-        RecordedUpload {
-          upload_id: o.upload_id,
-          bytes: o.bytes,
-          duplicate: o.duplicate,
-          counted: mode != crate::rollout::Mode::Off,
-          would_refuse: o.would_refuse,
-          replaced_bytes: o.replaced_bytes,
-          net_bytes: o.net_bytes,
-          mode: mode.as_str().to_owned(),
-        }
-      ));
-    }
     let r = self
       .inner
-      .record_upload(&user_id, &project_id, bytes, upload_id.as_deref())
+      .record(&user_id, &project_id, bytes, upload_id.as_deref(), replaces)
       .await
       .map_err(to_js_error)?;
     Ok(with_usage!(
       r.usage,
       RecordedUpload {
-        net_bytes: if r.duplicate || !r.counted {
-          0
-        } else {
-          r.bytes
-        },
         upload_id: r.upload_id,
         bytes: r.bytes,
         duplicate: r.duplicate,
         counted: r.counted,
         would_refuse: r.would_refuse,
-        replaced_bytes: 0,
+        replaced_bytes: r.replaced_bytes,
+        net_bytes: r.net_bytes,
         mode: r.mode.as_str().to_owned(),
       }
     ))
@@ -349,16 +314,11 @@ impl NativeClient {
       .register_project(&user_id, &project_id, size_bytes)
       .await
       .map_err(to_js_error)?;
-    let user = crate::ids::UserId::parse(&user_id).map_err(to_js_error)?;
-    let (counted_bytes, usage) = match registered.upload {
-      Some(upload) => (upload.bytes, upload.usage),
-      None => (0, self.inner.usage_of(&user).await.map_err(to_js_error)?),
-    };
     Ok(with_usage!(
-      usage,
+      registered.usage,
       RegisteredProject {
         path: path_to_js(registered.path),
-        counted_bytes: counted_bytes,
+        counted_bytes: registered.counted_bytes,
       }
     ))
   }

@@ -4,8 +4,9 @@
 use napi::bindgen_prelude::*;
 use napi_derive::napi;
 
-use crate::napi_client::{to_js_error, NativeClient};
-use crate::napi_types::{DiskUsage, PathCheck, ProjectLocation};
+use super::client::NativeClient;
+use super::error::to_js_error;
+use super::types::{DiskUsage, PathCheck, ProjectLocation};
 
 #[napi]
 impl NativeClient {

@@ -2,9 +2,10 @@
 
 use chrono::{DateTime, Utc};
 
+use crate::db::pool::PgConnection;
 use crate::error::{QuotaError, Result};
 use crate::ids::{ProjectId, UserId};
-use crate::pool::PgConnection;
+use crate::quota::owner::check_owner;
 use crate::storage::Location;
 
 #[derive(Debug, Clone)]
@@ -45,19 +46,6 @@ fn row_to_path(row: &tokio_postgres::Row, offset: usize) -> ProjectStoragePath {
   }
 }
 
-/// `NOT_FOUND` when the project has no row, `FORBIDDEN` when another user owns it.
-pub fn check_owner(owner: Option<String>, user: &UserId, project: &ProjectId) -> Result<()> {
-  match owner {
-    None => Err(QuotaError::NotFound(format!(
-      "project {project} does not exist"
-    ))),
-    Some(owner) if owner != user.as_str() => Err(QuotaError::Forbidden(format!(
-      "project {project} belongs to another user"
-    ))),
-    Some(_) => Ok(()),
-  }
-}
-
 /// Finds or creates the storage path record of `project` for `user` at `location`. Safe to call
 /// from many processes at once: the unique key on `project_id` leaves exactly one row.
 pub async fn find_or_create_path(
@@ -77,7 +65,7 @@ pub async fn find_or_create_path(
 
   // The quota row first, committed on its own: inside the transaction below, a second caller
   // waiting on our uncommitted quota row while we wait on its project row lock would deadlock.
-  crate::quota::ensure_quota_row(conn, user, default_limit).await?;
+  crate::quota::usage::ensure_quota_row(conn, user, default_limit).await?;
   let (client, statements) = conn.parts();
   let tx = client.transaction().await?;
   // Lock the project row in the mode the UPDATE below needs, so concurrent allocations of one

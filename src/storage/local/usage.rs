@@ -12,23 +12,11 @@ use rustix::io::Errno;
 
 use crate::error::{QuotaError, Result};
 use crate::ids::{ProjectId, UserId};
+use crate::storage::DiskUsage;
 
 /// Deepest directory nesting walked. Each level holds one open handle; a tree deeper than this
 /// is refused rather than exhausting the process's file descriptors.
 pub const MAX_DEPTH: usize = 256;
-
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct DiskUsage {
-  /// Sum of the sizes of the regular files (a hard-linked file counts once).
-  pub bytes: i64,
-  /// Space the files and directories take on disk (`st_blocks` × 512), as `du` reports it.
-  pub allocated_bytes: i64,
-  pub files: i64,
-  /// Directories below the project directory.
-  pub directories: i64,
-  /// Symlinks, sockets, FIFOs and devices: neither followed nor counted.
-  pub skipped: i64,
-}
 
 /// Usage of `{root}/{user}/{project}/`. A project without a directory uses nothing; a symlink
 /// or a file in place of one of the two directories is `UNSAFE_PATH`.

@@ -16,7 +16,7 @@ use tokio::sync::Notify;
 use tokio_postgres::{Client, GenericClient, Statement};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
-use crate::config::{describe_target, Config};
+use crate::db::config::{describe_target, ConnectionConfig};
 use crate::error::{QuotaError, Result};
 use crate::log;
 
@@ -175,7 +175,7 @@ pub type Checkout<'a> = PooledConnection<'a, Manager>;
 impl Pool {
   /// Builds the pool without connecting; connections open on first use. Must run inside the
   /// tokio runtime (bb8 spawns its reaper there).
-  pub fn new(config: &Config) -> Result<Self> {
+  pub fn new(config: &ConnectionConfig) -> Result<Self> {
     let (pg_config, tls) = config.postgres_config()?;
     let target = describe_target(&pg_config);
     let failures = Arc::new(ConnectFailures::default());

@@ -4,9 +4,9 @@
 //! is safe while uploads go on: a charge either finished before (in counter and ledger) or
 //! waits until after.
 
+use crate::db::pool::PgConnection;
 use crate::error::Result;
 use crate::ids::UserId;
-use crate::pool::PgConnection;
 
 #[derive(Debug, Clone)]
 pub struct ProjectDrift {
@@ -31,7 +31,24 @@ pub struct UserDrift {
   pub projects: Vec<ProjectDrift>,
 }
 
+impl ProjectDrift {
+  /// Disk bytes minus ledger bytes, when the disk was measured.
+  pub fn disk_drift_bytes(&self) -> Option<i64> {
+    self.disk_bytes.map(|disk| disk - self.ledger_bytes)
+  }
+}
+
 impl UserDrift {
+  /// Counter minus ledger.
+  pub fn drift_bytes(&self) -> i64 {
+    self.used_bytes - self.ledger_bytes
+  }
+
+  /// Reserved counter minus live reservations.
+  pub fn reserved_drift_bytes(&self) -> i64 {
+    self.reserved_bytes - self.pending_reserved_bytes
+  }
+
   pub fn drifted(&self) -> bool {
     self.used_bytes != self.ledger_bytes || self.reserved_bytes != self.pending_reserved_bytes
   }
@@ -65,7 +82,7 @@ pub async fn reconcile_user(
 ) -> Result<Option<UserDrift>> {
   // Expired reservations first, in their own statement (reservation rows before the quota row,
   // the order every other writer uses).
-  crate::quota::sweep_user(conn, user).await?;
+  crate::quota::usage::sweep_user(conn, user).await?;
   let tx = conn.client.transaction().await?;
   let Some(counter) = tx
     .query_opt(

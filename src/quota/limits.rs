@@ -1,10 +1,10 @@
 //! Limits (set by admins, audited) and usage as the UI shows it.
 
+use crate::db::pool::PgConnection;
 use crate::error::{QuotaError, Result};
 use crate::format::format_bytes;
 use crate::ids::UserId;
-use crate::pool::PgConnection;
-use crate::quota::{read_usage, Usage};
+use crate::quota::usage::{read_usage, Usage};
 
 /// Where a user stands: below 75 % `normal`, from 75 % `nearing`, from 90 % `critical`,
 /// from 100 % `exceeded`.

@@ -5,11 +5,11 @@
 
 use chrono::{DateTime, Utc};
 
+use crate::db::pool::PgConnection;
 use crate::error::{QuotaError, Result};
 use crate::ids::{ProjectId, UserId};
-use crate::pool::PgConnection;
-use crate::projects::check_owner;
-use crate::quota::{
+use crate::quota::owner::check_owner;
+use crate::quota::usage::{
   after_uncharged, contention_error, read_usage, swept_query_one, Usage, CHARGE_ATTEMPTS,
 };
 use crate::rollout::Mode;
@@ -273,7 +273,7 @@ pub async fn commit(
   if row.get::<_, bool>("expired") {
     // Give the expired bytes back now rather than at the next charge.
     let user = UserId::parse(&owner)?;
-    crate::quota::sweep_user(conn, &user).await?;
+    crate::quota::usage::sweep_user(conn, &user).await?;
     return Err(expired_error(id));
   }
   // Pending and live, yet not charged: the larger actual size does not fit.
@@ -355,7 +355,7 @@ pub async fn sweep_all(conn: &mut PgConnection) -> Result<u64> {
     }
     for row in users {
       let user = UserId::parse(row.get::<_, &str>(0))?;
-      crate::quota::sweep_user(conn, &user).await?;
+      crate::quota::usage::sweep_user(conn, &user).await?;
       swept += 1;
     }
   }

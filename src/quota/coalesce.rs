@@ -16,10 +16,10 @@ use tokio::sync::oneshot;
 use tokio_postgres::types::ToSql;
 use uuid::Uuid;
 
+use crate::db::pool::{PgConnection, Pool};
 use crate::error::{QuotaError, QuotaShortfall, Result};
 use crate::ids::{ProjectId, UserId};
-use crate::pool::{PgConnection, Pool};
-use crate::quota::{self, RecordedUpload, Usage, SWEEP_USER_SQL};
+use crate::quota::usage::{self, RecordedUpload, Usage, SWEEP_USER_SQL};
 use crate::rollout::Mode;
 
 /// Most uploads charged in one transaction; the rest wait for the next one.
@@ -166,10 +166,10 @@ impl Drop for Drain {
   }
 }
 
-/// One upload on its own: the single-statement path of `quota::record_upload`.
+/// One upload on its own: the single-statement path of `usage::record_upload`.
 async fn record_alone(pool: &Pool, upload: &Upload, default_limit: i64) -> Result<RecordedUpload> {
   let mut conn = pool.get().await?;
-  quota::record_upload(
+  usage::record_upload(
     &mut conn.0,
     &upload.user,
     &upload.project,
@@ -203,7 +203,7 @@ async fn run_batch(pool: &Pool, batch: Vec<Waiter>, default_limit: i64) {
 }
 
 /// Charges `uploads` (all of one user) in one transaction, deciding each in order against the
-/// locked quota row as `quota::record_upload` would one after another. `None` when the user has
+/// locked quota row as `usage::record_upload` would one after another. `None` when the user has
 /// no quota row yet (the single path creates it).
 async fn charge_together(
   conn: &mut PgConnection,
@@ -283,7 +283,7 @@ async fn charge_together(
   Ok(Some(answers))
 }
 
-/// One upload's answer, as `quota::record_upload` decides it, against the usage so far.
+/// One upload's answer, as `usage::record_upload` decides it, against the usage so far.
 fn decide(
   upload: &Upload,
   owners: &HashMap<Uuid, String>,

@@ -2,21 +2,23 @@
 //! project operations of the app's server actions (register, copy, remove).
 
 use super::{blocking, Client};
-use crate::config::parse_ttl_ms;
-use crate::deletions::{self, DeletionTarget, Overwritten, Released, RemovedProject};
-use crate::disk::{self, ProjectDir};
 use crate::error::{QuotaError, Result};
 use crate::ids::{parse_bytes, parse_upload_id, upload_key_or_new, ProjectId, UserId};
-use crate::projects::ProjectStoragePath;
-use crate::quota::{self, RecordedUpload, Usage};
-use crate::reservations::{self, LedgerEntry, Reservation, Settled};
+use crate::quota::config::parse_ttl_ms;
+use crate::quota::deletions::{self, DeletionTarget, Overwritten, Released, RemovedProject};
+use crate::quota::projects::ProjectStoragePath;
+use crate::quota::reservations::{self, LedgerEntry, Reservation, Settled};
+use crate::quota::usage::{self, Usage};
 use crate::rollout::Mode;
-use crate::storage::usage::project_usage;
+use crate::storage::local::tree::{self, ProjectDir};
+use crate::storage::local::usage::project_usage;
 
 #[derive(Debug, Clone)]
 pub struct RegisteredProject {
   pub path: ProjectStoragePath,
-  pub upload: Option<RecordedUpload>,
+  /// Bytes charged for the project's initial size (0 when none was given).
+  pub counted_bytes: i64,
+  pub usage: Usage,
 }
 
 #[derive(Debug, Clone)]
@@ -181,26 +183,32 @@ impl Client {
     let (mode, limit) = (self.mode_for(&user), self.default_limit());
     if size > 0 && mode == Mode::Enforce {
       let check = self
-        .with_conn(async |conn| quota::check_quota(&mut conn.0, &user, &[size], limit, mode).await)
+        .with_conn(async |conn| usage::check_quota(&mut conn.0, &user, &[size], limit, mode).await)
         .await?;
       if !check.allowed {
         return Err(QuotaError::QuotaExceeded(check.usage.shortfall(size)));
       }
     }
     let path = self.allocate(&user, &project).await?;
-    let upload = if size > 0 {
-      let key = format!("register {project}");
-      Some(
-        self
-          .with_conn(async |conn| {
-            quota::record_upload(&mut conn.0, &user, &project, size, &key, limit, mode).await
-          })
-          .await?,
-      )
-    } else {
-      None
-    };
-    Ok(RegisteredProject { path, upload })
+    if size == 0 {
+      let usage = self.usage_of(&user).await?;
+      return Ok(RegisteredProject {
+        path,
+        counted_bytes: 0,
+        usage,
+      });
+    }
+    let key = format!("register {project}");
+    let upload = self
+      .with_conn(async |conn| {
+        usage::record_upload(&mut conn.0, &user, &project, size, &key, limit, mode).await
+      })
+      .await?;
+    Ok(RegisteredProject {
+      path,
+      counted_bytes: upload.bytes,
+      usage: upload.usage,
+    })
   }
 
   /// Copies a project's files into a new project of the same user and counts them. The size is
@@ -241,7 +249,7 @@ impl Client {
       .await?;
     if let Some(copied_bytes) = prior {
       let usage = self
-        .with_conn(async |conn| quota::read_usage(&mut conn.0, &user).await)
+        .with_conn(async |conn| usage::read_usage(&mut conn.0, &user).await)
         .await?
         .unwrap_or(Usage::empty(limit));
       return Ok(CopiedProject {
@@ -275,8 +283,8 @@ impl Client {
       let to = ProjectDir::open(&copy_root, &copy_user, &target)?
         .ok_or_else(|| QuotaError::Storage(format!("project {target}'s directory vanished")))?;
       let Some(from) = from else { return Ok(0) };
-      disk::copy_tree(&from.path(), &to.path()).map_err(|error| {
-        let _ = disk::clear_dir(&to.path());
+      tree::copy_tree(&from.path(), &to.path()).map_err(|error| {
+        let _ = tree::clear_dir(&to.path());
         QuotaError::Storage(format!(
           "copying project {source} failed and was undone: {error}"
         ))
@@ -314,7 +322,7 @@ impl Client {
         let (undo_root, undo_user) = (root, user.clone());
         let _ = blocking(move || {
           if let Some(dir) = ProjectDir::open(&undo_root, &undo_user, &target)? {
-            disk::clear_dir(&dir.path())?;
+            tree::clear_dir(&dir.path())?;
           }
           Ok(())
         })
@@ -346,7 +354,7 @@ impl Client {
       let root = self.storage_root()?.clone();
       blocking(move || {
         if let Some(dir) = ProjectDir::open(&root, &user, &project)? {
-          disk::clear_dir(&dir.path())?;
+          tree::clear_dir(&dir.path())?;
           drop(dir);
           std::fs::remove_dir(root.join(user.as_str()).join(project.to_string()))?;
         }

@@ -1,0 +1,75 @@
+//! How to reach PostgreSQL: the connection string, pool size and timeouts, validated once by
+//! the client's configuration, and turned into a driver configuration here. The password never
+//! appears in a message or log line.
+
+use std::time::Duration;
+
+use crate::db::tls::{settings_from_url, TlsSettings};
+use crate::error::{QuotaError, Result};
+
+#[derive(Debug, Clone)]
+pub struct ConnectionConfig {
+  /// `None` when no URL was given; calls then fail with `DB_UNAVAILABLE` instead of the
+  /// constructor throwing, so importing a module that creates a client never breaks a build.
+  pub database_url: Option<String>,
+  pub pool_size: u32,
+  pub connect_timeout: Duration,
+  pub statement_timeout: Duration,
+  pub application_name: String,
+}
+
+impl ConnectionConfig {
+  /// The driver configuration. Parse errors are reported without echoing the URL, which may
+  /// hold a password.
+  pub fn postgres_config(&self) -> Result<(tokio_postgres::Config, TlsSettings)> {
+    let url = self.database_url.as_deref().ok_or_else(|| {
+      QuotaError::DbUnavailable(
+        "no database configured: pass databaseUrl to createClient() or set DATABASE_URL".into(),
+      )
+    })?;
+    let tls = settings_from_url(url)?;
+    let mut config: tokio_postgres::Config = tls.url.parse().map_err(|_| {
+      QuotaError::DbUnavailable(
+        "the database URL is not a valid PostgreSQL connection string (expected postgres://user:password@host:port/database)".into(),
+      )
+    })?;
+    config.connect_timeout(self.connect_timeout);
+    config.application_name(&self.application_name);
+    // Every statement of ours is short; a stuck one must not hold a pooled connection forever.
+    let timeout_ms = self.statement_timeout.as_millis();
+    config.options(format!("-c statement_timeout={timeout_ms}"));
+    // Plain TCP unless the string asks for TLS (tokio-postgres alone would default to prefer).
+    if url.contains("://") || !url.contains("sslmode") {
+      config.ssl_mode(tls.ssl_mode());
+    }
+    Ok((config, tls))
+  }
+}
+
+/// `host:port/database` of a driver config, for messages. Never includes user or password.
+pub fn describe_target(config: &tokio_postgres::Config) -> String {
+  let host = config
+    .get_hosts()
+    .first()
+    .map(|host| match host {
+      tokio_postgres::config::Host::Tcp(name) => name.clone(),
+      #[cfg(unix)]
+      tokio_postgres::config::Host::Unix(path) => path.display().to_string(),
+    })
+    .unwrap_or_else(|| "localhost".into());
+  let port = config.get_ports().first().copied().unwrap_or(5432);
+  let database = config.get_dbname().unwrap_or("(default)");
+  format!("{host}:{port}/{database}")
+}
+
+#[cfg(test)]
+mod tests {
+  use super::*;
+
+  #[test]
+  fn target_description_has_no_credentials() {
+    let config: tokio_postgres::Config =
+      "postgres://me:s3cret@db.example:6543/app".parse().unwrap();
+    assert_eq!(describe_target(&config), "db.example:6543/app");
+  }
+}

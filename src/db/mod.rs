@@ -1,0 +1,8 @@
+//! The database layer: connection settings, TLS, the pool, driver-error classification and the
+//! migrations runner. Knows nothing of quotas; the domain (`crate::quota`) sends its SQL through it.
+
+pub mod config;
+mod errors;
+pub mod migrate;
+pub mod pool;
+pub mod tls;

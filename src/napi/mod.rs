@@ -1,0 +1,9 @@
+//! The N-API binding, and nothing else: `types` holds the argument and result shapes (their
+//! `///` docs become the generated typings), `client` and `storage` the exported class's
+//! methods, `error` the one conversion of a library error into a JS error. Each method converts
+//! its arguments, delegates to `quota::client::Client` and converts the answer back.
+
+mod client;
+mod error;
+mod storage;
+mod types;

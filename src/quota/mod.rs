@@ -1,0 +1,15 @@
+//! The quota domain: usage and charges, reservations, deletions, limits, reconciliation,
+//! coalescing, project records, and the `Client` that ties them to a pool and a storage
+//! backend. Plain Rust; SQL sits next to the function that sends it, and every database
+//! function takes a connection so tests and the client run the same code.
+
+pub mod client;
+pub mod coalesce;
+pub mod config;
+pub mod deletions;
+pub mod limits;
+pub mod owner;
+pub mod projects;
+pub mod reconcile;
+pub mod reservations;
+pub mod usage;
