@@ -88,11 +88,21 @@ export type StorageQuotaErrorCode =
   | 'CLIENT_CLOSED'
   | 'INTERNAL'
 
+/**
+ * Why a call is a CONFLICT: `KEY_REUSED` (an idempotency key used before for a different
+ * request), `ALREADY_SETTLED` (a reservation already committed, cancelled or expired),
+ * `TARGET_NOT_EMPTY` (a copy into a project that already holds files), `MISMATCH` (an upload
+ * recorded for another project or size).
+ */
+export type ConflictReason = 'KEY_REUSED' | 'ALREADY_SETTLED' | 'TARGET_NOT_EMPTY' | 'MISMATCH'
+
 /** The one error type of the package: match on `code`. */
 export declare class StorageQuotaError extends Error {
   readonly code: StorageQuotaErrorCode
   /** For INVALID_ARGUMENT from validation: which argument, and what was wrong. */
   readonly issues?: Array<{ path: string; message: string }>
+  /** For CONFLICT: how the request collides with an earlier one. */
+  readonly reason?: ConflictReason
   constructor(code: StorageQuotaErrorCode, message: string, details?: Record<string, unknown>)
 }
 

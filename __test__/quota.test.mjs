@@ -100,6 +100,7 @@ test('reusing an uploadId for a different upload is a CONFLICT, not a silent suc
   await client.recordUpload(user, project, 1000, { uploadId: 'u-1' })
   const error = await rejection(client.recordUpload(user, project, 2000, { uploadId: 'u-1' }))
   assert.equal(error.code, 'CONFLICT')
+  assert.equal(error.reason, 'KEY_REUSED')
   assert.equal(await usedBytes(user), 1000)
 })
 

@@ -30,9 +30,12 @@ pub enum QuotaError {
   NotFound(String),
   #[error("{0}")]
   Forbidden(String),
-  /// The same upload id was recorded before with other bytes or another project.
-  #[error("{0}")]
-  Conflict(String),
+  /// The request collides with an earlier one: `reason` says how (see [`ConflictReason`]).
+  #[error("{message}")]
+  Conflict {
+    reason: ConflictReason,
+    message: String,
+  },
   /// A reservation's TTL passed before it was committed.
   #[error("{0}")]
   ReservationExpired(String),
@@ -57,6 +60,32 @@ pub enum QuotaError {
   Internal(String),
 }
 
+/// Why a call is a `CONFLICT`: a stable, machine-readable string next to the message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConflictReason {
+  /// An idempotency key (upload, deletion, reservation, copy) was used before for a different
+  /// request.
+  KeyReused,
+  /// The reservation was already committed, cancelled or expired.
+  AlreadySettled,
+  /// The target (a project to copy into) already holds something.
+  TargetNotEmpty,
+  /// What the request refers to is not in the state it needs (e.g. an upload recorded for
+  /// another project).
+  Mismatch,
+}
+
+impl ConflictReason {
+  pub fn as_str(self) -> &'static str {
+    match self {
+      ConflictReason::KeyReused => "KEY_REUSED",
+      ConflictReason::AlreadySettled => "ALREADY_SETTLED",
+      ConflictReason::TargetNotEmpty => "TARGET_NOT_EMPTY",
+      ConflictReason::Mismatch => "MISMATCH",
+    }
+  }
+}
+
 pub type Result<T, E = QuotaError> = std::result::Result<T, E>;
 
 fn quota_exceeded_message(s: &QuotaShortfall) -> String {
@@ -76,7 +105,7 @@ impl QuotaError {
       QuotaError::QuotaExceeded(_) => "QUOTA_EXCEEDED",
       QuotaError::NotFound(_) => "NOT_FOUND",
       QuotaError::Forbidden(_) => "FORBIDDEN",
-      QuotaError::Conflict(_) => "CONFLICT",
+      QuotaError::Conflict { .. } => "CONFLICT",
       QuotaError::ReservationExpired(_) => "RESERVATION_EXPIRED",
       QuotaError::MigrationRequired(_) => "MIGRATION_REQUIRED",
       QuotaError::MigrationFailed(_) => "MIGRATION_FAILED",
@@ -90,6 +119,13 @@ impl QuotaError {
     }
   }
 
+  pub fn conflict(reason: ConflictReason, message: impl Into<String>) -> Self {
+    QuotaError::Conflict {
+      reason,
+      message: message.into(),
+    }
+  }
+
   pub fn invalid(message: impl Into<String>) -> Self {
     QuotaError::InvalidArgument(message.into())
   }
@@ -100,6 +136,9 @@ impl QuotaError {
     let mut object = Map::new();
     object.insert("code".into(), json!(self.code()));
     object.insert("message".into(), json!(self.to_string()));
+    if let QuotaError::Conflict { reason, .. } = self {
+      object.insert("reason".into(), json!(reason.as_str()));
+    }
     if let QuotaError::QuotaExceeded(s) = self {
       object.insert("requestedBytes".into(), json!(s.requested_bytes));
       object.insert("usedBytes".into(), json!(s.used_bytes));

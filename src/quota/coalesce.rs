@@ -17,7 +17,7 @@ use tokio_postgres::types::ToSql;
 use uuid::Uuid;
 
 use crate::db::pool::{PgConnection, Pool};
-use crate::error::{QuotaError, QuotaShortfall, Result};
+use crate::error::{ConflictReason, QuotaError, QuotaShortfall, Result};
 use crate::ids::{ProjectId, UserId};
 use crate::quota::usage::{self, RecordedUpload, Usage, SWEEP_USER_SQL};
 use crate::rollout::Mode;
@@ -293,7 +293,9 @@ fn decide(
   let project = upload.project.uuid();
   if let Some(&(prior_bytes, prior_project)) = recorded.get(&upload.upload_id) {
     if prior_bytes != upload.bytes || prior_project != Some(project) {
-      return Err(QuotaError::Conflict(format!(
+      return Err(QuotaError::conflict(
+          ConflictReason::KeyReused,
+          format!(
         "uploadId {:?} was already recorded with {prior_bytes} bytes for another project or size; use a new uploadId for a new upload",
         upload.upload_id
       )));

@@ -6,7 +6,7 @@
 use tokio_postgres::Transaction;
 
 use crate::db::pool::PgConnection;
-use crate::error::{QuotaError, Result};
+use crate::error::{ConflictReason, QuotaError, Result};
 use crate::ids::{ProjectId, UserId};
 use crate::quota::usage::Usage;
 use crate::rollout::Mode;
@@ -183,9 +183,12 @@ pub async fn record_deletion(
         )));
       };
       if recorded_project != Some(project.uuid()) || bytes.is_some_and(|b| b != recorded) {
-        return Err(QuotaError::Conflict(format!(
-          "upload {upload_id:?} was recorded with {recorded} bytes for another project or size"
-        )));
+        return Err(QuotaError::conflict(
+          ConflictReason::Mismatch,
+          format!(
+            "upload {upload_id:?} was recorded with {recorded} bytes for another project or size"
+          ),
+        ));
       }
       (format!("deletion of {upload_id}"), recorded)
     }
@@ -239,9 +242,12 @@ pub async fn record_overwrite(
   check_release_owner(&tx, user, project).await?;
   if let Some((prior, prior_project)) = prior_entry(&tx, user, upload_id).await? {
     if prior != bytes || prior_project != Some(project.uuid()) {
-      return Err(QuotaError::Conflict(format!(
+      return Err(QuotaError::conflict(
+        ConflictReason::KeyReused,
+        format!(
         "uploadId {upload_id:?} was already recorded with {prior} bytes for another project or size"
-      )));
+      ),
+      ));
     }
     tx.commit().await?;
     return Ok(Overwritten {

@@ -6,7 +6,7 @@
 use chrono::{DateTime, Utc};
 
 use crate::db::pool::PgConnection;
-use crate::error::{QuotaError, Result};
+use crate::error::{ConflictReason, QuotaError, Result};
 use crate::ids::{ProjectId, UserId};
 use crate::quota::owner::check_owner;
 use crate::quota::usage::{
@@ -173,7 +173,9 @@ pub async fn reserve(
         && row.get::<_, i64>("prior_bytes") == bytes;
       let status: String = row.get("prior_status");
       if !same || status != "pending" {
-        return Err(QuotaError::Conflict(format!(
+        return Err(QuotaError::conflict(
+          ConflictReason::KeyReused,
+          format!(
           "reservation {reservation_id} already exists ({status}) for another user, project or size; use a new reservationId"
         )));
       }
@@ -221,9 +223,10 @@ pub struct LedgerEntry<'a> {
 }
 
 fn settled_error(id: &uuid::Uuid, status: &str) -> QuotaError {
-  QuotaError::Conflict(format!(
-    "reservation {id} is already {status}; it cannot be settled again"
-  ))
+  QuotaError::conflict(
+    ConflictReason::AlreadySettled,
+    format!("reservation {id} is already {status}; it cannot be settled again"),
+  )
 }
 
 /// Turns a reservation into usage: `actual_bytes` (default: the reserved amount).

@@ -5,7 +5,7 @@
 use tokio_postgres::error::SqlState;
 
 use crate::db::pool::PgConnection;
-use crate::error::{QuotaError, QuotaShortfall, Result};
+use crate::error::{ConflictReason, QuotaError, QuotaShortfall, Result};
 use crate::format::percent_used;
 use crate::ids::{ProjectId, UserId};
 use crate::quota::owner::check_owner;
@@ -324,7 +324,9 @@ pub async fn record_upload(
     if let Some(prior_bytes) = prior_bytes {
       let prior_project: Option<uuid::Uuid> = row.get("prior_project");
       if prior_bytes != bytes || prior_project != Some(project.uuid()) {
-        return Err(QuotaError::Conflict(format!(
+        return Err(QuotaError::conflict(
+          ConflictReason::KeyReused,
+          format!(
           "uploadId {upload_id:?} was already recorded with {prior_bytes} bytes for another project or size; use a new uploadId for a new upload"
         )));
       }

@@ -2,7 +2,7 @@
 //! project operations of the app's server actions (register, copy, remove).
 
 use super::{blocking, Client};
-use crate::error::{QuotaError, Result};
+use crate::error::{ConflictReason, QuotaError, Result};
 use crate::ids::{parse_bytes, parse_upload_id, upload_key_or_new, ProjectId, UserId};
 use crate::quota::config::parse_ttl_ms;
 use crate::quota::deletions::{self, DeletionTarget, Overwritten, Released, RemovedProject};
@@ -266,9 +266,10 @@ impl Client {
     let target_has_files =
       blocking(move || Ok(project_usage(&tgt_root, &tgt_user, &target)?.files > 0)).await?;
     if target_has_files {
-      return Err(QuotaError::Conflict(format!(
-        "project {target} already has files; copy into a new, empty project"
-      )));
+      return Err(QuotaError::conflict(
+        ConflictReason::TargetNotEmpty,
+        format!("project {target} already has files; copy into a new, empty project"),
+      ));
     }
 
     let ttl = self.config.reservation_ttl_ms;
