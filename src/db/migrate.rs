@@ -2,8 +2,8 @@
 //! transaction-level advisory lock, so app instances starting together apply it once; each
 //! applied migration is recorded with the SHA-256 of its SQL, and a changed file is refused.
 
+use crate::db::session::{PgConnection, Tx};
 use sha2::{Digest, Sha256};
-use tokio_postgres::{Client, Transaction};
 
 use crate::error::{QuotaError, Result};
 
@@ -75,7 +75,7 @@ fn hex(bytes: &[u8]) -> String {
 
 /// Takes the lock, makes sure the tracking table exists and returns what is applied,
 /// refusing a database whose recorded checksums differ from ours.
-async fn lock_and_read(tx: &Transaction<'_>) -> Result<Vec<(i32, String)>> {
+async fn lock_and_read(tx: &Tx<'_>) -> Result<Vec<(i32, String)>> {
   tx.batch_execute("SET LOCAL lock_timeout = '60s'").await?;
   tx.execute("SELECT pg_advisory_xact_lock($1)", &[&LOCK_KEY])
     .await?;
@@ -121,10 +121,10 @@ fn failed(migration: &Migration, direction: &str, error: tokio_postgres::Error) 
 }
 
 /// Applies every pending migration, one transaction each. Returns the versions applied now.
-pub async fn migrate(client: &mut Client, settings: &MigrationSettings) -> Result<Vec<i32>> {
+pub async fn migrate(conn: &mut PgConnection, settings: &MigrationSettings) -> Result<Vec<i32>> {
   let mut applied_now = Vec::new();
   loop {
-    let tx = client.transaction().await?;
+    let tx = conn.transaction().await?;
     let applied = lock_and_read(&tx).await?;
     let Some(next) = MIGRATIONS
       .iter()
@@ -153,10 +153,10 @@ pub async fn migrate(client: &mut Client, settings: &MigrationSettings) -> Resul
 
 /// Reverts the `steps` most recent migrations, newest first, one transaction each.
 /// Returns the versions reverted. The tracking table goes with the last one.
-pub async fn rollback(client: &mut Client, steps: u32) -> Result<Vec<i32>> {
+pub async fn rollback(conn: &mut PgConnection, steps: u32) -> Result<Vec<i32>> {
   let mut reverted = Vec::new();
   for _ in 0..steps {
-    let tx = client.transaction().await?;
+    let tx = conn.transaction().await?;
     let applied = lock_and_read(&tx).await?;
     let Some((version, _)) = applied.last() else {
       tx.batch_execute("DROP TABLE IF EXISTS storage_quota_migrations")
@@ -186,8 +186,8 @@ pub async fn rollback(client: &mut Client, steps: u32) -> Result<Vec<i32>> {
   Ok(reverted)
 }
 
-pub async fn status(client: &Client) -> Result<Status> {
-  let exists: bool = client
+pub async fn status(conn: &PgConnection) -> Result<Status> {
+  let exists: bool = conn
     .query_one(
       "SELECT to_regclass('storage_quota_migrations') IS NOT NULL",
       &[],
@@ -196,7 +196,7 @@ pub async fn status(client: &Client) -> Result<Status> {
     .get(0);
   let mut recorded = Vec::new();
   if exists {
-    for row in client
+    for row in conn
       .query(
         "SELECT version, name, checksum, applied_at FROM storage_quota_migrations ORDER BY version",
         &[],

@@ -217,12 +217,7 @@ async fn charge_together(
     .into_iter()
     .collect();
   let keys: Vec<&str> = uploads.iter().map(|u| u.upload_id.as_str()).collect();
-  let (client, statements) = conn.parts();
-  let tx = client.transaction().await?;
-  let sweep = PgConnection::statement(statements, &tx, SWEEP_USER_SQL).await?;
-  let lock = PgConnection::statement(statements, &tx, LOCK_QUOTA).await?;
-  let owners = PgConnection::statement(statements, &tx, OWNERS).await?;
-  let priors = PgConnection::statement(statements, &tx, PRIORS).await?;
+  let tx = conn.transaction().await?;
   // Pipelined: PostgreSQL runs them in order, so both reads see the state after the lock.
   let user_id = user.as_str();
   let lock_params: [&(dyn ToSql + Sync); 1] = [&user_id];
@@ -231,10 +226,10 @@ async fn charge_together(
   // Expired reservations are given back first, in the order every writer locks: reservation
   // rows, then the quota row.
   let (_, row, owners, priors) = tokio::try_join!(
-    tx.execute(&sweep, &lock_params),
-    tx.query_opt(&lock, &lock_params),
-    tx.query(&owners, &owner_params),
-    tx.query(&priors, &prior_params),
+    tx.execute(SWEEP_USER_SQL, &lock_params),
+    tx.query_opt(LOCK_QUOTA, &lock_params),
+    tx.query(OWNERS, &owner_params),
+    tx.query(PRIORS, &prior_params),
   )?;
   let Some(row) = row else {
     return Ok(None);
@@ -264,13 +259,11 @@ async fn charge_together(
   }
   if !new_keys.is_empty() {
     let total: i64 = new_bytes.iter().sum();
-    let charge = PgConnection::statement(statements, &tx, CHARGE).await?;
-    let ledger = PgConnection::statement(statements, &tx, LEDGER).await?;
     let charge_params: [&(dyn ToSql + Sync); 2] = [&user_id, &total];
     let ledger_params: [&(dyn ToSql + Sync); 4] = [&user_id, &new_projects, &new_keys, &new_bytes];
     let (after, _) = tokio::try_join!(
-      tx.query_one(&charge, &charge_params),
-      tx.execute(&ledger, &ledger_params),
+      tx.query_one(CHARGE, &charge_params),
+      tx.execute(LEDGER, &ledger_params),
     )?;
     let used: i64 = after.get(0);
     if used != usage.used_bytes {

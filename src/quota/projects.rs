@@ -55,8 +55,7 @@ pub async fn find_or_create_path(
   location: &Location,
   default_limit: i64,
 ) -> Result<ProjectStoragePath> {
-  let find = conn.prepared(FIND_PROJECT).await?;
-  let row = conn.client.query_opt(&find, &[&project.uuid()]).await?;
+  let row = conn.query_opt(FIND_PROJECT, &[&project.uuid()]).await?;
   let row = row.ok_or_else(|| QuotaError::NotFound(format!("project {project} does not exist")))?;
   check_owner(row.get(0), user, project)?;
   if row.get::<_, Option<uuid::Uuid>>(1).is_some() {
@@ -66,8 +65,7 @@ pub async fn find_or_create_path(
   // The quota row first, committed on its own: inside the transaction below, a second caller
   // waiting on our uncommitted quota row while we wait on its project row lock would deadlock.
   crate::quota::usage::ensure_quota_row(conn, user, default_limit).await?;
-  let (client, statements) = conn.parts();
-  let tx = client.transaction().await?;
+  let tx = conn.transaction().await?;
   // Lock the project row in the mode the UPDATE below needs, so concurrent allocations of one
   // project queue here instead of deadlocking on a lock upgrade, and the owner cannot change
   // between the check and the insert.
@@ -79,10 +77,9 @@ pub async fn find_or_create_path(
     .await?
     .map(|row| row.get(0));
   check_owner(owner, user, project)?;
-  let insert = PgConnection::statement(statements, &tx, INSERT_PATH).await?;
   let created = tx
     .query_opt(
-      &insert,
+      INSERT_PATH,
       &[
         &project.uuid(),
         &user.as_str(),

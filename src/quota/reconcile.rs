@@ -66,7 +66,6 @@ SELECT coalesce(sp.project_id, l.project_id) AS project_id, coalesce(l.bytes, 0)
 /// The users to check: one, or every user with a quota row, in pages.
 pub async fn users_after(conn: &mut PgConnection, after: &str, limit: i64) -> Result<Vec<String>> {
   let rows = conn
-    .client
     .query(
       "SELECT user_id FROM user_quotas WHERE user_id > $1 ORDER BY user_id LIMIT $2",
       &[&after, &limit],
@@ -83,7 +82,7 @@ pub async fn reconcile_user(
   // Expired reservations first, in their own statement (reservation rows before the quota row,
   // the order every other writer uses).
   crate::quota::usage::sweep_user(conn, user).await?;
-  let tx = conn.client.transaction().await?;
+  let tx = conn.transaction().await?;
   let Some(counter) = tx
     .query_opt(
       "SELECT used_bytes, reserved_bytes FROM user_quotas WHERE user_id = $1 FOR UPDATE",

@@ -242,12 +242,10 @@ pub async fn commit(
     key: &default_key,
     kind: "upload",
   });
-  let statement = conn.prepared(COMMIT).await?;
   let caller_id = caller.map(|u| u.as_str());
   let row = conn
-    .client
     .query_one(
-      &statement,
+      COMMIT,
       &[id, &actual_bytes, &caller_id, &entry.key, &entry.kind],
     )
     .await?;
@@ -321,9 +319,8 @@ pub async fn cancel(
   id: &uuid::Uuid,
   caller: Option<&UserId>,
 ) -> Result<Settled> {
-  let statement = conn.prepared(CANCEL).await?;
   let caller_id = caller.map(|u| u.as_str());
-  let row = conn.client.query_one(&statement, &[id, &caller_id]).await?;
+  let row = conn.query_one(CANCEL, &[id, &caller_id]).await?;
   let owner = reservation_owner(&row, id, caller)?;
   let status: String = row.get("status");
   if status == "committed" {
@@ -352,7 +349,7 @@ pub async fn cancel(
 pub async fn sweep_all(conn: &mut PgConnection) -> Result<u64> {
   let mut swept = 0;
   loop {
-    let users = conn.client.query(USERS_WITH_EXPIRED, &[]).await?;
+    let users = conn.query(USERS_WITH_EXPIRED, &[]).await?;
     if users.is_empty() {
       return Ok(swept);
     }

@@ -167,8 +167,7 @@ const RECORD_UPLOAD_SHADOW: &str =
   record_upload_sql!("set_config('storage_quota.allow_over_limit', 'on', true) = 'on'");
 
 pub async fn read_usage(conn: &mut PgConnection, user: &UserId) -> Result<Option<Usage>> {
-  let statement = conn.prepared(SELECT_USAGE).await?;
-  let row = conn.client.query_opt(&statement, &[&user.as_str()]).await?;
+  let row = conn.query_opt(SELECT_USAGE, &[&user.as_str()]).await?;
   Ok(row.map(|row| Usage::from_row(&row, 0)))
 }
 
@@ -212,18 +211,15 @@ pub async fn ensure_quota_row(
   user: &UserId,
   default_limit: i64,
 ) -> Result<()> {
-  let statement = conn.prepared(ENSURE_QUOTA_ROW_SQL).await?;
   conn
-    .client
-    .execute(&statement, &[&user.as_str(), &default_limit])
+    .execute(ENSURE_QUOTA_ROW_SQL, &[&user.as_str(), &default_limit])
     .await?;
   Ok(())
 }
 
 /// Gives back the user's expired reservations.
 pub async fn sweep_user(conn: &mut PgConnection, user: &UserId) -> Result<u64> {
-  let statement = conn.prepared(SWEEP_USER_SQL).await?;
-  Ok(conn.client.execute(&statement, &[&user.as_str()]).await?)
+  Ok(conn.execute(SWEEP_USER_SQL, &[&user.as_str()]).await?)
 }
 
 /// Runs the user's sweep and then `sql`, sent back to back on one connection (tokio-postgres
@@ -235,19 +231,11 @@ pub async fn swept_query_one(
   sql: &'static str,
   params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
 ) -> std::result::Result<tokio_postgres::Row, tokio_postgres::Error> {
-  let sweep = match conn.prepared(SWEEP_USER_SQL).await {
-    Ok(statement) => statement,
-    Err(_) => return conn.client.query_one(sql, params).await,
-  };
-  let statement = match conn.prepared(sql).await {
-    Ok(statement) => statement,
-    Err(_) => return conn.client.query_one(sql, params).await,
-  };
   let user_id = user.as_str();
   let sweep_params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&user_id];
   let (_, result) = tokio::join!(
-    conn.client.execute(&sweep, &sweep_params),
-    conn.client.query_one(&statement, params)
+    conn.execute(SWEEP_USER_SQL, &sweep_params),
+    conn.query_one(sql, params)
   );
   result
 }

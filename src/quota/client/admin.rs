@@ -163,7 +163,7 @@ impl Client {
     let pool = self.pool()?;
     let applied = {
       let mut conn = pool.get().await?;
-      migrate::migrate(&mut conn.0.client, &settings).await
+      migrate::migrate(&mut conn.0, &settings).await
     };
     pool.schema_changed();
     applied
@@ -175,7 +175,7 @@ impl Client {
     let pool = self.pool()?;
     let reverted = {
       let mut conn = pool.get().await?;
-      migrate::rollback(&mut conn.0.client, steps).await
+      migrate::rollback(&mut conn.0, steps).await
     };
     pool.schema_changed();
     reverted
@@ -183,7 +183,7 @@ impl Client {
 
   pub async fn migration_status(&self) -> Result<Status> {
     self
-      .with_conn(async |conn| migrate::status(&conn.0.client).await)
+      .with_conn(async |conn| migrate::status(&conn.0).await)
       .await
   }
 }

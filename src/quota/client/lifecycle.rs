@@ -238,7 +238,6 @@ impl Client {
       .with_conn(async |conn| {
         let row = conn
           .0
-          .client
           .query_opt(
             "SELECT bytes FROM quota_ledger WHERE user_id = $1 AND idempotency_key = $2",
             &[&user.as_str(), &key],
