@@ -71,10 +71,16 @@ impl ManageConnection for Manager {
       .connect(self.tls.clone())
       .await
       .map_err(|error| {
+        let cause = connect_cause(&error);
+        // PgBouncer's answer to the `options` we send a direct connection.
+        let hint = if cause.contains("unsupported startup parameter") {
+          "; behind PgBouncer or another pooler, add ?pgbouncer=true to the URL (or pass statementCache: false)"
+        } else {
+          ""
+        };
         let failure = QuotaError::DbUnavailable(format!(
-          "could not connect to PostgreSQL at {}: {}",
-          self.target,
-          connect_cause(&error)
+          "could not connect to PostgreSQL at {}: {cause}{hint}",
+          self.target
         ));
         self.failures.record(failure.to_string());
         failure
