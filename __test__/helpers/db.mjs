@@ -39,6 +39,8 @@ async function pooledUrlFor(database) {
         password: admin.password ? decodeURIComponent(admin.password) : undefined,
       },
       poolMode: TEST_POOLER,
+      // Session mode pins a server connection per client connection: room for every test's pools.
+      defaultPoolSize: TEST_POOLER === 'session' ? 60 : 8,
       tag: `pgb-${TEST_POOLER}`,
       untilExit: true,
     })

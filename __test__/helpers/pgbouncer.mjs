@@ -92,7 +92,7 @@ pidfile = ${join(dir, 'pgbouncer.pid')}
 logfile =
 log_connections = 0
 log_disconnections = 0
-server_login_retry = 0
+admin_users = ${server.user ?? 'postgres'}
 `,
   )
 
