@@ -102,6 +102,21 @@ test('without pooler mode, PgBouncer refuses the login and the error says what t
   assert.match(error.message, /pgbouncer=true/)
 })
 
+test('named prepared statements are what breaks behind a transaction pooler, and pooler mode sends none', async () => {
+  // A pooler told to let the login through: the statement cache alone then fails most calls.
+  const lax = await startPgBouncer({ server, poolMode: 'transaction', defaultPoolSize: 4, extra: 'ignore_startup_parameters = options', tag: 'pgb-lax' })
+  try {
+    const cached = client(lax.url(db.name, { pooler: false }), { poolSize: 16 })
+    const results = await Promise.allSettled(Array.from({ length: 200 }, (_, i) => cached.checkQuota(`pool_lax_${i % 8}`, 1)))
+    const failures = results.filter((r) => r.status === 'rejected').map((r) => r.reason.message)
+    assert.ok(failures.length > 0, 'named statements through a transaction pooler should have failed')
+    assert.match(failures[0], /prepared statement "s\d+" (does not exist|already exists)/)
+    await mixedLoad(client(lax.url(db.name)), 'lax')
+  } finally {
+    await lax.stop()
+  }
+})
+
 test('pooler mode: statementTimeoutMs cancels a blocked statement, and the SET LOCAL does not leak to other clients', async () => {
   const user = 'pool_timeout'
   const project = await insertProject(db, user)

@@ -62,6 +62,8 @@ export async function startPgBouncer({
   defaultPoolSize = 8,
   tag = 'pgb',
   untilExit = false,
+  /** Extra `[pgbouncer]` settings, e.g. `ignore_startup_parameters = options`. */
+  extra = '',
 } = {}) {
   const dir = await mkdtemp(join(tmpdir(), `sq-${tag}-`))
   const user = runAs()
@@ -93,6 +95,7 @@ logfile =
 log_connections = 0
 log_disconnections = 0
 admin_users = ${server.user ?? 'postgres'}
+${extra}
 `,
   )
 
