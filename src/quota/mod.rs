@@ -6,6 +6,7 @@
 pub mod client;
 pub mod coalesce;
 pub mod config;
+pub mod copies;
 pub mod deletions;
 pub mod limits;
 pub mod owner;

@@ -4,6 +4,7 @@
 pub mod paths;
 pub mod tree;
 pub mod usage;
+pub mod walk;
 
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
