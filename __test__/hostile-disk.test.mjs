@@ -3,11 +3,13 @@
 // byte for byte before and after, and the counters with the files on disk.
 import { test, after } from 'node:test'
 import assert from 'node:assert/strict'
-import { execFileSync } from 'node:child_process'
+import { execFile, execFileSync } from 'node:child_process'
 import { randomBytes } from 'node:crypto'
 import { lstat, mkdir, mkdtemp, readdir, readFile, readlink, rename, rm, symlink, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
+import { promisify } from 'node:util'
+import { fileURLToPath } from 'node:url'
 import pg from 'pg'
 import { createClient } from '../index.js'
 import { createTestDatabase, insertProject, quotaCounters, rejection } from './helpers/db.mjs'
@@ -293,4 +295,30 @@ test('a connection cut in the middle of a copy: the target shows nothing until c
     await admin.end()
     await cutting.close()
   }
+})
+
+// macOS has no /proc; an empty one here stands in for it. Needs a private mount namespace
+// (root, or unprivileged user namespaces); skipped where that is not possible.
+const noProc = (() => {
+  try {
+    execFileSync('unshare', ['-m', 'sh', '-c', 'mount -t tmpfs none /proc && test ! -e /proc/self'], { stdio: 'ignore' })
+    return true
+  } catch {
+    return false
+  }
+})()
+
+test('without /proc (as on macOS) copy, diskUsage and removeProject work the same', { skip: !noProc && 'cannot hide /proc here (needs unshare -m)' }, async () => {
+  const user = 'user_no_proc'
+  const { project: source, dir, total } = await projectWithFiles(user, { 'a.bin': 5000, 'n/b.bin': 3000 })
+  const target = await insertProject(db, user)
+  const child = fileURLToPath(new URL('./helpers/no-proc-child.mjs', import.meta.url))
+  const { stdout } = await promisify(execFile)(
+    'unshare',
+    ['-m', 'sh', '-c', 'mount -t tmpfs none /proc && exec "$0" "$1"', process.execPath, child],
+    { env: { ...process.env, DATABASE_URL: db.url, STORAGE_ROOT: db.storageRoot, USER_ID: user, SOURCE: source, TARGET: target } },
+  )
+  assert.deepEqual(JSON.parse(stdout), { copiedBytes: total, targetBytes: total, releasedBytes: total })
+  await assert.rejects(lstat(dir), { code: 'ENOENT' }, 'the source directory was removed')
+  await assertCountedEqualsDisk(user)
 })
