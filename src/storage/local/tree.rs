@@ -155,15 +155,12 @@ pub fn copy_into(from: &OwnedFd, to: OwnedFd, shown: &Path) -> Result<TreeStats>
 }
 
 /// [`copy_into`] with the visitor wrapped (tests drive the walker through it).
-fn copy_with<V: Visitor>(
+fn copy_with<V: Visitor + AsMut<Copier>>(
   from: &OwnedFd,
   to: OwnedFd,
   shown: &Path,
   wrap: impl FnOnce(Copier) -> V,
-) -> Result<TreeStats>
-where
-  V: AsMut<Copier>,
-{
+) -> Result<TreeStats> {
   let mut visitor = wrap(Copier {
     targets: vec![to],
     stats: TreeStats::default(),
