@@ -308,17 +308,50 @@ const noProc = (() => {
   }
 })()
 
+/** Runs helpers/disk-child.mjs after `setup` (shell) in a mount namespace of its own. */
+async function inNamespace(setup, env) {
+  const child = fileURLToPath(new URL('./helpers/disk-child.mjs', import.meta.url))
+  const { stdout } = await promisify(execFile)(
+    'unshare',
+    ['-m', 'sh', '-c', `${setup} && exec "$0" "$1"`, process.execPath, child],
+    { env: { ...process.env, DATABASE_URL: db.url, STORAGE_ROOT: db.storageRoot, ...env } },
+  )
+  return JSON.parse(stdout)
+}
+
 test('without /proc (as on macOS) copy, diskUsage and removeProject work the same', { skip: !noProc && 'cannot hide /proc here (needs unshare -m)' }, async () => {
   const user = 'user_no_proc'
   const { project: source, dir, total } = await projectWithFiles(user, { 'a.bin': 5000, 'n/b.bin': 3000 })
   const target = await insertProject(db, user)
-  const child = fileURLToPath(new URL('./helpers/no-proc-child.mjs', import.meta.url))
-  const { stdout } = await promisify(execFile)(
-    'unshare',
-    ['-m', 'sh', '-c', 'mount -t tmpfs none /proc && exec "$0" "$1"', process.execPath, child],
-    { env: { ...process.env, DATABASE_URL: db.url, STORAGE_ROOT: db.storageRoot, USER_ID: user, SOURCE: source, TARGET: target } },
-  )
-  assert.deepEqual(JSON.parse(stdout), { copiedBytes: total, targetBytes: total, releasedBytes: total })
+  const result = await inNamespace('mount -t tmpfs none /proc', { USER_ID: user, SOURCE: source, TARGET: target })
+  assert.deepEqual(result, {
+    source: { bytes: total, skipped: 0 },
+    copy: { copiedBytes: total, skipped: 0 },
+    target: total,
+    remove: total,
+  })
   await assert.rejects(lstat(dir), { code: 'ENOENT' }, 'the source directory was removed')
   await assertCountedEqualsDisk(user)
+})
+
+test('a filesystem mounted inside a project is never entered: not measured, copied or deleted', { skip: !noProc && 'cannot mount here (needs unshare -m)' }, async () => {
+  const user = 'user_mount'
+  const { project: source, dir, total } = await projectWithFiles(user, { 'a.bin': 7000 })
+  await mkdir(join(dir, 'mnt'))
+  const target = await insertProject(db, user)
+  const mounted = join(dir, 'mnt', 'theirs')
+  const result = await inNamespace(`mount -t tmpfs none '${join(dir, 'mnt')}' && echo data > '${mounted}'`, {
+    USER_ID: user,
+    SOURCE: source,
+    TARGET: target,
+    WATCH: mounted,
+  })
+  assert.deepEqual(result, {
+    source: { bytes: total, skipped: 1 },
+    copy: { copiedBytes: total, skipped: 1 },
+    target: total,
+    remove: { error: 'STORAGE_ERROR' },
+    watched: true,
+  })
+  await assertOutsideUntouched()
 })

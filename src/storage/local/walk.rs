@@ -4,14 +4,15 @@
 //! entry is classified with `fstatat(AT_SYMLINK_NOFOLLOW)` relative to that parent, and no path
 //! is ever resolved again from the root. A symlink, socket, FIFO or device is handed to
 //! [`Visitor::other`] and never followed; a directory swapped for a link between the listing
-//! and the open is caught by `O_NOFOLLOW` and reported the same way. No `/proc`, so it works
-//! the same on Linux and macOS.
+//! and the open is caught by `O_NOFOLLOW` and reported the same way, and so is a directory on
+//! another filesystem (a mount point inside the tree is never entered). No `/proc`, so it
+//! works the same on Linux and macOS.
 
 use std::ffi::{CStr, CString};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::Path;
 
-use rustix::fs::{openat, statat, AtFlags, Dir, FileType, Mode, OFlags, Stat};
+use rustix::fs::{fstat, openat, statat, AtFlags, Dir, FileType, Mode, OFlags, Stat};
 use rustix::io::Errno;
 
 use crate::error::{QuotaError, Result};
@@ -35,8 +36,8 @@ pub trait Visitor {
   fn enter(&mut self, parent: BorrowedFd<'_>, name: &CStr, dir: BorrowedFd<'_>) -> Result<()>;
   /// Everything below the directory `name` was visited (its handle is closed).
   fn leave(&mut self, parent: BorrowedFd<'_>, name: &CStr) -> Result<()>;
-  /// A symlink, socket, FIFO or device, or a directory replaced by one of those (or by a file)
-  /// while being walked: never followed or opened.
+  /// A symlink, socket, FIFO or device, a directory replaced by one of those (or by a file)
+  /// while being walked, or a mount point: never followed or entered.
   fn other(&mut self, parent: BorrowedFd<'_>, name: &CStr) -> Result<()>;
   /// Called just before a listed directory is opened. Tests use it to swap the directory for a
   /// link at the worst moment; operations leave it empty.
@@ -48,6 +49,8 @@ pub fn walk(top: &OwnedFd, shown: &Path, visitor: &mut impl Visitor) -> Result<(
   let error = |what: &str, e: Errno| {
     QuotaError::Storage(format!("cannot {what} under {}: {e}", shown.display()))
   };
+  // Another filesystem mounted inside the tree is not entered: it is not the project's.
+  let device = fstat(top).map_err(|e| error("stat", e))?.st_dev;
   // Each level: the open directory being listed and its name in the level above.
   let mut stack: Vec<(Dir, Option<CString>)> =
     vec![(Dir::read_from(top).map_err(|e| error("read", e))?, None)];
@@ -92,6 +95,14 @@ pub fn walk(top: &OwnedFd, shown: &Path, visitor: &mut impl Visitor) -> Result<(
           }
           Err(e) => return Err(error("open a directory", e)),
         };
+        if fstat(&child)
+          .map_err(|e| error("stat a directory", e))?
+          .st_dev
+          != device
+        {
+          visitor.other(parent, name)?;
+          continue;
+        }
         if depth >= MAX_DEPTH {
           return Err(QuotaError::Storage(format!(
             "{} nests directories deeper than {MAX_DEPTH} levels",
