@@ -229,6 +229,19 @@ test('concurrent and repeated copies into one new project resolve once: duplicat
   await assertCountedEqualsDisk(user)
 })
 
+test('a copy removed with removeProject is copied again, not answered as a duplicate', async () => {
+  const user = 'user_recopy'
+  const { project: source, total } = await projectWithFiles(user, { 'a.bin': 4000, 'd/b.bin': 96 })
+  const target = await insertProject(db, user)
+  assert.equal((await client.copyProject(user, source, target)).duplicate, false)
+  await client.removeProject(user, target)
+  await assertCountedEqualsDisk(user)
+  const again = await second.copyProject(user, source, target)
+  assert.deepEqual([again.duplicate, again.copiedBytes], [false, total])
+  assert.equal((await client.diskUsage(user, target)).bytes, total)
+  await assertCountedEqualsDisk(user)
+})
+
 test('a refused copy leaves nothing — no files, no directory, no path record, no charge — however many ask at once', async () => {
   const user = 'user_refused'
   const { project: source } = await projectWithFiles(user, { 'big.bin': 60 * MB })

@@ -131,7 +131,8 @@ impl Client {
     if created {
       made.path_record = Some(path.id);
     }
-    let key = format!("copy {}", job.target);
+    // One ledger entry per copy made: a project removed and copied into again gets a new one.
+    let key = format!("copy {} {token}", job.target);
     let entry = LedgerEntry {
       key: &key,
       kind: "copy",
