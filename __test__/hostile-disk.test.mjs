@@ -4,8 +4,8 @@
 import { test, after } from 'node:test'
 import assert from 'node:assert/strict'
 import { execFile, execFileSync } from 'node:child_process'
-import { randomBytes } from 'node:crypto'
-import { lstat, mkdir, mkdtemp, readdir, readFile, readlink, rename, rm, symlink, writeFile } from 'node:fs/promises'
+import { randomBytes, randomUUID } from 'node:crypto'
+import { lstat, mkdir, mkdtemp, readdir, readFile, readlink, rename, rm, stat, symlink, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { promisify } from 'node:util'
@@ -239,6 +239,44 @@ test('a copy removed with removeProject is copied again, not answered as a dupli
   const again = await second.copyProject(user, source, target)
   assert.deepEqual([again.duplicate, again.copiedBytes], [false, total])
   assert.equal((await client.diskUsage(user, target)).bytes, total)
+  await assertCountedEqualsDisk(user)
+})
+
+test('a copy whose call died is settled by the next call: undone when uncounted, kept when counted', async () => {
+  const user = 'user_died'
+  const { project: source, total } = await projectWithFiles(user, { 'a.bin': 3000, 'd/b.bin': 1000 })
+  const userDir = join(db.storageRoot, user)
+  /** What a call that died after `stage` left: its claim, its reservation, its directories. */
+  async function deadCall(stage) {
+    const target = await insertProject(db, user)
+    const token = randomUUID()
+    await client.reserveUpload(user, target, total, { reservationId: token })
+    await writeFiles(join(userDir, `.copy-${token}`), { 'a.bin': 3000, 'half.bin': 10 })
+    const staged = await stat(join(userDir, `.copy-${token}`), { bigint: true })
+    await db.query(
+      `INSERT INTO quota_project_copies (user_id, project_id, source_project_id, token, dir_dev, dir_ino)
+       VALUES ($1, $2, $3, $4, $5, $6)`,
+      [user, target, source, token, staged.dev.toString(), staged.ino.toString()],
+    )
+    if (stage !== 'staged') await rename(join(userDir, `.copy-${token}`), join(userDir, target))
+    if (stage === 'committed') await client.commitUpload(token, 3010, { userId: user })
+    return target
+  }
+
+  for (const stage of ['staged', 'renamed']) {
+    const target = await deadCall(stage)
+    const copied = await second.copyProject(user, source, target)
+    assert.deepEqual([copied.duplicate, copied.copiedBytes, copied.files], [false, total, 2], stage)
+    assert.deepEqual(Object.keys(await snapshot(join(userDir, target))).sort(), ['a.bin', 'd', 'd/b.bin'], `${stage}: the dead call's files are gone`)
+    assert.deepEqual(await leftovers(user), [])
+    await assertCountedEqualsDisk(user)
+  }
+  // Counted before its call died: the copy stands and later calls answer with it.
+  const target = await deadCall('committed')
+  const kept = await second.copyProject(user, source, target)
+  assert.deepEqual([kept.duplicate, kept.copiedBytes], [true, 3010])
+  assert.equal((await client.diskUsage(user, target)).bytes, 3010)
+  assert.deepEqual((await client.copyProject(user, source, target)).duplicate, true)
   await assertCountedEqualsDisk(user)
 })
 
