@@ -22,8 +22,10 @@ const db = await createTestDatabase('hostile_disk')
 const options = { databaseUrl: db.url, storageRoot: db.storageRoot, defaultQuotaBytes: 100 * MB, logger: false }
 const client = createClient(options)
 const second = createClient(options)
+// One connection: a copy must never need a second one while it holds its lock.
+const single = createClient({ ...options, poolSize: 1 })
 await client.migrate()
-after(() => Promise.all([client.close(), second.close()]))
+after(() => Promise.all([client.close(), second.close(), single.close()]))
 
 // The sentinel: a directory outside the storage root that links will point into.
 const outside = await mkdtemp(join(tmpdir(), 'sq-outside-'))
@@ -201,7 +203,7 @@ test('concurrent and repeated copies into one new project resolve once: duplicat
   const { project: other } = await projectWithFiles(user, { 'z.bin': 10 })
   for (let round = 0; round < 4; round++) {
     const target = await insertProject(db, user)
-    const calls = [client, second, client, second, client].map((c) => c.copyProject(user, source, target))
+    const calls = [client, second, single, second, single].map((c) => c.copyProject(user, source, target))
     const results = await Promise.allSettled(calls)
     for (const r of results) assert.equal(r.status, 'fulfilled', r.reason?.code ?? '')
     const answers = results.map((r) => r.value)

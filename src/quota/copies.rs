@@ -1,8 +1,9 @@
 //! The database side of `copyProject`: one claim row per new project (`quota_project_copies`),
 //! and a session advisory lock per (user, new project) held by the call doing the copy.
 //!
-//! Every call for one new project queues on the lock, so only one works at a time; what it
-//! finds in the claim row decides: nothing (copy), `done` (answer `duplicate` with the stored
+//! Every call for one new project waits for the lock (polling it without holding a pooled
+//! connection, so waiters cannot starve the pool), so only one works at a time; what it finds
+//! in the claim row decides: nothing (copy), `done` (answer `duplicate` with the stored
 //! outcome, or `CONFLICT` for another source), or `copying` (the call that held the lock died
 //! with its connection: clean up after it by its token, then copy). The lock lives with the
 //! session, so a crashed process or a cut connection releases it at once; and a call's
@@ -58,27 +59,16 @@ pub async fn check_owners(
   Ok(())
 }
 
-/// Waits for the (user, new project) lock, at most `wait_ms` (the copy's reservation TTL: a
-/// copy holding it longer has outlived its reservation anyway).
-pub async fn lock(
-  conn: &mut PgConnection,
-  user: &UserId,
-  target: &ProjectId,
-  wait_ms: i64,
-) -> Result<()> {
-  let tx = conn.client.transaction().await?;
-  // Waiting is not a slow statement: the pool's statement_timeout would cut a wait for a long
-  // copy short. The lock outlives this transaction (session level).
-  tx.execute("SET LOCAL statement_timeout = 0", &[]).await?;
-  tx.execute(&format!("SET LOCAL lock_timeout = {}", wait_ms.max(1)), &[])
+/// Takes the (user, new project) lock for this session if no other session holds it.
+pub async fn try_lock(conn: &mut PgConnection, user: &UserId, target: &ProjectId) -> Result<bool> {
+  let row = conn
+    .client
+    .query_one(
+      "SELECT pg_try_advisory_lock(hashtextextended($1, 0))",
+      &[&lock_key(user, target)],
+    )
     .await?;
-  tx.execute(
-    "SELECT pg_advisory_lock(hashtextextended($1, 0))",
-    &[&lock_key(user, target)],
-  )
-  .await?;
-  tx.commit().await?;
-  Ok(())
+  Ok(row.get(0))
 }
 
 pub async fn unlock(conn: &mut PgConnection, user: &UserId, target: &ProjectId) -> Result<()> {

@@ -4,7 +4,7 @@
 //! record, its reservation, its claim) and nothing another call made.
 
 use super::{blocking, Client};
-use crate::db::pool::PgConnection;
+use crate::db::pool::{Checkout, PgConnection, Pool};
 use crate::error::{ConflictReason, QuotaError, Result};
 use crate::ids::{ProjectId, UserId};
 use crate::quota::copies::{self, Claim};
@@ -67,14 +67,40 @@ impl Client {
       ..job
     };
     let pool = self.pool()?;
-    let mut conn = pool.get().await?;
+    {
+      let mut conn = pool.get().await?;
+      copies::check_owners(&mut conn.0, &job.user, &job.source, &job.target).await?;
+    }
+    let mut conn = self.lock_target(&pool, &job).await?;
     let conn = &mut conn.0;
-    copies::check_owners(conn, &job.user, &job.source, &job.target).await?;
-    copies::lock(conn, &job.user, &job.target, self.config.reservation_ttl_ms).await?;
     let result = self.copy_locked(conn, &job).await;
     // A cut connection took the lock with it; otherwise give it back.
     let _ = copies::unlock(conn, &job.user, &job.target).await;
     result
+  }
+
+  /// A connection holding the (user, new project) lock. Another call holding it is waited for
+  /// by polling with backoff, holding no connection in between, at most the reservation TTL
+  /// (a copy taking longer has outlived its reservation anyway).
+  async fn lock_target<'p>(&self, pool: &'p Pool, job: &Job) -> Result<Checkout<'p>> {
+    let deadline = std::time::Instant::now()
+      + std::time::Duration::from_millis(self.config.reservation_ttl_ms as u64);
+    let mut backoff = std::time::Duration::from_millis(2);
+    loop {
+      let mut conn = pool.get().await?;
+      if copies::try_lock(&mut conn.0, &job.user, &job.target).await? {
+        return Ok(conn);
+      }
+      drop(conn);
+      if std::time::Instant::now() + backoff > deadline {
+        return Err(QuotaError::DbTimeout(format!(
+          "another copy into project {} has been running for longer than the reservation TTL",
+          job.target
+        )));
+      }
+      tokio::time::sleep(backoff).await;
+      backoff = (backoff * 2).min(std::time::Duration::from_millis(100));
+    }
   }
 
   async fn copy_locked(&self, conn: &mut PgConnection, job: &Job) -> Result<CopiedProject> {
