@@ -11,7 +11,8 @@ use crate::quota::copies::{self, Claim};
 use crate::quota::projects::ProjectStoragePath;
 use crate::quota::reservations::{self, LedgerEntry};
 use crate::quota::usage::{read_usage, Usage};
-use crate::storage::local::tree::{self, Staging, TreeStats};
+use crate::storage::local::staging::{self, Staging};
+use crate::storage::local::tree::TreeStats;
 use crate::storage::local::usage::project_usage;
 
 #[derive(Debug, Clone)]
@@ -51,20 +52,21 @@ impl Client {
     source_project_id: &str,
     new_project_id: &str,
   ) -> Result<CopiedProject> {
-    let job = Job {
-      user: UserId::parse(user_id)?,
-      source: ProjectId::parse(source_project_id)?,
-      target: ProjectId::parse(new_project_id)?,
-      root: std::path::PathBuf::new(),
-    };
-    if job.source == job.target {
+    let user = UserId::parse(user_id)?;
+    let (source, target) = (
+      ProjectId::parse(source_project_id)?,
+      ProjectId::parse(new_project_id)?,
+    );
+    if source == target {
       return Err(QuotaError::invalid(
         "a project cannot be copied onto itself",
       ));
     }
     let job = Job {
+      user,
+      source,
+      target,
       root: self.storage_root()?,
-      ..job
     };
     let pool = self.pool()?;
     {
@@ -259,9 +261,9 @@ impl Client {
     }
     let (root, owner, target, tok) = (job.root.clone(), job.user.clone(), job.target, *token);
     blocking(move || {
-      tree::remove_staging(&root, &owner, &tok)?;
+      staging::remove_staging(&root, &owner, &tok)?;
       if let Some(identity) = made.placed {
-        tree::remove_copied(&root, &owner, &target, identity)?;
+        staging::remove_copied(&root, &owner, &target, identity)?;
       }
       Ok(())
     })

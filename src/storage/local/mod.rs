@@ -2,6 +2,7 @@
 //! `paths.rs`, checked and measured without following a single link.
 
 pub mod paths;
+pub mod staging;
 pub mod tree;
 pub mod usage;
 pub mod walk;

@@ -1,5 +1,6 @@
 //! Blocking tree operations on project directories, each a visitor of the one walker
-//! (`walk.rs`): copy, clear and remove (measuring is `usage.rs`). Everything is done relative
+//! (`walk.rs`): copy, clear and remove (measuring is `usage.rs`; a project's copy is built in
+//! `staging.rs`). Everything is done relative
 //! to directory handles opened without following links, from the root down; nothing is
 //! resolved by path again, so a link planted anywhere (or swapped in while we work) is never
 //! followed, and nothing outside the storage root is read, written or deleted.
@@ -11,12 +12,12 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 use rustix::fs::{
-  fchmod, fstat, mkdirat, openat, renameat, unlinkat, AtFlags, FileType, Mode, OFlags, Stat, CWD,
+  fchmod, fstat, mkdirat, openat, unlinkat, AtFlags, FileType, Mode, OFlags, Stat, CWD,
 };
 use rustix::io::Errno;
 
 use super::walk::{walk, Visitor, DIR_FLAGS};
-use crate::error::{ConflictReason, QuotaError, Result};
+use crate::error::{QuotaError, Result};
 use crate::ids::{ProjectId, UserId};
 
 /// What a tree operation did, and what it left alone.
@@ -37,19 +38,23 @@ pub struct UserDir {
   pub shown: PathBuf,
 }
 
-fn unsafe_path(shown: &Path) -> QuotaError {
+pub(super) fn unsafe_path(shown: &Path) -> QuotaError {
   QuotaError::UnsafePath(format!(
     "{} is a symlink or not a directory; storage-quota never follows links below the storage root",
     shown.display()
   ))
 }
 
-fn storage_error(what: &str, shown: &Path, e: Errno) -> QuotaError {
+pub(super) fn storage_error(what: &str, shown: &Path, e: Errno) -> QuotaError {
   QuotaError::Storage(format!("cannot {what} {}: {e}", shown.display()))
 }
 
 /// Opens the directory `name` in `parent` refusing links; `None` when it does not exist.
-fn open_child(parent: BorrowedFd<'_>, name: &str, shown: &Path) -> Result<Option<OwnedFd>> {
+pub(super) fn open_child(
+  parent: BorrowedFd<'_>,
+  name: &str,
+  shown: &Path,
+) -> Result<Option<OwnedFd>> {
   match openat(parent, name, DIR_FLAGS, Mode::empty()) {
     Ok(fd) => Ok(Some(fd)),
     Err(Errno::NOENT) => Ok(None),
@@ -277,143 +282,6 @@ pub fn remove_project(root: &Path, user: &UserId, project: &ProjectId) -> Result
     return Ok(TreeStats::default());
   };
   remove_dir(&user_dir.fd, &name, &dir, &user_dir.shown.join(&name))
-}
-
-/// Where `copy_project` builds a copy: a hidden directory in the user's directory, named by
-/// the copy's token, that no project id can collide with.
-pub fn staging_name(token: &uuid::Uuid) -> String {
-  format!(".copy-{token}")
-}
-
-/// A copy in the making: a new, hidden directory in the user's directory, named by the copy's
-/// token, that no project id can collide with. It becomes the target project's directory by
-/// one `renameat` once complete, so the target shows nothing or everything.
-pub struct Staging {
-  user_dir: UserDir,
-  fd: OwnedFd,
-  name: String,
-  /// `(st_dev, st_ino)`: the directory an undo may remove once it is renamed into place.
-  pub identity: (u64, u64),
-}
-
-impl Staging {
-  #[allow(clippy::unnecessary_cast)]
-  pub fn create(root: &Path, user: &UserId, token: &uuid::Uuid) -> Result<Self> {
-    let user_dir = match UserDir::open(root, user)? {
-      Some(dir) => dir,
-      None => {
-        super::paths::ensure_user_dir(root, user)?;
-        UserDir::open(root, user)?
-          .ok_or_else(|| QuotaError::Storage(format!("{} vanished", root.display())))?
-      }
-    };
-    let name = staging_name(token);
-    let shown = user_dir.shown.join(&name);
-    mkdirat(&user_dir.fd, name.as_str(), Mode::RWXU)
-      .map_err(|e| storage_error("create", &shown, e))?;
-    let fd = open_child(user_dir.fd.as_fd(), &name, &shown)?
-      .ok_or_else(|| QuotaError::Storage(format!("{} vanished", shown.display())))?;
-    let stat = fstat(&fd).map_err(|e| storage_error("stat", &shown, e))?;
-    Ok(Staging {
-      user_dir,
-      fd,
-      name,
-      identity: (stat.st_dev as u64, stat.st_ino as u64),
-    })
-  }
-
-  /// Copies `{source}` into the staging directory and renames it to `{target}`. A target that
-  /// exists must be an empty directory, which the rename replaces; one with anything in it is
-  /// `CONFLICT` (`TARGET_NOT_EMPTY`), a link or file there `UNSAFE_PATH`. On failure the
-  /// staging directory is removed and the target left as it was.
-  pub fn fill_and_place(self, source: &ProjectId, target: &ProjectId) -> Result<TreeStats> {
-    let result = self.fill(source).and_then(|stats| {
-      let target_name = target.to_string();
-      let dir = &self.user_dir.fd;
-      match renameat(dir, self.name.as_str(), dir, target_name.as_str()) {
-        Ok(()) => Ok(stats),
-        Err(Errno::NOTEMPTY | Errno::EXIST) => Err(QuotaError::conflict(
-          ConflictReason::TargetNotEmpty,
-          format!("project {target} already has files; copy into a new, empty project"),
-        )),
-        Err(Errno::NOTDIR | Errno::ISDIR) => {
-          Err(unsafe_path(&self.user_dir.shown.join(&target_name)))
-        }
-        Err(e) => Err(storage_error(
-          "rename into",
-          &self.user_dir.shown.join(&target_name),
-          e,
-        )),
-      }
-    });
-    if result.is_err() {
-      let shown = self.user_dir.shown.join(&self.name);
-      let _ = remove_dir(&self.user_dir.fd, &self.name, &self.fd, &shown);
-    }
-    result
-  }
-
-  fn fill(&self, source: &ProjectId) -> Result<TreeStats> {
-    let source_name = source.to_string();
-    let Some(from) = self.user_dir.project(&source_name)? else {
-      return Ok(TreeStats::default());
-    };
-    let to = self.fd.try_clone().map_err(|e| {
-      QuotaError::Storage(format!(
-        "cannot open {}: {e}",
-        self.user_dir.shown.display()
-      ))
-    })?;
-    copy_into(&from, to, &self.user_dir.shown.join(&source_name))
-  }
-}
-
-/// Copies `{root}/{user}/{source}/` to `{target}` through a [`Staging`] directory.
-pub fn copy_project(
-  root: &Path,
-  user: &UserId,
-  source: &ProjectId,
-  target: &ProjectId,
-  token: &uuid::Uuid,
-) -> Result<TreeStats> {
-  Staging::create(root, user, token)?.fill_and_place(source, target)
-}
-
-/// Removes a copy's leftover staging directory (its call died before renaming it), if any.
-pub fn remove_staging(root: &Path, user: &UserId, token: &uuid::Uuid) -> Result<()> {
-  let Some(user_dir) = UserDir::open(root, user)? else {
-    return Ok(());
-  };
-  let name = staging_name(token);
-  let shown = user_dir.shown.join(&name);
-  match open_child(user_dir.fd.as_fd(), &name, &shown) {
-    Ok(Some(dir)) => remove_dir(&user_dir.fd, &name, &dir, &shown).map(|_| ()),
-    Ok(None) => Ok(()),
-    Err(error) => Err(error),
-  }
-}
-
-#[allow(clippy::unnecessary_cast)]
-/// Undoes a copy renamed into place: removes `{target}` if it is still the directory this copy
-/// made (same inode as `expected`).
-pub fn remove_copied(
-  root: &Path,
-  user: &UserId,
-  target: &ProjectId,
-  expected: (u64, u64),
-) -> Result<()> {
-  let Some(user_dir) = UserDir::open(root, user)? else {
-    return Ok(());
-  };
-  let name = target.to_string();
-  let Some(dir) = user_dir.project(&name)? else {
-    return Ok(());
-  };
-  let stat = fstat(&dir).map_err(|e| storage_error("stat", &user_dir.shown, e))?;
-  if (stat.st_dev as u64, stat.st_ino as u64) != expected {
-    return Ok(());
-  }
-  remove_dir(&user_dir.fd, &name, &dir, &user_dir.shown.join(&name)).map(|_| ())
 }
 
 #[cfg(test)]

@@ -1,7 +1,9 @@
 use std::fs;
 use std::os::unix::fs::symlink;
 
+use super::super::staging::{copy_project, remove_staging, staging_name};
 use super::*;
+use rustix::fs::renameat;
 
 struct Fixture {
   base: PathBuf,
