@@ -151,9 +151,10 @@ impl Client {
     let identity = staging.identity;
     // Dropping `staging` on failure leaves the directory for the undo, which removes it by name.
     copies::set_identity(conn, &job.user, token, identity).await?;
+    // Marked before the rename: the undo removes the target only if it is this very directory.
+    made.placed = Some(identity);
     let (source, target) = (job.source, job.target);
     let stats = blocking(move || staging.fill_and_place(&source, &target)).await?;
-    made.placed = Some(identity);
 
     let (path, created) = self.allocate_on(conn, &job.user, &job.target).await?;
     if created {
