@@ -3,6 +3,8 @@
 process.env.STORAGE_QUOTA_LOG = 'off' // the restarts below log connection_lost by design
 import { test, after } from 'node:test'
 import assert from 'node:assert/strict'
+import { writeFile } from 'node:fs/promises'
+import { join } from 'node:path'
 import pg from 'pg'
 import { createClient } from '../index.js'
 import { ADMIN_URL, createTestDatabase, insertProject, quotaCounters, rejection } from './helpers/db.mjs'
@@ -93,6 +95,24 @@ test('migrations, status, reconcile, usage and project paths through the transac
   const report = await quota.reconcile(user)
   assert.deepEqual([report.checkedUsers, report.driftedUsers], [1, 0])
   assert.equal((await quota.sweepExpiredReservations()).users, 0)
+})
+
+test('copyProject through the transaction pooler: concurrent copies into one project copy once, and no lock is left behind', async () => {
+  const quota = client(transaction.url(db.name), { poolSize: 4 })
+  const user = 'pool_copy'
+  const [source, ...targets] = await Promise.all(Array.from({ length: 4 }, (_, i) => insertProject(db, user, `p${i}`)))
+  const { path } = await quota.allocateProjectPath(user, source)
+  await writeFile(join(path, 'a.bin'), Buffer.alloc(3000, 1))
+  for (const target of targets) {
+    const copies = await Promise.all(Array.from({ length: 6 }, () => quota.copyProject(user, source, target)))
+    assert.deepEqual(copies.map((c) => c.copiedBytes), copies.map(() => 3000))
+    assert.equal(copies.filter((c) => !c.duplicate).length, 1, 'copied once, the others answered duplicate')
+  }
+  assert.equal((await quotaCounters(db, user)).used, 9000)
+  // A session-level advisory lock taken through a transaction pooler stays with whichever server
+  // connection ran it, and later copies into that project would wait for it for the whole TTL.
+  const { rows } = await db.query(`SELECT count(*)::int AS n FROM pg_locks WHERE locktype = 'advisory' AND database = (SELECT oid FROM pg_database WHERE datname = current_database())`)
+  assert.equal(rows[0].n, 0, 'advisory locks left on server connections')
 })
 
 test('without pooler mode, PgBouncer refuses the login and the error says what to do', async () => {

@@ -31,7 +31,10 @@ pub struct Claim {
   pub reservation: Option<(String, Option<i64>)>,
 }
 
-fn lock_key(user: &UserId, target: &ProjectId) -> String {
+/// Behind a transaction pooler the lock is held this way instead (see `Pool::try_hold_lock`).
+pub const TRY_XACT_LOCK: &str = "SELECT pg_try_advisory_xact_lock(hashtextextended($1, 0))";
+
+pub fn lock_key(user: &UserId, target: &ProjectId) -> String {
   format!("storage-quota copy {user}/{target}")
 }
 
