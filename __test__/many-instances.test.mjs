@@ -105,9 +105,14 @@ test('4 processes × 64 callers through PgBouncer, pooler and database restarted
   const broadcast = (message) => workers.forEach(({ child }) => child.connected && child.send(message))
   async function outage(label, act) {
     broadcast('down')
-    await act()
-    broadcast('up')
-    outages.push({ label, atProgress: progress })
+    try {
+      await act()
+      outages.push({ label, atProgress: progress })
+    } catch (error) {
+      outages.push({ label, error: String(error) })
+    } finally {
+      broadcast('up')
+    }
   }
   let chain = Promise.resolve()
   const onProgress = () => {

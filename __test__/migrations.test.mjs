@@ -45,6 +45,7 @@ test('on an empty database: creates the schema, records it, and is idempotent', 
       [
         'project_storage_paths',
         'projects',
+        'quota_copy_leases',
         'quota_ledger',
         'quota_limit_changes',
         'quota_project_copies',

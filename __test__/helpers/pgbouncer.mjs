@@ -21,7 +21,8 @@ async function freePort() {
 
 /** Resolves once something accepts TCP connections on `port`, or rejects when `exited` does. */
 async function listening(port, exited, log) {
-  for (let attempt = 0; attempt < 500; attempt++) {
+  const deadline = Date.now() + 30_000
+  while (Date.now() < deadline) {
     const up = await new Promise((resolve) => {
       const socket = connect(port, '127.0.0.1')
       socket.once('connect', () => {

@@ -33,6 +33,12 @@ pub const MIGRATIONS: &[Migration] = &[
     up: include_str!("../../migrations/0004_project_copies.up.sql"),
     down: include_str!("../../migrations/0004_project_copies.down.sql"),
   },
+  Migration {
+    version: 7,
+    name: "copy_leases",
+    up: include_str!("../../migrations/0007_copy_leases.up.sql"),
+    down: include_str!("../../migrations/0007_copy_leases.down.sql"),
+  },
 ];
 
 /// `pg_advisory_xact_lock` key: the first 8 bytes of sha256("storage-quota/migrations").

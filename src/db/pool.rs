@@ -17,7 +17,7 @@ use tokio_postgres_rustls::MakeRustlsConnect;
 
 use crate::db::config::{describe_target, ConnectionConfig};
 pub use crate::db::session::PgConnection;
-use crate::db::session::{HeldLock, Sending};
+use crate::db::session::Sending;
 use crate::error::{QuotaError, Result};
 use crate::log;
 
@@ -263,14 +263,6 @@ impl Pool {
   /// Behind a transaction pooler (see `session`).
   pub fn pooler(&self) -> bool {
     self.sending.unnamed()
-  }
-
-  /// Takes a transaction-level advisory lock on a connection outside the pool (it is not
-  /// counted in `poolSize`), kept until the `HeldLock` is released or dropped. `None` when
-  /// another session holds it.
-  pub async fn try_hold_lock(&self, lock_sql: &str, key: &str) -> Result<Option<HeldLock>> {
-    let (conn, _) = self.pool.dedicated_connection().await?;
-    Ok(HeldLock::try_take(conn, lock_sql, key).await?)
   }
 
   /// Connections open now (idle or in use).

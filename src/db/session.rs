@@ -92,36 +92,6 @@ pub struct PgConnection {
   pub(crate) checked_epoch: u64,
 }
 
-/// A lock taken with `pg_try_advisory_xact_lock` in a transaction left open on a connection of
-/// its own: behind a transaction pooler a session-level advisory lock would stay with whichever
-/// server connection ran it, and its unlock could go to another. Released by `release()`, or
-/// by closing the connection when dropped.
-pub struct HeldLock {
-  conn: PgConnection,
-}
-
-impl HeldLock {
-  /// `lock_sql` returns one boolean: whether the lock was taken (`pg_try_advisory_xact_lock`).
-  pub async fn try_take(conn: PgConnection, lock_sql: &str, key: &str) -> PgResult<Option<Self>> {
-    conn.state.open.store(true, Ordering::Release);
-    let params: [(Param<'_>, Type); 1] = [(&key, Type::TEXT)];
-    let (began, taken) = tokio::join!(
-      conn.client.batch_execute("BEGIN"),
-      conn.client.query_typed_one(lock_sql, &params),
-    );
-    began?;
-    if taken?.get::<_, bool>(0) {
-      Ok(Some(HeldLock { conn }))
-    } else {
-      Ok(None)
-    }
-  }
-
-  pub async fn release(self) -> PgResult<()> {
-    self.conn.client.batch_execute("ROLLBACK").await
-  }
-}
-
 /// A transaction on a pooled connection: commits with `commit()`, rolls back when dropped.
 pub struct Tx<'a> {
   tx: Transaction<'a>,

@@ -8,7 +8,9 @@
 //! with its connection: clean up after it by its token, then copy). The lock lives with the
 //! session, so a crashed process or a cut connection releases it at once; and a call's
 //! deciding writes (commit, done) go through the session that holds the lock, so a call that
-//! lost its lock can no longer make them.
+//! lost its lock can no longer make them. Behind a transaction pooler (no sessions to hold a
+//! lock) the lock is a lease row instead (`try_lease`), given back at the end or taken over once
+//! expired after the reservation TTL.
 
 use crate::db::pool::PgConnection;
 use crate::error::{ConflictReason, QuotaError, Result};
@@ -31,10 +33,50 @@ pub struct Claim {
   pub reservation: Option<(String, Option<i64>)>,
 }
 
-/// Behind a transaction pooler the lock is held this way instead (see `Pool::try_hold_lock`).
-pub const TRY_XACT_LOCK: &str = "SELECT pg_try_advisory_xact_lock(hashtextextended($1, 0))";
+/// Behind a transaction pooler a session lock would stay with whichever server connection took
+/// it (and holding a transaction open instead pins a server for the whole copy: copies waiting
+/// for a server while holding one deadlock the pooler), so the lock is a lease row there, taken
+/// over once expired.
+const TRY_LEASE: &str = "
+INSERT INTO quota_copy_leases (user_id, project_id, holder, expires_at)
+VALUES ($1, $2, $3, now() + $4::bigint * interval '1 millisecond')
+ON CONFLICT (user_id, project_id) DO UPDATE
+   SET holder = EXCLUDED.holder, expires_at = EXCLUDED.expires_at
+ WHERE quota_copy_leases.expires_at < now()
+RETURNING holder";
 
-pub fn lock_key(user: &UserId, target: &ProjectId) -> String {
+pub async fn try_lease(
+  conn: &mut PgConnection,
+  user: &UserId,
+  target: &ProjectId,
+  holder: &uuid::Uuid,
+  ttl_ms: i64,
+) -> Result<bool> {
+  let row = conn
+    .query_opt(
+      TRY_LEASE,
+      &[&user.as_str(), &target.uuid(), holder, &ttl_ms],
+    )
+    .await?;
+  Ok(row.is_some())
+}
+
+pub async fn release_lease(
+  conn: &mut PgConnection,
+  user: &UserId,
+  target: &ProjectId,
+  holder: &uuid::Uuid,
+) -> Result<()> {
+  conn
+    .execute(
+      "DELETE FROM quota_copy_leases WHERE user_id = $1 AND project_id = $2 AND holder = $3",
+      &[&user.as_str(), &target.uuid(), holder],
+    )
+    .await?;
+  Ok(())
+}
+
+fn lock_key(user: &UserId, target: &ProjectId) -> String {
   format!("storage-quota copy {user}/{target}")
 }
 

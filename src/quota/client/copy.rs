@@ -5,7 +5,6 @@
 
 use super::{blocking, Client};
 use crate::db::pool::{Checkout, PgConnection, Pool};
-use crate::db::session::HeldLock;
 use crate::error::{ConflictReason, QuotaError, Result};
 use crate::ids::{ProjectId, UserId};
 use crate::quota::copies::{self, Claim};
@@ -79,7 +78,7 @@ impl Client {
     let result = self.copy_locked(conn, &job).await;
     // A cut connection took the lock with it; otherwise give it back.
     match held {
-      Some(held) => drop(held.release().await),
+      Some(holder) => drop(copies::release_lease(conn, &job.user, &job.target, &holder).await),
       None => drop(copies::unlock(conn, &job.user, &job.target).await),
     }
     result
@@ -92,15 +91,17 @@ impl Client {
     &self,
     pool: &'p Pool,
     job: &Job,
-  ) -> Result<(Checkout<'p>, Option<HeldLock>)> {
+  ) -> Result<(Checkout<'p>, Option<uuid::Uuid>)> {
     let deadline = std::time::Instant::now()
       + std::time::Duration::from_millis(self.config.reservation_ttl_ms as u64);
     let mut backoff = std::time::Duration::from_millis(2);
     loop {
       if pool.pooler() {
-        let key = copies::lock_key(&job.user, &job.target);
-        if let Some(held) = pool.try_hold_lock(copies::TRY_XACT_LOCK, &key).await? {
-          return Ok((pool.get().await?, Some(held)));
+        let holder = uuid::Uuid::new_v4();
+        let mut conn = pool.get().await?;
+        let ttl = self.config.reservation_ttl_ms;
+        if copies::try_lease(&mut conn.0, &job.user, &job.target, &holder, ttl).await? {
+          return Ok((conn, Some(holder)));
         }
       } else {
         let mut conn = pool.get().await?;
