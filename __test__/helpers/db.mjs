@@ -47,7 +47,7 @@ async function pooledUrlFor(database) {
       },
       poolMode: TEST_POOLER,
       // Session mode pins a server connection per client connection: room for every test's pools.
-      defaultPoolSize: TEST_POOLER === 'session' ? 60 : 8,
+      defaultPoolSize: TEST_POOLER === 'session' ? 60 : 12,
       tag: `pgb-${TEST_POOLER}`,
       untilExit: true,
     })
