@@ -26,7 +26,8 @@ pub struct ConnectionConfig {
   pub statement_cache: bool,
 }
 
-/// What `postgres_config` makes of a `ConnectionConfig`.
+/// What `postgres_config` makes of a `ConnectionConfig` (its `Debug` hides the password).
+#[derive(Debug)]
 pub struct DriverSettings {
   pub config: tokio_postgres::Config,
   pub tls: TlsSettings,

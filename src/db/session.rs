@@ -366,3 +366,25 @@ async fn after_first_poll<T>(guard: MutexGuard<'_, ()>, send: impl Future<Output
   drop(guard);
   send.await
 }
+
+#[cfg(test)]
+mod tests {
+  use super::*;
+
+  #[test]
+  fn the_timeout_goes_per_transaction_only_in_pooler_mode() {
+    let direct = Sending::new(false, Duration::from_secs(10));
+    assert!(direct.set_timeout.is_none() && direct.begin.is_none());
+    let pooled = Sending::new(true, Duration::from_millis(2500));
+    assert_eq!(
+      pooled.set_timeout.as_deref(),
+      Some("SET LOCAL statement_timeout = 2500")
+    );
+    assert_eq!(
+      pooled.begin.as_deref(),
+      Some("BEGIN; SET LOCAL statement_timeout = 2500")
+    );
+    // 0 disables the timeout: statements outside a transaction go bare.
+    assert!(Sending::new(true, Duration::ZERO).begin.is_none());
+  }
+}
