@@ -24,10 +24,10 @@ export declare class NativeClient {
   recordUpload(userId: string, projectId: string, bytes: number, options?: RecordUploadOptions | undefined | null): Promise<RecordedUpload>
   /** Holds `bytes` against the quota for an upload whose bytes arrive later. */
   reserveUpload(userId: string, projectId: string, bytes: number, ttlMs?: number | undefined | null, reservationId?: string | undefined | null): Promise<Reservation>
-  /** Turns a reservation into usage (`actualBytes`, default the reserved amount). */
-  commitUpload(reservationId: string, actualBytes?: number | undefined | null, userId?: string | undefined | null): Promise<SettledReservation>
-  /** Gives a reservation's bytes back. */
-  cancelUpload(reservationId: string, userId?: string | undefined | null): Promise<SettledReservation>
+  /** Turns the user's reservation into usage (`actualBytes`, default the bytes asked for). */
+  commitUpload(userId: string, reservationId: string, actualBytes?: number | undefined | null): Promise<SettledReservation>
+  /** Gives the user's reservation's bytes back. */
+  cancelUpload(userId: string, reservationId: string): Promise<SettledReservation>
   /** Gives back every expired reservation now; resolves to the number of users swept. */
   sweepExpiredReservations(): Promise<number>
   /** Releases a deleted file's bytes, by its upload id or by a byte count. */
@@ -157,6 +157,8 @@ export interface PathCheck {
 /** One project in a reconciliation report. */
 export interface ProjectDrift {
   projectId: string
+  /** The project's usage counter, as it was (before any fix). */
+  usedBytes: number
   /** What the ledger counts for the project. */
   ledgerBytes: number
   /** The project's local directory, if it has one. */
@@ -294,10 +296,15 @@ export interface Reservation {
   reservationId: string
   userId: string
   projectId: string
-  /** Bytes held. */
+  /** Bytes asked for; held too, except in `off` mode (which holds nothing: see `reservedBytes`). */
   bytes: number
   /** After this, the reservation stops counting and cannot be committed. */
   expiresAt: Date
+  /**
+   * This `reservationId` was used before for the same request: the same reservation,
+   * nothing more held.
+   */
+  duplicate: boolean
   wouldRefuse: boolean
   mode: 'enforce' | 'shadow' | 'off'
   usedBytes: number
@@ -316,8 +323,16 @@ export interface SettledReservation {
   status: 'committed' | 'cancelled' | 'expired'
   /** Bytes the reservation held. */
   heldBytes: number
-  /** Bytes now counted as used (0 when cancelled). */
+  /**
+   * The actual size committed (0 when cancelled). In `off` mode at most `heldBytes` of it
+   * is counted.
+   */
   committedBytes: number
+  /** Settled before by the same request (a retry): the first outcome, nothing changed now. */
+  duplicate: boolean
+  /** Enforcement would have refused this commit (shadow and off modes). */
+  wouldRefuse: boolean
+  mode: 'enforce' | 'shadow' | 'off'
   usedBytes: number
   reservedBytes: number
   limitBytes: number

@@ -150,10 +150,6 @@ export interface ReserveUploadOptions {
   /** A UUID you choose: a retry with the same id after a lost reply holds the bytes once. */
   reservationId?: string
 }
-export interface OwnerOptions {
-  /** Refuse (FORBIDDEN) a reservation that belongs to another user. */
-  userId?: string
-}
 export interface RecordDeletionOptions {
   /** Release exactly the bytes this upload recorded, once. */
   uploadId?: string
@@ -184,10 +180,10 @@ export declare class StorageQuotaClient {
   recordUpload(userId: string, projectId: string, bytes: number, options?: RecordUploadOptions): Promise<RecordedUpload>
   /** Holds bytes for an upload whose bytes arrive later; QUOTA_EXCEEDED when they do not fit. */
   reserveUpload(userId: string, projectId: string, bytes: number, options?: ReserveUploadOptions): Promise<Reservation>
-  /** Turns a reservation into usage (`actualBytes`, default the reserved amount). */
-  commitUpload(reservationId: string, actualBytes?: number, options?: OwnerOptions): Promise<SettledReservation>
-  /** Gives a reservation's bytes back; harmless twice. CONFLICT once committed. */
-  cancelUpload(reservationId: string, options?: OwnerOptions): Promise<SettledReservation>
+  /** Turns the user's reservation into usage (`actualBytes`, default the bytes reserved); a retry is `duplicate: true`. */
+  commitUpload(userId: string, reservationId: string, actualBytes?: number): Promise<SettledReservation>
+  /** Gives the user's reservation's bytes back; a retry is `duplicate: true`. CONFLICT (ALREADY_SETTLED) once committed. */
+  cancelUpload(userId: string, reservationId: string): Promise<SettledReservation>
   /** Gives back every expired reservation now. */
   sweepExpiredReservations(): Promise<{ users: number }>
   /** Releases a deleted file's bytes (works over quota, never below zero). */
@@ -229,8 +225,8 @@ export declare function recordUpload(
   options?: RecordUploadOptions,
 ): Promise<RecordedUpload>
 export declare function reserveUpload(userId: string, projectId: string, bytes: number, options?: ReserveUploadOptions): Promise<Reservation>
-export declare function commitUpload(reservationId: string, actualBytes?: number, options?: OwnerOptions): Promise<SettledReservation>
-export declare function cancelUpload(reservationId: string, options?: OwnerOptions): Promise<SettledReservation>
+export declare function commitUpload(userId: string, reservationId: string, actualBytes?: number): Promise<SettledReservation>
+export declare function cancelUpload(userId: string, reservationId: string): Promise<SettledReservation>
 export declare function sweepExpiredReservations(): Promise<{ users: number }>
 export declare function recordDeletion(userId: string, projectId: string, bytes?: number, options?: RecordDeletionOptions): Promise<Released>
 export declare function registerProject(userId: string, projectId: string, options?: { sizeBytes?: number }): Promise<RegisteredProject>
@@ -256,7 +252,6 @@ export declare function quotaState(percentUsed: number): QuotaState
 export declare const BytesListSchema: z.ZodType<number[]>
 export declare const ReservationIdSchema: z.ZodType<string>
 export declare const ReserveUploadOptionsSchema: z.ZodType<ReserveUploadOptions>
-export declare const OwnerOptionsSchema: z.ZodType<OwnerOptions>
 export declare const RecordDeletionOptionsSchema: z.ZodType<RecordDeletionOptions>
 export declare const RegisterProjectOptionsSchema: z.ZodType<{ sizeBytes?: number }>
 export declare const RemoveProjectOptionsSchema: z.ZodType<{ deleteFiles?: boolean }>

@@ -152,7 +152,7 @@ test('the guard\'s refusal (SQLSTATE SQ001) is QUOTA_EXCEEDED with the numbers, 
     const error = await rejection(client.recordUpload(user, project, 10 * KB, { uploadId: 'sneaky' }))
     assert.equal(error.code, 'QUOTA_EXCEEDED', `${error.code}: ${error.message}`)
     assert.equal(error.limitBytes, 100 * KB)
-    assert.equal(error.sqlState, 'SQ001')
+    assert.equal(error.usedBytes, 10 * KB, 'the numbers the guard saw before the refused change')
   } finally {
     await db.query('DROP TRIGGER test_sneak ON quota_ledger; DROP FUNCTION test_sneak()')
   }
@@ -169,6 +169,7 @@ test('a database error keeps its SQLSTATE and constraint name as fields', async 
     assert.equal(error.sqlState, '23514')
     assert.equal(error.constraint, 'test_no_forbidden')
     assert.equal(error.table, 'quota_ledger')
+    assert.match(error.cause.cause.message, /violates check constraint "test_no_forbidden"/, 'the driver error as the cause chain')
   } finally {
     await db.query('ALTER TABLE quota_ledger DROP CONSTRAINT test_no_forbidden')
   }

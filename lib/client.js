@@ -115,21 +115,21 @@ class StorageQuotaClient {
   }
 
   /**
-   * Turns a reservation into usage: `actualBytes` (default: the reserved amount; smaller always
-   * works, larger only if the difference fits). Pass `{ userId }` to refuse another user's id.
+   * Turns the user's reservation into usage: `actualBytes` (default: the bytes reserved; smaller
+   * always works, larger only if the difference fits). A retry answers `duplicate: true`.
    */
-  async commitUpload(reservationId, actualBytes, options = {}) {
+  async commitUpload(userId, reservationId, actualBytes) {
+    const user = parse(S.UserIdSchema, userId, 'userId')
     const id = parse(S.ReservationIdSchema, reservationId, 'reservationId')
     const actual = actualBytes === undefined ? undefined : parse(S.BytesSchema, actualBytes, 'actualBytes')
-    const { userId } = parse(S.OwnerOptionsSchema, options ?? {}, 'options')
-    return this.#call('commitUpload', (n) => n.commitUpload(id, actual, userId))
+    return this.#charged('commitUpload', user, () => this.#native.commitUpload(user, id, actual))
   }
 
-  /** Gives a reservation's bytes back. Cancelling twice is harmless. */
-  async cancelUpload(reservationId, options = {}) {
+  /** Gives the user's reservation's bytes back. A retry answers `duplicate: true`. */
+  async cancelUpload(userId, reservationId) {
+    const user = parse(S.UserIdSchema, userId, 'userId')
     const id = parse(S.ReservationIdSchema, reservationId, 'reservationId')
-    const { userId } = parse(S.OwnerOptionsSchema, options ?? {}, 'options')
-    return this.#call('cancelUpload', (n) => n.cancelUpload(id, userId))
+    return this.#call('cancelUpload', (n) => n.cancelUpload(user, id))
   }
 
   /** Gives back every expired reservation now (they stop counting at expiry anyway). */

@@ -9,8 +9,13 @@ class StorageQuotaError extends Error {
     super(message)
     this.name = 'StorageQuotaError'
     this.code = code
-    for (const [key, value] of Object.entries(details)) {
+    const { causes, ...fields } = details
+    for (const [key, value] of Object.entries(fields)) {
       if (key !== 'code' && key !== 'message') this[key] = value
+    }
+    // A database error's driver error and its sources, as a standard `cause` chain.
+    if (Array.isArray(causes) && causes.length > 0) {
+      this.cause = causes.reduceRight((inner, text) => new Error(text, inner ? { cause: inner } : undefined), undefined)
     }
   }
 }
@@ -22,7 +27,6 @@ class QuotaExceededError extends StorageQuotaError {
   }
 }
 
-const PAYLOAD_PREFIX = '{"code":'
 
 /**
  * The addon sends `{ code, message, ...numbers }` as JSON in the message of its rejections
@@ -31,12 +35,14 @@ const PAYLOAD_PREFIX = '{"code":'
 function fromNative(error) {
   if (error instanceof StorageQuotaError) return error
   const text = error && typeof error.message === 'string' ? error.message : ''
-  if (text.startsWith(PAYLOAD_PREFIX)) {
+  if (text.startsWith('{')) {
     try {
       const { code, message, ...details } = JSON.parse(text)
-      return code === 'QUOTA_EXCEEDED'
-        ? new QuotaExceededError(message, details)
-        : new StorageQuotaError(code, message, details)
+      if (typeof code === 'string' && typeof message === 'string') {
+        return code === 'QUOTA_EXCEEDED'
+          ? new QuotaExceededError(message, details)
+          : new StorageQuotaError(code, message, details)
+      }
     } catch {
       // fall through: not our payload after all
     }

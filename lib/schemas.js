@@ -44,7 +44,6 @@ const ReserveUploadOptionsSchema = z.strictObject({
   /** A UUID chosen by the caller: retrying with it after a lost reply holds the bytes once. */
   reservationId: ReservationIdSchema.optional(),
 })
-const OwnerOptionsSchema = z.strictObject({ userId: UserIdSchema.optional() })
 const RecordDeletionOptionsSchema = z.strictObject({
   uploadId: UploadIdSchema.optional(),
   deletionId: UploadIdSchema.optional(),
@@ -232,7 +231,6 @@ module.exports = {
   BytesListSchema,
   ReservationIdSchema,
   ReserveUploadOptionsSchema,
-  OwnerOptionsSchema,
   RecordDeletionOptionsSchema,
   RegisterProjectOptionsSchema,
   RemoveProjectOptionsSchema,

@@ -54,6 +54,9 @@ fn settled_to_js(s: crate::quota::reservations::Settled) -> SettledReservation {
       status: s.status,
       held_bytes: s.reserved_bytes,
       committed_bytes: s.committed_bytes,
+      duplicate: s.duplicate,
+      would_refuse: s.would_refuse,
+      mode: s.mode.as_str().to_owned(),
     }
   )
 }
@@ -97,6 +100,7 @@ fn drift_to_js(d: crate::quota::reconcile::UserDrift) -> UserDrift {
       .into_iter()
       .map(|p| ProjectDrift {
         project_id: p.project_id.to_string(),
+        used_bytes: p.used_bytes,
         ledger_bytes: p.ledger_bytes,
         disk_drift_bytes: p.disk_drift_bytes(),
         path: p.path,
@@ -222,38 +226,39 @@ impl NativeClient {
         project_id: r.project_id.to_string(),
         bytes: r.bytes,
         expires_at: r.expires_at,
+        duplicate: r.duplicate,
         would_refuse: r.would_refuse,
         mode: r.mode.as_str().to_owned(),
       }
     ))
   }
 
-  /// Turns a reservation into usage (`actualBytes`, default the reserved amount).
+  /// Turns the user's reservation into usage (`actualBytes`, default the bytes asked for).
   #[napi]
   pub async fn commit_upload(
     &self,
+    user_id: String,
     reservation_id: String,
     actual_bytes: Option<f64>,
-    user_id: Option<String>,
   ) -> Result<SettledReservation> {
     let settled = self
       .inner
-      .commit_upload(&reservation_id, actual_bytes, user_id.as_deref())
+      .commit_upload(&user_id, &reservation_id, actual_bytes)
       .await
       .map_err(to_js_error)?;
     Ok(settled_to_js(settled))
   }
 
-  /// Gives a reservation's bytes back.
+  /// Gives the user's reservation's bytes back.
   #[napi]
   pub async fn cancel_upload(
     &self,
+    user_id: String,
     reservation_id: String,
-    user_id: Option<String>,
   ) -> Result<SettledReservation> {
     let settled = self
       .inner
-      .cancel_upload(&reservation_id, user_id.as_deref())
+      .cancel_upload(&user_id, &reservation_id)
       .await
       .map_err(to_js_error)?;
     Ok(settled_to_js(settled))
