@@ -130,6 +130,7 @@ const ReservationSchema = z.object({
   projectId: ProjectIdSchema,
   bytes: BytesSchema,
   expiresAt: z.date(),
+  duplicate: z.boolean(),
   wouldRefuse: z.boolean(),
   mode: ModeSchema,
   ...usageShape,
@@ -144,6 +145,9 @@ const SettledReservationSchema = z.object({
   status: ReservationStatusSchema,
   heldBytes: BytesSchema,
   committedBytes: BytesSchema,
+  duplicate: z.boolean(),
+  wouldRefuse: z.boolean(),
+  mode: ModeSchema,
   ...usageShape,
 })
 

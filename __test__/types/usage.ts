@@ -66,7 +66,7 @@ void [quotaCheckAgrees, userQuotaAgrees, jobAgrees, recordedAgrees, reservationA
 
 export async function reservedUploadAction(userId: string, projectId: string, size: number) {
   const held = await reserveUpload(userId, projectId, size, { ttlMs: 60_000 })
-  const done = await commitUpload(held.reservationId, size - 1, { userId })
+  const done = await commitUpload(userId, held.reservationId, size - 1)
   const usage = await getUsage(userId, { projects: true })
   const state: 'normal' | 'nearing' | 'critical' | 'exceeded' = usage.state
   return { status: done.status, bar: `${usage.percentUsed}% ${formatBytes(usage.usedBytes)}`, state, same: quotaState(usage.percentUsed) === state }
