@@ -30,6 +30,11 @@ export declare class NativeClient {
   cancelUpload(userId: string, reservationId: string): Promise<SettledReservation>
   /** Gives back every expired reservation now; resolves to the number of users swept. */
   sweepExpiredReservations(): Promise<number>
+  /**
+   * Applies the retention period: deletes settled reservations and folds ledger entries older
+   * than `historyRetentionDays` (counters and sums unchanged).
+   */
+  pruneHistory(): Promise<PrunedHistory>
   /** Releases a deleted file's bytes, by its upload id or by a byte count. */
   recordDeletion(userId: string, projectId: string, bytes?: number | undefined | null, uploadId?: string | undefined | null, deletionId?: string | undefined | null): Promise<Released>
   /** A new project: quota check, storage path, initial size counted. */
@@ -95,6 +100,11 @@ export interface ClientOptions {
   rolloutPercent?: number
   /** How long a reservation holds its bytes unless committed or cancelled, in ms. Default 1 h. */
   reservationTtlMs?: number
+  /**
+   * Days settled reservations and ledger entries are kept before `pruneHistory()` folds them
+   * away (idempotency keys are remembered that long). Default 90.
+   */
+  historyRetentionDays?: number
   /** Where project paths point. Default `{ backend: 'local' }` (directories under `storageRoot`). */
   storage?: StorageOptions
 }
@@ -199,6 +209,14 @@ export interface ProjectUsage {
   usedBytes: number
   /** `usedBytes` in words, e.g. `12.5 MB`. */
   usedText: string
+}
+
+/** What `pruneHistory()` removed. */
+export interface PrunedHistory {
+  /** Settled reservations deleted. */
+  reservations: number
+  /** Ledger entries folded into their project's `carry` entry. */
+  ledgerEntries: number
 }
 
 /** The answer of `checkQuota`: whether `requestedBytes` more would fit, and the numbers. */

@@ -12,6 +12,7 @@ import type {
   ProjectDrift,
   ProjectStoragePath,
   ProjectUsage,
+  PrunedHistory,
   QuotaCheck,
   ReconcileReport,
   RecordedUpload,
@@ -34,6 +35,7 @@ export type {
   ProjectDrift,
   ProjectStoragePath,
   ProjectUsage,
+  PrunedHistory,
   QuotaCheck,
   ReconcileReport,
   RecordedUpload,
@@ -186,6 +188,8 @@ export declare class StorageQuotaClient {
   cancelUpload(userId: string, reservationId: string): Promise<SettledReservation>
   /** Gives back every expired reservation now. */
   sweepExpiredReservations(): Promise<{ users: number }>
+  /** Deletes settled reservations and folds ledger entries older than `historyRetentionDays` (default 90); sums unchanged. */
+  pruneHistory(): Promise<PrunedHistory>
   /** Releases a deleted file's bytes (works over quota, never below zero). */
   recordDeletion(userId: string, projectId: string, bytes?: number, options?: RecordDeletionOptions): Promise<Released>
   /** A new project: quota check, storage path, initial size counted. */
@@ -228,6 +232,7 @@ export declare function reserveUpload(userId: string, projectId: string, bytes: 
 export declare function commitUpload(userId: string, reservationId: string, actualBytes?: number): Promise<SettledReservation>
 export declare function cancelUpload(userId: string, reservationId: string): Promise<SettledReservation>
 export declare function sweepExpiredReservations(): Promise<{ users: number }>
+export declare function pruneHistory(): Promise<PrunedHistory>
 export declare function recordDeletion(userId: string, projectId: string, bytes?: number, options?: RecordDeletionOptions): Promise<Released>
 export declare function registerProject(userId: string, projectId: string, options?: { sizeBytes?: number }): Promise<RegisteredProject>
 export declare function copyProject(userId: string, sourceProjectId: string, newProjectId: string): Promise<CopiedProject>

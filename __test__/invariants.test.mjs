@@ -174,3 +174,38 @@ test('a database error keeps its SQLSTATE and constraint name as fields', async 
     await db.query('ALTER TABLE quota_ledger DROP CONSTRAINT test_no_forbidden')
   }
 })
+
+test('pruneHistory applies the retention period: old history folded away, every sum and counter unchanged', async () => {
+  const user = 'user_inv_prune'
+  const [a, b] = [await insertProject(db, user), await insertProject(db, user)]
+  const sums = async () =>
+    (await db.query(`SELECT project_id, sum(bytes)::float8 AS s FROM quota_ledger WHERE user_id = $1 GROUP BY 1 ORDER BY 1`, [user])).rows
+  const projectCounters = async () =>
+    (await db.query(`SELECT project_id, used_bytes::float8 AS s FROM quota_project_usage WHERE user_id = $1 ORDER BY 1`, [user])).rows
+  for (let round = 0; round < 2; round++) {
+    await Promise.all(Array.from({ length: 6 }, (_, i) => client.recordUpload(user, i % 2 ? a : b, KB + i)))
+    await client.recordDeletion(user, a, 100)
+    const held = await client.reserveUpload(user, b, 2 * KB)
+    await client.commitUpload(user, held.reservationId)
+    const live = await client.reserveUpload(user, a, 3 * KB) // pending: never pruned
+    // Age everything (but the pending reservation) past the 90-day default: move the clock, no sleeping.
+    await db.query(`UPDATE quota_ledger SET created_at = now() - interval '100 days' WHERE user_id = $1`, [user])
+    await db.query(
+      `UPDATE quota_reservations SET settled_at = now() - interval '100 days' WHERE user_id = $1 AND status <> 'pending'`,
+      [user],
+    )
+    const [countersBefore, sumsBefore, projectsBefore] = [await quotaCounters(db, user), await sums(), await projectCounters()]
+    const pruned = await client.pruneHistory()
+    assert.ok(pruned.ledgerEntries >= 8 && pruned.reservations >= 1, JSON.stringify(pruned))
+    assert.deepEqual(await quotaCounters(db, user), countersBefore)
+    assert.deepEqual(await sums(), sumsBefore)
+    assert.deepEqual(await projectCounters(), projectsBefore)
+    const { rows } = await db.query(`SELECT status FROM quota_reservations WHERE user_id = $1`, [user])
+    assert.ok(rows.every((r) => r.status === 'pending'), 'only pending reservations stay')
+    const report = await client.reconcile(user)
+    assert.equal(report.driftedUsers, 0, 'nothing drifted')
+    await client.cancelUpload(user, live.reservationId)
+  }
+  const { rows } = await db.query(`SELECT count(*)::int AS n FROM quota_ledger WHERE user_id = $1 AND idempotency_key LIKE 'carry %'`, [user])
+  assert.equal(rows[0].n, 2, 'one carry entry per project, however often pruned')
+})

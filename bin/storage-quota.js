@@ -13,6 +13,8 @@ const USAGE = `usage: storage-quota <command> [--database-url URL] [--storage-ro
   status               list applied and pending migrations
   reconcile [USER_ID]  compare counters with the ledger (all users, or one); --fix sets them
   sweep                give back the bytes of expired reservations (for a cron job)
+  prune                delete settled reservations and fold ledger entries older than the
+                       retention period (STORAGE_QUOTA_RETENTION_DAYS, default 90)
 
 The database URL defaults to DATABASE_URL, then POSTGRES_URL; the storage root to STORAGE_ROOT.`
 
@@ -56,6 +58,9 @@ async function main() {
     } else if (command === 'sweep') {
       const { users } = await client.sweepExpiredReservations()
       console.log(`swept expired reservations of ${users} user(s)`)
+    } else if (command === 'prune') {
+      const { reservations, ledgerEntries } = await client.pruneHistory()
+      console.log(`pruned ${reservations} settled reservation(s), folded ${ledgerEntries} ledger entr(ies)`)
     } else {
       console.error(USAGE)
       return 2

@@ -139,6 +139,14 @@ class StorageQuotaClient {
   }
 
   /**
+   * Deletes settled reservations and folds ledger entries older than `historyRetentionDays`
+   * (default 90) into one carry entry per project; counters and sums do not change.
+   */
+  async pruneHistory() {
+    return this.#call('pruneHistory', (n) => n.pruneHistory())
+  }
+
+  /**
    * Releases a deleted file's bytes. Works over quota; never below zero; never more than the
    * project has counted. Name the upload (`{ uploadId }`: exactly its bytes, once) or the bytes
    * (with an optional `deletionId` so a retry releases once).
@@ -276,6 +284,7 @@ class StorageQuotaClient {
 
 /**
  * Options from the environment: DATABASE_URL (or POSTGRES_URL), STORAGE_ROOT, STORAGE_QUOTA_MODE,
+ * STORAGE_QUOTA_RETENTION_DAYS,
  * and STORAGE_BACKEND=s3 with STORAGE_BUCKET and STORAGE_PREFIX.
  */
 function optionsFromEnv(env = process.env) {
@@ -284,6 +293,7 @@ function optionsFromEnv(env = process.env) {
   if (url) options.databaseUrl = url
   if (env.STORAGE_ROOT) options.storageRoot = env.STORAGE_ROOT
   if (env.STORAGE_QUOTA_MODE) options.mode = env.STORAGE_QUOTA_MODE
+  if (env.STORAGE_QUOTA_RETENTION_DAYS) options.historyRetentionDays = Number(env.STORAGE_QUOTA_RETENTION_DAYS)
   if (env.STORAGE_BACKEND === 's3') {
     options.storage = { backend: 's3', bucket: env.STORAGE_BUCKET ?? '' }
     if (env.STORAGE_PREFIX) options.storage.prefix = env.STORAGE_PREFIX

@@ -84,6 +84,7 @@ const ClientOptionsSchema = z.strictObject({
   mode: ModeSchema.optional(),
   rolloutPercent: z.number().int().min(0).max(100).optional(),
   reservationTtlMs: TtlMsSchema.optional(),
+  historyRetentionDays: z.number().int().min(1).max(36_500).optional(),
   /** `(event, fields) => void`, an object with `info`/`warn`, or `false` for silence. */
   logger: z.union([z.custom((v) => typeof v === 'function', 'logger must be a function'), z.literal(false), z.looseObject({})]).optional(),
   /** Calls slower than this are logged as `slow_call`. Default 250. */

@@ -46,7 +46,8 @@ LANGUAGE plpgsql AS $$
 BEGIN
   INSERT INTO quota_project_usage AS u (user_id, project_id, used_bytes)
   SELECT e.user_id, e.project_id, sum(e.bytes)::bigint
-    FROM new_entries e WHERE e.project_id IS NOT NULL
+    FROM new_entries e
+   WHERE e.project_id IS NOT NULL AND e.idempotency_key NOT LIKE 'carry %'
    GROUP BY e.user_id, e.project_id
   ON CONFLICT (user_id, project_id)
   DO UPDATE SET used_bytes = u.used_bytes + EXCLUDED.used_bytes, updated_at = now();
@@ -55,7 +56,8 @@ END
 $$;
 
 -- One statement-level trigger: a batch of uploads (one INSERT of many rows) is one upsert per
--- project. Only INSERTs count; pruneHistory() moves bytes between entries with UPDATE/DELETE.
+-- project. Only INSERTs count, and not pruneHistory()'s `carry …` entries, which only fold
+-- entries counted before (no upload, deletion or reservation key contains a space).
 CREATE TRIGGER quota_ledger_project_usage
   AFTER INSERT ON quota_ledger
   REFERENCING NEW TABLE AS new_entries

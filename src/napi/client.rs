@@ -133,6 +133,7 @@ impl NativeClient {
       mode: options.mode,
       rollout_percent: options.rollout_percent,
       reservation_ttl_ms: options.reservation_ttl_ms,
+      history_retention_days: options.history_retention_days,
       storage: options.storage.map(|s| config::RawStorage {
         backend: s.backend,
         bucket: s.bucket,
@@ -273,6 +274,17 @@ impl NativeClient {
       .await
       .map_err(to_js_error)?;
     Ok(swept as i64)
+  }
+
+  /// Applies the retention period: deletes settled reservations and folds ledger entries older
+  /// than `historyRetentionDays` (counters and sums unchanged).
+  #[napi]
+  pub async fn prune_history(&self) -> Result<PrunedHistory> {
+    let pruned = self.inner.prune_history().await.map_err(to_js_error)?;
+    Ok(PrunedHistory {
+      reservations: pruned.reservations,
+      ledger_entries: pruned.ledger_entries,
+    })
   }
 
   /// Releases a deleted file's bytes, by its upload id or by a byte count.

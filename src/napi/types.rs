@@ -33,6 +33,9 @@ pub struct ClientOptions {
   pub rollout_percent: Option<u32>,
   /// How long a reservation holds its bytes unless committed or cancelled, in ms. Default 1 h.
   pub reservation_ttl_ms: Option<f64>,
+  /// Days settled reservations and ledger entries are kept before `pruneHistory()` folds them
+  /// away (idempotency keys are remembered that long). Default 90.
+  pub history_retention_days: Option<f64>,
   /// Where project paths point. Default `{ backend: 'local' }` (directories under `storageRoot`).
   pub storage: Option<StorageOptions>,
 }
@@ -346,4 +349,13 @@ pub struct MigrationInfo {
 pub struct MigrationStatus {
   pub applied: Vec<MigrationInfo>,
   pub pending: Vec<MigrationInfo>,
+}
+
+/// What `pruneHistory()` removed.
+#[napi(object)]
+pub struct PrunedHistory {
+  /// Settled reservations deleted.
+  pub reservations: i64,
+  /// Ledger entries folded into their project's `carry` entry.
+  pub ledger_entries: i64,
 }

@@ -13,4 +13,5 @@ pub mod owner;
 pub mod projects;
 pub mod reconcile;
 pub mod reservations;
+pub mod retention;
 pub mod usage;

@@ -74,7 +74,9 @@ WITH owner AS (
   INSERT INTO quota_reservations (id, user_id, project_id, bytes, requested_bytes, expires_at)
   SELECT $4, $1, $2, ",
       $held,
-      ", $3, now() + make_interval(secs => $5::float8 / 1000) FROM charged
+      ", nullif($3, ",
+      $held,
+      "), now() + make_interval(secs => $5::float8 / 1000) FROM charged
   RETURNING expires_at
 )
 SELECT (SELECT user_id FROM owner) AS owner_id, (SELECT expires_at FROM held) AS expires_at,
@@ -128,7 +130,9 @@ WITH r AS (
   INSERT INTO quota_ledger (user_id, project_id, idempotency_key, kind, bytes, requested_bytes)
   SELECT r.user_id, r.project_id, $4, $5, ",
       $counted,
-      ", r.actual FROM r, charged
+      ", nullif(r.actual, ",
+      $counted,
+      ") FROM r, charged
   RETURNING id
 )
 SELECT r.user_id, r.project_id, r.bytes, r.requested, r.status, r.committed_bytes AS prior_committed,
