@@ -64,7 +64,10 @@ test('the Rust side validates too, for callers that bypass the JS layer', async 
     () => native.allocateProjectPath('user_x', '../../etc/passwd'),
   ]) {
     const error = await rejection(call())
-    assert.equal(JSON.parse(error.message).code, 'INVALID_ARGUMENT')
+    // A real Error with its code as a property, on an async rejection (no JSON in the message).
+    assert.ok(error instanceof Error)
+    assert.equal(error.code, 'INVALID_ARGUMENT')
+    assert.ok(!error.message.startsWith('{'), error.message)
   }
   native.close()
 })

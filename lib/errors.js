@@ -27,26 +27,27 @@ class QuotaExceededError extends StorageQuotaError {
   }
 }
 
+/** Every code the addon gives its errors (src/error.rs, `QuotaError::code`). */
+const CODES = new Set([
+  'INVALID_ARGUMENT', 'QUOTA_EXCEEDED', 'NOT_FOUND', 'FORBIDDEN', 'CONFLICT', 'RESERVATION_EXPIRED',
+  'MIGRATION_REQUIRED', 'MIGRATION_FAILED', 'DB_UNAVAILABLE', 'DB_TIMEOUT', 'DB_ERROR', 'STORAGE_ERROR',
+  'UNSAFE_PATH', 'CLIENT_CLOSED', 'INTERNAL',
+])
 
 /**
- * The addon sends `{ code, message, ...numbers }` as JSON in the message of its rejections
- * (napi-rs keeps only its own status as `code` on async errors). Decode it here, once.
+ * The addon rejects (and throws) with an Error it built on the JS thread, carrying `code` and the
+ * numbers behind it as its own properties (src/napi/error.rs). Turn it into a StorageQuotaError
+ * (or QuotaExceededError) with the same fields, here, once.
  */
 function fromNative(error) {
   if (error instanceof StorageQuotaError) return error
-  const text = error && typeof error.message === 'string' ? error.message : ''
-  if (text.startsWith('{')) {
-    try {
-      const { code, message, ...details } = JSON.parse(text)
-      if (typeof code === 'string' && typeof message === 'string') {
-        return code === 'QUOTA_EXCEEDED'
-          ? new QuotaExceededError(message, details)
-          : new StorageQuotaError(code, message, details)
-      }
-    } catch {
-      // fall through: not our payload after all
-    }
+  if (error instanceof Error && typeof error.code === 'string' && CODES.has(error.code)) {
+    const { code, ...details } = error
+    return code === 'QUOTA_EXCEEDED'
+      ? new QuotaExceededError(error.message, details)
+      : new StorageQuotaError(code, error.message, details)
   }
+  const text = error && typeof error.message === 'string' ? error.message : ''
   // napi's own argument conversion ("Failed to convert JavaScript value ..."): InvalidArg,
   // StringExpected, NumberExpected, ObjectExpected, …
   if (error && typeof error.code === 'string' && (error.code === 'InvalidArg' || error.code.endsWith('Expected'))) {

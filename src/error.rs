@@ -155,8 +155,8 @@ impl QuotaError {
     QuotaError::InvalidArgument(message.into())
   }
 
-  /// The error as one JSON object: `code`, `message` and the numbers behind it.
-  /// The JS layer turns this into a `StorageQuotaError` with the same fields.
+  /// The error as one JSON object: `code`, `message` and the numbers behind it. The binding
+  /// sets these as the properties of the JS error it builds (src/napi/error.rs).
   pub fn to_payload(&self) -> Value {
     let mut object = Map::new();
     object.insert("code".into(), json!(self.code()));

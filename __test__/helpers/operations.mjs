@@ -105,7 +105,7 @@ export const SYNC_OPERATIONS = [
 ]
 
 /** Client methods that take no argument, so have nothing to fuzz. */
-export const NO_ARGUMENTS = ['sweepExpiredReservations', 'migrate', 'migrationStatus', 'close']
+export const NO_ARGUMENTS = ['sweepExpiredReservations', 'pruneHistory', 'migrate', 'migrationStatus', 'close']
 
 /** Valid arguments for `op`, with position `index` replaced by `value`. */
 export function argumentsWith(kinds, ctx, index, value) {

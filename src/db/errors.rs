@@ -14,7 +14,12 @@ fn guard_refusal(db: Option<&tokio_postgres::error::DbError>) -> QuotaError {
     .and_then(|db| db.detail())
     .and_then(|detail| serde_json::from_str(detail).ok())
     .unwrap_or_default();
-  let field = |name: &str| numbers.get(name).and_then(serde_json::Value::as_i64).unwrap_or(0);
+  let field = |name: &str| {
+    numbers
+      .get(name)
+      .and_then(serde_json::Value::as_i64)
+      .unwrap_or(0)
+  };
   QuotaError::QuotaExceeded(QuotaShortfall {
     requested_bytes: field("requestedBytes"),
     used_bytes: field("usedBytes"),

@@ -28,7 +28,8 @@ const MAX_BATCH: usize = 256;
 const LOCK_QUOTA: &str = "SELECT used_bytes, reserved_bytes, limit_bytes FROM user_quotas \
    WHERE user_id = $1 FOR NO KEY UPDATE";
 const OWNERS: &str = "SELECT id, user_id FROM projects WHERE id = ANY($1)";
-const PRIORS: &str = "SELECT idempotency_key, coalesce(requested_bytes, bytes), project_id FROM quota_ledger \
+const PRIORS: &str =
+  "SELECT idempotency_key, coalesce(requested_bytes, bytes), project_id FROM quota_ledger \
    WHERE user_id = $1 AND idempotency_key = ANY($2)";
 const CHARGE: &str = "UPDATE user_quotas SET used_bytes = used_bytes + $2, updated_at = now() \
    WHERE user_id = $1 RETURNING used_bytes, reserved_bytes, limit_bytes";

@@ -146,7 +146,11 @@ pub async fn reconcile_user(
       &[&user.as_str(), &drift.ledger_bytes, &drift.pending_reserved_bytes],
     )
     .await?;
-    for project in drift.projects.iter().filter(|p| p.used_bytes != p.ledger_bytes) {
+    for project in drift
+      .projects
+      .iter()
+      .filter(|p| p.used_bytes != p.ledger_bytes)
+    {
       tx.execute(
         FIX_PROJECT,
         &[&user.as_str(), &project.project_id, &project.ledger_bytes],

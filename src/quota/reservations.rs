@@ -88,7 +88,10 @@ SELECT (SELECT user_id FROM owner) AS owner_id, (SELECT expires_at FROM held) AS
   };
 }
 
-const RESERVE: &str = reserve_sql!("q.used_bytes + q.reserved_bytes + $3 <= q.limit_bytes", "$3");
+const RESERVE: &str = reserve_sql!(
+  "q.used_bytes + q.reserved_bytes + $3 <= q.limit_bytes",
+  "$3"
+);
 /// Shadow mode: holds past the limit, lifting the database guard for this statement only.
 const RESERVE_SHADOW: &str = reserve_sql!(
   "set_config('storage_quota.allow_over_limit', 'on', true) = 'on'",
@@ -351,9 +354,11 @@ pub async fn commit(
       return Err(QuotaError::conflict(
         ConflictReason::KeyReused,
         format!(
-          "reservation {id} was committed with {} bytes; a commit with another size is a new upload",
-          row.get::<_, Option<i64>>("prior_committed").unwrap_or_default()
-        ),
+        "reservation {id} was committed with {} bytes; a commit with another size is a new upload",
+        row
+          .get::<_, Option<i64>>("prior_committed")
+          .unwrap_or_default()
+      ),
       ))
     }
     "expired" => return Err(expired_error(id)),

@@ -314,7 +314,9 @@ pub async fn record_upload(
       .await?;
     let prior: Option<i64> = row.get("prior_bytes");
     if let Some(prior_bytes) = prior {
-      if prior_bytes != bytes || row.get::<_, Option<uuid::Uuid>>("prior_project") != Some(project.uuid()) {
+      if prior_bytes != bytes
+        || row.get::<_, Option<uuid::Uuid>>("prior_project") != Some(project.uuid())
+      {
         return Err(key_reused(upload_id, prior_bytes));
       }
     } else {
