@@ -33,6 +33,12 @@ pub const MIGRATIONS: &[Migration] = &[
     up: include_str!("../../migrations/0003_hardening.up.sql"),
     down: include_str!("../../migrations/0003_hardening.down.sql"),
   },
+  Migration {
+    version: 4,
+    name: "project_copies",
+    up: include_str!("../../migrations/0004_project_copies.up.sql"),
+    down: include_str!("../../migrations/0004_project_copies.down.sql"),
+  },
 ];
 
 /// `pg_advisory_xact_lock` key: the first 8 bytes of sha256("storage-quota/migrations").
