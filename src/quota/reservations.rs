@@ -74,7 +74,7 @@ WITH owner AS (
   INSERT INTO quota_reservations (id, user_id, project_id, bytes, requested_bytes, expires_at)
   SELECT $4, $1, $2, ",
       $held,
-      ", nullif($3, ",
+      ", nullif($3::bigint, ",
       $held,
       "), now() + make_interval(secs => $5::float8 / 1000) FROM charged
   RETURNING expires_at
