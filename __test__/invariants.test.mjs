@@ -5,7 +5,7 @@ import { test, after } from 'node:test'
 import assert from 'node:assert/strict'
 import pg from 'pg'
 import { createClient } from '../index.js'
-import { createTestDatabase, insertProject, quotaCounters, rejection } from './helpers/db.mjs'
+import { MIGRATION_VERSIONS, createTestDatabase, insertProject, quotaCounters, rejection } from './helpers/db.mjs'
 
 const KB = 1024
 const db = await createTestDatabase('invariants')
@@ -110,8 +110,11 @@ test('migrating an existing database fills the per-project counters from its led
   const user = 'user_inv_backfill'
   const project = await insertProject(db, user)
   await client.recordUpload(user, project, 9 * KB)
-  const { reverted } = await client.rollback(1)
-  assert.equal(reverted.length, 1)
+  // Back to 0002 (every later migration reverted), then an entry written as 0002's schema would.
+  const later = MIGRATION_VERSIONS.filter((v) => v >= 3)
+  const { reverted } = await client.rollback(later.length)
+  assert.deepEqual(reverted, [...later].reverse())
+  assert.equal((await db.query(`SELECT to_regclass('quota_project_usage') AS t`)).rows[0].t, null)
   await db.query(
     `INSERT INTO quota_ledger (user_id, project_id, idempotency_key, kind, bytes) VALUES ($1, $2, 'older', 'upload', 1000)`,
     [user, project],
@@ -208,4 +211,22 @@ test('pruneHistory applies the retention period: old history folded away, every 
   }
   const { rows } = await db.query(`SELECT count(*)::int AS n FROM quota_ledger WHERE user_id = $1 AND idempotency_key LIKE 'carry %'`, [user])
   assert.equal(rows[0].n, 2, 'one carry entry per project, however often pruned')
+})
+
+test('rolling 0003 back refuses, changing nothing, while two users hold the same reservation id', async () => {
+  const [alice, bob] = ['user_inv_rb1', 'user_inv_rb2']
+  const [pa, pb] = [await insertProject(db, alice), await insertProject(db, bob)]
+  const id = '6f1d7a52-3c1e-4f0b-9a7d-2b8c4e5f6a71'
+  await client.reserveUpload(alice, pa, KB, { reservationId: id })
+  await client.reserveUpload(bob, pb, KB, { reservationId: id })
+  const later = MIGRATION_VERSIONS.filter((v) => v >= 3)
+  const error = await rejection(client.rollback(later.length))
+  assert.equal(error.code, 'MIGRATION_FAILED')
+  assert.match(error.message, /used by more than one user/)
+  const { applied } = await client.migrationStatus()
+  assert.ok(applied.some((m) => m.version === 3), '0003 stays applied')
+  await client.migrate() // re-applies whatever later migration the rollback reverted first
+  await client.cancelUpload(alice, id)
+  await client.cancelUpload(bob, id)
+  assert.deepEqual(await quotaCounters(db, alice), { used: 0, reserved: 0, ledger: 0 })
 })
