@@ -38,10 +38,10 @@ export const RECORD_UPLOAD = rustConst(source, 'RECORD_UPLOAD')
 /** Present once reservations exist: run (pipelined, by the addon) before each charge. */
 export const SWEEP_USER_SQL = rustConst(source, 'SWEEP_USER_SQL', { optional: true })
 
-// Reservations: the statements of src/quota/reservations.rs, for reserveUpload + commitUpload.
+// Reservations: the statements of src/quota/reservations.rs and settle.rs, for reserveUpload + commitUpload.
 const RESERVATIONS_RS = readFileSync(new URL('../../src/quota/reservations.rs', import.meta.url), 'utf8')
 export const RESERVE = rustConst(RESERVATIONS_RS, 'RESERVE')
-export const COMMIT = rustConst(RESERVATIONS_RS, 'COMMIT')
+export const COMMIT = rustConst(readFileSync(new URL('../../src/quota/settle.rs', import.meta.url), 'utf8'), 'COMMIT')
 
 /** Seeded users are `1000001`, `1000002`, …: valid user ids of constant length, usable by pgbench. */
 export const USER_BASE = 1_000_000

@@ -16,4 +16,5 @@ pub mod projects;
 pub mod reconcile;
 pub mod reservations;
 pub mod retention;
+pub mod settle;
 pub mod usage;
