@@ -273,6 +273,7 @@ export declare const ReservationSchema: z.ZodType<Reservation>
 export declare const ReservationStatusSchema: z.ZodType<'committed' | 'cancelled' | 'expired'>
 export declare const SettledReservationSchema: z.ZodType<SettledReservation>
 export declare const ReleasedSchema: z.ZodType<Released>
+export declare const PrunedHistorySchema: z.ZodType<PrunedHistory>
 export declare const QuotaStateSchema: z.ZodType<QuotaState>
 export declare const UsageSchema: z.ZodType<Usage>
 export declare const UserIdSchema: z.ZodType<string>

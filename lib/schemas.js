@@ -152,6 +152,9 @@ const SettledReservationSchema = z.object({
   ...usageShape,
 })
 
+/** The answer of `pruneHistory`. */
+const PrunedHistorySchema = z.object({ reservations: z.number().int().min(0), ledgerEntries: z.number().int().min(0) })
+
 const ReleasedSchema = z.object({
   releasedBytes: BytesSchema,
   duplicate: z.boolean(),
@@ -248,6 +251,7 @@ module.exports = {
   ReservationStatusSchema,
   SettledReservationSchema,
   ReleasedSchema,
+  PrunedHistorySchema,
   QuotaStateSchema,
   UsageSchema,
   UserIdSchema,
