@@ -193,7 +193,7 @@ impl Client {
     self
       .with_conn(async |conn| {
         let sql = format!(
-          "SELECT count(*) FROM (SELECT 1 FROM {} LIMIT {}) AS some",
+          "SELECT count(*) FROM (SELECT 1 FROM {} LIMIT {}) AS head",
           app.t(),
           INLINE_BATCH + 1
         );
