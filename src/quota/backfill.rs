@@ -211,14 +211,18 @@ async fn prepare(
   if !app.has_owner_index(&*client).await? {
     // CONCURRENTLY: builds without blocking the app's writes (it cannot run in a transaction).
     // An invalid leftover of an interrupted build is dropped first.
-    client
-      .batch_execute(&format!(
-        "SET statement_timeout = 0; DROP INDEX CONCURRENTLY IF EXISTS {OWNER_INDEX};
-         CREATE INDEX CONCURRENTLY {OWNER_INDEX} ON {} ({}); RESET statement_timeout",
+    for sql in [
+      "SET statement_timeout = 0".to_owned(),
+      format!("DROP INDEX CONCURRENTLY IF EXISTS {OWNER_INDEX}"),
+      format!(
+        "CREATE INDEX CONCURRENTLY {OWNER_INDEX} ON {} ({})",
         app.t(),
         app.owner_col()
-      ))
-      .await?;
+      ),
+      "RESET statement_timeout".to_owned(),
+    ] {
+      client.batch_execute(&sql).await?;
+    }
     notes.push(format!(
       "{} had no index on {}: created {OWNER_INDEX} (concurrently) to look projects up by owner",
       app.table, app.owner
@@ -259,8 +263,10 @@ async fn batch(
     .await?;
   let cursor: Option<String> = state.get(0);
   let rounds: i64 = state.get(1);
+  // Without waiting for the WAL flush at commit: a crash may lose the last batches, whose
+  // progress is lost with them (same transaction), so they are simply done again.
   tx.batch_execute(&format!(
-    "SET LOCAL lock_timeout = '{BATCH_LOCK_TIMEOUT}'"
+    "SET LOCAL lock_timeout = '{BATCH_LOCK_TIMEOUT}'; SET LOCAL synchronous_commit = off"
   ))
   .await?;
   let (t, id, owner) = (app.t(), app.id_col(), app.owner_col());
