@@ -140,3 +140,22 @@ test('migrate --backup: pg_dump of the tables it changes before any change; a cl
   assert.doesNotMatch(projectsSchema, /storage_path_id/, 'taken before the migration changed projects')
   await rm(file)
 })
+
+test('the demo with DATABASE_URL set works in a throwaway database next to it and leaves the given one untouched', async () => {
+  const db = await createTestDatabase('upg_demo')
+  await db.query(fixture)
+  const tables = async () =>
+    (await db.query(`SELECT tablename FROM pg_tables WHERE schemaname = 'public' ORDER BY 1`)).rows.map((r) => r.tablename)
+  const tablesBefore = await tables()
+  const demo = fileURLToPath(new URL('../examples/demo.mjs', import.meta.url))
+  const { stdout } = await run(process.execPath, [demo], {
+    env: { ...process.env, DATABASE_URL: db.url, STORAGE_QUOTA_LOG: 'off', STORAGE_ROOT: '' },
+  })
+  const name = stdout.match(/using a throwaway database (storage_quota_demo_[0-9a-f]+)/)?.[1]
+  assert.ok(name, stdout)
+  assert.match(stdout, /refused with QUOTA_EXCEEDED/)
+  assert.match(stdout, new RegExp(`Dropped the throwaway database ${name}`))
+  assert.deepEqual(await tables(), tablesBefore, 'no table added to the given database')
+  const left = await db.query('SELECT count(*)::int AS n FROM pg_database WHERE datname = $1', [name])
+  assert.equal(left.rows[0].n, 0)
+})
