@@ -78,6 +78,10 @@ fn constraints(app: &AppTable) -> [(String, &'static str); 3] {
   ]
 }
 
+/// Session advisory lock around the first call's preparation (index build, count). Any fixed
+/// key distinct from the migrations' (`db::migrate`) does.
+const PREPARE_LOCK_KEY: i64 = 0x38e6_1a1c_67b1_7ef6;
+
 const STATE_COLUMNS: &str = "phase, cursor, storage_root, total_projects, scanned, paths_created, baselines, users_seeded, skipped_projects, catchup_rounds, started_at, finished_at";
 
 fn progress_from(row: &tokio_postgres::Row) -> Progress {
@@ -149,7 +153,19 @@ pub async fn step(
   }
   let mut notes = Vec::new();
   if state.started_at.is_none() {
-    prepare(client, app, options, &mut notes).await?;
+    // One process prepares; one started meanwhile finds it done once it gets the lock.
+    client
+      .execute("SELECT pg_advisory_lock($1)", &[&PREPARE_LOCK_KEY])
+      .await?;
+    let prepared = match status(client).await {
+      Ok(now) if now.started_at.is_some() => Ok(()),
+      Ok(_) => prepare(client, app, options, &mut notes).await,
+      Err(error) => Err(error),
+    };
+    client
+      .execute("SELECT pg_advisory_unlock($1)", &[&PREPARE_LOCK_KEY])
+      .await?;
+    prepared?;
   }
   let mut lock_retries = 0;
   match state.phase.as_str() {
@@ -257,12 +273,15 @@ async fn batch(
   // and then continues from the cursor this one leaves.
   let state = tx
     .query_one(
-      "SELECT cursor, catchup_rounds FROM storage_quota_backfill FOR UPDATE",
+      "SELECT cursor, catchup_rounds, phase FROM storage_quota_backfill FOR UPDATE",
       &[],
     )
     .await?;
   let cursor: Option<String> = state.get(0);
   let rounds: i64 = state.get(1);
+  if state.get::<_, &str>(2) != if catchup { "catchup" } else { "scan" } {
+    return Ok(()); // another backfill process moved on meanwhile
+  }
   // Without waiting for the WAL flush at commit: a crash may lose the last batches, whose
   // progress is lost with them (same transaction), so they are simply done again.
   tx.batch_execute(&format!(
