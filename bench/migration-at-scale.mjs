@@ -19,7 +19,7 @@ const { createClient } = require('../index.js')
 const { values } = parseArgs({
   options: {
     projects: { type: 'string', default: '100000,1000000' },
-    'batch-size': { type: 'string', default: '10000' },
+    'batch-size': { type: 'string', default: '2000' },
     baseline: { type: 'boolean', default: false },
   },
 })

@@ -114,7 +114,7 @@ async function main() {
   }
   const out = (line) => console.log(line)
   const err = (line) => console.error(line)
-  const batchSize = values['batch-size'] === undefined ? 10_000 : Number(values['batch-size'])
+  const batchSize = values['batch-size'] === undefined ? 2_000 : Number(values['batch-size'])
   const options = {}
   if (values['database-url']) options.databaseUrl = values['database-url']
   if (values['storage-root']) options.storageRoot = values['storage-root']

@@ -5,8 +5,9 @@
 //! its own transaction and records where it got to in `storage_quota_backfill`, so a crash or a
 //! Ctrl-C loses at most the batch in flight and the next call resumes there.
 //!
-//! Safe while the app writes: a batch locks its project rows (`FOR NO KEY UPDATE`, so app reads
-//! and inserts never wait and an app update of one of those rows waits for one batch at most),
+//! Safe while the app writes: a batch holds its project rows `FOR KEY SHARE` (only an app
+//! DELETE of one of them waits, for one batch at most; reads, inserts and updates do not) until
+//! its last statement links them, which an app update of the same row waits for,
 //! every write is idempotent (`ON CONFLICT DO NOTHING`, seeding once per user under the quota
 //! row lock), and projects inserted behind the cursor meanwhile are found by a catch-up pass.
 
@@ -294,7 +295,7 @@ async fn batch(
       &format!(
         "SELECT p.{id}, p.{owner}::text FROM {t} p
           WHERE p.storage_path_id IS NULL AND p.{owner}::text ~ '{VALID_OWNER_REGEX}'
-          LIMIT $1 FOR NO KEY UPDATE SKIP LOCKED"
+          LIMIT $1 FOR KEY SHARE SKIP LOCKED"
       ),
       &[&options.batch_size],
     )
@@ -303,7 +304,7 @@ async fn batch(
     tx.query(
       &format!(
         "SELECT p.{id}, p.{owner}::text FROM {t} p WHERE p.{id} > $1
-          ORDER BY p.{id} LIMIT $2 FOR NO KEY UPDATE"
+          ORDER BY p.{id} LIMIT $2 FOR KEY SHARE"
       ),
       &[&cursor, &options.batch_size],
     )
@@ -311,7 +312,7 @@ async fn batch(
   } else {
     tx.query(
       &format!(
-        "SELECT p.{id}, p.{owner}::text FROM {t} p ORDER BY p.{id} LIMIT $1 FOR NO KEY UPDATE"
+        "SELECT p.{id}, p.{owner}::text FROM {t} p ORDER BY p.{id} LIMIT $1 FOR KEY SHARE"
       ),
       &[&options.batch_size],
     )

@@ -66,7 +66,8 @@ pub async fn seed_owners(
     });
   };
   // Seeding may put an owner over the default limit (like a downgrade): the guard is lifted
-  // for this transaction only. Zero-byte projects need no entry.
+  // for this transaction only. Zero-byte projects need no entry. The lateral join looks each
+  // owner up by the owner index, whatever the planner thinks of a long array.
   tx.execute(
     "SELECT set_config('storage_quota.allow_over_limit', 'on', true)",
     &[],
@@ -76,7 +77,9 @@ pub async fn seed_owners(
     "WITH entries AS (
        INSERT INTO quota_ledger (user_id, project_id, idempotency_key, kind, bytes)
        SELECT p.{owner}, p.{id}, 'baseline ' || p.{id}::text, 'baseline', {size}
-         FROM {table} p WHERE p.{owner} = ANY($1) AND {size} > 0
+         FROM unnest($1::text[]) AS o(owner)
+         CROSS JOIN LATERAL (SELECT * FROM {table} p WHERE p.{owner} = o.owner) AS p
+        WHERE {size} > 0
        ON CONFLICT (user_id, idempotency_key) DO NOTHING
        RETURNING user_id, bytes
      ), sums AS (
