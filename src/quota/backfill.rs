@@ -5,9 +5,9 @@
 //! its own transaction and records where it got to in `storage_quota_backfill`, so a crash or a
 //! Ctrl-C loses at most the batch in flight and the next call resumes there.
 //!
-//! Safe while the app writes: a batch holds its project rows `FOR KEY SHARE` (only an app
-//! DELETE of one of them waits, for one batch at most; reads, inserts and updates do not) until
-//! its last statement links them, which an app update of the same row waits for,
+//! Safe while the app writes: a batch reads its projects without locking them and locks them
+//! only in its last statement (`KEY SHARE`, skipping any the app deleted meanwhile: an app
+//! DELETE of one waits), which records their paths and links them (an app UPDATE of one waits);
 //! every write is idempotent (`ON CONFLICT DO NOTHING`, seeding once per user under the quota
 //! row lock), and projects inserted behind the cursor meanwhile are found by a catch-up pass.
 
@@ -213,6 +213,8 @@ fn retryable(error: &tokio_postgres::Error) -> bool {
     Some(c) if *c == SqlState::LOCK_NOT_AVAILABLE
       || *c == SqlState::T_R_DEADLOCK_DETECTED
       || *c == SqlState::T_R_SERIALIZATION_FAILURE
+      // A project of the batch deleted by the app after the batch read it.
+      || *c == SqlState::FOREIGN_KEY_VIOLATION
   )
 }
 
@@ -295,7 +297,7 @@ async fn batch(
       &format!(
         "SELECT p.{id}, p.{owner}::text FROM {t} p
           WHERE p.storage_path_id IS NULL AND p.{owner}::text ~ '{VALID_OWNER_REGEX}'
-          LIMIT $1 FOR KEY SHARE SKIP LOCKED"
+          LIMIT $1"
       ),
       &[&options.batch_size],
     )
@@ -304,7 +306,7 @@ async fn batch(
     tx.query(
       &format!(
         "SELECT p.{id}, p.{owner}::text FROM {t} p WHERE p.{id} > $1
-          ORDER BY p.{id} LIMIT $2 FOR KEY SHARE"
+          ORDER BY p.{id} LIMIT $2"
       ),
       &[&cursor, &options.batch_size],
     )
@@ -312,7 +314,7 @@ async fn batch(
   } else {
     tx.query(
       &format!(
-        "SELECT p.{id}, p.{owner}::text FROM {t} p ORDER BY p.{id} LIMIT $1 FOR KEY SHARE"
+        "SELECT p.{id}, p.{owner}::text FROM {t} p ORDER BY p.{id} LIMIT $1"
       ),
       &[&options.batch_size],
     )
@@ -346,7 +348,9 @@ async fn batch(
     .query_one(
       &format!(
         "WITH batch AS (
-           SELECT * FROM unnest($1::uuid[], $2::text[]) AS b(project_id, user_id)
+           SELECT b.project_id, b.user_id FROM unnest($1::uuid[], $2::text[]) AS b(project_id, user_id)
+             JOIN {t} p ON p.{id} = b.project_id
+              FOR KEY SHARE OF p
          ), ins AS (
            INSERT INTO project_storage_paths AS sp (project_id, user_id, quota_id, backend, key, path)
            SELECT b.project_id, b.user_id, q.id, 'local',
