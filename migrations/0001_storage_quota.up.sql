@@ -3,7 +3,7 @@
 -- Schema only: it creates objects and touches no rows, so it holds its locks for milliseconds
 -- whatever the size of `projects`. Existing projects get their quota rows, baseline usage,
 -- path records and `storage_path_id` from the batched backfill (`storage-quota backfill`,
--- src/quota/backfill.rs), outside this transaction.
+-- src/quota/backfill/), outside this transaction.
 --
 -- This text replaced the first release's, which backfilled inside the transaction; databases
 -- that applied that one are accepted by its old checksum (src/db/migrate.rs, docs/migrations.md).

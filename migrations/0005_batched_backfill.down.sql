@@ -22,7 +22,7 @@ BEGIN
 END
 $$;
 
--- The owner index the backfill creates when the app has none (see backfill.rs).
+-- The owner index the backfill creates when the app has none (src/quota/backfill/phases.rs).
 -- squawk-ignore require-concurrent-index-deletion
 DROP INDEX IF EXISTS storage_quota_projects_owner_idx;
 DROP TABLE storage_quota_backfill_skipped;

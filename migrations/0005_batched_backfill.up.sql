@@ -1,7 +1,7 @@
 -- storage-quota 0005: what the batched backfill needs. Schema only, milliseconds of locks on
 -- storage-quota's own tables; no app table is touched.
 --
--- The backfill (src/quota/backfill.rs, `storage-quota backfill`) walks the app's projects in
+-- The backfill (src/quota/backfill/, `storage-quota backfill`) walks the app's projects in
 -- committed keyset batches and records its progress here, so it resumes where a crash or a
 -- Ctrl-C left it.
 SET LOCAL lock_timeout = '250ms';

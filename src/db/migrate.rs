@@ -237,9 +237,10 @@ async fn apply_next(
   };
   match run.await {
     Ok(()) => Ok(Some(next.version)),
-    Err(error) if error.code() == Some(&SqlState::LOCK_NOT_AVAILABLE) => Err(
-      Failure::LockTimeout(next.label(), failed(next, "up", error)),
-    ),
+    Err(error) if error.code() == Some(&SqlState::LOCK_NOT_AVAILABLE) => Err(Failure::LockTimeout(
+      next.label(),
+      failed(next, "up", error),
+    )),
     Err(error) => Err(Failure::Other(failed(next, "up", error))),
   }
 }

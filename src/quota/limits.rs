@@ -113,7 +113,14 @@ pub async fn set_quota_limit(
     // A new row is seeded like any other (its projects' baselines counted once).
     let app = AppTable::default();
     let size = app.size_expr(&tx).await?;
-    seed::seed_owners(&tx, &app, size.as_deref(), &[user.as_str().to_owned()], limit_bytes).await?;
+    seed::seed_owners(
+      &tx,
+      &app,
+      size.as_deref(),
+      &[user.as_str().to_owned()],
+      limit_bytes,
+    )
+    .await?;
   }
   tx.execute(
     "UPDATE user_quotas SET limit_bytes = $2, updated_at = now() WHERE user_id = $1",

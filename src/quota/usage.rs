@@ -226,7 +226,8 @@ pub async fn read_usage_or_unseeded(
   if let Some(usage) = read_usage(conn, user).await? {
     return Ok(usage);
   }
-  let used = crate::quota::seed::unseeded_used_bytes(&conn.client, &AppTable::default(), user).await?;
+  let used =
+    crate::quota::seed::unseeded_used_bytes(&conn.client, &AppTable::default(), user).await?;
   Ok(Usage {
     used_bytes: used,
     ..Usage::empty(default_limit)

@@ -2,10 +2,10 @@
 
 use super::{blocking, Client};
 use crate::db::migrate::{self, MigrateReport, MigrationSettings, Status};
-use crate::quota::app_table::AppTable;
-use crate::quota::backfill::{self, BackfillOptions, Progress};
 use crate::error::{QuotaError, Result};
 use crate::ids::{parse_bytes, ProjectId, UserId};
+use crate::quota::app_table::AppTable;
+use crate::quota::backfill::{self, BackfillOptions, Progress};
 use crate::quota::limits::{self, UsageReport};
 use crate::quota::reconcile::{self, UserDrift};
 use crate::storage::local::usage::project_usage;
@@ -218,7 +218,12 @@ impl Client {
 
   /// One unit of the backfill (see `quota::backfill::step`); call until `done`.
   pub async fn backfill_step(&self, batch_size: f64) -> Result<Progress> {
-    let batch_size = i64::from(crate::ids::parse_whole("batchSize", batch_size, 1, 100_000)?);
+    let batch_size = i64::from(crate::ids::parse_whole(
+      "batchSize",
+      batch_size,
+      1,
+      100_000,
+    )?);
     let options = BackfillOptions {
       batch_size,
       storage_root: self.migration_storage_root()?,
