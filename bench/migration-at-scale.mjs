@@ -21,6 +21,8 @@ const { values } = parseArgs({
     projects: { type: 'string', default: '100000,1000000' },
     'batch-size': { type: 'string', default: '2000' },
     baseline: { type: 'boolean', default: false },
+    // Stop the backfill after this many seconds (0: run it to the end) and report its rate.
+    'backfill-seconds': { type: 'string', default: '0' },
   },
 })
 const sizes = values.projects.split(',').map(Number)
@@ -133,8 +135,11 @@ async function measure(projects) {
       log(`migrate(): applied ${migrated.applied.join(', ')} in ${result.migrateMs.toFixed(0)} ms; backfill pending: ${!migrated.backfill.done}`)
       start = performance.now()
       let last = 0
+      const limit = Number(values['backfill-seconds'])
+      const signal = limit > 0 ? AbortSignal.timeout(limit * 1000) : undefined
       const done = await client.backfill({
         batchSize,
+        signal,
         onProgress(p) {
           if (performance.now() - last > 10_000) {
             last = performance.now()
@@ -146,6 +151,11 @@ async function measure(projects) {
       result.scanned = done.scanned
       result.rate = done.scanned / (result.backfillMs / 1000)
       result.lockRetries = done.lockRetries
+      result.finished = done.done
+      if (!done.done) {
+        result.etaMs = ((done.totalProjects - done.scanned) / result.rate) * 1000
+        log(`backfill stopped after ${limit} s as asked: ${done.scanned} of ${done.totalProjects}`)
+      }
     } finally {
       await client.close()
       await app.stop()
