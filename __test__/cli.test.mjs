@@ -3,7 +3,7 @@ import assert from 'node:assert/strict'
 import { execFile } from 'node:child_process'
 import { promisify } from 'node:util'
 import { fileURLToPath } from 'node:url'
-import { createTestDatabase } from './helpers/db.mjs'
+import { createTestDatabase, MIGRATION_VERSIONS } from './helpers/db.mjs'
 
 const run = promisify(execFile)
 const bin = fileURLToPath(new URL('../bin/storage-quota.js', import.meta.url))
@@ -14,7 +14,7 @@ test('the storage-quota command migrates, reports and rolls back', async () => {
   const cli = (...args) => run(process.execPath, [bin, ...args], { env })
 
   assert.match((await cli('status')).stdout, /^pending {2}1 storage_quota\npending {2}2 quota_lifecycle$/m)
-  assert.equal((await cli('migrate')).stdout.trim(), 'applied: 1, 2')
+  assert.equal((await cli('migrate')).stdout.trim(), `applied: ${MIGRATION_VERSIONS.join(', ')}`)
   assert.equal((await cli('migrate')).stdout.trim(), 'already up to date')
   assert.match((await cli('status')).stdout, /^applied {2}1 storage_quota {2}\d{4}-/m)
   assert.equal((await cli('sweep')).stdout.trim(), 'swept expired reservations of 0 user(s)')
@@ -23,8 +23,9 @@ test('the storage-quota command migrates, reports and rolls back', async () => {
   assert.match((await cli('reconcile', 'user_cli', '--fix')).stdout, /1 drifted, 1 fixed/)
   assert.match((await cli('reconcile')).stdout, /checked 1 user\(s\), 0 drifted/)
   await db.query(`DELETE FROM user_quotas`)
-  assert.equal((await cli('rollback')).stdout.trim(), 'reverted: 2')
-  assert.equal((await cli('rollback', '5', '--database-url', db.url)).stdout.trim(), 'reverted: 1')
+  const [first, ...later] = MIGRATION_VERSIONS
+  assert.equal((await cli('rollback', String(later.length))).stdout.trim(), `reverted: ${later.reverse().join(', ')}`)
+  assert.equal((await cli('rollback', '5', '--database-url', db.url)).stdout.trim(), `reverted: ${first}`)
   assert.equal((await cli('rollback')).stdout.trim(), 'nothing to revert')
 })
 

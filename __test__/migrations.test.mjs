@@ -4,7 +4,7 @@ import { readFile } from 'node:fs/promises'
 import { execFile } from 'node:child_process'
 import { promisify } from 'node:util'
 import { createClient } from '../index.js'
-import { createTestDatabase, rejection } from './helpers/db.mjs'
+import { createTestDatabase, MIGRATION_VERSIONS, rejection } from './helpers/db.mjs'
 
 const run = promisify(execFile)
 const fixture = await readFile(new URL('./fixtures/existing-app.sql', import.meta.url), 'utf8')
@@ -31,11 +31,11 @@ test('on an empty database: creates the schema, records it, and is idempotent', 
     assert.equal(before.code, 'MIGRATION_REQUIRED')
 
     const first = await client.migrate()
-    assert.deepEqual(first.applied, [1, 2, 5])
+    assert.deepEqual(first.applied, MIGRATION_VERSIONS)
     assert.equal(first.backfill.done, true, 'an empty app is backfilled inside migrate()')
     assert.deepEqual((await client.migrate()).applied, [])
     const status = await client.migrationStatus()
-    assert.deepEqual(status.applied.map((m) => m.version), [1, 2, 5])
+    assert.deepEqual(status.applied.map((m) => m.version), MIGRATION_VERSIONS)
     assert.ok(status.applied[0].appliedAt instanceof Date)
     assert.deepEqual(status.pending, [])
 
@@ -49,6 +49,7 @@ test('on an empty database: creates the schema, records it, and is idempotent', 
         'projects',
         'quota_ledger',
         'quota_limit_changes',
+        'quota_project_copies',
         'quota_reservations',
         'simulation_jobs',
         'storage_quota_backfill',
@@ -63,7 +64,7 @@ test('on an empty database: creates the schema, records it, and is idempotent', 
     )
     assert.equal(column.rows[0].data_type, 'uuid')
 
-    assert.deepEqual(await client.rollback(3), { reverted: [5, 2, 1] })
+    assert.deepEqual(await client.rollback(MIGRATION_VERSIONS.length), { reverted: [...MIGRATION_VERSIONS].reverse() })
     const left = await db.query(`SELECT count(*)::int AS n FROM information_schema.tables WHERE table_schema = 'public'`)
     assert.equal(left.rows[0].n, 0, 'rollback on an empty database removes everything it created')
   } finally {
@@ -108,7 +109,7 @@ test('on an existing app: paths and quotas for every project, rows untouched, ro
     // The app's own rows are untouched (apart from the new column).
     assert.deepEqual(await appRows(db), rowsBefore)
 
-    await client.rollback(3)
+    await client.rollback(MIGRATION_VERSIONS.length)
     assert.equal(await schemaDump(db), schemaBefore, 'rollback restores the schema exactly')
     assert.deepEqual(await appRows(db), rowsBefore, 'rollback keeps every app row')
 
@@ -117,7 +118,7 @@ test('on an existing app: paths and quotas for every project, rows untouched, ro
     const again = await db.query('SELECT count(*)::int AS n FROM project_storage_paths')
     assert.equal(again.rows[0].n, 5)
     assert.deepEqual(await appRows(db), rowsBefore, 'up → down → up keeps every app row')
-    await client.rollback(3)
+    await client.rollback(MIGRATION_VERSIONS.length)
     assert.equal(await schemaDump(db), schemaBefore, 'migrate → rollback → migrate → rollback is stable')
   } finally {
     await client.close()
@@ -148,7 +149,7 @@ test('two clients migrating at once apply the set once', async () => {
   const clients = Array.from({ length: 4 }, () => createClient({ databaseUrl: db.url, storageRoot: db.storageRoot }))
   try {
     const results = await Promise.all(clients.map((c) => c.migrate()))
-    assert.deepEqual(results.flatMap((r) => r.applied).sort(), [1, 2, 5])
+    assert.deepEqual(results.flatMap((r) => r.applied).sort((a, b) => a - b), MIGRATION_VERSIONS)
     const paths = await db.query('SELECT count(*)::int AS n FROM project_storage_paths')
     assert.equal(paths.rows[0].n, 5)
   } finally {

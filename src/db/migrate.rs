@@ -43,6 +43,13 @@ pub const MIGRATIONS: &[Migration] = &[
     legacy_checksums: &[],
   },
   Migration {
+    version: 4,
+    name: "project_copies",
+    up: include_str!("../../migrations/0004_project_copies.up.sql"),
+    down: include_str!("../../migrations/0004_project_copies.down.sql"),
+    legacy_checksums: &[],
+  },
+  Migration {
     version: 5,
     name: "batched_backfill",
     up: include_str!("../../migrations/0005_batched_backfill.up.sql"),

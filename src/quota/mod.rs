@@ -5,9 +5,11 @@
 
 pub mod app_table;
 pub mod backfill;
+pub mod batch;
 pub mod client;
 pub mod coalesce;
 pub mod config;
+pub mod copies;
 pub mod deletions;
 pub mod limits;
 pub mod owner;
