@@ -13,6 +13,7 @@ const TABLES = [
   'quota_ledger',
   'quota_reservations',
   'quota_limit_changes',
+  'quota_project_copies',
   'simulation_jobs',
   'storage_quota_meta',
   'storage_quota_migrations',
