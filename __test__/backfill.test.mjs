@@ -240,9 +240,18 @@ test('until the backfill reaches a user, reads count their projects; the first c
     await db.query('INSERT INTO projects (id, user_id, size_bytes) VALUES ($1, $2, 500)', [later, user])
     const registered = await client.registerProject(user, later, { sizeBytes: 500 })
     assert.equal(registered.usedBytes, expected.get(user) + 510)
+    // A user first seen through registerProject of a project the app stored with its size: the
+    // size is their project's baseline, counted once, not again as the registered size.
+    const fresh = 'user_43'
+    const sized = randomUUID()
+    await db.query('INSERT INTO projects (id, user_id, size_bytes) VALUES ($1, $2, 700)', [sized, fresh])
+    assert.equal((await client.checkQuota(fresh, 1)).usedBytes, expected.get(fresh) + 700)
+    const first = await client.registerProject(fresh, sized, { sizeBytes: 700 })
+    assert.equal(first.usedBytes, expected.get(fresh) + 700)
     const done = await client.backfill({ batchSize: 5000 })
     assert.equal(done.done, true)
     assert.equal((await client.getUsage(user)).usedBytes, expected.get(user) + 510, 'the backfill did not count them again')
+    assert.equal((await client.getUsage(fresh)).usedBytes, expected.get(fresh) + 700)
   } finally {
     await client.close()
   }
