@@ -209,7 +209,12 @@ test('a backfill killed mid-run (SIGKILL) resumes to exactly the end state of an
 
   const resumed = await finished(cli(crashed, ['backfill', '--batch-size', '300']))
   assert.equal(resumed.code, 0, resumed.stderr)
-  assert.match(resumed.stdout, /backfill done: /)
+  assert.match(resumed.stdout, /backfill done: \d[\d,]* projects scanned, [\d,]+ paths recorded, [\d,]+ baselines, [\d,]+ users seeded, 12 projects skipped in [\d.]+ s/)
+  // Not a terminal: plain progress lines, the root being recorded, the skipped owners by name.
+  assert.match(resumed.stderr, new RegExp(`recording project paths under ${crashed.storageRoot}`))
+  assert.match(resumed.stderr, /^backfill: 100\.0% {2}[\d,]+\/[\d,]+ done {2}[\d,]+\/s {2}ETA 0:00$/m)
+  assert.match(resumed.stderr, /warning: 12 project\(s\) of 3 owner\(s\) whose ids cannot be used for paths .*"bad\|owner0" \(4\)/)
+  assert.doesNotMatch(resumed.stderr, /\r|\x1b/, 'no terminal control characters in a log')
   const expected = await expectedUsage(reference)
   const referenceState = await assertCovered(reference, expected)
   const crashedState = await assertCovered(crashed, expected)
