@@ -225,6 +225,21 @@ test('a backfill killed mid-run (SIGKILL) resumes to exactly the end state of an
   assert.equal(index.rows.length, 1, 'the owner index was created')
 })
 
+test('two backfills started at once take turns: each project once, every number right', async () => {
+  const db = await appDatabase('bf_twice')
+  const { code, stderr } = await finished(cli(db, ['migrate', '--no-backfill']))
+  assert.equal(code, 0, stderr)
+  const [a, b] = await Promise.all([
+    finished(cli(db, ['backfill', '--batch-size', '700'])),
+    finished(cli(db, ['backfill', '--batch-size', '500'])),
+  ])
+  assert.equal(a.code, 0, a.stderr)
+  assert.equal(b.code, 0, b.stderr)
+  await assertCovered(db, await expectedUsage(db))
+  const state = await db.query('SELECT skipped_projects::int, paths_created::int FROM storage_quota_backfill')
+  assert.deepEqual(state.rows[0], { skipped_projects: 12, paths_created: PROJECTS - 12 }, 'no batch counted twice')
+})
+
 test('until the backfill reaches a user, reads count their projects; the first charge seeds them exactly once', async () => {
   const db = await appDatabase('bf_lazy')
   const client = createClient({ databaseUrl: db.url, storageRoot: db.storageRoot, logger: false })
