@@ -33,8 +33,6 @@ $$;
 -- Inside migrate()'s transaction CONCURRENTLY is not allowed.
 -- squawk-ignore require-concurrent-index-deletion
 DROP INDEX project_storage_paths_user_id_idx;
--- squawk-ignore require-concurrent-index-deletion
-DROP INDEX projects_storage_path_id_idx;
 
 DROP TRIGGER quota_ledger_project_usage ON quota_ledger;
 DROP FUNCTION storage_quota_count_project_usage();

@@ -3,7 +3,7 @@
 -- with its numbers.
 
 -- Short locks: give up (changing nothing) rather than queue the app behind a lock we cannot get.
-SET LOCAL lock_timeout = '5s';
+SET LOCAL lock_timeout = '250ms';
 SET LOCAL statement_timeout = '60s';
 
 -- Reservation ids are the caller's idempotency keys, so they are scoped to the user like upload
@@ -70,14 +70,10 @@ SELECT user_id, project_id, sum(bytes)::bigint
   FROM quota_ledger WHERE project_id IS NOT NULL
  GROUP BY user_id, project_id;
 
--- `ON DELETE SET NULL` on projects.storage_path_id makes every project path delete look up
--- `projects` by that column. `projects` is the app's table: an app with many rows can build this
--- index beforehand without blocking writes,
---   CREATE INDEX CONCURRENTLY IF NOT EXISTS projects_storage_path_id_idx ON projects (storage_path_id);
--- and this statement then does nothing. Otherwise it is built here, under a SHARE lock (reads go
--- on, writes to `projects` wait for the build, bounded by statement_timeout).
--- squawk-ignore require-concurrent-index-creation
-CREATE INDEX IF NOT EXISTS projects_storage_path_id_idx ON projects (storage_path_id);
+-- The index on the app's projects(storage_path_id) (its `ON DELETE SET NULL` key makes every
+-- path record delete look projects up by it) is built CONCURRENTLY by the backfill's first step
+-- (src/quota/backfill/phases.rs), not here: no migration holds the app's table while an index
+-- builds.
 -- getUsage({ projects }) and reconcile list a user's project paths.
 -- squawk-ignore require-concurrent-index-creation
 CREATE INDEX project_storage_paths_user_id_idx ON project_storage_paths (user_id);

@@ -375,16 +375,46 @@ impl NativeClient {
     .await
   }
 
-  /// Applies pending migrations; resolves to the versions applied by this call.
-  #[napi(ts_return_type = "Promise<Array<number>>")]
-  pub async fn migrate(&self) -> Result<Answer<Vec<i32>>> {
-    answer(async { self.inner.migrate().await }).await
+  /// Applies pending schema migrations; resolves to the versions applied and where the
+  /// backfill of existing projects is (it is never run here).
+  #[napi(ts_return_type = "Promise<MigrateResult>")]
+  pub async fn migrate(&self) -> Result<Answer<MigrateResult>> {
+    answer(async {
+      let (report, progress) = self.inner.migrate().await?;
+      Ok(MigrateResult {
+        applied: report.applied,
+        lock_retries: report.lock_retries,
+        backfill: progress_to_js(progress),
+      })
+    })
+    .await
   }
 
   /// Reverts the `steps` most recent migrations; resolves to the versions reverted.
   #[napi(ts_return_type = "Promise<Array<number>>")]
-  pub async fn rollback(&self, steps: f64) -> Result<Answer<Vec<i32>>> {
-    answer(async { self.inner.rollback(steps).await }).await
+  pub async fn rollback(
+    &self,
+    steps: f64,
+    discard_usage: Option<bool>,
+  ) -> Result<Answer<Vec<i32>>> {
+    answer(async {
+      self
+        .inner
+        .rollback(steps, discard_usage.unwrap_or(false))
+        .await
+    })
+    .await
+  }
+
+  /// One unit of the backfill: a batch of `batch_size` projects, or one constraint validated.
+  #[napi(ts_return_type = "Promise<BackfillProgress>")]
+  pub async fn backfill_step(&self, batch_size: f64) -> Result<Answer<BackfillProgress>> {
+    answer(async { Ok(progress_to_js(self.inner.backfill_step(batch_size).await?)) }).await
+  }
+
+  #[napi(ts_return_type = "Promise<BackfillProgress>")]
+  pub async fn backfill_status(&self) -> Result<Answer<BackfillProgress>> {
+    answer(async { Ok(progress_to_js(self.inner.backfill_status().await?)) }).await
   }
 
   #[napi(ts_return_type = "Promise<MigrationStatus>")]

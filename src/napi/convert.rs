@@ -110,3 +110,27 @@ pub(crate) fn drift_to_js(d: crate::quota::reconcile::UserDrift) -> UserDrift {
 }
 
 pub(crate) use with_usage;
+
+pub(crate) fn progress_to_js(p: crate::quota::backfill::Progress) -> BackfillProgress {
+  BackfillProgress {
+    phase: p.phase,
+    done: p.done,
+    scanned: p.scanned,
+    total_projects: p.total_projects,
+    paths_created: p.paths_created,
+    baselines: p.baselines,
+    users_seeded: p.users_seeded,
+    skipped_projects: p.skipped_projects,
+    skipped_owners: p
+      .skipped_owners
+      .into_iter()
+      .map(|(owner, projects)| SkippedOwner { owner, projects })
+      .collect(),
+    skipped_owner_count: p.skipped_owner_count,
+    storage_root: p.storage_root,
+    lock_retries: p.lock_retries,
+    notes: p.notes,
+    started_at: p.started_at,
+    finished_at: p.finished_at,
+  }
+}
