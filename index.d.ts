@@ -15,6 +15,7 @@ import type {
   ProjectDrift,
   ProjectStoragePath,
   ProjectUsage,
+  PrunedHistory,
   QuotaCheck,
   ReconcileReport,
   RecordedUpload,
@@ -40,6 +41,7 @@ export type {
   ProjectDrift,
   ProjectStoragePath,
   ProjectUsage,
+  PrunedHistory,
   QuotaCheck,
   ReconcileReport,
   RecordedUpload,
@@ -170,10 +172,6 @@ export interface ReserveUploadOptions {
   /** A UUID you choose: a retry with the same id after a lost reply holds the bytes once. */
   reservationId?: string
 }
-export interface OwnerOptions {
-  /** Refuse (FORBIDDEN) a reservation that belongs to another user. */
-  userId?: string
-}
 export interface RecordDeletionOptions {
   /** Release exactly the bytes this upload recorded, once. */
   uploadId?: string
@@ -204,12 +202,14 @@ export declare class StorageQuotaClient {
   recordUpload(userId: string, projectId: string, bytes: number, options?: RecordUploadOptions): Promise<RecordedUpload>
   /** Holds bytes for an upload whose bytes arrive later; QUOTA_EXCEEDED when they do not fit. */
   reserveUpload(userId: string, projectId: string, bytes: number, options?: ReserveUploadOptions): Promise<Reservation>
-  /** Turns a reservation into usage (`actualBytes`, default the reserved amount). */
-  commitUpload(reservationId: string, actualBytes?: number, options?: OwnerOptions): Promise<SettledReservation>
-  /** Gives a reservation's bytes back; harmless twice. CONFLICT once committed. */
-  cancelUpload(reservationId: string, options?: OwnerOptions): Promise<SettledReservation>
+  /** Turns the user's reservation into usage (`actualBytes`, default the bytes reserved); a retry is `duplicate: true`. */
+  commitUpload(userId: string, reservationId: string, actualBytes?: number): Promise<SettledReservation>
+  /** Gives the user's reservation's bytes back; a retry is `duplicate: true`. CONFLICT (ALREADY_SETTLED) once committed. */
+  cancelUpload(userId: string, reservationId: string): Promise<SettledReservation>
   /** Gives back every expired reservation now. */
   sweepExpiredReservations(): Promise<{ users: number }>
+  /** Deletes settled reservations and folds ledger entries older than `historyRetentionDays` (default 90); sums unchanged. */
+  pruneHistory(): Promise<PrunedHistory>
   /** Releases a deleted file's bytes (works over quota, never below zero). */
   recordDeletion(userId: string, projectId: string, bytes?: number, options?: RecordDeletionOptions): Promise<Released>
   /** A new project: quota check, storage path, initial size counted. */
@@ -257,9 +257,10 @@ export declare function recordUpload(
   options?: RecordUploadOptions,
 ): Promise<RecordedUpload>
 export declare function reserveUpload(userId: string, projectId: string, bytes: number, options?: ReserveUploadOptions): Promise<Reservation>
-export declare function commitUpload(reservationId: string, actualBytes?: number, options?: OwnerOptions): Promise<SettledReservation>
-export declare function cancelUpload(reservationId: string, options?: OwnerOptions): Promise<SettledReservation>
+export declare function commitUpload(userId: string, reservationId: string, actualBytes?: number): Promise<SettledReservation>
+export declare function cancelUpload(userId: string, reservationId: string): Promise<SettledReservation>
 export declare function sweepExpiredReservations(): Promise<{ users: number }>
+export declare function pruneHistory(): Promise<PrunedHistory>
 export declare function recordDeletion(userId: string, projectId: string, bytes?: number, options?: RecordDeletionOptions): Promise<Released>
 export declare function registerProject(userId: string, projectId: string, options?: { sizeBytes?: number }): Promise<RegisteredProject>
 export declare function copyProject(userId: string, sourceProjectId: string, newProjectId: string): Promise<CopiedProject>
@@ -286,7 +287,6 @@ export declare function quotaState(percentUsed: number): QuotaState
 export declare const BytesListSchema: z.ZodType<number[]>
 export declare const ReservationIdSchema: z.ZodType<string>
 export declare const ReserveUploadOptionsSchema: z.ZodType<ReserveUploadOptions>
-export declare const OwnerOptionsSchema: z.ZodType<OwnerOptions>
 export declare const RecordDeletionOptionsSchema: z.ZodType<RecordDeletionOptions>
 export declare const RegisterProjectOptionsSchema: z.ZodType<{ sizeBytes?: number }>
 export declare const RemoveProjectOptionsSchema: z.ZodType<{ deleteFiles?: boolean }>
@@ -299,6 +299,7 @@ export declare const ReservationSchema: z.ZodType<Reservation>
 export declare const ReservationStatusSchema: z.ZodType<'committed' | 'cancelled' | 'expired'>
 export declare const SettledReservationSchema: z.ZodType<SettledReservation>
 export declare const ReleasedSchema: z.ZodType<Released>
+export declare const PrunedHistorySchema: z.ZodType<PrunedHistory>
 export declare const QuotaStateSchema: z.ZodType<QuotaState>
 export declare const UsageSchema: z.ZodType<Usage>
 export declare const UserIdSchema: z.ZodType<string>

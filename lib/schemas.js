@@ -44,7 +44,6 @@ const ReserveUploadOptionsSchema = z.strictObject({
   /** A UUID chosen by the caller: retrying with it after a lost reply holds the bytes once. */
   reservationId: ReservationIdSchema.optional(),
 })
-const OwnerOptionsSchema = z.strictObject({ userId: UserIdSchema.optional() })
 const RecordDeletionOptionsSchema = z.strictObject({
   uploadId: UploadIdSchema.optional(),
   deletionId: UploadIdSchema.optional(),
@@ -91,6 +90,7 @@ const ClientOptionsSchema = z.strictObject({
   mode: ModeSchema.optional(),
   rolloutPercent: z.number().int().min(0).max(100).optional(),
   reservationTtlMs: TtlMsSchema.optional(),
+  historyRetentionDays: z.number().int().min(1).max(36_500).optional(),
   /** `(event, fields) => void`, an object with `info`/`warn`, or `false` for silence. */
   logger: z.union([z.custom((v) => typeof v === 'function', 'logger must be a function'), z.literal(false), z.looseObject({})]).optional(),
   /** Calls slower than this are logged as `slow_call`. Default 250. */
@@ -137,6 +137,7 @@ const ReservationSchema = z.object({
   projectId: ProjectIdSchema,
   bytes: BytesSchema,
   expiresAt: z.date(),
+  duplicate: z.boolean(),
   wouldRefuse: z.boolean(),
   mode: ModeSchema,
   ...usageShape,
@@ -151,8 +152,14 @@ const SettledReservationSchema = z.object({
   status: ReservationStatusSchema,
   heldBytes: BytesSchema,
   committedBytes: BytesSchema,
+  duplicate: z.boolean(),
+  wouldRefuse: z.boolean(),
+  mode: ModeSchema,
   ...usageShape,
 })
+
+/** The answer of `pruneHistory`. */
+const PrunedHistorySchema = z.object({ reservations: z.number().int().min(0), ledgerEntries: z.number().int().min(0) })
 
 const ReleasedSchema = z.object({
   releasedBytes: BytesSchema,
@@ -238,7 +245,6 @@ module.exports = {
   BytesListSchema,
   ReservationIdSchema,
   ReserveUploadOptionsSchema,
-  OwnerOptionsSchema,
   RecordDeletionOptionsSchema,
   RegisterProjectOptionsSchema,
   RemoveProjectOptionsSchema,
@@ -253,6 +259,7 @@ module.exports = {
   ReservationStatusSchema,
   SettledReservationSchema,
   ReleasedSchema,
+  PrunedHistorySchema,
   QuotaStateSchema,
   UsageSchema,
   UserIdSchema,
