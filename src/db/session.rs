@@ -171,6 +171,13 @@ impl PgConnection {
 
   statement_methods!();
 
+  /// The driver's client, for administration that runs its statements inside transactions of
+  /// its own (migrations, the backfill): behind a transaction pooler a statement sent on it
+  /// outside a transaction may not find what tokio-postgres prepared for it.
+  pub fn raw(&mut self) -> &mut Client {
+    &mut self.client
+  }
+
   /// Whether the pool must drop this connection rather than hand it out again.
   pub fn is_broken(&self) -> bool {
     self.client.is_closed() || self.state.open.load(Ordering::Acquire)
@@ -245,6 +252,11 @@ impl Tx<'_> {
 
   pub async fn commit(self) -> PgResult<()> {
     self.tx.commit().await
+  }
+
+  /// The driver's transaction, for code written over `GenericClient`.
+  pub fn raw(&self) -> &Transaction<'_> {
+    &self.tx
   }
 
   pub async fn rollback(self) -> PgResult<()> {
