@@ -43,10 +43,10 @@ async function mixedLoad(quota, tag) {
         calls.push(quota.checkQuota(user, 5000))
         break
       case 2:
-        calls.push(quota.reserveUpload(user, project, 700).then((r) => quota.commitUpload(r.reservationId, 500, { userId: user })))
+        calls.push(quota.reserveUpload(user, project, 700).then((r) => quota.commitUpload(user, r.reservationId, 500)))
         break
       case 3:
-        calls.push(quota.reserveUpload(user, project, 300).then((r) => quota.cancelUpload(r.reservationId, { userId: user })))
+        calls.push(quota.reserveUpload(user, project, 300).then((r) => quota.cancelUpload(user, r.reservationId)))
         break
       default:
         calls.push(
@@ -80,7 +80,7 @@ test('session mode with ?pgbouncer=true', async () => {
 
 test('migrations, status, reconcile, usage and project paths through the transaction pooler', async () => {
   const quota = client(transaction.url(db.name))
-  assert.deepEqual(await quota.migrate(), { applied: [] })
+  assert.deepEqual((await quota.migrate()).applied, [])
   const status = await quota.migrationStatus()
   assert.equal(status.pending.length, 0)
   const user = 'pool_admin'

@@ -62,13 +62,8 @@ async function caller(index) {
     const held = await settle(() => quota.reserveUpload(user, project, size, { reservationId, ttlMs: 600_000 }))
     note('reserveUpload', held, ['QUOTA_EXCEEDED'])
     if (held.value) {
-      // A commit whose reply was lost answers CONFLICT (already committed) on the retry.
-      const committed = await settle((attempt) =>
-        quota.commitUpload(reservationId, size - 50, { userId: user }).catch((error) => {
-          if (attempt > 0 && error.code === 'CONFLICT') return { retriedAfterCommit: true }
-          throw error
-        }),
-      )
+      // A commit whose reply was lost answers duplicate: true on the retry.
+      const committed = await settle(() => quota.commitUpload(user, reservationId, size - 50))
       note('commitUpload', committed)
     }
 
