@@ -101,6 +101,69 @@ pub struct Tx<'a> {
   timeout_pending: AtomicBool,
 }
 
+/// What code that runs on a connection or in a transaction alike takes (where it would take
+/// tokio-postgres' `GenericClient`, which would bypass this module).
+pub trait Db: Sync {
+  fn query(
+    &self,
+    sql: &str,
+    params: &[Param<'_>],
+  ) -> impl Future<Output = PgResult<Vec<Row>>> + Send;
+  fn query_one(
+    &self,
+    sql: &str,
+    params: &[Param<'_>],
+  ) -> impl Future<Output = PgResult<Row>> + Send;
+  fn query_opt(
+    &self,
+    sql: &str,
+    params: &[Param<'_>],
+  ) -> impl Future<Output = PgResult<Option<Row>>> + Send;
+  fn execute(&self, sql: &str, params: &[Param<'_>]) -> impl Future<Output = PgResult<u64>> + Send;
+  fn batch_execute(&self, sql: &str) -> impl Future<Output = PgResult<()>> + Send;
+}
+
+macro_rules! impl_db {
+  ($t:ty) => {
+    impl Db for $t {
+      fn query(
+        &self,
+        sql: &str,
+        params: &[Param<'_>],
+      ) -> impl Future<Output = PgResult<Vec<Row>>> + Send {
+        <$t>::query(self, sql, params)
+      }
+      fn query_one(
+        &self,
+        sql: &str,
+        params: &[Param<'_>],
+      ) -> impl Future<Output = PgResult<Row>> + Send {
+        <$t>::query_one(self, sql, params)
+      }
+      fn query_opt(
+        &self,
+        sql: &str,
+        params: &[Param<'_>],
+      ) -> impl Future<Output = PgResult<Option<Row>>> + Send {
+        <$t>::query_opt(self, sql, params)
+      }
+      fn execute(
+        &self,
+        sql: &str,
+        params: &[Param<'_>],
+      ) -> impl Future<Output = PgResult<u64>> + Send {
+        <$t>::execute(self, sql, params)
+      }
+      fn batch_execute(&self, sql: &str) -> impl Future<Output = PgResult<()>> + Send {
+        <$t>::batch_execute(self, sql)
+      }
+    }
+  };
+}
+
+impl_db!(PgConnection);
+impl_db!(Tx<'_>);
+
 /// A statement ready to send: prepared and named, or the types of an unnamed one.
 enum Ready {
   Named(Statement),
@@ -171,11 +234,11 @@ impl PgConnection {
 
   statement_methods!();
 
-  /// The driver's client, for administration that runs its statements inside transactions of
-  /// its own (migrations, the backfill): behind a transaction pooler a statement sent on it
-  /// outside a transaction may not find what tokio-postgres prepared for it.
-  pub fn raw(&mut self) -> &mut Client {
-    &mut self.client
+  /// Statements without parameters, sent as one simple query (its own transaction behind a
+  /// pooler: a session-level `SET` there would stay with whichever server ran it).
+  pub async fn batch_execute(&self, sql: &str) -> PgResult<()> {
+    let _guard = self.state.order.lock().await;
+    self.client.batch_execute(sql).await
   }
 
   /// Whether the pool must drop this connection rather than hand it out again.
@@ -252,11 +315,6 @@ impl Tx<'_> {
 
   pub async fn commit(self) -> PgResult<()> {
     self.tx.commit().await
-  }
-
-  /// The driver's transaction, for code written over `GenericClient`.
-  pub fn raw(&self) -> &Transaction<'_> {
-    &self.tx
   }
 
   pub async fn rollback(self) -> PgResult<()> {

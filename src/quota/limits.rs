@@ -106,9 +106,9 @@ pub async fn set_quota_limit(
   if old.is_none() {
     // A new row is seeded like any other (its projects' baselines counted once).
     let app = AppTable::default();
-    let size = app.size_expr(tx.raw()).await?;
+    let size = app.size_expr(&tx).await?;
     seed::seed_owners(
-      tx.raw(),
+      &tx,
       &app,
       size.as_deref(),
       &[user.as_str().to_owned()],

@@ -7,7 +7,7 @@
 //! Until then, reads of a user without a quota row add what seeding would count, so every
 //! number is right at any point of a backfill.
 
-use tokio_postgres::{GenericClient, Transaction};
+use crate::db::session::{Db, Tx};
 
 use crate::db::pool::PgConnection;
 use crate::error::Result;
@@ -25,7 +25,7 @@ pub struct Seeded {
 /// sorted order (every other writer locks one quota row at a time, so this cannot deadlock
 /// with them).
 pub async fn seed_owners(
-  tx: &Transaction<'_>,
+  tx: &Tx<'_>,
   app: &AppTable,
   size_expr: Option<&str>,
   owners: &[String],
@@ -124,9 +124,9 @@ pub async fn ensure_seeded(
     return Ok(());
   }
   let tx = conn.transaction().await?;
-  let size = app.size_expr(tx.raw()).await?;
+  let size = app.size_expr(&tx).await?;
   seed_owners(
-    tx.raw(),
+    &tx,
     app,
     size.as_deref(),
     &[user.as_str().to_owned()],
@@ -139,11 +139,7 @@ pub async fn ensure_seeded(
 
 /// The bytes a user without a quota row has used: the baselines seeding would count now.
 /// Reads only.
-pub async fn unseeded_used_bytes(
-  db: &impl GenericClient,
-  app: &AppTable,
-  user: &UserId,
-) -> Result<i64> {
+pub async fn unseeded_used_bytes(db: &impl Db, app: &AppTable, user: &UserId) -> Result<i64> {
   Ok(match app.size_expr(db).await? {
     None => 0,
     Some(size) => {

@@ -264,7 +264,7 @@ pub async fn read_usage_or_unseeded(
   // In a transaction: its statements are prepared on the fly, which a transaction pooler keeps
   // on one server connection only within a transaction.
   let tx = conn.transaction().await?;
-  let used = crate::quota::seed::unseeded_used_bytes(tx.raw(), &AppTable::default(), user).await?;
+  let used = crate::quota::seed::unseeded_used_bytes(&tx, &AppTable::default(), user).await?;
   tx.commit().await?;
   Ok(Usage {
     used_bytes: used,

@@ -14,7 +14,6 @@
 use std::time::Duration;
 
 use tokio_postgres::error::SqlState;
-use tokio_postgres::Client;
 
 use crate::db::pool::PgConnection;
 use crate::error::{QuotaError, Result};
@@ -97,7 +96,7 @@ fn progress_from(row: &tokio_postgres::Row) -> Progress {
 }
 
 /// Where the backfill is, with the owners it skipped.
-pub async fn status(client: &Client) -> Result<Progress> {
+pub async fn status(client: &PgConnection) -> Result<Progress> {
   let row = client
     .query_one(
       &format!("SELECT {STATE_COLUMNS} FROM storage_quota_backfill"),
@@ -109,7 +108,7 @@ pub async fn status(client: &Client) -> Result<Progress> {
   Ok(progress)
 }
 
-async fn fill_skipped(client: &Client, progress: &mut Progress) -> Result<()> {
+async fn fill_skipped(client: &PgConnection, progress: &mut Progress) -> Result<()> {
   let rows = client
     .query(
       "SELECT owner, projects, count(*) OVER () FROM storage_quota_backfill_skipped
@@ -132,7 +131,7 @@ pub async fn step(
   if !(1..=100_000).contains(&options.batch_size) {
     return Err(QuotaError::invalid("batchSize must be from 1 to 100000"));
   }
-  let client = conn.raw();
+  let client = conn;
   let state = status(client).await?;
   if state.done {
     return Ok(state);

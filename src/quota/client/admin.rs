@@ -178,12 +178,12 @@ impl Client {
     let pool = self.pool()?;
     let applied = {
       let mut conn = pool.get().await?;
-      migrate::migrate(conn.0.raw(), &settings).await
+      migrate::migrate(&mut conn.0, &settings).await
     };
     pool.schema_changed();
     let applied = applied?;
     let mut progress = self
-      .with_conn(async |conn| backfill::status(conn.0.raw()).await)
+      .with_conn(async |conn| backfill::status(&conn.0).await)
       .await?;
     // A small app (an empty one, a test database) is backfilled right here: a few batches of
     // milliseconds. A large one is left to `storage-quota backfill`, so boot stays fast.
@@ -218,7 +218,7 @@ impl Client {
     let pool = self.pool()?;
     let reverted = {
       let mut conn = pool.get().await?;
-      migrate::rollback(conn.0.raw(), steps, &settings).await
+      migrate::rollback(&mut conn.0, steps, &settings).await
     };
     pool.schema_changed();
     reverted
@@ -244,13 +244,13 @@ impl Client {
 
   pub async fn backfill_status(&self) -> Result<Progress> {
     self
-      .with_conn(async |conn| backfill::status(conn.0.raw()).await)
+      .with_conn(async |conn| backfill::status(&conn.0).await)
       .await
   }
 
   pub async fn migration_status(&self) -> Result<Status> {
     self
-      .with_conn(async |conn| migrate::status(conn.0.raw()).await)
+      .with_conn(async |conn| migrate::status(&mut conn.0).await)
       .await
   }
 }
