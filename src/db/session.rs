@@ -241,6 +241,11 @@ impl PgConnection {
     self.client.batch_execute(sql).await
   }
 
+  /// Behind a transaction pooler (statements unnamed, no session state to rely on).
+  pub fn pooler(&self) -> bool {
+    self.state.sending.unnamed
+  }
+
   /// Whether the pool must drop this connection rather than hand it out again.
   pub fn is_broken(&self) -> bool {
     self.client.is_closed() || self.state.open.load(Ordering::Acquire)

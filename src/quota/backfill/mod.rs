@@ -121,6 +121,58 @@ async fn fill_skipped(client: &PgConnection, progress: &mut Progress) -> Result<
   Ok(())
 }
 
+/// Behind a transaction pooler a session advisory lock stays with whichever server connection
+/// took it (its unlock may reach another), so there the lock is a lease row.
+const PREPARE_LEASE: &str = "
+INSERT INTO quota_copy_leases (user_id, project_id, holder, expires_at)
+VALUES ('storage-quota backfill', '00000000-0000-0000-0000-000000000000', $1, now() + interval '10 minutes')
+ON CONFLICT (user_id, project_id) DO UPDATE
+   SET holder = EXCLUDED.holder, expires_at = EXCLUDED.expires_at
+ WHERE quota_copy_leases.expires_at < now()
+RETURNING holder";
+
+/// The prepare lock: a session advisory lock directly, a lease behind a pooler (its holder).
+async fn lock_prepare(client: &PgConnection) -> Result<Option<uuid::Uuid>> {
+  if !client.pooler() {
+    client
+      .execute("SELECT pg_advisory_lock($1)", &[&PREPARE_LOCK_KEY])
+      .await?;
+    return Ok(None);
+  }
+  let holder = uuid::Uuid::new_v4();
+  let deadline = std::time::Instant::now() + Duration::from_secs(600);
+  let mut backoff = Duration::from_millis(2);
+  while client.query_opt(PREPARE_LEASE, &[&holder]).await?.is_none() {
+    if std::time::Instant::now() + backoff > deadline {
+      return Err(QuotaError::DbTimeout(
+        "another backfill has been preparing for 10 minutes".into(),
+      ));
+    }
+    tokio::time::sleep(backoff).await;
+    backoff = (backoff * 2).min(Duration::from_millis(100));
+  }
+  Ok(Some(holder))
+}
+
+async fn unlock_prepare(client: &PgConnection, holder: Option<uuid::Uuid>) -> Result<()> {
+  match holder {
+    None => {
+      client
+        .execute("SELECT pg_advisory_unlock($1)", &[&PREPARE_LOCK_KEY])
+        .await?;
+    }
+    Some(holder) => {
+      client
+        .execute(
+          "DELETE FROM quota_copy_leases WHERE user_id = 'storage-quota backfill' AND holder = $1",
+          &[&holder],
+        )
+        .await?;
+    }
+  }
+  Ok(())
+}
+
 /// One unit of work: the first call prepares (owner index, project count), then one batch per
 /// call through `scan` and `catchup`, then one constraint per call in `validate`.
 pub async fn step(
@@ -147,17 +199,13 @@ pub async fn step(
   let mut notes = Vec::new();
   if state.started_at.is_none() {
     // One process prepares; one started meanwhile finds it done once it gets the lock.
-    client
-      .execute("SELECT pg_advisory_lock($1)", &[&PREPARE_LOCK_KEY])
-      .await?;
+    let holder = lock_prepare(client).await?;
     let prepared = match status(client).await {
       Ok(now) if now.started_at.is_some() => Ok(()),
       Ok(_) => prepare(client, app, options, &mut notes).await,
       Err(error) => Err(error),
     };
-    client
-      .execute("SELECT pg_advisory_unlock($1)", &[&PREPARE_LOCK_KEY])
-      .await?;
+    unlock_prepare(client, holder).await?;
     prepared?;
   }
   let mut lock_retries = 0;
