@@ -27,6 +27,12 @@ pub const MIGRATIONS: &[Migration] = &[
     up: include_str!("../../migrations/0002_quota_lifecycle.up.sql"),
     down: include_str!("../../migrations/0002_quota_lifecycle.down.sql"),
   },
+  Migration {
+    version: 8,
+    name: "object_uploads",
+    up: include_str!("../../migrations/0008_object_uploads.up.sql"),
+    down: include_str!("../../migrations/0008_object_uploads.down.sql"),
+  },
 ];
 
 /// `pg_advisory_xact_lock` key: the first 8 bytes of sha256("storage-quota/migrations").

@@ -36,6 +36,31 @@ fn path_to_js(record: projects::ProjectStoragePath) -> ProjectStoragePath {
   }
 }
 
+fn reservation_to_js(
+  r: crate::quota::reservations::Reservation,
+  presigned: Option<(String, String, String)>,
+) -> Reservation {
+  let (upload_url, file_name, object_path) = match presigned {
+    Some((url, file, path)) => (Some(url), Some(file), Some(path)),
+    None => (None, None, None),
+  };
+  with_usage!(
+    r.usage,
+    Reservation {
+      reservation_id: r.reservation_id.to_string(),
+      user_id: r.user_id,
+      project_id: r.project_id.to_string(),
+      bytes: r.bytes,
+      expires_at: r.expires_at,
+      would_refuse: r.would_refuse,
+      mode: r.mode.as_str().to_owned(),
+      upload_url: upload_url,
+      file_name: file_name,
+      object_path: object_path,
+    }
+  )
+}
+
 fn migration_info(m: migrate::AppliedMigration) -> MigrationInfo {
   MigrationInfo {
     version: m.version,
@@ -131,8 +156,15 @@ impl NativeClient {
       reservation_ttl_ms: options.reservation_ttl_ms,
       storage: options.storage.map(|s| config::RawStorage {
         backend: s.backend,
-        bucket: s.bucket,
-        prefix: s.prefix,
+        s3: crate::storage::RawS3Options {
+          bucket: s.bucket,
+          prefix: s.prefix,
+          endpoint: s.endpoint,
+          region: s.region,
+          access_key_id: s.access_key_id,
+          secret_access_key: s.secret_access_key.map(crate::storage::Secret),
+          session_token: s.session_token.map(crate::storage::Secret),
+        },
       }),
     })
     .map_err(to_js_error)?;
@@ -214,18 +246,60 @@ impl NativeClient {
       )
       .await
       .map_err(to_js_error)?;
-    Ok(with_usage!(
-      r.usage,
-      Reservation {
-        reservation_id: r.reservation_id.to_string(),
-        user_id: r.user_id,
-        project_id: r.project_id.to_string(),
-        bytes: r.bytes,
-        expires_at: r.expires_at,
-        would_refuse: r.would_refuse,
-        mode: r.mode.as_str().to_owned(),
-      }
+    Ok(reservation_to_js(r, None))
+  }
+
+  /// Holds `bytes` and presigns a `PUT` of `fileName` in the project (s3 backend) that
+  /// expires with the reservation; commit then charges the object's real size.
+  #[napi]
+  pub async fn reserve_presigned_upload(
+    &self,
+    user_id: String,
+    project_id: String,
+    file_name: String,
+    bytes: f64,
+    ttl_ms: Option<f64>,
+    reservation_id: Option<String>,
+  ) -> Result<Reservation> {
+    let p = self
+      .inner
+      .reserve_presigned_upload(
+        &user_id,
+        &project_id,
+        &file_name,
+        bytes,
+        ttl_ms,
+        reservation_id.as_deref(),
+      )
+      .await
+      .map_err(to_js_error)?;
+    Ok(reservation_to_js(
+      p.reservation,
+      Some((p.upload_url, p.file, p.path)),
     ))
+  }
+
+  /// Moves a project's files to the other backend and flips its record.
+  #[napi]
+  pub async fn move_project_storage(
+    &self,
+    user_id: String,
+    project_id: String,
+    to: String,
+  ) -> Result<MovedProject> {
+    let m = self
+      .inner
+      .move_project_storage(&user_id, &project_id, &to)
+      .await
+      .map_err(to_js_error)?;
+    Ok(MovedProject {
+      path: path_to_js(m.path),
+      from: m.from,
+      files: m.files,
+      bytes: m.bytes,
+      copied_files: m.copied_files,
+      already_moved: m.already_moved,
+    })
   }
 
   /// Turns a reservation into usage (`actualBytes`, default the reserved amount).

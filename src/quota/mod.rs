@@ -8,6 +8,7 @@ pub mod coalesce;
 pub mod config;
 pub mod deletions;
 pub mod limits;
+pub mod objects;
 pub mod owner;
 pub mod projects;
 pub mod reconcile;

@@ -12,8 +12,11 @@ use crate::ids::UserId;
 pub struct ProjectDrift {
   pub project_id: uuid::Uuid,
   pub ledger_bytes: i64,
-  /// The project's local directory, when it has one (disk sizes are filled in by the caller).
+  /// The project's directory or object prefix URL, when it has a record (stored sizes are
+  /// filled in by the caller).
   pub path: Option<String>,
+  /// The record's backend (`local`, `s3`), when it has one.
+  pub backend: Option<String>,
   pub disk_bytes: Option<i64>,
 }
 
@@ -56,7 +59,7 @@ impl UserDrift {
 
 const PROJECTS: &str = "
 SELECT coalesce(sp.project_id, l.project_id) AS project_id, coalesce(l.bytes, 0)::bigint,
-       CASE WHEN sp.backend = 'local' THEN sp.path END
+       sp.path, sp.backend
   FROM (SELECT project_id, sum(bytes) AS bytes FROM quota_ledger
          WHERE user_id = $1 AND project_id IS NOT NULL GROUP BY project_id) l
   FULL JOIN (SELECT project_id, backend, path FROM project_storage_paths WHERE user_id = $1) sp
@@ -109,6 +112,7 @@ pub async fn reconcile_user(
       project_id: row.get(0),
       ledger_bytes: row.get(1),
       path: row.get(2),
+      backend: row.get(3),
       disk_bytes: None,
     })
     .collect();

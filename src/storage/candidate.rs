@@ -86,6 +86,23 @@ pub fn relative_segments(relative: &str) -> Result<Vec<&str>, String> {
   Ok(segments)
 }
 
+/// A file's path inside a project as the library takes it (presigned uploads, moves): already
+/// normal — relative, no `.`, `..` or empty segment, nothing `validatePath` would refuse.
+pub fn file_name(raw: &str) -> crate::error::Result<String> {
+  let refused = |reason: String| {
+    crate::error::QuotaError::invalid(format!("file name {raw:?} is refused: {reason}"))
+  };
+  check_characters(raw).map_err(refused)?;
+  let segments = relative_segments(raw).map_err(refused)?;
+  let joined = segments.join("/");
+  if joined.is_empty() || joined != raw {
+    return Err(refused(
+      "give a relative path without '.', '..', empty segments or a leading slash".into(),
+    ));
+  }
+  Ok(joined)
+}
+
 fn check_segment(segment: &str) -> Result<(), String> {
   if segment.len() > MAX_SEGMENT_LEN {
     return Err(format!(

@@ -1,7 +1,7 @@
 //! The quota lifecycle beyond one-step uploads: reservations, deletions and overwrites, and the
 //! project operations of the app's server actions (register, copy, remove).
 
-use super::{blocking, Client};
+use super::Client;
 use crate::error::{ConflictReason, QuotaError, Result};
 use crate::ids::{parse_bytes, parse_upload_id, upload_key_or_new, ProjectId, UserId};
 use crate::quota::config::parse_ttl_ms;
@@ -10,8 +10,6 @@ use crate::quota::projects::ProjectStoragePath;
 use crate::quota::reservations::{self, LedgerEntry, Reservation, Settled};
 use crate::quota::usage::{self, Usage};
 use crate::rollout::Mode;
-use crate::storage::local::tree::{self, ProjectDir};
-use crate::storage::local::usage::project_usage;
 
 #[derive(Debug, Clone)]
 pub struct RegisteredProject {
@@ -29,13 +27,13 @@ pub struct CopiedProject {
   pub usage: Usage,
 }
 
-fn parse_reservation_id(raw: &str) -> Result<uuid::Uuid> {
+pub(super) fn parse_reservation_id(raw: &str) -> Result<uuid::Uuid> {
   ProjectId::parse(raw)
     .map(|id| id.uuid())
     .map_err(|_| QuotaError::invalid("reservationId must be a UUID"))
 }
 
-fn parse_caller(user_id: Option<&str>) -> Result<Option<UserId>> {
+pub(super) fn parse_caller(user_id: Option<&str>) -> Result<Option<UserId>> {
   user_id.map(UserId::parse).transpose()
 }
 
@@ -75,6 +73,9 @@ impl Client {
       .map(|b| parse_bytes("actualBytes", b))
       .transpose()?;
     let caller = parse_caller(user_id)?;
+    if let Some(settled) = self.commit_presigned(&id, caller.as_ref()).await? {
+      return Ok(settled);
+    }
     self
       .with_conn(async |conn| {
         reservations::commit(&mut conn.0, &id, actual, caller.as_ref(), None).await
@@ -89,15 +90,21 @@ impl Client {
   ) -> Result<Settled> {
     let id = parse_reservation_id(reservation_id)?;
     let caller = parse_caller(user_id)?;
-    self
+    let settled = self
       .with_conn(async |conn| reservations::cancel(&mut conn.0, &id, caller.as_ref()).await)
-      .await
+      .await?;
+    // A presigned upload's object goes with its reservation (best effort: the sweep retries).
+    let _ = self.delete_abandoned_objects(Some(&id)).await;
+    Ok(settled)
   }
 
+  /// Marks expired reservations and deletes the objects of abandoned presigned uploads.
   pub async fn sweep_expired_reservations(&self) -> Result<u64> {
-    self
+    let swept = self
       .with_conn(async |conn| reservations::sweep_all(&mut conn.0).await)
-      .await
+      .await?;
+    self.delete_abandoned_objects(None).await?;
+    Ok(swept)
   }
 
   /// Releases a deleted file's bytes: by the upload id that recorded it, or by a byte count
@@ -228,7 +235,7 @@ impl Client {
         "a project cannot be copied onto itself",
       ));
     }
-    let root = self.storage_root()?.clone();
+    let backend = self.storage_backend()?;
     let (mode, limit) = (self.mode_for(&user), self.default_limit());
     let key = format!("copy {target}");
 
@@ -260,12 +267,8 @@ impl Client {
       });
     }
 
-    let (src_root, src_user) = (root.clone(), user.clone());
-    let size = blocking(move || Ok(project_usage(&src_root, &src_user, &source)?.bytes)).await?;
-    let (tgt_root, tgt_user) = (root.clone(), user.clone());
-    let target_has_files =
-      blocking(move || Ok(project_usage(&tgt_root, &tgt_user, &target)?.files > 0)).await?;
-    if target_has_files {
+    let size = backend.usage(&user, &source).await?.bytes;
+    if backend.usage(&user, &target).await?.files > 0 {
       return Err(QuotaError::conflict(
         ConflictReason::TargetNotEmpty,
         format!("project {target} already has files; copy into a new, empty project"),
@@ -278,20 +281,7 @@ impl Client {
         reservations::reserve(&mut conn.0, &user, &target, size, ttl, limit, mode, None).await
       })
       .await?;
-    let (copy_root, copy_user) = (root.clone(), user.clone());
-    let copied = blocking(move || {
-      let from = ProjectDir::open(&copy_root, &copy_user, &source)?;
-      let to = ProjectDir::open(&copy_root, &copy_user, &target)?
-        .ok_or_else(|| QuotaError::Storage(format!("project {target}'s directory vanished")))?;
-      let Some(from) = from else { return Ok(0) };
-      tree::copy_tree(&from.path(), &to.path()).map_err(|error| {
-        let _ = tree::clear_dir(&to.path());
-        QuotaError::Storage(format!(
-          "copying project {source} failed and was undone: {error}"
-        ))
-      })
-    })
-    .await;
+    let copied = backend.copy_project(&user, &source, &target).await;
     let committed = match copied {
       Ok(copied) => {
         self
@@ -320,14 +310,10 @@ impl Client {
         usage: settled.usage,
       }),
       Err(error) => {
-        let (undo_root, undo_user) = (root, user.clone());
-        let _ = blocking(move || {
-          if let Some(dir) = ProjectDir::open(&undo_root, &undo_user, &target)? {
-            tree::clear_dir(&dir.path())?;
-          }
-          Ok(())
-        })
-        .await;
+        // The copy goes; the (empty) project stays, as before the call.
+        if backend.remove_project(&user, &target).await.is_ok() {
+          let _ = backend.prepare(&user, &target).await;
+        }
         let id = reservation.reservation_id;
         let _ = self
           .with_conn(async |conn| reservations::cancel(&mut conn.0, &id, Some(&user)).await)
@@ -338,7 +324,8 @@ impl Client {
   }
 
   /// Releases the project's bytes, cancels its pending reservations and, when `delete_files`,
-  /// removes its directory on the local backend.
+  /// deletes its files (its directory, or every object under its prefix) where its record
+  /// says they are.
   pub async fn remove_project(
     &self,
     user_id: &str,
@@ -352,16 +339,21 @@ impl Client {
       .with_conn(async |conn| deletions::remove_project(&mut conn.0, &user, &project, limit).await)
       .await?;
     if delete_files {
-      let root = self.storage_root()?.clone();
-      blocking(move || {
-        if let Some(dir) = ProjectDir::open(&root, &user, &project)? {
-          tree::clear_dir(&dir.path())?;
-          drop(dir);
-          std::fs::remove_dir(root.join(user.as_str()).join(project.to_string()))?;
-        }
-        Ok(())
-      })
-      .await?;
+      let recorded = self
+        .with_conn(async |conn| {
+          Ok(
+            crate::quota::objects::project_record(&mut conn.0, &user, &project)
+              .await
+              .ok()
+              .map(|record| record.backend),
+          )
+        })
+        .await?;
+      let backend = match recorded {
+        Some(name) => self.backend_named(&name)?,
+        None => self.storage_backend()?,
+      };
+      backend.remove_project(&user, &project).await?;
     }
     Ok(removed)
   }

@@ -4,10 +4,14 @@
 //! in `lifecycle.rs`, administration (limits, usage, reconciliation, migrations) in `admin.rs`.
 
 mod admin;
+mod direct;
 mod lifecycle;
+mod moves;
 
 pub use admin::ReconcileReport;
+pub use direct::PresignedReservation;
 pub use lifecycle::{CopiedProject, RegisteredProject};
+pub use moves::MovedProject;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -52,6 +56,9 @@ pub struct Client {
   uploads: Arc<Coalescer>,
   /// Opened on first allocation (the local backend creates and resolves its root then).
   backend: OnceLock<Arc<dyn StorageBackend>>,
+  /// The local disk under `storageRoot` when the configured backend is another one: the
+  /// other side of a move, opened only by one.
+  local: OnceLock<Arc<dyn StorageBackend>>,
 }
 
 impl Client {
@@ -61,6 +68,7 @@ impl Client {
       pool: Mutex::new(PoolState::Unopened),
       uploads: Arc::new(Coalescer::default()),
       backend: OnceLock::new(),
+      local: OnceLock::new(),
     })
   }
 
@@ -109,16 +117,33 @@ impl Client {
     Ok(self.backend.get_or_init(|| backend).clone())
   }
 
-  /// The local backend's canonical root, for the operations that work on files on this
-  /// machine (copying, clearing, measuring project directories). `STORAGE_ERROR` on s3.
+  /// The backend that serves records naming `name`: the configured one, or the local disk
+  /// under `storageRoot` (the other side of a move). `STORAGE_ERROR` for an object store this
+  /// client was not configured with.
+  fn backend_named(&self, name: &str) -> Result<Arc<dyn StorageBackend>> {
+    let configured = self.storage_backend()?;
+    if configured.name() == name {
+      return Ok(configured);
+    }
+    if name == "local" {
+      if let Some(local) = self.local.get() {
+        return Ok(local.clone());
+      }
+      let local: Arc<dyn StorageBackend> = Arc::new(LocalBackend::open(&self.config.storage_root)?);
+      return Ok(self.local.get_or_init(|| local).clone());
+    }
+    Err(QuotaError::Storage(format!(
+      "the project's files are in the {name} backend, which this client is not configured for; pass storage: {{ backend: '{name}', … }}"
+    )))
+  }
+
+  /// The local backend's canonical root.
   fn storage_root(&self) -> Result<PathBuf> {
     let backend = self.storage_backend()?;
-    backend.local_root().map(Path::to_path_buf).ok_or_else(|| {
-      QuotaError::Storage(format!(
-        "this operation works on project files on the local disk; with the {} backend they are in the bucket (use your S3 client)",
-        backend.name()
-      ))
-    })
+    backend
+      .local_root()
+      .map(Path::to_path_buf)
+      .ok_or_else(|| QuotaError::Storage("no local storage root configured".into()))
   }
 
   /// The root the migration records existing projects under: the resolved local root, or for
@@ -164,17 +189,18 @@ impl Client {
     if candidate.is_empty() {
       return Err(QuotaError::invalid("the path to check must not be empty"));
     }
-    let backend = self.reading_backend()?;
-    let candidate = candidate.to_owned();
-    blocking(move || backend.check_path(&user, &project, &candidate)).await
+    self
+      .reading_backend()?
+      .check_path(&user, &project, candidate)
+      .await
   }
 
-  /// Bytes and files in the project's directory, counted on disk.
+  /// Bytes and files stored for the project, counted in storage (the disk, or the bucket's
+  /// listing).
   pub async fn disk_usage(&self, user_id: &str, project_id: &str) -> Result<DiskUsage> {
     let user = UserId::parse(user_id)?;
     let project = ProjectId::parse(project_id)?;
-    let backend = self.reading_backend()?;
-    blocking(move || backend.usage(&user, &project)).await
+    self.reading_backend()?.usage(&user, &project).await
   }
 
   fn default_limit(&self) -> i64 {
@@ -311,8 +337,7 @@ impl Client {
         record.path, record.backend, location.path
       )));
     }
-    let (user, project) = (user.clone(), *project);
-    blocking(move || backend.prepare(&user, &project)).await?;
+    backend.prepare(user, project).await?;
     Ok(record)
   }
 
@@ -325,13 +350,4 @@ impl Client {
     let project = ProjectId::parse(project_id)?;
     self.allocate(&user, &project).await
   }
-}
-
-/// Filesystem work is blocking; keep it off the runtime's worker threads.
-async fn blocking<T: Send + 'static>(
-  work: impl FnOnce() -> Result<T> + Send + 'static,
-) -> Result<T> {
-  tokio::task::spawn_blocking(work)
-    .await
-    .map_err(|e| QuotaError::Internal(format!("storage work did not finish: {e}")))?
 }

@@ -1,0 +1,169 @@
+//! Direct uploads to an object store under the quota: the reservation holds the declared
+//! bytes and hands out a presigned `PUT` URL for one object of the project, expiring with the
+//! reservation; commit charges the object's real size (a `HEAD`), not what the client said,
+//! and deletes it when it does not fit; the sweep deletes the objects of reservations that
+//! were never committed.
+
+use std::time::Duration;
+
+use super::Client;
+use crate::error::{ConflictReason, QuotaError, Result};
+use crate::ids::{ProjectId, UserId};
+use crate::quota::objects::{self, AbandonedObject};
+use crate::quota::reservations::{self, Reservation, Settled};
+use crate::storage::candidate::file_name;
+
+/// A reservation with the URL to `PUT` the file to.
+#[derive(Debug, Clone)]
+pub struct PresignedReservation {
+  pub reservation: Reservation,
+  /// Presigned `PUT` URL, valid until the reservation expires.
+  pub upload_url: String,
+  /// The object's path relative to the project.
+  pub file: String,
+  /// The object's full `s3://` URL.
+  pub path: String,
+}
+
+impl Client {
+  /// `reserveUpload(…, { presign: true, fileName })`: holds the bytes, then presigns a `PUT` of
+  /// `file` in the project that expires when the reservation does.
+  #[allow(clippy::too_many_arguments)]
+  pub async fn reserve_presigned_upload(
+    &self,
+    user_id: &str,
+    project_id: &str,
+    file: &str,
+    bytes: f64,
+    ttl_ms: Option<f64>,
+    reservation_id: Option<&str>,
+  ) -> Result<PresignedReservation> {
+    let user = UserId::parse(user_id)?;
+    let project = ProjectId::parse(project_id)?;
+    let file = file_name(file)?;
+    // The project must live in this client's object store before anything is held.
+    let record = self.allocate(&user, &project).await?;
+    let backend = self.backend_named(&record.backend)?;
+    let reservation = self
+      .reserve_upload(user_id, project_id, bytes, ttl_ms, reservation_id)
+      .await?;
+    let id = reservation.reservation_id;
+    let attached = self
+      .with_conn(async |conn| objects::attach_object(&mut conn.0, &id, &file).await)
+      .await;
+    // Expiring with the reservation: at most its remaining lifetime, rounded down.
+    let remaining = (reservation.expires_at - chrono::Utc::now())
+      .to_std()
+      .unwrap_or_default();
+    let signed = match attached {
+      Ok(()) if remaining >= Duration::from_secs(1) => {
+        backend
+          .presign_put(
+            &user,
+            &project,
+            &file,
+            Duration::from_secs(remaining.as_secs()),
+          )
+          .await
+      }
+      Ok(()) => Err(QuotaError::ReservationExpired(format!(
+        "reservation {id} expires in less than a second; reserve again"
+      ))),
+      Err(error) => Err(error),
+    };
+    match signed {
+      Ok(upload_url) => {
+        let path = format!("{}{file}", record.path);
+        Ok(PresignedReservation {
+          reservation,
+          upload_url,
+          file,
+          path,
+        })
+      }
+      Err(error) => {
+        // Nothing can be uploaded without the URL: give the bytes back at once.
+        if !matches!(error, QuotaError::Conflict { .. }) {
+          let _ = self.cancel_upload(&id.to_string(), Some(user_id)).await;
+        }
+        Err(error)
+      }
+    }
+  }
+
+  /// Commit of a presigned reservation: charges the object's real size. `None` when the
+  /// reservation has no object (the ordinary commit applies).
+  pub(super) async fn commit_presigned(
+    &self,
+    id: &uuid::Uuid,
+    caller: Option<&UserId>,
+  ) -> Result<Option<Settled>> {
+    let Some(reserved) = self
+      .with_conn(async |conn| objects::reserved_object(&mut conn.0, id).await)
+      .await?
+    else {
+      return Ok(None);
+    };
+    let Some(file) = reserved.object_key.clone() else {
+      return Ok(None);
+    };
+    if reserved.status != "pending" {
+      // Settled already: the ordinary commit answers with the right error.
+      return Ok(None);
+    }
+    if caller.is_some_and(|c| c.as_str() != reserved.user_id) {
+      return Ok(None);
+    }
+    let user = UserId::parse(&reserved.user_id)?;
+    let project = ProjectId::parse(&reserved.project_id.to_string())?;
+    let backend = self.backend_named(reserved.backend.as_deref().unwrap_or("s3"))?;
+    let size = backend
+      .file_size(&user, &project, &file)
+      .await?
+      .ok_or_else(|| {
+        QuotaError::conflict(
+          ConflictReason::Mismatch,
+          format!("nothing was uploaded to {file:?} for reservation {id}; PUT the file first"),
+        )
+      })?;
+    let committed = self
+      .with_conn(async |conn| reservations::commit(&mut conn.0, id, Some(size), caller, None).await)
+      .await;
+    if let Err(QuotaError::QuotaExceeded(_)) = &committed {
+      // More than fits was uploaded: it must not stay in the bucket uncounted.
+      backend.delete(&user, &project, &file).await?;
+    }
+    committed.map(Some)
+  }
+
+  /// Deletes the objects of presigned reservations that ended without a commit (one, or every
+  /// one), and forgets them. An object a later upload of the same name committed stays.
+  pub(super) async fn delete_abandoned_objects(&self, only: Option<&uuid::Uuid>) -> Result<u64> {
+    let mut deleted = 0;
+    loop {
+      let page = self
+        .with_conn(async |conn| objects::abandoned_objects(&mut conn.0, only).await)
+        .await?;
+      if page.is_empty() {
+        return Ok(deleted);
+      }
+      for object in &page {
+        if object.delete {
+          self.delete_object(object).await?;
+          deleted += 1;
+        }
+        let id = object.reservation_id;
+        self
+          .with_conn(async |conn| objects::forget_object(&mut conn.0, &id).await)
+          .await?;
+      }
+    }
+  }
+
+  async fn delete_object(&self, object: &AbandonedObject) -> Result<()> {
+    let user = UserId::parse(&object.user_id)?;
+    let project = ProjectId::parse(&object.project_id.to_string())?;
+    let backend = self.backend_named(object.backend.as_deref().unwrap_or("s3"))?;
+    backend.delete(&user, &project, &object.object_key).await
+  }
+}

@@ -1,0 +1,181 @@
+//! Single files inside a project directory, for the operations that address one file by its
+//! relative path (presigned checks, moves between backends): every component is opened with
+//! `openat(O_NOFOLLOW)` from the project directory's descriptor, so no link below the root is
+//! ever followed, whatever was planted meanwhile. Blocking; the backend runs these on tokio's
+//! blocking pool.
+
+use std::fs::{self, File};
+use std::io::{self, Read, Write};
+use std::os::fd::OwnedFd;
+use std::path::Path;
+
+use rustix::fs::{mkdirat, openat, statat, unlinkat, AtFlags, FileType, Mode, OFlags};
+use rustix::io::Errno;
+
+use super::tree::ProjectDir;
+use crate::error::{QuotaError, Result};
+use crate::ids::{ProjectId, UserId};
+use crate::storage::StoredFile;
+
+fn io_error(what: &str, file: &str, error: impl std::fmt::Display) -> QuotaError {
+  QuotaError::Storage(format!("{what} {file:?} failed: {error}"))
+}
+
+/// The directory holding `file` and its last segment. With `create`, missing directories are
+/// made (mode 0700); without, `None` when one is missing.
+fn parent_of<'a>(
+  dir: &ProjectDir,
+  file: &'a str,
+  create: bool,
+) -> Result<Option<(OwnedFd, &'a str)>> {
+  let mut segments: Vec<&str> = file.split('/').collect();
+  let name = segments.pop().unwrap_or_default();
+  let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+  let mut current = openat(dir.fd(), ".", flags, Mode::empty())
+    .map_err(|e| io_error("opening the directory of", file, e))?;
+  for segment in segments {
+    if create {
+      match mkdirat(&current, segment, Mode::from_raw_mode(0o700)) {
+        Ok(()) | Err(Errno::EXIST) => {}
+        Err(e) => return Err(io_error("creating a directory for", file, e)),
+      }
+    }
+    current = match openat(&current, segment, flags, Mode::empty()) {
+      Ok(fd) => fd,
+      Err(Errno::NOENT) if !create => return Ok(None),
+      Err(Errno::LOOP | Errno::NOTDIR) => return Err(QuotaError::UnsafePath(format!(
+        "{segment:?} on the way to {file:?} is a symlink or not a directory; refusing to follow it"
+      ))),
+      Err(e) => return Err(io_error("opening a directory of", file, e)),
+    };
+  }
+  Ok(Some((current, name)))
+}
+
+/// The size of a regular file, `None` when it does not exist.
+pub fn file_size(
+  root: &Path,
+  user: &UserId,
+  project: &ProjectId,
+  file: &str,
+) -> Result<Option<i64>> {
+  let Some(dir) = ProjectDir::open(root, user, project)? else {
+    return Ok(None);
+  };
+  let Some((parent, name)) = parent_of(&dir, file, false)? else {
+    return Ok(None);
+  };
+  match statat(&parent, name, AtFlags::SYMLINK_NOFOLLOW) {
+    Ok(stat) if FileType::from_raw_mode(stat.st_mode) == FileType::RegularFile => {
+      Ok(Some(stat.st_size))
+    }
+    Ok(_) => Err(QuotaError::UnsafePath(format!(
+      "{file:?} is not a regular file"
+    ))),
+    Err(Errno::NOENT) => Ok(None),
+    Err(e) => Err(io_error("inspecting", file, e)),
+  }
+}
+
+/// Opens a regular file for reading without following a link.
+pub fn open_read(root: &Path, user: &UserId, project: &ProjectId, file: &str) -> Result<File> {
+  let missing =
+    || QuotaError::NotFound(format!("file {file:?} does not exist in project {project}"));
+  let dir = ProjectDir::open(root, user, project)?.ok_or_else(missing)?;
+  let (parent, name) = parent_of(&dir, file, false)?.ok_or_else(missing)?;
+  match openat(
+    &parent,
+    name,
+    OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+    Mode::empty(),
+  ) {
+    Ok(fd) => Ok(File::from(fd)),
+    Err(Errno::NOENT) => Err(missing()),
+    Err(Errno::LOOP) => Err(QuotaError::UnsafePath(format!(
+      "{file:?} is a symlink; refusing to follow it"
+    ))),
+    Err(e) => Err(io_error("opening", file, e)),
+  }
+}
+
+/// Creates (or truncates) a regular file for writing, making its directories; never through
+/// a link. The project directory must exist.
+pub fn open_write(root: &Path, user: &UserId, project: &ProjectId, file: &str) -> Result<File> {
+  let dir = ProjectDir::open(root, user, project)?
+    .ok_or_else(|| QuotaError::Storage(format!("project {project} has no directory")))?;
+  let (parent, name) = parent_of(&dir, file, true)?.expect("created");
+  openat(
+    &parent,
+    name,
+    OFlags::WRONLY | OFlags::CREATE | OFlags::TRUNC | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+    Mode::from_raw_mode(0o600),
+  )
+  .map(File::from)
+  .map_err(|e| io_error("creating", file, e))
+}
+
+/// Deletes one file; a missing one is fine.
+pub fn delete(root: &Path, user: &UserId, project: &ProjectId, file: &str) -> Result<()> {
+  let Some(dir) = ProjectDir::open(root, user, project)? else {
+    return Ok(());
+  };
+  let Some((parent, name)) = parent_of(&dir, file, false)? else {
+    return Ok(());
+  };
+  match unlinkat(&parent, name, AtFlags::empty()) {
+    Ok(()) | Err(Errno::NOENT) => Ok(()),
+    Err(e) => Err(io_error("deleting", file, e)),
+  }
+}
+
+/// Every regular file below the project directory with its size, sorted by path. Symlinks and
+/// special files are left out (never followed).
+pub fn list(root: &Path, user: &UserId, project: &ProjectId) -> Result<Vec<StoredFile>> {
+  let Some(dir) = ProjectDir::open(root, user, project)? else {
+    return Ok(Vec::new());
+  };
+  let base = dir.path();
+  let mut files = Vec::new();
+  let mut pending = vec![String::new()];
+  while let Some(relative) = pending.pop() {
+    let entries =
+      fs::read_dir(base.join(&relative)).map_err(|e| io_error("listing", &relative, e))?;
+    for entry in entries {
+      let entry = entry.map_err(|e| io_error("listing", &relative, e))?;
+      let name = entry.file_name().to_string_lossy().into_owned();
+      let path = if relative.is_empty() {
+        name
+      } else {
+        format!("{relative}/{name}")
+      };
+      let kind = entry
+        .file_type()
+        .map_err(|e| io_error("inspecting", &path, e))?;
+      if kind.is_dir() {
+        pending.push(path);
+      } else if kind.is_file() {
+        let bytes = entry
+          .metadata()
+          .map_err(|e| io_error("inspecting", &path, e))?
+          .len() as i64;
+        files.push(StoredFile { path, bytes });
+      }
+    }
+  }
+  files.sort_by(|a, b| a.path.cmp(&b.path));
+  Ok(files)
+}
+
+/// Reads up to `buf.len()` bytes; 0 at the end.
+pub fn read_chunk(file: &mut File, buf: &mut [u8]) -> io::Result<usize> {
+  loop {
+    match file.read(buf) {
+      Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+      other => return other,
+    }
+  }
+}
+
+pub fn write_all(file: &mut File, bytes: &[u8]) -> io::Result<()> {
+  file.write_all(bytes)
+}
