@@ -24,6 +24,13 @@ export declare class NativeClient {
   recordUpload(userId: string, projectId: string, bytes: number, options?: RecordUploadOptions | undefined | null): Promise<RecordedUpload>
   /** Holds `bytes` against the quota for an upload whose bytes arrive later. */
   reserveUpload(userId: string, projectId: string, bytes: number, ttlMs?: number | undefined | null, reservationId?: string | undefined | null): Promise<Reservation>
+  /**
+   * Holds `bytes` and presigns a `PUT` of `fileName` in the project (s3 backend) that
+   * expires with the reservation; commit then charges the object's real size.
+   */
+  reservePresignedUpload(userId: string, projectId: string, fileName: string, bytes: number, ttlMs?: number | undefined | null, reservationId?: string | undefined | null): Promise<Reservation>
+  /** Moves a project's files to the other backend and flips its record. */
+  moveProjectStorage(userId: string, projectId: string, to: string): Promise<MovedProject>
   /** Turns a reservation into usage (`actualBytes`, default the reserved amount). */
   commitUpload(reservationId: string, actualBytes?: number | undefined | null, userId?: string | undefined | null): Promise<SettledReservation>
   /** Gives a reservation's bytes back. */
@@ -137,6 +144,21 @@ export interface MigrationInfo {
 export interface MigrationStatus {
   applied: Array<MigrationInfo>
   pending: Array<MigrationInfo>
+}
+
+/** A project moved between backends by `moveProjectStorage`. */
+export interface MovedProject {
+  /** The record after the move (`backend` and `path` changed, `key` the same). */
+  path: ProjectStoragePath
+  /** The backend the files came from. */
+  from: 'local' | 's3'
+  /** Files and bytes the project now has in its new backend. */
+  files: number
+  bytes: number
+  /** Files copied by this call (fewer than `files` when it resumed an interrupted move). */
+  copiedFiles: number
+  /** The project was already on the target backend; only the source's leftovers were deleted. */
+  alreadyMoved: boolean
 }
 
 /** The answer of `validatePath`. */
@@ -300,6 +322,12 @@ export interface Reservation {
   expiresAt: Date
   wouldRefuse: boolean
   mode: 'enforce' | 'shadow' | 'off'
+  /** With `presign`: the URL to `PUT` the file's bytes to, valid until `expiresAt`. */
+  uploadUrl?: string
+  /** With `presign`: the file's path inside the project. */
+  fileName?: string
+  /** With `presign`: the object's `s3://` URL. */
+  objectPath?: string
   usedBytes: number
   reservedBytes: number
   limitBytes: number
@@ -336,6 +364,19 @@ export interface StorageOptions {
   bucket?: string
   /** Key prefix inside the bucket, e.g. `projects` (s3 only). Default none. */
   prefix?: string
+  /**
+   * `http(s)://host:port` of an S3-compatible store, addressed path-style (s3 only). Default:
+   * `AWS_ENDPOINT_URL`, else AWS.
+   */
+  endpoint?: string
+  /** Region (s3 only). Default: `AWS_REGION`, else `us-east-1`. */
+  region?: string
+  /** Default: `AWS_ACCESS_KEY_ID`. */
+  accessKeyId?: string
+  /** Default: `AWS_SECRET_ACCESS_KEY`. Never logged or shown in an error. */
+  secretAccessKey?: string
+  /** Default: `AWS_SESSION_TOKEN`. Never logged or shown in an error. */
+  sessionToken?: string
 }
 
 /** A user's usage as the UI shows it. */

@@ -9,6 +9,7 @@ import type {
   ProjectLocation,
   MigrationInfo,
   MigrationStatus,
+  MovedProject,
   ProjectDrift,
   ProjectStoragePath,
   ProjectUsage,
@@ -25,12 +26,14 @@ import type {
 } from './binding'
 
 export type {
+  MovedProject,
   CopiedProject,
   DiskUsage,
   PathCheck,
   ProjectLocation,
   MigrationInfo,
   MigrationStatus,
+  MovedProject,
   ProjectDrift,
   ProjectStoragePath,
   ProjectUsage,
@@ -68,7 +71,23 @@ export interface ClientOptions extends Omit<NativeClientOptions, 'storage'> {
  * Where project paths point: directories under `storageRoot` (the default), or keys under
  * `s3://{bucket}/{prefix}/`, whose allocation writes nothing anywhere.
  */
-export type StorageOptions = { backend: 'local' } | { backend: 's3'; bucket: string; prefix?: string }
+export type StorageOptions =
+  | { backend: 'local' }
+  | {
+      backend: 's3'
+      bucket: string
+      prefix?: string
+      /** `http(s)://host:port` of an S3-compatible store (path-style). Default `AWS_ENDPOINT_URL`, else AWS. */
+      endpoint?: string
+      /** Default `AWS_REGION`. */
+      region?: string
+      /** Default `AWS_ACCESS_KEY_ID`. */
+      accessKeyId?: string
+      /** Default `AWS_SECRET_ACCESS_KEY`. Never logged. */
+      secretAccessKey?: string
+      /** Default `AWS_SESSION_TOKEN`. Never logged. */
+      sessionToken?: string
+    }
 
 /** Every code a StorageQuotaError can carry. Codes are stable across versions. */
 export type StorageQuotaErrorCode =
@@ -149,6 +168,14 @@ export interface ReserveUploadOptions {
   ttlMs?: number
   /** A UUID you choose: a retry with the same id after a lost reply holds the bytes once. */
   reservationId?: string
+  /** s3 backend: also answer with `uploadUrl`, a presigned PUT of `fileName` expiring with the reservation. */
+  presign?: boolean
+  /** The file the presigned URL writes, relative to the project (`renders/a.png`). Required with `presign`. */
+  fileName?: string
+}
+export interface MoveProjectOptions {
+  /** The backend to move the project's files to. */
+  to: 'local' | 's3'
 }
 export interface OwnerOptions {
   /** Refuse (FORBIDDEN) a reservation that belongs to another user. */
@@ -198,6 +225,8 @@ export declare class StorageQuotaClient {
   copyProject(userId: string, sourceProjectId: string, newProjectId: string): Promise<CopiedProject>
   /** Releases a project's bytes, cancels its reservations and (by default) deletes its files. */
   removeProject(userId: string, projectId: string, options?: { deleteFiles?: boolean }): Promise<Released>
+  /** Moves a project's files to the other backend and flips its record; resumable; usage unchanged. */
+  moveProjectStorage(userId: string, projectId: string, options: MoveProjectOptions): Promise<MovedProject>
   /** Sets a user's limit; recorded in quota_limit_changes with who and why. */
   setQuotaLimit(userId: string, limitBytes: number, options?: SetQuotaLimitOptions): Promise<Usage>
   /** Usage for the UI; `{ projects: true }` adds each project's bytes. */
@@ -236,6 +265,7 @@ export declare function recordDeletion(userId: string, projectId: string, bytes?
 export declare function registerProject(userId: string, projectId: string, options?: { sizeBytes?: number }): Promise<RegisteredProject>
 export declare function copyProject(userId: string, sourceProjectId: string, newProjectId: string): Promise<CopiedProject>
 export declare function removeProject(userId: string, projectId: string, options?: { deleteFiles?: boolean }): Promise<Released>
+export declare function moveProjectStorage(userId: string, projectId: string, options: MoveProjectOptions): Promise<MovedProject>
 export declare function setQuotaLimit(userId: string, limitBytes: number, options?: SetQuotaLimitOptions): Promise<Usage>
 export declare function getUsage(userId: string, options?: { projects?: boolean }): Promise<Usage>
 export declare function reconcile(userId?: string, options?: { fix?: boolean; disk?: boolean }): Promise<ReconcileReport>
@@ -256,6 +286,9 @@ export declare function quotaState(percentUsed: number): QuotaState
 export declare const BytesListSchema: z.ZodType<number[]>
 export declare const ReservationIdSchema: z.ZodType<string>
 export declare const ReserveUploadOptionsSchema: z.ZodType<ReserveUploadOptions>
+export declare const FileNameSchema: z.ZodType<string>
+export declare const MoveProjectOptionsSchema: z.ZodType<MoveProjectOptions>
+export declare const MovedProjectSchema: z.ZodType<MovedProject>
 export declare const OwnerOptionsSchema: z.ZodType<OwnerOptions>
 export declare const RecordDeletionOptionsSchema: z.ZodType<RecordDeletionOptions>
 export declare const RegisterProjectOptionsSchema: z.ZodType<{ sizeBytes?: number }>

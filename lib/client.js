@@ -110,8 +110,24 @@ class StorageQuotaClient {
     const user = parse(S.UserIdSchema, userId, 'userId')
     const project = parse(S.ProjectIdSchema, projectId, 'projectId')
     const size = parse(S.BytesSchema, bytes, 'bytes')
-    const { ttlMs, reservationId } = parse(S.ReserveUploadOptionsSchema, options ?? {}, 'options')
+    const { ttlMs, reservationId, presign, fileName } = parse(S.ReserveUploadOptionsSchema, options ?? {}, 'options')
+    if (presign) {
+      return this.#charged('reserveUpload', user, () => this.#native.reservePresignedUpload(user, project, fileName, size, ttlMs, reservationId))
+    }
     return this.#charged('reserveUpload', user, () => this.#native.reserveUpload(user, project, size, ttlMs, reservationId))
+  }
+
+  /**
+   * Moves a project's files to the other backend (`{ to: 's3' }` or `{ to: 'local' }`): copies
+   * every file, verifies the sizes, flips the record, deletes the source. Usage is unchanged.
+   * Run it again after an interruption: it resumes. `CONFLICT` (`UPLOAD_IN_FLIGHT`) while an
+   * upload to the project holds a reservation.
+   */
+  async moveProjectStorage(userId, projectId, options) {
+    const user = parse(S.UserIdSchema, userId, 'userId')
+    const project = parse(S.ProjectIdSchema, projectId, 'projectId')
+    const { to } = parse(S.MoveProjectOptionsSchema, options, 'options')
+    return this.#call('moveProjectStorage', (n) => n.moveProjectStorage(user, project, to))
   }
 
   /**

@@ -33,7 +33,10 @@ impl ObjectStoreBackend {
     // error only means one is installed already.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let mut builder = AmazonS3Builder::from_env().with_bucket_name(&bucket);
-    if let Some(endpoint) = &config.endpoint {
+    let env_endpoint = ["AWS_ENDPOINT_URL", "AWS_ENDPOINT"]
+      .iter()
+      .find_map(|name| std::env::var(name).ok());
+    if let Some(endpoint) = config.endpoint.as_ref().or(env_endpoint.as_ref()) {
       builder = builder
         .with_endpoint(endpoint)
         .with_allow_http(endpoint.starts_with("http://"))
