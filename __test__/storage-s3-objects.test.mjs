@@ -294,3 +294,24 @@ test('credentials never appear in errors or when the client is inspected', { ski
     await missing.close()
   }
 })
+
+test('storage-quota move runs the same move from a deploy shell, credentials from the environment', { skip }, async () => {
+  const { execFile } = await import('node:child_process')
+  const { promisify } = await import('node:util')
+  const { ACCESS_KEY_ID } = await import('./helpers/s3.mjs')
+  const user = 'user_cli_move'
+  const project = await insertProject(db, user)
+  const dir = (await local.allocateProjectPath(user, project)).path
+  const content = randomBytes(777)
+  await writeFile(join(dir, 'f.bin'), content)
+  const bin = new URL('../bin/storage-quota.js', import.meta.url).pathname
+  const env = { ...process.env, AWS_ACCESS_KEY_ID: ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY: SECRET_ACCESS_KEY, STORAGE_BACKEND: '' }
+  const args = ['--database-url', db.url, '--storage-root', db.storageRoot, '--bucket', bucket.bucket, '--prefix', PREFIX, '--endpoint', bucket.endpoint, '--region', 'us-east-1']
+  const { stdout, stderr } = await promisify(execFile)(process.execPath, [bin, 'move', user, project, '--to', 's3', ...args], { env })
+  assert.match(stdout, new RegExp(`^moved ${project} from local to s3 \\(s3://${bucket.bucket}/${PREFIX}/${user}/${project}/\\): 1 file\\(s\\), 777 bytes, 1 file\\(s\\) copied$`, 'm'))
+  assert.deepEqual(await bucket.get(keyOf(user, project, 'f.bin')), content)
+  const failed = await promisify(execFile)(process.execPath, [bin, 'move', user, project, '--to', 'gcs', ...args], { env }).catch((e) => e)
+  assert.equal(failed.code, 1)
+  assert.match(failed.stderr, /INVALID_ARGUMENT/)
+  for (const text of [stdout, stderr, failed.stderr]) assert.ok(!text.includes(SECRET_ACCESS_KEY))
+})

@@ -13,8 +13,13 @@ const USAGE = `usage: storage-quota <command> [--database-url URL] [--storage-ro
   status               list applied and pending migrations
   reconcile [USER_ID]  compare counters with the ledger (all users, or one); --fix sets them
   sweep                give back the bytes of expired reservations (for a cron job)
+  move USER_ID PROJECT_ID --to s3|local
+                       move a project's files to the other backend (resumable: run it again)
 
-The database URL defaults to DATABASE_URL, then POSTGRES_URL; the storage root to STORAGE_ROOT.`
+The database URL defaults to DATABASE_URL, then POSTGRES_URL; the storage root to STORAGE_ROOT.
+The bucket: --bucket, --prefix, --endpoint, --region, or STORAGE_BACKEND=s3 with STORAGE_BUCKET,
+STORAGE_PREFIX and AWS_ENDPOINT_URL, AWS_REGION; credentials only from AWS_ACCESS_KEY_ID and
+AWS_SECRET_ACCESS_KEY (never on the command line, where other users could read them).`
 
 async function main() {
   const { values, positionals } = parseArgs({
@@ -23,10 +28,15 @@ async function main() {
       'database-url': { type: 'string' },
       'storage-root': { type: 'string' },
       fix: { type: 'boolean' },
+      to: { type: 'string' },
+      bucket: { type: 'string' },
+      prefix: { type: 'string' },
+      endpoint: { type: 'string' },
+      region: { type: 'string' },
       help: { type: 'boolean', short: 'h' },
     },
   })
-  const [command, stepsArg] = positionals
+  const [command, stepsArg, projectArg] = positionals
   if (values.help || !command) {
     console.log(USAGE)
     return command || values.help ? 0 : 2
@@ -34,6 +44,10 @@ async function main() {
   const options = {}
   if (values['database-url']) options.databaseUrl = values['database-url']
   if (values['storage-root']) options.storageRoot = values['storage-root']
+  if (values.bucket) {
+    options.storage = { backend: 's3', bucket: values.bucket }
+    for (const key of ['prefix', 'endpoint', 'region']) if (values[key]) options.storage[key] = values[key]
+  }
   const client = createClient({ logger: false, ...options })
   try {
     if (command === 'migrate') {
@@ -53,6 +67,10 @@ async function main() {
         console.log(`${u.userId}  counter ${u.usedBytes}  ledger ${u.ledgerBytes}  drift ${u.driftBytes}  reserved drift ${u.reservedDriftBytes}${u.fixed ? '  fixed' : ''}`)
       }
       console.log(`checked ${report.checkedUsers} user(s), ${report.driftedUsers} drifted, ${report.fixedUsers} fixed`)
+    } else if (command === 'move') {
+      const moved = await client.moveProjectStorage(stepsArg, projectArg, { to: values.to })
+      const how = moved.alreadyMoved ? 'already there; source leftovers deleted' : `${moved.copiedFiles} file(s) copied`
+      console.log(`moved ${projectArg} from ${moved.from} to ${moved.path.backend} (${moved.path.path}): ${moved.files} file(s), ${moved.bytes} bytes, ${how}`)
     } else if (command === 'sweep') {
       const { users } = await client.sweepExpiredReservations()
       console.log(`swept expired reservations of ${users} user(s)`)
