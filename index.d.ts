@@ -26,7 +26,6 @@ import type {
 } from './binding'
 
 export type {
-  MovedProject,
   CopiedProject,
   DiskUsage,
   PathCheck,

@@ -136,6 +136,24 @@ mod tests {
   use super::*;
 
   #[test]
+  fn file_names_must_already_be_normal() {
+    assert_eq!(
+      file_name("renders/frame 01.png").unwrap(),
+      "renders/frame 01.png"
+    );
+    for bad in [
+      "", "/a", "a/", "a//b", "./a", "a/./b", "a/../b", "../a", "a\\b", "%2e%2e/a", "a\u{0}b",
+      "C:a",
+    ] {
+      assert_eq!(
+        file_name(bad).unwrap_err().code(),
+        "INVALID_ARGUMENT",
+        "{bad:?}"
+      );
+    }
+  }
+
+  #[test]
   fn resolves_dots_inside_and_refuses_leaving() {
     assert_eq!(relative_segments("a/./b//c").unwrap(), ["a", "b", "c"]);
     assert_eq!(relative_segments("a/../b").unwrap(), ["b"]);

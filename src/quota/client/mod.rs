@@ -166,7 +166,8 @@ impl Client {
       StorageConfig::Local { root } => Ok(Arc::new(LocalBackend::at(
         root.canonicalize().unwrap_or_else(|_| root.clone()),
       ))),
-      other => storage::open(other),
+      // Building an object-store client touches nothing: open it once and keep it.
+      _ => self.storage_backend(),
     }
   }
 

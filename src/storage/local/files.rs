@@ -43,9 +43,11 @@ fn parent_of<'a>(
     current = match openat(&current, segment, flags, Mode::empty()) {
       Ok(fd) => fd,
       Err(Errno::NOENT) if !create => return Ok(None),
-      Err(Errno::LOOP | Errno::NOTDIR) => return Err(QuotaError::UnsafePath(format!(
+      Err(Errno::LOOP | Errno::NOTDIR) => {
+        return Err(QuotaError::UnsafePath(format!(
         "{segment:?} on the way to {file:?} is a symlink or not a directory; refusing to follow it"
-      ))),
+      )))
+      }
       Err(e) => return Err(io_error("opening a directory of", file, e)),
     };
   }
@@ -178,4 +180,66 @@ pub fn read_chunk(file: &mut File, buf: &mut [u8]) -> io::Result<usize> {
 
 pub fn write_all(file: &mut File, bytes: &[u8]) -> io::Result<()> {
   file.write_all(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+  use super::*;
+
+  #[test]
+  fn files_are_reached_and_listed_without_following_links() {
+    let base = std::env::temp_dir().join(format!("sq-files-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&base);
+    let (root, outside) = (base.join("root"), base.join("outside"));
+    let user = UserId::parse("user_f").unwrap();
+    let project = ProjectId::parse("3f2b8c1e-6a0d-4c7e-9b5a-2d1e0f9c8a7b").unwrap();
+    let dir = root.join("user_f").join(project.to_string());
+    fs::create_dir_all(&dir).unwrap();
+    fs::create_dir_all(&outside).unwrap();
+    fs::write(outside.join("secret"), b"12345").unwrap();
+    std::os::unix::fs::symlink(&outside, dir.join("link")).unwrap();
+
+    let mut file = open_write(&root, &user, &project, "a/b/c.bin").unwrap();
+    write_all(&mut file, b"hello").unwrap();
+    assert_eq!(
+      file_size(&root, &user, &project, "a/b/c.bin").unwrap(),
+      Some(5)
+    );
+    assert_eq!(file_size(&root, &user, &project, "a/none").unwrap(), None);
+    let listed = list(&root, &user, &project).unwrap();
+    assert_eq!(
+      listed,
+      vec![StoredFile {
+        path: "a/b/c.bin".into(),
+        bytes: 5
+      }],
+      "the link and what it points at are not listed"
+    );
+    for through in ["link/secret", "link/new"] {
+      assert_eq!(
+        open_write(&root, &user, &project, through)
+          .unwrap_err()
+          .code(),
+        "UNSAFE_PATH"
+      );
+    }
+    assert_eq!(
+      open_read(&root, &user, &project, "link")
+        .unwrap_err()
+        .code(),
+      "UNSAFE_PATH"
+    );
+    assert_eq!(
+      file_size(&root, &user, &project, "link/secret")
+        .unwrap_err()
+        .code(),
+      "UNSAFE_PATH"
+    );
+    delete(&root, &user, &project, "link/secret").unwrap_err();
+    assert!(outside.join("secret").exists());
+    assert!(!outside.join("new").exists());
+    delete(&root, &user, &project, "a/b/c.bin").unwrap();
+    delete(&root, &user, &project, "a/b/c.bin").unwrap();
+    fs::remove_dir_all(&base).unwrap();
+  }
 }

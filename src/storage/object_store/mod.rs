@@ -269,7 +269,7 @@ impl ObjectStoreBackend {
 mod tests {
   use super::*;
 
-  fn backend(prefix: &str) -> ObjectStoreBackend {
+  fn make_backend(prefix: &str) -> ObjectStoreBackend {
     ObjectStoreBackend::new(&S3Config {
       bucket: "my-bucket".into(),
       prefix: parse_prefix(prefix).unwrap(),
@@ -315,14 +315,14 @@ mod tests {
   #[test]
   fn locates_projects_under_bucket_and_prefix() {
     let (user, project) = ids();
-    let backend = backend("/tenants/prod/");
+    let backend = make_backend("/tenants/prod/");
     let location = backend.locate_key(&user, &project).unwrap();
     assert_eq!(location.backend, "s3");
     assert_eq!(
       location.path,
       "s3://my-bucket/tenants/prod/user_2NNEqL2nrIRdJ194ndJqAHwEfxC/3f2b8c1e-6a0d-4c7e-9b5a-2d1e0f9c8a7b/"
     );
-    let bare = backend("");
+    let bare = make_backend("");
     assert!(bare
       .locate_key(&user, &project)
       .unwrap()
@@ -355,12 +355,12 @@ mod tests {
   #[test]
   fn checks_candidates_as_keys() {
     let (user, project) = ids();
-    let backend = backend("p");
+    let backend = make_backend("p");
     let base = backend.locate_key(&user, &project).unwrap().path;
     let inside = backend.check_key(&user, &project, "a/b.txt").unwrap();
     assert_eq!(inside.path.unwrap(), format!("{base}a/b.txt"));
     let absolute = backend
-      .check_path(&user, &project, &format!("{base}x/../y"))
+      .check_key(&user, &project, &format!("{base}x/../y"))
       .unwrap();
     assert_eq!(absolute.relative_path.unwrap(), "y");
     assert!(!backend.check_key(&user, &project, "../x").unwrap().inside);
