@@ -4,6 +4,7 @@ import { execFile } from 'node:child_process'
 import { promisify } from 'node:util'
 import { fileURLToPath } from 'node:url'
 import { createTestDatabase } from './helpers/db.mjs'
+import { VERSIONS, NAMES } from './helpers/migrations.mjs'
 
 const run = promisify(execFile)
 const bin = fileURLToPath(new URL('../bin/storage-quota.js', import.meta.url))
@@ -13,8 +14,8 @@ test('the storage-quota command migrates, reports and rolls back', async () => {
   const env = { ...process.env, DATABASE_URL: db.url, STORAGE_ROOT: db.storageRoot, POSTGRES_URL: '' }
   const cli = (...args) => run(process.execPath, [bin, ...args], { env })
 
-  assert.match((await cli('status')).stdout, /^pending {2}1 storage_quota\npending {2}2 quota_lifecycle$/m)
-  assert.equal((await cli('migrate')).stdout.trim(), 'applied: 1, 2')
+  assert.equal((await cli('status')).stdout.trim(), NAMES.map((n) => `pending  ${n}`).join('\n'))
+  assert.equal((await cli('migrate')).stdout.trim(), `applied: ${VERSIONS.join(', ')}`)
   assert.equal((await cli('migrate')).stdout.trim(), 'already up to date')
   assert.match((await cli('status')).stdout, /^applied {2}1 storage_quota {2}\d{4}-/m)
   assert.equal((await cli('sweep')).stdout.trim(), 'swept expired reservations of 0 user(s)')
@@ -23,8 +24,9 @@ test('the storage-quota command migrates, reports and rolls back', async () => {
   assert.match((await cli('reconcile', 'user_cli', '--fix')).stdout, /1 drifted, 1 fixed/)
   assert.match((await cli('reconcile')).stdout, /checked 1 user\(s\), 0 drifted/)
   await db.query(`DELETE FROM user_quotas`)
-  assert.equal((await cli('rollback')).stdout.trim(), 'reverted: 2')
-  assert.equal((await cli('rollback', '5', '--database-url', db.url)).stdout.trim(), 'reverted: 1')
+  const [last, ...earlier] = [...VERSIONS].reverse()
+  assert.equal((await cli('rollback')).stdout.trim(), `reverted: ${last}`)
+  assert.equal((await cli('rollback', '50', '--database-url', db.url)).stdout.trim(), `reverted: ${earlier.join(', ')}`)
   assert.equal((await cli('rollback')).stdout.trim(), 'nothing to revert')
 })
 
