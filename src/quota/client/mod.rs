@@ -334,7 +334,7 @@ impl Client {
     if record.backend != location.backend || record.path != location.path {
       return Err(QuotaError::Storage(format!(
         "project {project} is recorded at {} ({} backend), not at {} where this client's storage puts it; \
-         see README \"Moving the storage root\" and \"Moving to object storage\"",
+         move it with moveProjectStorage (README \"Object storage (s3)\"), or see \"Moving the storage root\" and \"Moving to object storage by hand\"",
         record.path, record.backend, location.path
       )));
     }
