@@ -4,8 +4,7 @@ import { readFile } from 'node:fs/promises'
 import { execFile } from 'node:child_process'
 import { promisify } from 'node:util'
 import { createClient } from '../index.js'
-import { createTestDatabase, rejection } from './helpers/db.mjs'
-import { VERSIONS } from './helpers/migrations.mjs'
+import { createTestDatabase, MIGRATION_VERSIONS, rejection } from './helpers/db.mjs'
 
 const run = promisify(execFile)
 const fixture = await readFile(new URL('./fixtures/existing-app.sql', import.meta.url), 'utf8')
@@ -31,10 +30,10 @@ test('on an empty database: creates the schema, records it, and is idempotent', 
     const before = await rejection(client.checkQuota('user_a', 1))
     assert.equal(before.code, 'MIGRATION_REQUIRED')
 
-    assert.deepEqual(await client.migrate(), { applied: VERSIONS })
+    assert.deepEqual(await client.migrate(), { applied: MIGRATION_VERSIONS })
     assert.deepEqual(await client.migrate(), { applied: [] })
     const status = await client.migrationStatus()
-    assert.deepEqual(status.applied.map((m) => m.version), VERSIONS)
+    assert.deepEqual(status.applied.map((m) => m.version), MIGRATION_VERSIONS)
     assert.ok(status.applied[0].appliedAt instanceof Date)
     assert.deepEqual(status.pending, [])
 
@@ -60,7 +59,7 @@ test('on an empty database: creates the schema, records it, and is idempotent', 
     )
     assert.equal(column.rows[0].data_type, 'uuid')
 
-    assert.deepEqual(await client.rollback(VERSIONS.length), { reverted: [...VERSIONS].reverse() })
+    assert.deepEqual(await client.rollback(MIGRATION_VERSIONS.length), { reverted: [...MIGRATION_VERSIONS].reverse() })
     const left = await db.query(`SELECT count(*)::int AS n FROM information_schema.tables WHERE table_schema = 'public'`)
     assert.equal(left.rows[0].n, 0, 'rollback on an empty database removes everything it created')
   } finally {
@@ -105,7 +104,7 @@ test('on an existing app: paths and quotas for every project, rows untouched, ro
     // The app's own rows are untouched (apart from the new column).
     assert.deepEqual(await appRows(db), rowsBefore)
 
-    await client.rollback(VERSIONS.length)
+    await client.rollback(MIGRATION_VERSIONS.length)
     assert.equal(await schemaDump(db), schemaBefore, 'rollback restores the schema exactly')
     assert.deepEqual(await appRows(db), rowsBefore, 'rollback keeps every app row')
 
@@ -114,7 +113,7 @@ test('on an existing app: paths and quotas for every project, rows untouched, ro
     const again = await db.query('SELECT count(*)::int AS n FROM project_storage_paths')
     assert.equal(again.rows[0].n, 5)
     assert.deepEqual(await appRows(db), rowsBefore, 'up → down → up keeps every app row')
-    await client.rollback(VERSIONS.length)
+    await client.rollback(MIGRATION_VERSIONS.length)
     assert.equal(await schemaDump(db), schemaBefore, 'migrate → rollback → migrate → rollback is stable')
   } finally {
     await client.close()
@@ -145,7 +144,7 @@ test('two clients migrating at once apply the set once', async () => {
   const clients = Array.from({ length: 4 }, () => createClient({ databaseUrl: db.url, storageRoot: db.storageRoot }))
   try {
     const results = await Promise.all(clients.map((c) => c.migrate()))
-    assert.deepEqual(results.flatMap((r) => r.applied).sort((a, b) => a - b), VERSIONS)
+    assert.deepEqual(results.flatMap((r) => r.applied).sort((a, b) => a - b), MIGRATION_VERSIONS)
     const paths = await db.query('SELECT count(*)::int AS n FROM project_storage_paths')
     assert.equal(paths.rows[0].n, 5)
   } finally {

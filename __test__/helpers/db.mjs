@@ -1,11 +1,18 @@
 // Throwaway databases for tests: each test file creates its own and drops it at the end, so
 // files never share state and can run in parallel.
+import { readdirSync } from 'node:fs'
 import { mkdtemp, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { randomBytes } from 'node:crypto'
 import { after } from 'node:test'
 import pg from 'pg'
+
+/** The versions of every migration shipped (`migrations/NNNN_*.up.sql`), in order. */
+export const MIGRATION_VERSIONS = readdirSync(new URL('../../migrations/', import.meta.url))
+  .filter((name) => name.endsWith('.up.sql'))
+  .map((name) => Number(name.slice(0, 4)))
+  .sort((a, b) => a - b)
 
 export const ADMIN_URL =
   process.env.TEST_DATABASE_URL ?? process.env.DATABASE_URL ?? 'postgres://postgres@127.0.0.1:5432/postgres'
