@@ -1,24 +1,65 @@
 //! Single files inside a project directory, for the operations that address one file by its
-//! relative path (presigned checks, moves between backends): every component is opened with
+//! relative path (moves between backends, sizes): every component is opened with
 //! `openat(O_NOFOLLOW)` from the project directory's descriptor, so no link below the root is
-//! ever followed, whatever was planted meanwhile. Blocking; the backend runs these on tokio's
-//! blocking pool.
+//! ever followed, whatever was planted meanwhile. No `/proc`. Blocking; the backend runs these
+//! on tokio's blocking pool.
 
-use std::fs::{self, File};
+use std::fs::File;
 use std::io::{self, Read, Write};
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::Path;
 
-use rustix::fs::{mkdirat, openat, statat, unlinkat, AtFlags, FileType, Mode, OFlags};
+use rustix::fs::{mkdirat, openat, statat, unlinkat, AtFlags, Dir, FileType, Mode, OFlags, CWD};
 use rustix::io::Errno;
 
-use super::tree::ProjectDir;
 use crate::error::{QuotaError, Result};
 use crate::ids::{ProjectId, UserId};
 use crate::storage::StoredFile;
 
 fn io_error(what: &str, file: &str, error: impl std::fmt::Display) -> QuotaError {
   QuotaError::Storage(format!("{what} {file:?} failed: {error}"))
+}
+
+const DIR_FLAGS: OFlags = OFlags::RDONLY
+  .union(OFlags::DIRECTORY)
+  .union(OFlags::NOFOLLOW)
+  .union(OFlags::CLOEXEC);
+
+/// `{root}/{user}/{project}/` opened without following a link below the root; `None` when it
+/// does not exist.
+pub struct ProjectDir(OwnedFd);
+
+impl ProjectDir {
+  pub fn open(root: &Path, user: &UserId, project: &ProjectId) -> Result<Option<Self>> {
+    let root_flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
+    let mut current = match openat(CWD, root, root_flags, Mode::empty()) {
+      Ok(fd) => fd,
+      Err(Errno::NOENT) => return Ok(None),
+      Err(e) => {
+        return Err(QuotaError::Storage(format!(
+          "cannot open storage root {}: {e}",
+          root.display()
+        )))
+      }
+    };
+    for name in [user.as_str().to_owned(), project.to_string()] {
+      current = match openat(&current, name.as_str(), DIR_FLAGS, Mode::empty()) {
+        Ok(fd) => fd,
+        Err(Errno::NOENT) => return Ok(None),
+        Err(Errno::LOOP | Errno::NOTDIR) => {
+          return Err(QuotaError::UnsafePath(format!(
+            "{name} under the storage root is a symlink or not a directory; refusing to follow it"
+          )))
+        }
+        Err(e) => return Err(QuotaError::Storage(format!("cannot open {name}: {e}"))),
+      };
+    }
+    Ok(Some(ProjectDir(current)))
+  }
+
+  fn fd(&self) -> &OwnedFd {
+    &self.0
+  }
 }
 
 /// The directory holding `file` and its last segment. With `create`, missing directories are
@@ -131,41 +172,58 @@ pub fn delete(root: &Path, user: &UserId, project: &ProjectId, file: &str) -> Re
 }
 
 /// Every regular file below the project directory with its size, sorted by path. Symlinks and
-/// special files are left out (never followed).
+/// special files are left out (never followed); names that are not UTF-8 are refused.
 pub fn list(root: &Path, user: &UserId, project: &ProjectId) -> Result<Vec<StoredFile>> {
   let Some(dir) = ProjectDir::open(root, user, project)? else {
     return Ok(Vec::new());
   };
-  let base = dir.path();
   let mut files = Vec::new();
-  let mut pending = vec![String::new()];
-  while let Some(relative) = pending.pop() {
-    let entries =
-      fs::read_dir(base.join(&relative)).map_err(|e| io_error("listing", &relative, e))?;
-    for entry in entries {
-      let entry = entry.map_err(|e| io_error("listing", &relative, e))?;
-      let name = entry.file_name().to_string_lossy().into_owned();
-      let path = if relative.is_empty() {
-        name
-      } else {
-        format!("{relative}/{name}")
-      };
-      let kind = entry
-        .file_type()
-        .map_err(|e| io_error("inspecting", &path, e))?;
-      if kind.is_dir() {
-        pending.push(path);
-      } else if kind.is_file() {
-        let bytes = entry
-          .metadata()
-          .map_err(|e| io_error("inspecting", &path, e))?
-          .len() as i64;
-        files.push(StoredFile { path, bytes });
-      }
-    }
-  }
+  list_into(dir.fd(), "", 0, &mut files)?;
   files.sort_by(|a, b| a.path.cmp(&b.path));
   Ok(files)
+}
+
+fn list_into(dir: &OwnedFd, prefix: &str, depth: usize, files: &mut Vec<StoredFile>) -> Result<()> {
+  if depth > super::usage::MAX_DEPTH {
+    return Err(QuotaError::Storage(format!(
+      "{prefix:?} is nested deeper than {} levels",
+      super::usage::MAX_DEPTH
+    )));
+  }
+  let shown = if prefix.is_empty() { "." } else { prefix };
+  let mut entries = Dir::read_from(dir).map_err(|e| io_error("listing", shown, e))?;
+  while let Some(entry) = entries.read() {
+    let entry = entry.map_err(|e| io_error("listing", shown, e))?;
+    let name = entry.file_name().to_bytes();
+    if name == b"." || name == b".." {
+      continue;
+    }
+    let name = std::str::from_utf8(name)
+      .map_err(|_| io_error("listing", shown, "a file name is not UTF-8"))?;
+    let path = if prefix.is_empty() {
+      name.to_owned()
+    } else {
+      format!("{prefix}/{name}")
+    };
+    let stat = match statat(dir.as_fd(), name, AtFlags::SYMLINK_NOFOLLOW) {
+      Ok(stat) => stat,
+      Err(Errno::NOENT) => continue, // deleted meanwhile
+      Err(e) => return Err(io_error("inspecting", &path, e)),
+    };
+    match FileType::from_raw_mode(stat.st_mode) {
+      FileType::RegularFile => files.push(StoredFile {
+        path,
+        bytes: stat.st_size,
+      }),
+      FileType::Directory => match openat(dir.as_fd(), name, DIR_FLAGS, Mode::empty()) {
+        Ok(child) => list_into(&child, &path, depth + 1, files)?,
+        Err(Errno::NOENT | Errno::LOOP | Errno::NOTDIR) => {} // swapped meanwhile: not followed
+        Err(e) => return Err(io_error("opening", &path, e)),
+      },
+      _ => {}
+    }
+  }
+  Ok(())
 }
 
 /// Reads up to `buf.len()` bytes; 0 at the end.
@@ -185,6 +243,7 @@ pub fn write_all(file: &mut File, bytes: &[u8]) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
   use super::*;
+  use std::fs;
 
   #[test]
   fn files_are_reached_and_listed_without_following_links() {

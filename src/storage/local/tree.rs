@@ -49,11 +49,6 @@ impl ProjectDir {
     Ok(Some(ProjectDir { fd: current }))
   }
 
-  /// The open directory, for `*at` calls relative to it.
-  pub fn fd(&self) -> &OwnedFd {
-    &self.fd
-  }
-
   /// A path that names this very directory while `self` is alive.
   pub fn path(&self) -> PathBuf {
     PathBuf::from(format!("/proc/self/fd/{}", self.fd.as_raw_fd()))
