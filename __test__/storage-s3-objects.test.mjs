@@ -30,6 +30,11 @@ if (!skip) {
   })
 }
 
+// Settling reservations in one place: the db branch changes these signatures to
+// commitUpload(userId, reservationId, actualBytes) and cancelUpload(userId, reservationId).
+const commit = (client, user, id) => client.commitUpload(id, undefined, { userId: user })
+const cancel = (client, user, id) => client.cancelUpload(id, { userId: user })
+
 const keyOf = (user, project, file = '') => `${PREFIX}/${user}/${project}/${file}`
 
 async function put(url, body) {
@@ -62,7 +67,7 @@ test('a presigned upload: signed for the host it is PUT to, expiring with the re
   assert.ok(!hold.uploadUrl.includes(SECRET_ACCESS_KEY))
 
   await put(hold.uploadUrl, body)
-  const settled = await s3.commitUpload(hold.reservationId, undefined, { userId: user })
+  const settled = await commit(s3, user, hold.reservationId)
   assert.equal(settled.status, 'committed')
   assert.equal(settled.committedBytes, 3000, 'charged what HEAD says, not the 4000 held')
   assert.equal(settled.usedBytes, 3000)
@@ -80,7 +85,7 @@ test('the signature check can fail: a tampered or re-hosted URL does not verify'
   const rehosted = hold.uploadUrl.replace('127.0.0.1', 'localhost')
   assert.throws(() => checkPresignedUrl(rehosted), /does not verify/)
   assert.throws(() => checkPresignedUrl(hold.uploadUrl, 'another-secret'), /does not verify/)
-  await s3.cancelUpload(hold.reservationId)
+  await cancel(s3, user, hold.reservationId)
 })
 
 test('an upload larger than fits is refused at commit and its object deleted', { skip }, async () => {
@@ -92,7 +97,7 @@ test('an upload larger than fits is refused at commit and its object deleted', {
   // The URL signs only the host: nothing stops the client from PUTting more than it declared.
   await put(hold.uploadUrl, randomBytes(50_000))
   assert.equal((await bucket.objects(keyOf(user, project)))[keyOf(user, project, 'big.bin')], 50_000)
-  const error = await rejection(s3.commitUpload(hold.reservationId))
+  const error = await rejection(commit(s3, user, hold.reservationId))
   assert.equal(error.code, 'QUOTA_EXCEEDED')
   assert.deepEqual(await bucket.objects(keyOf(user, project)), {}, 'the oversize object is gone')
   assert.equal(await usedBytes(user), 0)
@@ -100,7 +105,7 @@ test('an upload larger than fits is refused at commit and its object deleted', {
   // Larger than declared but within the quota: charged the real size.
   const second = await s3.reserveUpload(user, project, 1000, { presign: true, fileName: 'ok.bin' })
   await put(second.uploadUrl, randomBytes(6000))
-  assert.equal((await s3.commitUpload(second.reservationId)).committedBytes, 6000)
+  assert.equal((await commit(s3, user, second.reservationId)).committedBytes, 6000)
   assert.equal(await usedBytes(user), 6000)
 })
 
@@ -108,11 +113,11 @@ test('commit before the PUT is a CONFLICT and keeps the reservation; presign nee
   const user = 'user_early'
   const project = await insertProject(db, user)
   const hold = await s3.reserveUpload(user, project, 100, { presign: true, fileName: 'x.bin' })
-  const error = await rejection(s3.commitUpload(hold.reservationId))
+  const error = await rejection(commit(s3, user, hold.reservationId))
   assert.equal(error.code, 'CONFLICT')
   assert.equal(error.reason, 'MISMATCH')
   await put(hold.uploadUrl, randomBytes(100))
-  assert.equal((await s3.commitUpload(hold.reservationId)).committedBytes, 100)
+  assert.equal((await commit(s3, user, hold.reservationId)).committedBytes, 100)
 
   for (const options of [{ presign: true }, { fileName: 'a' }, { presign: true, fileName: '../x' }, { presign: true, fileName: '/abs' }, { presign: true, fileName: 'a/./b' }]) {
     const bad = await rejection(s3.reserveUpload(user, project, 1, options))
@@ -133,7 +138,7 @@ test('expired and cancelled presigned uploads lose their objects; a later commit
   await put(expired.uploadUrl, randomBytes(100))
   const cancelled = await s3.reserveUpload(user, project, 100, { presign: true, fileName: 'cancelled.bin' })
   await put(cancelled.uploadUrl, randomBytes(100))
-  await s3.cancelUpload(cancelled.reservationId)
+  await cancel(s3, user, cancelled.reservationId)
   assert.equal(keyOf(user, project, 'cancelled.bin') in (await bucket.objects(keyOf(user, project))), false)
 
   // Same name, uploaded and committed after the first one's hold: not the sweep's to delete.
@@ -143,8 +148,8 @@ test('expired and cancelled presigned uploads lose their objects; a later commit
   await db.query(`UPDATE quota_reservations SET expires_at = now() - interval '1 second' WHERE id = ANY($1)`, [
     [expired.reservationId, stale.reservationId],
   ])
-  await s3.commitUpload(kept.reservationId)
-  assert.equal((await rejection(s3.commitUpload(expired.reservationId))).code, 'RESERVATION_EXPIRED')
+  await commit(s3, user, kept.reservationId)
+  assert.equal((await rejection(commit(s3, user, expired.reservationId))).code, 'RESERVATION_EXPIRED')
 
   await s3.sweepExpiredReservations()
   const left = await bucket.objects(keyOf(user, project))
@@ -160,7 +165,7 @@ test('copyProject copies server-side; removeProject deletes the prefix; reconcil
   for (const [name, size] of [['a.bin', 1200], ['deep/b.bin', 34]]) {
     const hold = await s3.reserveUpload(user, source, size, { presign: true, fileName: name })
     await put(hold.uploadUrl, randomBytes(size))
-    await s3.commitUpload(hold.reservationId)
+    await commit(s3, user, hold.reservationId)
   }
   const copy = await s3.copyProject(user, source, target)
   assert.equal(copy.copiedBytes, 1234)
@@ -248,7 +253,7 @@ test('a move is refused while an upload is in flight, and resumes after an inter
   assert.equal(error.reason, 'UPLOAD_IN_FLIGHT')
   assert.deepEqual(await bucket.objects(keyOf(user, project)), {}, 'nothing copied')
   assert.equal((await local.allocateProjectPath(user, project)).backend, 'local')
-  await local.cancelUpload(hold.reservationId)
+  await cancel(local, user, hold.reservationId)
 
   // An earlier attempt stopped midway: a.bin copied, a half object of b.bin, a stale file.
   await bucket.put(keyOf(user, project, 'a.bin'), await readFile(join(dir, 'a.bin')))
