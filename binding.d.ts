@@ -29,6 +29,10 @@ export declare class NativeClient {
    * expires with the reservation; commit then charges the object's real size.
    */
   reservePresignedUpload(userId: string, projectId: string, fileName: string, bytes: number, ttlMs?: number | undefined | null, reservationId?: string | undefined | null): Promise<Reservation>
+  /** The project's files with their sizes, from its backend (directory or bucket). */
+  listProjectFiles(userId: string, projectId: string): Promise<Array<ProjectFile>>
+  /** Deletes one file of the project and gives back its measured bytes. */
+  deleteProjectFile(userId: string, projectId: string, fileName: string, deletionId?: string | undefined | null): Promise<Released>
   /** Moves a project's files to the other backend and flips its record. */
   moveProjectStorage(userId: string, projectId: string, to: string): Promise<MovedProject>
   /** Turns a reservation into usage (`actualBytes`, default the reserved amount). */
@@ -187,6 +191,13 @@ export interface ProjectDrift {
   diskBytes?: number
   /** `diskBytes − ledgerBytes`. */
   diskDriftBytes?: number
+}
+
+/** One file of a project, from `listProjectFiles`. */
+export interface ProjectFile {
+  /** Path relative to the project (`renders/a.png`). */
+  path: string
+  bytes: number
 }
 
 /** Where a project lives (or would), computed without touching the database or disk. */

@@ -11,6 +11,7 @@ import type {
   MigrationStatus,
   MovedProject,
   ProjectDrift,
+  ProjectFile,
   ProjectStoragePath,
   ProjectUsage,
   QuotaCheck,
@@ -26,6 +27,7 @@ import type {
 } from './binding'
 
 export type {
+  ProjectFile,
   CopiedProject,
   DiskUsage,
   PathCheck,
@@ -224,6 +226,10 @@ export declare class StorageQuotaClient {
   copyProject(userId: string, sourceProjectId: string, newProjectId: string): Promise<CopiedProject>
   /** Releases a project's bytes, cancels its reservations and (by default) deletes its files. */
   removeProject(userId: string, projectId: string, options?: { deleteFiles?: boolean }): Promise<Released>
+  /** The project's files with their sizes, from its directory or its bucket prefix. */
+  listProjectFiles(userId: string, projectId: string): Promise<ProjectFile[]>
+  /** Deletes one file (on disk or in the bucket) and gives back its measured bytes. */
+  deleteProjectFile(userId: string, projectId: string, fileName: string, options?: { deletionId?: string }): Promise<Released>
   /** Moves a project's files to the other backend and flips its record; resumable; usage unchanged. */
   moveProjectStorage(userId: string, projectId: string, options: MoveProjectOptions): Promise<MovedProject>
   /** Sets a user's limit; recorded in quota_limit_changes with who and why. */
@@ -264,6 +270,8 @@ export declare function recordDeletion(userId: string, projectId: string, bytes?
 export declare function registerProject(userId: string, projectId: string, options?: { sizeBytes?: number }): Promise<RegisteredProject>
 export declare function copyProject(userId: string, sourceProjectId: string, newProjectId: string): Promise<CopiedProject>
 export declare function removeProject(userId: string, projectId: string, options?: { deleteFiles?: boolean }): Promise<Released>
+export declare function listProjectFiles(userId: string, projectId: string): Promise<ProjectFile[]>
+export declare function deleteProjectFile(userId: string, projectId: string, fileName: string, options?: { deletionId?: string }): Promise<Released>
 export declare function moveProjectStorage(userId: string, projectId: string, options: MoveProjectOptions): Promise<MovedProject>
 export declare function setQuotaLimit(userId: string, limitBytes: number, options?: SetQuotaLimitOptions): Promise<Usage>
 export declare function getUsage(userId: string, options?: { projects?: boolean }): Promise<Usage>
@@ -288,6 +296,8 @@ export declare const ReserveUploadOptionsSchema: z.ZodType<ReserveUploadOptions>
 export declare const FileNameSchema: z.ZodType<string>
 export declare const MoveProjectOptionsSchema: z.ZodType<MoveProjectOptions>
 export declare const MovedProjectSchema: z.ZodType<MovedProject>
+export declare const ProjectFileSchema: z.ZodType<ProjectFile>
+export declare const DeleteProjectFileOptionsSchema: z.ZodType<{ deletionId?: string }>
 export declare const OwnerOptionsSchema: z.ZodType<OwnerOptions>
 export declare const RecordDeletionOptionsSchema: z.ZodType<RecordDeletionOptions>
 export declare const RegisterProjectOptionsSchema: z.ZodType<{ sizeBytes?: number }>

@@ -49,6 +49,8 @@ exports.registerProject = (...args) => getDefaultClient().registerProject(...arg
 exports.copyProject = (...args) => getDefaultClient().copyProject(...args)
 exports.removeProject = (...args) => getDefaultClient().removeProject(...args)
 exports.moveProjectStorage = (...args) => getDefaultClient().moveProjectStorage(...args)
+exports.listProjectFiles = (...args) => getDefaultClient().listProjectFiles(...args)
+exports.deleteProjectFile = (...args) => getDefaultClient().deleteProjectFile(...args)
 exports.setQuotaLimit = (...args) => getDefaultClient().setQuotaLimit(...args)
 exports.getUsage = (...args) => getDefaultClient().getUsage(...args)
 exports.reconcile = (...args) => getDefaultClient().reconcile(...args)
@@ -71,6 +73,8 @@ exports.ReserveUploadOptionsSchema = schemas.ReserveUploadOptionsSchema
 exports.FileNameSchema = schemas.FileNameSchema
 exports.MoveProjectOptionsSchema = schemas.MoveProjectOptionsSchema
 exports.MovedProjectSchema = schemas.MovedProjectSchema
+exports.ProjectFileSchema = schemas.ProjectFileSchema
+exports.DeleteProjectFileOptionsSchema = schemas.DeleteProjectFileOptionsSchema
 exports.OwnerOptionsSchema = schemas.OwnerOptionsSchema
 exports.RecordDeletionOptionsSchema = schemas.RecordDeletionOptionsSchema
 exports.RegisterProjectOptionsSchema = schemas.RegisterProjectOptionsSchema

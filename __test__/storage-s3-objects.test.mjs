@@ -320,3 +320,31 @@ test('storage-quota move runs the same move from a deploy shell, credentials fro
   assert.match(failed.stderr, /INVALID_ARGUMENT/)
   for (const text of [stdout, stderr, failed.stderr]) assert.ok(!text.includes(SECRET_ACCESS_KEY))
 })
+
+test('listProjectFiles and deleteProjectFile work the same on s3 and on disk, with measured bytes', { skip }, async () => {
+  const user = 'user_files'
+  const onS3 = await insertProject(db, user)
+  const onDisk = await insertProject(db, user)
+  const hold = await s3.reserveUpload(user, onS3, 900, { presign: true, fileName: 'docs/a.pdf' })
+  await put(hold.uploadUrl, randomBytes(900))
+  await commit(s3, user, hold.reservationId)
+  const dir = (await local.allocateProjectPath(user, onDisk)).path
+  await mkdir(join(dir, 'docs'))
+  await writeFile(join(dir, 'docs', 'a.pdf'), randomBytes(300))
+  await local.recordUpload(user, onDisk, 300)
+  assert.equal(await usedBytes(user), 1200)
+
+  assert.deepEqual(await s3.listProjectFiles(user, onS3), [{ path: 'docs/a.pdf', bytes: 900 }])
+  // The s3 client reads the local record from its storageRoot: the record decides the backend.
+  assert.deepEqual(await s3.listProjectFiles(user, onDisk), [{ path: 'docs/a.pdf', bytes: 300 }])
+  assert.equal((await rejection(s3.listProjectFiles('user_other', onS3))).code, 'FORBIDDEN')
+
+  const released = await s3.deleteProjectFile(user, onS3, 'docs/a.pdf', { deletionId: 'del-1' })
+  assert.equal(released.releasedBytes, 900, 'the measured size, whatever a caller would have said')
+  assert.deepEqual(await bucket.objects(keyOf(user, onS3)), {})
+  assert.equal((await local.deleteProjectFile(user, onDisk, 'docs/a.pdf')).releasedBytes, 300)
+  await assert.rejects(readFile(join(dir, 'docs', 'a.pdf')), { code: 'ENOENT' })
+  assert.equal(await usedBytes(user), 0)
+  assert.equal((await rejection(s3.deleteProjectFile(user, onS3, 'docs/a.pdf'))).code, 'NOT_FOUND')
+  assert.equal((await rejection(s3.deleteProjectFile(user, onS3, '../escape'))).code, 'INVALID_ARGUMENT')
+})

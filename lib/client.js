@@ -117,6 +117,25 @@ class StorageQuotaClient {
     return this.#charged('reserveUpload', user, () => this.#native.reserveUpload(user, project, size, ttlMs, reservationId))
   }
 
+  /** The project's files with their sizes, from its directory or its bucket prefix. */
+  async listProjectFiles(userId, projectId) {
+    const user = parse(S.UserIdSchema, userId, 'userId')
+    const project = parse(S.ProjectIdSchema, projectId, 'projectId')
+    return this.#call('listProjectFiles', (n) => n.listProjectFiles(user, project))
+  }
+
+  /**
+   * Deletes one file of the project (on disk or in the bucket) and gives back its measured
+   * bytes. `{ deletionId }` makes a retry release once.
+   */
+  async deleteProjectFile(userId, projectId, fileName, options = {}) {
+    const user = parse(S.UserIdSchema, userId, 'userId')
+    const project = parse(S.ProjectIdSchema, projectId, 'projectId')
+    const file = parse(S.FileNameSchema, fileName, 'fileName')
+    const { deletionId } = parse(S.DeleteProjectFileOptionsSchema, options ?? {}, 'options')
+    return this.#call('deleteProjectFile', (n) => n.deleteProjectFile(user, project, file, deletionId))
+  }
+
   /**
    * Moves a project's files to the other backend (`{ to: 's3' }` or `{ to: 'local' }`): copies
    * every file, verifies the sizes, flips the record, deletes the source. Usage is unchanged.

@@ -54,6 +54,7 @@ const ReserveUploadOptionsSchema = z
   .refine((o) => !o.presign || o.fileName !== undefined, { message: 'presign needs fileName', path: ['fileName'] })
   .refine((o) => o.presign || o.fileName === undefined, { message: 'fileName applies with presign: true', path: ['fileName'] })
 const MoveProjectOptionsSchema = z.strictObject({ to: z.enum(['local', 's3']) })
+const DeleteProjectFileOptionsSchema = z.strictObject({ deletionId: UploadIdSchema.optional() })
 const OwnerOptionsSchema = z.strictObject({ userId: UserIdSchema.optional() })
 const RecordDeletionOptionsSchema = z.strictObject({
   uploadId: UploadIdSchema.optional(),
@@ -223,6 +224,8 @@ const ProjectStoragePathSchema = z.object({
   createdAt: z.date(),
 })
 
+const ProjectFileSchema = z.object({ path: z.string(), bytes: BytesSchema })
+
 const MovedProjectSchema = z.object({
   path: ProjectStoragePathSchema,
   from: StorageBackendSchema,
@@ -267,6 +270,8 @@ module.exports = {
   FileNameSchema,
   MoveProjectOptionsSchema,
   MovedProjectSchema,
+  ProjectFileSchema,
+  DeleteProjectFileOptionsSchema,
   OwnerOptionsSchema,
   RecordDeletionOptionsSchema,
   RegisterProjectOptionsSchema,

@@ -279,6 +279,53 @@ impl NativeClient {
     ))
   }
 
+  /// The project's files with their sizes, from its backend (directory or bucket).
+  #[napi]
+  pub async fn list_project_files(
+    &self,
+    user_id: String,
+    project_id: String,
+  ) -> Result<Vec<ProjectFile>> {
+    let files = self
+      .inner
+      .list_project_files(&user_id, &project_id)
+      .await
+      .map_err(to_js_error)?;
+    Ok(
+      files
+        .into_iter()
+        .map(|f| ProjectFile {
+          path: f.path,
+          bytes: f.bytes,
+        })
+        .collect(),
+    )
+  }
+
+  /// Deletes one file of the project and gives back its measured bytes.
+  #[napi]
+  pub async fn delete_project_file(
+    &self,
+    user_id: String,
+    project_id: String,
+    file_name: String,
+    deletion_id: Option<String>,
+  ) -> Result<Released> {
+    let r = self
+      .inner
+      .delete_project_file(&user_id, &project_id, &file_name, deletion_id.as_deref())
+      .await
+      .map_err(to_js_error)?;
+    Ok(with_usage!(
+      r.usage,
+      Released {
+        released_bytes: r.released_bytes,
+        duplicate: r.duplicate,
+        cancelled_reservations: 0,
+      }
+    ))
+  }
+
   /// Moves a project's files to the other backend and flips its record.
   #[napi]
   pub async fn move_project_storage(

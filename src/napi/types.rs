@@ -187,6 +187,14 @@ pub struct Reservation {
   pub percent_used: f64,
 }
 
+/// One file of a project, from `listProjectFiles`.
+#[napi(object)]
+pub struct ProjectFile {
+  /// Path relative to the project (`renders/a.png`).
+  pub path: String,
+  pub bytes: i64,
+}
+
 /// A project moved between backends by `moveProjectStorage`.
 #[napi(object)]
 pub struct MovedProject {

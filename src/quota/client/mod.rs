@@ -5,6 +5,7 @@
 
 mod admin;
 mod direct;
+mod files;
 mod lifecycle;
 mod moves;
 
