@@ -112,9 +112,11 @@ export type StorageQuotaErrorCode =
  * Why a call is a CONFLICT: `KEY_REUSED` (an idempotency key used before for a different
  * request), `ALREADY_SETTLED` (a reservation already committed, cancelled or expired),
  * `TARGET_NOT_EMPTY` (a copy into a project that already holds files), `MISMATCH` (an upload
- * recorded for another project or size).
+ * recorded for another project or size; a presigned upload committed before its PUT),
+ * `UPLOAD_IN_FLIGHT` (a project moved while an upload to it holds a reservation),
+ * `FILE_EXISTS` (a presigned upload to a name that already holds a file).
  */
-export type ConflictReason = 'KEY_REUSED' | 'ALREADY_SETTLED' | 'TARGET_NOT_EMPTY' | 'MISMATCH'
+export type ConflictReason = 'KEY_REUSED' | 'ALREADY_SETTLED' | 'TARGET_NOT_EMPTY' | 'MISMATCH' | 'UPLOAD_IN_FLIGHT' | 'FILE_EXISTS'
 
 /** The one error type of the package: match on `code`. */
 export declare class StorageQuotaError extends Error {

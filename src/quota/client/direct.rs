@@ -44,6 +44,14 @@ impl Client {
     // The project must live in this client's object store before anything is held.
     let record = self.allocate(&user, &project).await?;
     let backend = self.backend_named(&record.backend)?;
+    // A PUT would replace it silently while its bytes stay counted: refuse before holding any.
+    // (Two presigns of one new name both pass; the second commit finds the first's object.)
+    if backend.file_size(&user, &project, &file).await?.is_some() {
+      return Err(QuotaError::conflict(
+        ConflictReason::FileExists,
+        format!("project {project} already has a file {file:?}; delete it first (deleteProjectFile) to replace it"),
+      ));
+    }
     let reservation = self
       .reserve_upload(user_id, project_id, bytes, ttl_ms, reservation_id)
       .await?;
