@@ -9,7 +9,7 @@ use std::time::Duration;
 use super::Client;
 use crate::error::{ConflictReason, QuotaError, Result};
 use crate::ids::{ProjectId, UserId};
-use crate::quota::objects::{self, AbandonedObject};
+use crate::quota::objects;
 use crate::quota::reservations::{self, Reservation, Settled};
 use crate::storage::candidate::file_name;
 
@@ -145,33 +145,37 @@ impl Client {
   }
 
   /// Deletes the objects of presigned reservations that ended without a commit (one, or every
-  /// one), and forgets them. An object a later upload of the same name committed stays.
+  /// one), and forgets them. An object a later upload of the same name committed stays. Objects
+  /// in a store this client is not configured for are left to a client that is (a local-only
+  /// `storage-quota sweep` still sweeps the reservations themselves).
   pub(super) async fn delete_abandoned_objects(&self, only: Option<&uuid::Uuid>) -> Result<u64> {
     let mut deleted = 0;
     loop {
       let page = self
         .with_conn(async |conn| objects::abandoned_objects(&mut conn.0, only).await)
         .await?;
-      if page.is_empty() {
-        return Ok(deleted);
-      }
+      let mut forgotten = 0;
       for object in &page {
+        let Ok(backend) = self.backend_named(object.backend.as_deref().unwrap_or("s3")) else {
+          continue;
+        };
         if object.delete {
-          self.delete_object(object).await?;
+          let user = UserId::parse(&object.user_id)?;
+          let project = ProjectId::parse(&object.project_id.to_string())?;
+          backend.delete(&user, &project, &object.object_key).await?;
           deleted += 1;
         }
         let id = object.reservation_id;
         self
           .with_conn(async |conn| objects::forget_object(&mut conn.0, &id).await)
           .await?;
+        forgotten += 1;
+      }
+      if forgotten == 0 {
+        return Ok(deleted);
       }
     }
   }
 
-  async fn delete_object(&self, object: &AbandonedObject) -> Result<()> {
-    let user = UserId::parse(&object.user_id)?;
-    let project = ProjectId::parse(&object.project_id.to_string())?;
-    let backend = self.backend_named(object.backend.as_deref().unwrap_or("s3"))?;
-    backend.delete(&user, &project, &object.object_key).await
-  }
+
 }
