@@ -245,6 +245,8 @@ test('the same app on S3: the browser uploads straight to the bucket, the server
   page.on('request', onRequest)
   t.after(() => page.off('request', onRequest))
 
+  // Cookies ignore ports: Ada's session from the app above would carry over.
+  await page.context().clearCookies()
   await page.goto(s3app.url)
   await page.getByLabel('Your name').fill('Grace')
   await page.getByRole('button', { name: 'Sign in' }).click()
@@ -303,7 +305,9 @@ test('the same app on S3: the browser uploads straight to the bucket, the server
     // The page lies about the file's size; the presigned URL cannot stop the bigger body.
     await page.evaluate(() => Object.defineProperty(File.prototype, 'size', { get: () => 10 * 1024, configurable: true }))
     const status = await upload(project('Atlas'), 'liar.bin', 700 * KB)
-    await status.filter({ hasText: 'Not enough storage' }).waitFor()
+    // The commit's refusal (the earlier refusal at reserve reads "this file is").
+    await status.filter({ hasText: 'bigger than declared' }).waitFor()
+    assert.equal(await status.textContent(), 'Not enough storage: the file is bigger than declared and does not fit (only 594 KB of your 1 MB is free).')
     assert.equal(keyOf(atlasId, 'liar.bin') in (await bucket.objects(keyOf(atlasId))), false, 'the object is gone')
     assert.equal(await usedBytes(userId), 420 * KB)
     const { rows: held } = await db.query(`SELECT count(*)::int AS n FROM quota_reservations WHERE user_id = $1 AND status = 'pending'`, [userId])

@@ -177,7 +177,8 @@ export async function finishDirectUpload(userId: string, reservationId: string):
   } catch (error) {
     await quota().cancelUpload(reservationId, { userId }).catch(() => {})
     if (error instanceof StorageQuotaError && error.reason === 'MISMATCH') return { ok: false, message: 'The upload did not arrive. Try again.' }
-    return refusal(error, (e) => `Not enough storage: the file is ${formatBytes(e.requestedBytes)} but only ${formatBytes(e.remainingBytes)} of your ${formatBytes(e.limitBytes)} is free.`)
+    // `requestedBytes` is what the commit needed beyond the hold: the file was bigger than declared.
+    return refusal(error, (e) => `Not enough storage: the file is bigger than declared and does not fit (only ${formatBytes(e.remainingBytes)} of your ${formatBytes(e.limitBytes)} is free).`)
   }
 }
 
