@@ -28,6 +28,12 @@ pub const MIGRATIONS: &[Migration] = &[
     down: include_str!("../../migrations/0002_quota_lifecycle.down.sql"),
   },
   Migration {
+    version: 4,
+    name: "project_copies",
+    up: include_str!("../../migrations/0004_project_copies.up.sql"),
+    down: include_str!("../../migrations/0004_project_copies.down.sql"),
+  },
+  Migration {
     version: 8,
     name: "object_uploads",
     up: include_str!("../../migrations/0008_object_uploads.up.sql"),

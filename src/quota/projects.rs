@@ -55,12 +55,28 @@ pub async fn find_or_create_path(
   location: &Location,
   default_limit: i64,
 ) -> Result<ProjectStoragePath> {
+  Ok(
+    find_or_create(conn, user, project, location, default_limit)
+      .await?
+      .0,
+  )
+}
+
+/// [`find_or_create_path`], also saying whether this call created the record (a copy that is
+/// undone removes only a record it created).
+pub async fn find_or_create(
+  conn: &mut PgConnection,
+  user: &UserId,
+  project: &ProjectId,
+  location: &Location,
+  default_limit: i64,
+) -> Result<(ProjectStoragePath, bool)> {
   let find = conn.prepared(FIND_PROJECT).await?;
   let row = conn.client.query_opt(&find, &[&project.uuid()]).await?;
   let row = row.ok_or_else(|| QuotaError::NotFound(format!("project {project} does not exist")))?;
   check_owner(row.get(0), user, project)?;
   if row.get::<_, Option<uuid::Uuid>>(1).is_some() {
-    return Ok(row_to_path(&row, 1));
+    return Ok((row_to_path(&row, 1), false));
   }
 
   // The quota row first, committed on its own: inside the transaction below, a second caller
@@ -80,7 +96,7 @@ pub async fn find_or_create_path(
     .map(|row| row.get(0));
   check_owner(owner, user, project)?;
   let insert = PgConnection::statement(statements, &tx, INSERT_PATH).await?;
-  let created = tx
+  let created_row = tx
     .query_opt(
       &insert,
       &[
@@ -92,7 +108,8 @@ pub async fn find_or_create_path(
       ],
     )
     .await?;
-  let record = match created {
+  let created = created_row.is_some();
+  let record = match created_row {
     Some(row) => row_to_path(&row, 0),
     None => {
       // Another caller created it first; its transaction has committed, so we see its row.
@@ -108,5 +125,5 @@ pub async fn find_or_create_path(
   )
   .await?;
   tx.commit().await?;
-  Ok(record)
+  Ok((record, created))
 }

@@ -2,12 +2,13 @@
 //! project operations of the app's server actions (register, copy, remove).
 
 use super::Client;
-use crate::error::{ConflictReason, QuotaError, Result};
+use crate::error::{QuotaError, Result};
 use crate::ids::{parse_bytes, parse_upload_id, upload_key_or_new, ProjectId, UserId};
 use crate::quota::config::parse_ttl_ms;
+use crate::quota::copies;
 use crate::quota::deletions::{self, DeletionTarget, Overwritten, Released, RemovedProject};
 use crate::quota::projects::ProjectStoragePath;
-use crate::quota::reservations::{self, LedgerEntry, Reservation, Settled};
+use crate::quota::reservations::{self, Reservation, Settled};
 use crate::quota::usage::{self, Usage};
 use crate::rollout::Mode;
 
@@ -16,14 +17,6 @@ pub struct RegisteredProject {
   pub path: ProjectStoragePath,
   /// Bytes charged for the project's initial size (0 when none was given).
   pub counted_bytes: i64,
-  pub usage: Usage,
-}
-
-#[derive(Debug, Clone)]
-pub struct CopiedProject {
-  pub path: ProjectStoragePath,
-  pub copied_bytes: i64,
-  pub duplicate: bool,
   pub usage: Usage,
 }
 
@@ -218,111 +211,6 @@ impl Client {
     })
   }
 
-  /// Copies a project's files into a new project of the same user and counts them. The size is
-  /// reserved before anything is copied; on any failure the copy is removed and the
-  /// reservation given back, so nothing stays counted or half-copied.
-  pub async fn copy_project(
-    &self,
-    user_id: &str,
-    source_project_id: &str,
-    new_project_id: &str,
-  ) -> Result<CopiedProject> {
-    let user = UserId::parse(user_id)?;
-    let source = ProjectId::parse(source_project_id)?;
-    let target = ProjectId::parse(new_project_id)?;
-    if source == target {
-      return Err(QuotaError::invalid(
-        "a project cannot be copied onto itself",
-      ));
-    }
-    let backend = self.storage_backend()?;
-    let (mode, limit) = (self.mode_for(&user), self.default_limit());
-    let key = format!("copy {target}");
-
-    self.allocate(&user, &source).await?;
-    let target_path = self.allocate(&user, &target).await?;
-    let prior = self
-      .with_conn(async |conn| {
-        let row = conn
-          .0
-          .client
-          .query_opt(
-            "SELECT bytes FROM quota_ledger WHERE user_id = $1 AND idempotency_key = $2",
-            &[&user.as_str(), &key],
-          )
-          .await?;
-        Ok(row.map(|row| row.get::<_, i64>(0)))
-      })
-      .await?;
-    if let Some(copied_bytes) = prior {
-      let usage = self
-        .with_conn(async |conn| usage::read_usage(&mut conn.0, &user).await)
-        .await?
-        .unwrap_or(Usage::empty(limit));
-      return Ok(CopiedProject {
-        path: target_path,
-        copied_bytes,
-        duplicate: true,
-        usage,
-      });
-    }
-
-    let size = backend.usage(&user, &source).await?.bytes;
-    if backend.usage(&user, &target).await?.files > 0 {
-      return Err(QuotaError::conflict(
-        ConflictReason::TargetNotEmpty,
-        format!("project {target} already has files; copy into a new, empty project"),
-      ));
-    }
-
-    let ttl = self.config.reservation_ttl_ms;
-    let reservation = self
-      .with_conn(async |conn| {
-        reservations::reserve(&mut conn.0, &user, &target, size, ttl, limit, mode, None).await
-      })
-      .await?;
-    let copied = backend.copy_project(&user, &source, &target).await;
-    let committed = match copied {
-      Ok(copied) => {
-        self
-          .with_conn(async |conn| {
-            reservations::commit(
-              &mut conn.0,
-              &reservation.reservation_id,
-              Some(copied),
-              Some(&user),
-              Some(LedgerEntry {
-                key: &key,
-                kind: "copy",
-              }),
-            )
-            .await
-          })
-          .await
-      }
-      Err(error) => Err(error),
-    };
-    match committed {
-      Ok(settled) => Ok(CopiedProject {
-        path: target_path,
-        copied_bytes: settled.committed_bytes,
-        duplicate: false,
-        usage: settled.usage,
-      }),
-      Err(error) => {
-        // The copy goes; the (empty) project stays, as before the call.
-        if backend.remove_project(&user, &target).await.is_ok() {
-          let _ = backend.prepare(&user, &target).await;
-        }
-        let id = reservation.reservation_id;
-        let _ = self
-          .with_conn(async |conn| reservations::cancel(&mut conn.0, &id, Some(&user)).await)
-          .await;
-        Err(error)
-      }
-    }
-  }
-
   /// Releases the project's bytes, cancels its pending reservations and, when `delete_files`,
   /// deletes its files (its directory, or every object under its prefix) where its record
   /// says they are.
@@ -354,6 +242,10 @@ impl Client {
         None => self.storage_backend()?,
       };
       backend.remove_project(&user, &project).await?;
+      // Its files are gone: a later copy into it must copy again, not answer `duplicate`.
+      self
+        .with_conn(async |conn| copies::forget(&mut conn.0, &user, &project).await)
+        .await?;
     }
     Ok(removed)
   }

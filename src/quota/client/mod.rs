@@ -4,14 +4,16 @@
 //! in `lifecycle.rs`, administration (limits, usage, reconciliation, migrations) in `admin.rs`.
 
 mod admin;
+mod copy;
 mod direct;
 mod files;
 mod lifecycle;
 mod moves;
 
 pub use admin::ReconcileReport;
+pub use copy::CopiedProject;
 pub use direct::PresignedReservation;
-pub use lifecycle::{CopiedProject, RegisteredProject};
+pub use lifecycle::RegisteredProject;
 pub use moves::MovedProject;
 
 use std::path::{Path, PathBuf};
@@ -20,11 +22,13 @@ use std::sync::{Arc, Mutex, OnceLock};
 use crate::db::pool::{Checkout, Pool};
 use crate::error::{QuotaError, Result};
 use crate::ids::{parse_bytes, upload_key_or_new, ProjectId, UserId};
+use crate::quota::batch::Batcher;
 use crate::quota::coalesce::{self, Coalescer};
 use crate::quota::config::{Config, RawOptions};
 use crate::quota::projects::{self, ProjectStoragePath};
 use crate::quota::usage::{self, QuotaCheck, RecordedUpload, Usage};
 use crate::rollout::Mode;
+use crate::storage::blocking;
 use crate::storage::StorageConfig;
 use crate::storage::{self, local::LocalBackend, DiskUsage, Location, PathCheck, StorageBackend};
 
@@ -44,6 +48,22 @@ pub struct Uploaded {
   pub usage: Usage,
 }
 
+/// Only for A/B runs of bench/ (BENCHMARKS.md): `STORAGE_QUOTA_BENCH_BATCH=0` sends each read
+/// on its own.
+fn batching_enabled() -> bool {
+  static ENABLED: OnceLock<bool> = OnceLock::new();
+  *ENABLED.get_or_init(|| std::env::var("STORAGE_QUOTA_BENCH_BATCH").as_deref() != Ok("0"))
+}
+
+/// Read statements in flight at once. Only for A/B runs of bench/ (BENCHMARKS.md):
+/// `STORAGE_QUOTA_BENCH_READS_IN_FLIGHT=N`.
+fn reads_in_flight() -> usize {
+  std::env::var("STORAGE_QUOTA_BENCH_READS_IN_FLIGHT")
+    .ok()
+    .and_then(|v| v.parse().ok())
+    .unwrap_or(2)
+}
+
 enum PoolState {
   Unopened,
   Open(Arc<Pool>),
@@ -55,6 +75,8 @@ pub struct Client {
   pool: Mutex<PoolState>,
   /// Concurrent uploads of one user, charged together (see `coalesce`).
   uploads: Arc<Coalescer>,
+  /// Concurrent usage reads of any users, sent as one statement (see `batch`).
+  reads: Arc<Batcher<String, Option<Usage>>>,
   /// Opened on first allocation (the local backend creates and resolves its root then).
   backend: OnceLock<Arc<dyn StorageBackend>>,
   /// The local disk under `storageRoot` when the configured backend is another one: the
@@ -68,6 +90,7 @@ impl Client {
       config: Config::from_options(options)?,
       pool: Mutex::new(PoolState::Unopened),
       uploads: Arc::new(Coalescer::default()),
+      reads: Arc::new(Batcher::new(reads_in_flight())),
       backend: OnceLock::new(),
       local: OnceLock::new(),
     })
@@ -238,9 +261,30 @@ impl Client {
       ));
     }
     let mode = self.mode_for(&user);
-    let limit = self.default_limit();
+    let usage = self
+      .read_usage_batched(&user)
+      .await?
+      .unwrap_or(Usage::empty(self.default_limit()));
+    Ok(usage::decide_check(usage, &sizes, mode))
+  }
+
+  /// The user's usage (`None`: no quota row yet), read together with the other users' reads in
+  /// flight at the same moment (see `batch`): one statement for all of them.
+  async fn read_usage_batched(&self, user: &UserId) -> Result<Option<Usage>> {
+    let pool = self.pool()?;
+    if !batching_enabled() {
+      let mut conn = pool.get().await?;
+      return usage::read_usage(&mut conn.0, user).await;
+    }
     self
-      .with_conn(async |conn| usage::check_quota(&mut conn.0, &user, &sizes, limit, mode).await)
+      .reads
+      .call(user.as_str().to_owned(), move |users| {
+        let pool = pool.clone();
+        async move {
+          let mut conn = pool.get().await?;
+          usage::read_usages(&mut conn.0, &users).await
+        }
+      })
       .await
   }
 
@@ -324,14 +368,23 @@ impl Client {
 
   /// The path record (created once) and the place in storage (the directory on local disk).
   async fn allocate(&self, user: &UserId, project: &ProjectId) -> Result<ProjectStoragePath> {
+    let pool = self.pool()?;
+    let mut conn = pool.get().await?;
+    Ok(self.allocate_on(&mut conn.0, user, project).await?.0)
+  }
+
+  /// [`Self::allocate`] on a connection the caller holds; also says whether the record was
+  /// created by this call.
+  async fn allocate_on(
+    &self,
+    conn: &mut crate::db::pool::PgConnection,
+    user: &UserId,
+    project: &ProjectId,
+  ) -> Result<(ProjectStoragePath, bool)> {
     let backend = self.storage_backend()?;
     let location = backend.locate(user, project)?;
     let limit = self.default_limit();
-    let record = self
-      .with_conn(async |conn| {
-        projects::find_or_create_path(&mut conn.0, user, project, &location, limit).await
-      })
-      .await?;
+    let (record, created) = projects::find_or_create(conn, user, project, &location, limit).await?;
     if record.backend != location.backend || record.path != location.path {
       return Err(QuotaError::Storage(format!(
         "project {project} is recorded at {} ({} backend), not at {} where this client's storage puts it; \
@@ -340,7 +393,7 @@ impl Client {
       )));
     }
     backend.prepare(user, project).await?;
-    Ok(record)
+    Ok((record, created))
   }
 
   pub async fn allocate_project_path(

@@ -184,10 +184,10 @@ pub fn list(root: &Path, user: &UserId, project: &ProjectId) -> Result<Vec<Store
 }
 
 fn list_into(dir: &OwnedFd, prefix: &str, depth: usize, files: &mut Vec<StoredFile>) -> Result<()> {
-  if depth > super::usage::MAX_DEPTH {
+  if depth > super::walk::MAX_DEPTH {
     return Err(QuotaError::Storage(format!(
       "{prefix:?} is nested deeper than {} levels",
-      super::usage::MAX_DEPTH
+      super::walk::MAX_DEPTH
     )));
   }
   let shown = if prefix.is_empty() { "." } else { prefix };

@@ -3,8 +3,10 @@
 
 pub mod files;
 pub mod paths;
+pub mod staging;
 pub mod tree;
 pub mod usage;
+pub mod walk;
 
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
@@ -21,7 +23,6 @@ use super::candidate::{check_characters, relative_segments, strip_base};
 use super::{blocking, ByteStream, DiskUsage, Location, PathCheck, StorageBackend, StoredFile};
 use crate::error::{QuotaError, Result};
 use crate::ids::{ProjectId, UserId};
-use tree::ProjectDir;
 
 pub struct LocalBackend {
   /// Canonical: every path handed out starts with it.
@@ -158,16 +159,8 @@ impl StorageBackend for LocalBackend {
     let to = *to;
     self
       .on_disk(user, from, move |root, user, source| {
-        let from = ProjectDir::open(root, user, source)?;
-        let target = ProjectDir::open(root, user, &to)?
-          .ok_or_else(|| QuotaError::Storage(format!("project {to}'s directory vanished")))?;
-        let Some(from) = from else { return Ok(0) };
-        tree::copy_tree(&from.path(), &target.path()).map_err(|error| {
-          let _ = tree::clear_dir(&target.path());
-          QuotaError::Storage(format!(
-            "copying project {source} failed and was undone: {error}"
-          ))
-        })
+        // Through a staging directory renamed into place: nothing half-copied is ever visible.
+        staging::copy_project(root, user, source, &to, &uuid::Uuid::new_v4()).map(|s| s.bytes)
       })
       .await
   }
@@ -175,12 +168,7 @@ impl StorageBackend for LocalBackend {
   async fn remove_project(&self, user: &UserId, project: &ProjectId) -> Result<()> {
     self
       .on_disk(user, project, |root, user, project| {
-        if let Some(dir) = ProjectDir::open(root, user, project)? {
-          tree::clear_dir(&dir.path())?;
-          drop(dir);
-          std::fs::remove_dir(root.join(user.as_str()).join(project.to_string()))?;
-        }
-        Ok(())
+        tree::remove_project(root, user, project).map(|_| ())
       })
       .await
   }
