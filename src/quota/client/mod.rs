@@ -1,9 +1,12 @@
 //! A configured client: validates arguments, owns the pool and the storage root, and runs each
 //! operation on a pooled connection. Plain Rust; `napi_client.rs` only converts to and from JS.
 //! Operations are grouped by concept: uploads and paths here, the rest of the quota lifecycle
-//! in `lifecycle.rs`, administration (limits, usage, reconciliation, migrations) in `admin.rs`.
+//! in `lifecycle.rs`, `copy.rs` copyProject, administration (limits, usage, reconciliation,
+//! migrations) in `admin.rs`, which backend serves what in `backends.rs`, presigned uploads in
+//! `direct.rs`, moves between backends in `moves.rs`, a project's files in `files.rs`.
 
 mod admin;
+mod backends;
 mod copy;
 mod direct;
 mod files;
@@ -16,7 +19,6 @@ pub use direct::PresignedReservation;
 pub use lifecycle::RegisteredProject;
 pub use moves::MovedProject;
 
-use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use crate::db::pool::{Checkout, Pool};
@@ -29,8 +31,7 @@ use crate::quota::projects::{self, ProjectStoragePath};
 use crate::quota::usage::{self, QuotaCheck, RecordedUpload, Usage};
 use crate::rollout::Mode;
 use crate::storage::blocking;
-use crate::storage::StorageConfig;
-use crate::storage::{self, local::LocalBackend, DiskUsage, Location, PathCheck, StorageBackend};
+use crate::storage::{DiskUsage, Location, PathCheck, StorageBackend};
 
 /// What `recordUpload` answers, for a plain upload and for an overwrite alike.
 #[derive(Debug, Clone)]
@@ -131,68 +132,6 @@ impl Client {
   /// when the last of them returns. Later calls fail with `CLIENT_CLOSED`.
   pub fn close(&self) {
     *self.pool.lock().unwrap_or_else(|e| e.into_inner()) = PoolState::Closed;
-  }
-
-  fn storage_backend(&self) -> Result<Arc<dyn StorageBackend>> {
-    if let Some(backend) = self.backend.get() {
-      return Ok(backend.clone());
-    }
-    let backend = storage::open(&self.config.storage)?;
-    Ok(self.backend.get_or_init(|| backend).clone())
-  }
-
-  /// The backend that serves records naming `name`: the configured one, or the local disk
-  /// under `storageRoot` (the other side of a move). `STORAGE_ERROR` for an object store this
-  /// client was not configured with.
-  fn backend_named(&self, name: &str) -> Result<Arc<dyn StorageBackend>> {
-    let configured = self.storage_backend()?;
-    if configured.name() == name {
-      return Ok(configured);
-    }
-    if name == "local" {
-      if let Some(local) = self.local.get() {
-        return Ok(local.clone());
-      }
-      let local: Arc<dyn StorageBackend> = Arc::new(LocalBackend::open(&self.config.storage_root)?);
-      return Ok(self.local.get_or_init(|| local).clone());
-    }
-    Err(QuotaError::Storage(format!(
-      "the project's files are in the {name} backend, which this client is not configured for; pass storage: {{ backend: '{name}', … }}"
-    )))
-  }
-
-  /// The local backend's canonical root.
-  fn storage_root(&self) -> Result<PathBuf> {
-    let backend = self.storage_backend()?;
-    backend
-      .local_root()
-      .map(Path::to_path_buf)
-      .ok_or_else(|| QuotaError::Storage("no local storage root configured".into()))
-  }
-
-  /// The root the migration records existing projects under: the resolved local root, or for
-  /// an object store the configured one as it is (nothing is created; README "Moving to object
-  /// storage" says how to move those records).
-  fn migration_storage_root(&self) -> Result<String> {
-    Ok(match &self.config.storage {
-      StorageConfig::Local { .. } => self.storage_root()?.to_string_lossy().into_owned(),
-      StorageConfig::S3 { .. } => self.config.storage_root.to_string_lossy().into_owned(),
-    })
-  }
-
-  /// The backend for calls that only read: the opened one, or else one that creates nothing
-  /// (a local root is resolved through symlinks if it exists, used as configured if not).
-  fn reading_backend(&self) -> Result<Arc<dyn StorageBackend>> {
-    if let Some(backend) = self.backend.get() {
-      return Ok(backend.clone());
-    }
-    match &self.config.storage {
-      StorageConfig::Local { root } => Ok(Arc::new(LocalBackend::at(
-        root.canonicalize().unwrap_or_else(|_| root.clone()),
-      ))),
-      // Building an object-store client touches nothing: open it once and keep it.
-      _ => self.storage_backend(),
-    }
   }
 
   /// Where `projectId` of `userId` lives (or would), without touching the database or disk.
