@@ -379,3 +379,22 @@ test('a sweep by a client without the bucket settles reservations and leaves the
   await s3.sweepExpiredReservations()
   assert.deepEqual(await bucket.objects(keyOf(user, project)), {})
 })
+
+test('a copy on s3 that fails after its objects were copied leaves none of them, and no charge', { skip }, async () => {
+  const user = 'user_copy_undo'
+  const source = await insertProject(db, user)
+  const target = await insertProject(db, user)
+  const hold = await s3.reserveUpload(user, source, 700, { presign: true, fileName: 'a.bin' })
+  await put(hold.uploadUrl, randomBytes(700))
+  await commit(s3, user, hold.reservationId)
+  // The target is recorded on local disk: the copy's objects land, then recording the target's
+  // path fails, and the undo must take the objects back.
+  await local.allocateProjectPath(user, target)
+  const before = await s3.getUsage(user)
+  const error = await rejection(s3.copyProject(user, source, target))
+  assert.equal(error.code, 'STORAGE_ERROR')
+  assert.deepEqual(await bucket.objects(keyOf(user, target)), {}, 'no copied object stays')
+  assert.deepEqual(await s3.getUsage(user), before, 'nothing charged or held')
+  const { rows } = await db.query('SELECT count(*)::int AS n FROM quota_project_copies WHERE project_id = $1', [target])
+  assert.equal(rows[0].n, 0, 'the claim is released')
+})
