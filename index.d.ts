@@ -214,7 +214,11 @@ export declare class StorageQuotaClient {
   recordUpload(userId: string, projectId: string, bytes: number, options?: RecordUploadOptions): Promise<RecordedUpload>
   /** Holds bytes for an upload whose bytes arrive later; QUOTA_EXCEEDED when they do not fit. */
   reserveUpload(userId: string, projectId: string, bytes: number, options?: ReserveUploadOptions): Promise<Reservation>
-  /** Turns a reservation into usage (`actualBytes`, default the reserved amount). */
+  /**
+   * Turns a reservation into usage (`actualBytes`, default the reserved amount). A presigned
+   * reservation is charged the object's real size instead (a `HEAD`); one that does not fit is
+   * `QUOTA_EXCEEDED` and its object deleted.
+   */
   commitUpload(reservationId: string, actualBytes?: number, options?: OwnerOptions): Promise<SettledReservation>
   /** Gives a reservation's bytes back; harmless twice. CONFLICT once committed. */
   cancelUpload(reservationId: string, options?: OwnerOptions): Promise<SettledReservation>

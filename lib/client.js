@@ -152,6 +152,8 @@ class StorageQuotaClient {
   /**
    * Turns a reservation into usage: `actualBytes` (default: the reserved amount; smaller always
    * works, larger only if the difference fits). Pass `{ userId }` to refuse another user's id.
+   * A presigned reservation (`reserveUpload(…, { presign: true })`) is charged the object's real
+   * size instead, read with a HEAD; an object that does not fit is deleted (`QUOTA_EXCEEDED`).
    */
   async commitUpload(reservationId, actualBytes, options = {}) {
     const id = parse(S.ReservationIdSchema, reservationId, 'reservationId')
