@@ -398,3 +398,31 @@ test('a copy on s3 that fails after its objects were copied leaves none of them,
   const { rows } = await db.query('SELECT count(*)::int AS n FROM quota_project_copies WHERE project_id = $1', [target])
   assert.equal(rows[0].n, 0, 'the claim is released')
 })
+
+test('a failing store is a STORAGE_ERROR within seconds, not after a minute of retries', { skip }, async () => {
+  const { createServer } = await import('node:http')
+  // Answers every request with 503 SlowDown, which S3 clients retry with backoff.
+  let requests = 0
+  const server = createServer((req, res) => {
+    requests += 1
+    res.writeHead(503, { 'content-type': 'application/xml' }).end('<Error><Code>SlowDown</Code></Error>')
+  })
+  await new Promise((resolve) => server.listen(0, '127.0.0.1', resolve))
+  const down = createClient({
+    databaseUrl: db.url,
+    storage: { ...bucket.storage(), endpoint: `http://127.0.0.1:${server.address().port}` },
+    logger: false,
+  })
+  try {
+    const started = performance.now()
+    const error = await rejection(down.diskUsage('user_down', '3f2b8c1e-6a0d-4c7e-9b5a-2d1e0f9c8a7b'))
+    const ms = performance.now() - started
+    assert.equal(error.code, 'STORAGE_ERROR')
+    assert.ok(ms < 10_000, `gave up after ${Math.round(ms)} ms`)
+    assert.equal(requests, 4, 'one request and three retries')
+    assert.ok(!error.message.includes(SECRET_ACCESS_KEY))
+  } finally {
+    await down.close()
+    await new Promise((resolve) => server.close(resolve))
+  }
+})

@@ -54,6 +54,13 @@ impl ObjectStoreBackend {
     if let Some(Secret(token)) = &config.session_token {
       builder = builder.with_token(token);
     }
+    // A quota call must not hang for most of a minute on a failing store: a few quick retries
+    // (the crate's default is 10 within 3 minutes), then STORAGE_ERROR.
+    builder = builder.with_retry(::object_store::RetryConfig {
+      max_retries: 3,
+      retry_timeout: std::time::Duration::from_secs(20),
+      ..Default::default()
+    });
     // The builder's errors name settings, never their values.
     let store = builder
       .build()
