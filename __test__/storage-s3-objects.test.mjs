@@ -426,3 +426,16 @@ test('a failing store is a STORAGE_ERROR within seconds, not after a minute of r
     await new Promise((resolve) => server.close(resolve))
   }
 })
+
+test('a project holding a name the library refuses does not move, and stays where it was', { skip }, async () => {
+  const user = 'user_badname'
+  const project = await insertProject(db, user)
+  const dir = (await local.allocateProjectPath(user, project)).path
+  await writeFile(join(dir, 'ok.bin'), randomBytes(10))
+  await writeFile(join(dir, 'trailing-dot.'), randomBytes(10)) // Windows would strip the dot
+  const error = await rejection(s3.moveProjectStorage(user, project, { to: 's3' }))
+  assert.equal(error.code, 'INVALID_ARGUMENT')
+  assert.match(error.message, /trailing-dot\./)
+  assert.equal((await local.allocateProjectPath(user, project)).backend, 'local')
+  assert.deepEqual((await readdir(dir)).sort(), ['ok.bin', 'trailing-dot.'])
+})
