@@ -57,10 +57,16 @@ export declare class NativeClient {
   reconcile(userId: string | undefined | null, fix: boolean, includeDisk: boolean): Promise<ReconcileReport>
   /** The project's storage path, created (record and directory) on first call. */
   allocateProjectPath(userId: string, projectId: string): Promise<ProjectStoragePath>
-  /** Applies pending migrations; resolves to the versions applied by this call. */
-  migrate(): Promise<Array<number>>
+  /**
+   * Applies pending schema migrations; resolves to the versions applied and where the
+   * backfill of existing projects is (it is never run here).
+   */
+  migrate(): Promise<MigrateResult>
   /** Reverts the `steps` most recent migrations; resolves to the versions reverted. */
-  rollback(steps: number): Promise<Array<number>>
+  rollback(steps: number, discardUsage?: boolean | undefined | null): Promise<Array<number>>
+  /** One unit of the backfill: a batch of `batch_size` projects, or one constraint validated. */
+  backfillStep(batchSize: number): Promise<BackfillProgress>
+  backfillStatus(): Promise<BackfillProgress>
   migrationStatus(): Promise<MigrationStatus>
   /** Stops handing out connections; calls in flight finish first. */
   close(): void
@@ -73,6 +79,31 @@ export declare class NativeClient {
   validatePath(userId: string, projectId: string, candidate: string): Promise<PathCheck>
   /** The project's usage counted from its files on disk. */
   diskUsage(userId: string, projectId: string): Promise<DiskUsage>
+}
+
+/** Where the backfill of existing projects is (see `storage-quota backfill`). */
+export interface BackfillProgress {
+  /** `scan` (projects by id), `catchup` (projects added meanwhile), `validate` (foreign keys), `done`. */
+  phase: 'scan' | 'catchup' | 'validate' | 'done'
+  done: boolean
+  scanned: number
+  /** Projects in the app table when the backfill started (absent before its first step). */
+  totalProjects?: number
+  pathsCreated: number
+  baselines: number
+  usersSeeded: number
+  skippedProjects: number
+  /** The owners with the most skipped projects (at most 50), and how many such owners in all. */
+  skippedOwners: Array<SkippedOwner>
+  skippedOwnerCount: number
+  /** The storage root recorded in every path (fixed by the first step). */
+  storageRoot?: string
+  /** Lock waits given up on and retried during this call. */
+  lockRetries: number
+  /** What this call did that an operator should know (e.g. an index it created). */
+  notes: Array<string>
+  startedAt?: Date
+  finishedAt?: Date
 }
 
 /** Options for `createClient`. Every one is optional. */
@@ -145,6 +176,14 @@ export interface DiskUsage {
   directories: number
   /** Symlinks, sockets, FIFOs and devices: neither followed nor counted. */
   skipped: number
+}
+
+/** What `migrate` did. */
+export interface MigrateResult {
+  applied: Array<number>
+  /** Tries given up on a short lock timeout and repeated. */
+  lockRetries: number
+  backfill: BackfillProgress
 }
 
 /** One migration, applied or pending. */
@@ -372,6 +411,12 @@ export interface SettledReservation {
   limitBytes: number
   remainingBytes: number
   percentUsed: number
+}
+
+/** An owner whose id cannot be used in paths, with how many projects the backfill skipped. */
+export interface SkippedOwner {
+  owner: string
+  projects: number
 }
 
 /**

@@ -2,7 +2,10 @@
 // (built from the Rust `///` docs), so they cannot drift from the addon.
 import type { z } from 'zod'
 import type {
+  BackfillProgress,
   ClientOptions as NativeClientOptions,
+  MigrateResult,
+  SkippedOwner,
   CopiedProject,
   DiskUsage,
   PathCheck,
@@ -28,6 +31,9 @@ import type {
 
 export type {
   ProjectFile,
+  BackfillProgress,
+  MigrateResult,
+  SkippedOwner,
   CopiedProject,
   DiskUsage,
   PathCheck,
@@ -51,10 +57,24 @@ export type {
 }
 
 export type QuotaMode = 'enforce' | 'shadow' | 'off'
+
+export interface BackfillOptions {
+  /** Projects per committed batch (1 to 100,000; default 2,000). */
+  batchSize?: number
+  /** Called after every batch with where the backfill is. */
+  onProgress?: (progress: BackfillProgress) => void
+  /** Stops between batches; `backfill()` then resolves with `done: false`. Run it again to resume. */
+  signal?: AbortSignal
+}
+
+export interface RollbackOptions {
+  /** Let 0001's rollback drop recorded usage and limits (back up first; see docs/migrations.md). */
+  discardUsage?: boolean
+}
 export type QuotaState = 'normal' | 'nearing' | 'critical' | 'exceeded'
 
 /** Structured log events: `quota_refused`, `shadow_refusal`, `drift_found`, `slow_call`, `limit_changed`. */
-export type LogEvent = 'quota_refused' | 'shadow_refusal' | 'drift_found' | 'slow_call' | 'limit_changed'
+export type LogEvent = 'quota_refused' | 'shadow_refusal' | 'drift_found' | 'slow_call' | 'limit_changed' | 'backfill_pending'
 export type Logger =
   | ((event: LogEvent, fields: Record<string, unknown>) => void)
   | { info?: (entry: Record<string, unknown>) => void; warn?: (entry: Record<string, unknown>) => void }
@@ -249,10 +269,14 @@ export declare class StorageQuotaClient {
   /** Recomputes usage from the ledger; reports drift, fixes counters with `{ fix: true }`. */
   reconcile(userId?: string, options?: { fix?: boolean; disk?: boolean }): Promise<ReconcileReport>
   reconcile(options: { fix?: boolean; disk?: boolean }): Promise<ReconcileReport>
-  /** Applies pending migrations. */
-  migrate(): Promise<{ applied: number[] }>
+  /** Applies pending schema migrations; backfills an app of at most 10,000 projects too. */
+  migrate(): Promise<MigrateResult>
+  /** Runs the backfill of existing projects to its end (resumable), in committed batches. */
+  backfill(options?: BackfillOptions): Promise<BackfillProgress>
+  /** Where the backfill is. */
+  backfillStatus(): Promise<BackfillProgress>
   /** Reverts the `steps` (default 1) most recent migrations. */
-  rollback(steps?: number): Promise<{ reverted: number[] }>
+  rollback(steps?: number, options?: RollbackOptions): Promise<{ reverted: number[] }>
   migrationStatus(): Promise<MigrationStatus>
   /** Calls in flight finish; later calls reject with CLIENT_CLOSED. */
   close(): Promise<void>
@@ -289,8 +313,10 @@ export declare function reconcile(userId?: string, options?: { fix?: boolean; di
 export declare function projectPathFor(userId: string, projectId: string): ProjectLocation
 export declare function validatePath(userId: string, projectId: string, candidate: string): Promise<PathCheck>
 export declare function diskUsage(userId: string, projectId: string): Promise<DiskUsage>
-export declare function migrate(): Promise<{ applied: number[] }>
-export declare function rollback(steps?: number): Promise<{ reverted: number[] }>
+export declare function migrate(): Promise<MigrateResult>
+export declare function backfill(options?: BackfillOptions): Promise<BackfillProgress>
+export declare function backfillStatus(): Promise<BackfillProgress>
+export declare function rollback(steps?: number, options?: RollbackOptions): Promise<{ reverted: number[] }>
 export declare function migrationStatus(): Promise<MigrationStatus>
 
 /** `512 B`, `12.5 MB`, `1 GB`: binary multiples (1 KB = 1024 bytes). Pure: fine in client components. */

@@ -60,6 +60,8 @@ exports.diskUsage = (...args) => getDefaultClient().diskUsage(...args)
 exports.migrate = (...args) => getDefaultClient().migrate(...args)
 exports.rollback = (...args) => getDefaultClient().rollback(...args)
 exports.migrationStatus = (...args) => getDefaultClient().migrationStatus(...args)
+exports.backfill = (...args) => getDefaultClient().backfill(...args)
+exports.backfillStatus = (...args) => getDefaultClient().backfillStatus(...args)
 
 exports.formatBytes = formatBytes
 exports.quotaPercentage = quotaPercentage

@@ -257,16 +257,53 @@ class StorageQuotaClient {
     return report
   }
 
-  /** Applies pending migrations. Resolves to `{ applied: number[] }` (versions applied now). */
+  /**
+   * Applies pending schema migrations (each holds its locks for milliseconds; a lock not
+   * granted at once is retried with backoff). Resolves to `{ applied, lockRetries, backfill }`.
+   * An app with more than 10,000 projects is not backfilled here: `backfill.done` is false and
+   * a `backfill_pending` event says to run `storage-quota backfill` (or `backfill()`).
+   */
   async migrate() {
-    const applied = await this.#call('migrate', (n) => n.migrate())
-    return { applied }
+    const result = await this.#call('migrate', (n) => n.migrate())
+    if (!result.backfill.done) {
+      this.#log('backfill_pending', {
+        phase: result.backfill.phase,
+        scanned: result.backfill.scanned,
+        totalProjects: result.backfill.totalProjects,
+        run: 'npx storage-quota backfill',
+      })
+    }
+    return result
   }
 
-  /** Reverts the `steps` (default 1) most recent migrations. Resolves to `{ reverted }`. */
-  async rollback(steps = 1) {
+  /**
+   * Runs the backfill of existing projects to its end in committed batches, resuming where an
+   * earlier run stopped. `onProgress(progress)` after every batch; `signal` stops it between
+   * batches. Resolves to the last progress (`done: false` when stopped).
+   */
+  async backfill(options = {}) {
+    const { batchSize = 2_000, onProgress, signal } = parse(S.BackfillOptionsSchema, options ?? {}, 'options')
+    let progress = await this.#call('backfillStatus', (n) => n.backfillStatus())
+    while (!progress.done && !signal?.aborted) {
+      progress = await this.#call('backfill', (n) => n.backfillStep(batchSize))
+      if (onProgress) onProgress(progress)
+    }
+    return progress
+  }
+
+  /** Where the backfill is, without doing any of it. */
+  async backfillStatus() {
+    return this.#call('backfillStatus', (n) => n.backfillStatus())
+  }
+
+  /**
+   * Reverts the `steps` (default 1) most recent migrations. Resolves to `{ reverted }`.
+   * `{ discardUsage: true }` lets 0001's rollback drop recorded usage (back up first).
+   */
+  async rollback(steps = 1, options = {}) {
     const count = parse(S.StepsSchema, steps, 'steps')
-    const reverted = await this.#call('rollback', (n) => n.rollback(count))
+    const { discardUsage = false } = parse(S.RollbackOptionsSchema, options ?? {}, 'options')
+    const reverted = await this.#call('rollback', (n) => n.rollback(count, discardUsage))
     return { reverted }
   }
 

@@ -5,7 +5,7 @@
 // or an object with `info`/`warn`), or as JSON lines to stderr. `logger: false` or
 // STORAGE_QUOTA_LOG=off silences them. Fields never include connection strings.
 
-const WARN = new Set(['drift_found', 'slow_call', 'shadow_refusal'])
+const WARN = new Set(['drift_found', 'slow_call', 'shadow_refusal', 'backfill_pending'])
 
 function createLogger(logger) {
   if (logger === false || process.env.STORAGE_QUOTA_LOG === 'off') return () => {}

@@ -70,6 +70,12 @@ const SetQuotaLimitOptionsSchema = z.strictObject({
 const GetUsageOptionsSchema = z.strictObject({ projects: z.boolean().optional() })
 const ReconcileOptionsSchema = z.strictObject({ fix: z.boolean().optional(), disk: z.boolean().optional() })
 const StepsSchema = z.number().int().min(1).max(1000)
+const RollbackOptionsSchema = z.strictObject({ discardUsage: z.boolean().optional() })
+const BackfillOptionsSchema = z.strictObject({
+  batchSize: z.number().int().min(1).max(100_000).optional(),
+  onProgress: z.custom((v) => typeof v === 'function', 'must be a function').optional(),
+  signal: z.custom((v) => v instanceof AbortSignal, 'must be an AbortSignal').optional(),
+})
 const ModeSchema = z.enum(['enforce', 'shadow', 'off'])
 
 /**
@@ -280,6 +286,8 @@ module.exports = {
   GetUsageOptionsSchema,
   ReconcileOptionsSchema,
   StepsSchema,
+  RollbackOptionsSchema,
+  BackfillOptionsSchema,
   ModeSchema,
   ReservationSchema,
   ReservationStatusSchema,

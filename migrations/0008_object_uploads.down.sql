@@ -1,7 +1,7 @@
 -- Reverses 0008: reservations forget which object a presigned upload went to (pending
 -- presigned uploads then commit without a size check; settle them before rolling back).
 
-SET LOCAL lock_timeout = '5s';
+SET LOCAL lock_timeout = '1s';
 SET LOCAL statement_timeout = '60s';
 
 -- In a transaction (migrate() runs each file in one), CONCURRENTLY is impossible.

@@ -3,8 +3,9 @@
 -- real size and the sweep can delete it when the reservation expires or is cancelled. NULL for
 -- every other reservation.
 
--- Short locks: give up (changing nothing) rather than queue the app behind a lock we cannot get.
-SET LOCAL lock_timeout = '5s';
+-- Short locks: give up at once (changing nothing; migrate() retries) rather than queue the app
+-- behind a lock request we cannot get.
+SET LOCAL lock_timeout = '250ms';
 SET LOCAL statement_timeout = '60s';
 
 -- Nullable without a default: a catalog-only change.

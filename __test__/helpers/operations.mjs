@@ -50,6 +50,8 @@ export const KINDS = {
       v === undefined || v === null || accepts(S.UserIdSchema, v) || (typeof v === 'object' && accepts(S.ReconcileOptionsSchema, v)),
   },
   steps: { valid: () => 1, accepts: (v) => v === undefined || accepts(S.StepsSchema, v) },
+  rollbackOptions: { valid: () => ({}), accepts: options(S.RollbackOptionsSchema) },
+  backfillOptions: { valid: () => ({ batchSize: 1000 }), accepts: options(S.BackfillOptionsSchema) },
   clientOptions: { valid: (ctx) => ctx.clientOptions, accepts: options(S.ClientOptionsSchema) },
   // The raw binding's own argument kinds (no Zod there: napi converts, Rust validates).
   sizes: { valid: () => [1], accepts: (v) => accepts(S.BytesListSchema, v) },
@@ -97,7 +99,9 @@ export const OPERATIONS = [
   { name: 'setQuotaLimit', args: ['userId', 'bytes', 'limitOptions'], native: ['userId', 'bytes', 'optionalAuditText', 'optionalAuditText'] },
   { name: 'getUsage', args: ['userId', 'usageOptions'], native: ['userId', 'boolean'] },
   { name: 'reconcile', args: ['reconcileTarget', 'reconcileOptions'], native: ['optionalUserId', 'boolean', 'boolean'] },
-  { name: 'rollback', args: ['steps'], native: ['steps'] },
+  { name: 'rollback', args: ['steps', 'rollbackOptions'], native: ['steps'] },
+  // The binding's backfillStep(batchSize) is checked in Rust (parse_whole) like rollback's steps.
+  { name: 'backfill', args: ['backfillOptions'], native: [] },
   { name: 'validatePath', args: ['userId', 'projectId', 'candidate'], native: ['userId', 'projectId', 'candidate'] },
   { name: 'diskUsage', args: ['userId', 'projectId'], native: ['userId', 'projectId'] },
 ]
@@ -118,7 +122,7 @@ export const SYNC_OPERATIONS = [
 ]
 
 /** Client methods that take no argument, so have nothing to fuzz. */
-export const NO_ARGUMENTS = ['sweepExpiredReservations', 'migrate', 'migrationStatus', 'close']
+export const NO_ARGUMENTS = ['sweepExpiredReservations', 'migrate', 'migrationStatus', 'backfillStatus', 'close']
 
 /** Valid arguments for `op`, with position `index` replaced by `value`. */
 export function argumentsWith(kinds, ctx, index, value) {

@@ -69,6 +69,30 @@ fn migration_info(m: migrate::AppliedMigration) -> MigrationInfo {
   }
 }
 
+fn progress_to_js(p: crate::quota::backfill::Progress) -> BackfillProgress {
+  BackfillProgress {
+    phase: p.phase,
+    done: p.done,
+    scanned: p.scanned,
+    total_projects: p.total_projects,
+    paths_created: p.paths_created,
+    baselines: p.baselines,
+    users_seeded: p.users_seeded,
+    skipped_projects: p.skipped_projects,
+    skipped_owners: p
+      .skipped_owners
+      .into_iter()
+      .map(|(owner, projects)| SkippedOwner { owner, projects })
+      .collect(),
+    skipped_owner_count: p.skipped_owner_count,
+    storage_root: p.storage_root,
+    lock_retries: p.lock_retries,
+    notes: p.notes,
+    started_at: p.started_at,
+    finished_at: p.finished_at,
+  }
+}
+
 fn settled_to_js(s: crate::quota::reservations::Settled) -> SettledReservation {
   with_usage!(
     s.usage,
@@ -561,16 +585,43 @@ impl NativeClient {
     Ok(path_to_js(record))
   }
 
-  /// Applies pending migrations; resolves to the versions applied by this call.
+  /// Applies pending schema migrations; resolves to the versions applied and where the
+  /// backfill of existing projects is (it is never run here).
   #[napi]
-  pub async fn migrate(&self) -> Result<Vec<i32>> {
-    self.inner.migrate().await.map_err(to_js_error)
+  pub async fn migrate(&self) -> Result<MigrateResult> {
+    let (report, progress) = self.inner.migrate().await.map_err(to_js_error)?;
+    Ok(MigrateResult {
+      applied: report.applied,
+      lock_retries: report.lock_retries,
+      backfill: progress_to_js(progress),
+    })
   }
 
   /// Reverts the `steps` most recent migrations; resolves to the versions reverted.
   #[napi]
-  pub async fn rollback(&self, steps: f64) -> Result<Vec<i32>> {
-    self.inner.rollback(steps).await.map_err(to_js_error)
+  pub async fn rollback(&self, steps: f64, discard_usage: Option<bool>) -> Result<Vec<i32>> {
+    self
+      .inner
+      .rollback(steps, discard_usage.unwrap_or(false))
+      .await
+      .map_err(to_js_error)
+  }
+
+  /// One unit of the backfill: a batch of `batch_size` projects, or one constraint validated.
+  #[napi]
+  pub async fn backfill_step(&self, batch_size: f64) -> Result<BackfillProgress> {
+    let progress = self
+      .inner
+      .backfill_step(batch_size)
+      .await
+      .map_err(to_js_error)?;
+    Ok(progress_to_js(progress))
+  }
+
+  #[napi]
+  pub async fn backfill_status(&self) -> Result<BackfillProgress> {
+    let progress = self.inner.backfill_status().await.map_err(to_js_error)?;
+    Ok(progress_to_js(progress))
   }
 
   #[napi]

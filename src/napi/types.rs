@@ -383,3 +383,46 @@ pub struct MigrationStatus {
   pub applied: Vec<MigrationInfo>,
   pub pending: Vec<MigrationInfo>,
 }
+
+/// An owner whose id cannot be used in paths, with how many projects the backfill skipped.
+#[napi(object)]
+pub struct SkippedOwner {
+  pub owner: String,
+  pub projects: i64,
+}
+
+/// Where the backfill of existing projects is (see `storage-quota backfill`).
+#[napi(object)]
+pub struct BackfillProgress {
+  /// `scan` (projects by id), `catchup` (projects added meanwhile), `validate` (foreign keys), `done`.
+  #[napi(ts_type = "'scan' | 'catchup' | 'validate' | 'done'")]
+  pub phase: String,
+  pub done: bool,
+  pub scanned: i64,
+  /// Projects in the app table when the backfill started (absent before its first step).
+  pub total_projects: Option<i64>,
+  pub paths_created: i64,
+  pub baselines: i64,
+  pub users_seeded: i64,
+  pub skipped_projects: i64,
+  /// The owners with the most skipped projects (at most 50), and how many such owners in all.
+  pub skipped_owners: Vec<SkippedOwner>,
+  pub skipped_owner_count: i64,
+  /// The storage root recorded in every path (fixed by the first step).
+  pub storage_root: Option<String>,
+  /// Lock waits given up on and retried during this call.
+  pub lock_retries: u32,
+  /// What this call did that an operator should know (e.g. an index it created).
+  pub notes: Vec<String>,
+  pub started_at: Option<DateTime<Utc>>,
+  pub finished_at: Option<DateTime<Utc>>,
+}
+
+/// What `migrate` did.
+#[napi(object)]
+pub struct MigrateResult {
+  pub applied: Vec<i32>,
+  /// Tries given up on a short lock timeout and repeated.
+  pub lock_retries: u32,
+  pub backfill: BackfillProgress,
+}

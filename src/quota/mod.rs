@@ -3,6 +3,8 @@
 //! backend. Plain Rust; SQL sits next to the function that sends it, and every database
 //! function takes a connection so tests and the client run the same code.
 
+pub mod app_table;
+pub mod backfill;
 pub mod batch;
 pub mod client;
 pub mod coalesce;
@@ -15,4 +17,5 @@ pub mod owner;
 pub mod projects;
 pub mod reconcile;
 pub mod reservations;
+pub mod seed;
 pub mod usage;

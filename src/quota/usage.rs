@@ -8,6 +8,7 @@ use crate::db::pool::PgConnection;
 use crate::error::{ConflictReason, QuotaError, QuotaShortfall, Result};
 use crate::format::percent_used;
 use crate::ids::{ProjectId, UserId};
+use crate::quota::app_table::AppTable;
 use crate::quota::owner::check_owner;
 use crate::rollout::Mode;
 
@@ -181,9 +182,7 @@ pub async fn check_quota(
   default_limit: i64,
   mode: Mode,
 ) -> Result<QuotaCheck> {
-  let usage = read_usage(conn, user)
-    .await?
-    .unwrap_or(Usage::empty(default_limit));
+  let usage = read_usage_or_unseeded(conn, user, default_limit).await?;
   Ok(decide_check(usage, sizes, mode))
 }
 
@@ -242,17 +241,32 @@ pub async fn read_usages(
   )
 }
 
+/// Creates the user's quota row if missing, seeded with their existing projects' baselines
+/// (see `seed`): the one way a quota row comes into being for a charge or a project path.
 pub async fn ensure_quota_row(
   conn: &mut PgConnection,
   user: &UserId,
   default_limit: i64,
 ) -> Result<()> {
-  let statement = conn.prepared(ENSURE_QUOTA_ROW_SQL).await?;
-  conn
-    .client
-    .execute(&statement, &[&user.as_str(), &default_limit])
-    .await?;
-  Ok(())
+  crate::quota::seed::ensure_seeded(conn, &AppTable::default(), user, default_limit).await
+}
+
+/// The user's usage; for a user without a quota row, the default limit and the baselines their
+/// projects will be seeded with. Reads only.
+pub async fn read_usage_or_unseeded(
+  conn: &mut PgConnection,
+  user: &UserId,
+  default_limit: i64,
+) -> Result<Usage> {
+  if let Some(usage) = read_usage(conn, user).await? {
+    return Ok(usage);
+  }
+  let used =
+    crate::quota::seed::unseeded_used_bytes(&conn.client, &AppTable::default(), user).await?;
+  Ok(Usage {
+    used_bytes: used,
+    ..Usage::empty(default_limit)
+  })
 }
 
 /// Gives back the user's expired reservations.
@@ -323,9 +337,7 @@ pub async fn record_upload(
   mode: Mode,
 ) -> Result<RecordedUpload> {
   if mode == Mode::Off {
-    let usage = read_usage(conn, user)
-      .await?
-      .unwrap_or(Usage::empty(default_limit));
+    let usage = read_usage_or_unseeded(conn, user, default_limit).await?;
     return Ok(RecordedUpload {
       upload_id: upload_id.to_owned(),
       bytes,

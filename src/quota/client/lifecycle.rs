@@ -190,7 +190,22 @@ impl Client {
       }
     }
     let path = self.allocate(&user, &project).await?;
-    if size == 0 {
+    // A project that existed when its owner was seeded has its size counted as a baseline
+    // already (from the app's size column): its initial size is not charged a second time.
+    let has_baseline = self
+      .with_conn(async |conn| {
+        let row = conn
+          .0
+          .client
+          .query_opt(
+            "SELECT 1 FROM quota_ledger WHERE user_id = $1 AND idempotency_key = $2",
+            &[&user.as_str(), &format!("baseline {project}")],
+          )
+          .await?;
+        Ok(row.is_some())
+      })
+      .await?;
+    if size == 0 || has_baseline {
       let usage = self.usage_of(&user).await?;
       return Ok(RegisteredProject {
         path,
