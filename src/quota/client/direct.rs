@@ -11,6 +11,7 @@ use crate::error::{ConflictReason, QuotaError, Result};
 use crate::ids::{ProjectId, UserId};
 use crate::quota::objects;
 use crate::quota::reservations::{self, Reservation, Settled};
+use crate::rollout::Mode;
 use crate::storage::candidate::file_name;
 
 /// A reservation with the URL to `PUT` the file to.
@@ -137,8 +138,11 @@ impl Client {
     let committed = self
       .with_conn(async |conn| reservations::commit(&mut conn.0, id, Some(size), caller, None).await)
       .await;
-    if let Err(QuotaError::QuotaExceeded(_)) = &committed {
-      // More than fits was uploaded: it must not stay in the bucket uncounted.
+    // More than fits was uploaded: it must not stay in the bucket uncounted. Only where the
+    // quota is enforced: shadow and off modes never take a user's file away.
+    if matches!(&committed, Err(QuotaError::QuotaExceeded(_)))
+      && self.mode_for(&user) == Mode::Enforce
+    {
       backend.delete(&user, &project, &file).await?;
     }
     committed.map(Some)
