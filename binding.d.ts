@@ -24,17 +24,6 @@ export declare class NativeClient {
   recordUpload(userId: string, projectId: string, bytes: number, options?: RecordUploadOptions | undefined | null): Promise<RecordedUpload>
   /** Holds `bytes` against the quota for an upload whose bytes arrive later. */
   reserveUpload(userId: string, projectId: string, bytes: number, ttlMs?: number | undefined | null, reservationId?: string | undefined | null): Promise<Reservation>
-  /**
-   * Holds `bytes` and presigns a `PUT` of `fileName` in the project (s3 backend) that
-   * expires with the reservation; commit then charges the object's real size.
-   */
-  reservePresignedUpload(userId: string, projectId: string, fileName: string, bytes: number, ttlMs?: number | undefined | null, reservationId?: string | undefined | null): Promise<Reservation>
-  /** The project's files with their sizes, from its backend (directory or bucket). */
-  listProjectFiles(userId: string, projectId: string): Promise<Array<ProjectFile>>
-  /** Deletes one file of the project and gives back its measured bytes. */
-  deleteProjectFile(userId: string, projectId: string, fileName: string, deletionId?: string | undefined | null): Promise<Released>
-  /** Moves a project's files to the other backend and flips its record. */
-  moveProjectStorage(userId: string, projectId: string, to: string): Promise<MovedProject>
   /** Turns a reservation into usage (`actualBytes`, default the reserved amount). */
   commitUpload(reservationId: string, actualBytes?: number | undefined | null, userId?: string | undefined | null): Promise<SettledReservation>
   /** Gives a reservation's bytes back. */
@@ -79,6 +68,17 @@ export declare class NativeClient {
   validatePath(userId: string, projectId: string, candidate: string): Promise<PathCheck>
   /** The project's usage counted from its files on disk. */
   diskUsage(userId: string, projectId: string): Promise<DiskUsage>
+  /**
+   * Holds `bytes` and presigns a `PUT` of `fileName` in the project (s3 backend) that
+   * expires with the reservation; commit then charges the object's real size.
+   */
+  reservePresignedUpload(userId: string, projectId: string, fileName: string, bytes: number, ttlMs?: number | undefined | null, reservationId?: string | undefined | null): Promise<Reservation>
+  /** The project's files with their sizes, from its backend (directory or bucket). */
+  listProjectFiles(userId: string, projectId: string): Promise<Array<ProjectFile>>
+  /** Deletes one file of the project and gives back its measured bytes. */
+  deleteProjectFile(userId: string, projectId: string, fileName: string, deletionId?: string | undefined | null): Promise<Released>
+  /** Moves a project's files to the other backend and flips its record. */
+  moveProjectStorage(userId: string, projectId: string, to: string): Promise<MovedProject>
 }
 
 /** Where the backfill of existing projects is (see `storage-quota backfill`). */

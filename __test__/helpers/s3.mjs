@@ -140,3 +140,42 @@ export function checkPresignedUrl(url, secret = SECRET_ACCESS_KEY) {
   const signedAt = Date.UTC(+date.slice(0, 4), +date.slice(4, 6) - 1, +date.slice(6, 8), +date.slice(9, 11), +date.slice(11, 13), +date.slice(13, 15))
   return { expiresAt: new Date(signedAt + expires * 1000), signedAt: new Date(signedAt), signedHeaders, credential }
 }
+
+/** Skips (off CI) where moto is missing; CI installs it (.ci/run). */
+export const skipWithoutMoto = !motoInstalled && !process.env.CI ? 'moto_server is not installed (pip install "moto[server]")' : false
+
+export const PREFIX = 'projects'
+
+/**
+ * What the s3 test files share: a database, a moto bucket, an s3 client (its `storageRoot` is
+ * the local side of moves) and a local-only client, closed when the file ends; plus small
+ * helpers. Call at a test file's top level.
+ */
+export async function s3Fixture(tag, { createClient, createTestDatabase }) {
+  const db = await createTestDatabase(tag)
+  const bucket = await startS3()
+  const s3 = createClient({ databaseUrl: db.url, storageRoot: db.storageRoot, storage: bucket.storage(PREFIX), logger: false })
+  const local = createClient({ databaseUrl: db.url, storageRoot: db.storageRoot, logger: false })
+  await s3.migrate()
+  after(async () => {
+    await s3.close()
+    await local.close()
+  })
+  return {
+    db,
+    bucket,
+    s3,
+    local,
+    keyOf: (user, project, file = '') => `${PREFIX}/${user}/${project}/${file}`,
+    async put(url, body) {
+      const response = await fetch(url, { method: 'PUT', body, headers: { 'content-type': 'application/octet-stream' } })
+      if (response.status !== 200) throw new Error(`PUT ${response.status}: ${await response.text()}`)
+    },
+    usedBytes: async (user) => (await s3.getUsage(user)).usedBytes,
+  }
+}
+
+// Settling reservations in one place: the db branch changes these signatures to
+// commitUpload(userId, reservationId, actualBytes) and cancelUpload(userId, reservationId).
+export const commit = (client, user, id) => client.commitUpload(id, undefined, { userId: user })
+export const cancel = (client, user, id) => client.cancelUpload(id, { userId: user })

@@ -24,7 +24,7 @@ macro_rules! with_usage {
   }};
 }
 
-fn path_to_js(record: projects::ProjectStoragePath) -> ProjectStoragePath {
+pub(super) fn path_to_js(record: projects::ProjectStoragePath) -> ProjectStoragePath {
   ProjectStoragePath {
     id: record.id.to_string(),
     project_id: record.project_id.to_string(),
@@ -36,7 +36,7 @@ fn path_to_js(record: projects::ProjectStoragePath) -> ProjectStoragePath {
   }
 }
 
-fn reservation_to_js(
+pub(super) fn reservation_to_js(
   r: crate::quota::reservations::Reservation,
   presigned: Option<(String, String, String)>,
 ) -> Reservation {
@@ -57,6 +57,18 @@ fn reservation_to_js(
       upload_url: upload_url,
       file_name: file_name,
       object_path: object_path,
+    }
+  )
+}
+
+/// A deletion's result (no reservations are cancelled by deleting a file).
+pub(super) fn released_to_js(r: crate::quota::deletions::Released) -> Released {
+  with_usage!(
+    r.usage,
+    Released {
+      released_bytes: r.released_bytes,
+      duplicate: r.duplicate,
+      cancelled_reservations: 0,
     }
   )
 }
@@ -271,106 +283,6 @@ impl NativeClient {
       .await
       .map_err(to_js_error)?;
     Ok(reservation_to_js(r, None))
-  }
-
-  /// Holds `bytes` and presigns a `PUT` of `fileName` in the project (s3 backend) that
-  /// expires with the reservation; commit then charges the object's real size.
-  #[napi]
-  pub async fn reserve_presigned_upload(
-    &self,
-    user_id: String,
-    project_id: String,
-    file_name: String,
-    bytes: f64,
-    ttl_ms: Option<f64>,
-    reservation_id: Option<String>,
-  ) -> Result<Reservation> {
-    let p = self
-      .inner
-      .reserve_presigned_upload(
-        &user_id,
-        &project_id,
-        &file_name,
-        bytes,
-        ttl_ms,
-        reservation_id.as_deref(),
-      )
-      .await
-      .map_err(to_js_error)?;
-    Ok(reservation_to_js(
-      p.reservation,
-      Some((p.upload_url, p.file, p.path)),
-    ))
-  }
-
-  /// The project's files with their sizes, from its backend (directory or bucket).
-  #[napi]
-  pub async fn list_project_files(
-    &self,
-    user_id: String,
-    project_id: String,
-  ) -> Result<Vec<ProjectFile>> {
-    let files = self
-      .inner
-      .list_project_files(&user_id, &project_id)
-      .await
-      .map_err(to_js_error)?;
-    Ok(
-      files
-        .into_iter()
-        .map(|f| ProjectFile {
-          path: f.path,
-          bytes: f.bytes,
-        })
-        .collect(),
-    )
-  }
-
-  /// Deletes one file of the project and gives back its measured bytes.
-  #[napi]
-  pub async fn delete_project_file(
-    &self,
-    user_id: String,
-    project_id: String,
-    file_name: String,
-    deletion_id: Option<String>,
-  ) -> Result<Released> {
-    let r = self
-      .inner
-      .delete_project_file(&user_id, &project_id, &file_name, deletion_id.as_deref())
-      .await
-      .map_err(to_js_error)?;
-    Ok(with_usage!(
-      r.usage,
-      Released {
-        released_bytes: r.released_bytes,
-        duplicate: r.duplicate,
-        cancelled_reservations: 0,
-      }
-    ))
-  }
-
-  /// Moves a project's files to the other backend and flips its record.
-  #[napi]
-  pub async fn move_project_storage(
-    &self,
-    user_id: String,
-    project_id: String,
-    to: String,
-  ) -> Result<MovedProject> {
-    let m = self
-      .inner
-      .move_project_storage(&user_id, &project_id, &to)
-      .await
-      .map_err(to_js_error)?;
-    Ok(MovedProject {
-      path: path_to_js(m.path),
-      from: m.from,
-      files: m.files,
-      bytes: m.bytes,
-      copied_files: m.copied_files,
-      already_moved: m.already_moved,
-    })
   }
 
   /// Turns a reservation into usage (`actualBytes`, default the reserved amount).

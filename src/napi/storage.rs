@@ -1,12 +1,16 @@
-//! The storage utilities of `NativeClient` (`projectPathFor`, `validatePath`, `diskUsage`):
-//! a second `#[napi] impl` block, kept apart so the storage surface reads in one place.
+//! The storage surface of `NativeClient` (`projectPathFor`, `validatePath`, `diskUsage`,
+//! presigned uploads, a project's files, moves between backends): a second `#[napi] impl`
+//! block, kept apart so the storage surface reads in one place.
 
 use napi::bindgen_prelude::*;
 use napi_derive::napi;
 
 use super::client::NativeClient;
+use super::client::{path_to_js, released_to_js, reservation_to_js};
 use super::error::to_js_error;
-use super::types::{DiskUsage, PathCheck, ProjectLocation};
+use super::types::{
+  DiskUsage, MovedProject, PathCheck, ProjectFile, ProjectLocation, Released, Reservation,
+};
 
 #[napi]
 impl NativeClient {
@@ -60,6 +64,99 @@ impl NativeClient {
       files: usage.files,
       directories: usage.directories,
       skipped: usage.skipped,
+    })
+  }
+
+  /// Holds `bytes` and presigns a `PUT` of `fileName` in the project (s3 backend) that
+  /// expires with the reservation; commit then charges the object's real size.
+  #[napi]
+  pub async fn reserve_presigned_upload(
+    &self,
+    user_id: String,
+    project_id: String,
+    file_name: String,
+    bytes: f64,
+    ttl_ms: Option<f64>,
+    reservation_id: Option<String>,
+  ) -> Result<Reservation> {
+    let p = self
+      .inner
+      .reserve_presigned_upload(
+        &user_id,
+        &project_id,
+        &file_name,
+        bytes,
+        ttl_ms,
+        reservation_id.as_deref(),
+      )
+      .await
+      .map_err(to_js_error)?;
+    Ok(reservation_to_js(
+      p.reservation,
+      Some((p.upload_url, p.file, p.path)),
+    ))
+  }
+
+  /// The project's files with their sizes, from its backend (directory or bucket).
+  #[napi]
+  pub async fn list_project_files(
+    &self,
+    user_id: String,
+    project_id: String,
+  ) -> Result<Vec<ProjectFile>> {
+    let files = self
+      .inner
+      .list_project_files(&user_id, &project_id)
+      .await
+      .map_err(to_js_error)?;
+    Ok(
+      files
+        .into_iter()
+        .map(|f| ProjectFile {
+          path: f.path,
+          bytes: f.bytes,
+        })
+        .collect(),
+    )
+  }
+
+  /// Deletes one file of the project and gives back its measured bytes.
+  #[napi]
+  pub async fn delete_project_file(
+    &self,
+    user_id: String,
+    project_id: String,
+    file_name: String,
+    deletion_id: Option<String>,
+  ) -> Result<Released> {
+    let r = self
+      .inner
+      .delete_project_file(&user_id, &project_id, &file_name, deletion_id.as_deref())
+      .await
+      .map_err(to_js_error)?;
+    Ok(released_to_js(r))
+  }
+
+  /// Moves a project's files to the other backend and flips its record.
+  #[napi]
+  pub async fn move_project_storage(
+    &self,
+    user_id: String,
+    project_id: String,
+    to: String,
+  ) -> Result<MovedProject> {
+    let m = self
+      .inner
+      .move_project_storage(&user_id, &project_id, &to)
+      .await
+      .map_err(to_js_error)?;
+    Ok(MovedProject {
+      path: path_to_js(m.path),
+      from: m.from,
+      files: m.files,
+      bytes: m.bytes,
+      copied_files: m.copied_files,
+      already_moved: m.already_moved,
     })
   }
 }
