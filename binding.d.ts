@@ -24,12 +24,17 @@ export declare class NativeClient {
   recordUpload(userId: string, projectId: string, bytes: number, options?: RecordUploadOptions | undefined | null): Promise<RecordedUpload>
   /** Holds `bytes` against the quota for an upload whose bytes arrive later. */
   reserveUpload(userId: string, projectId: string, bytes: number, ttlMs?: number | undefined | null, reservationId?: string | undefined | null): Promise<Reservation>
-  /** Turns a reservation into usage (`actualBytes`, default the reserved amount). */
-  commitUpload(reservationId: string, actualBytes?: number | undefined | null, userId?: string | undefined | null): Promise<SettledReservation>
-  /** Gives a reservation's bytes back. */
-  cancelUpload(reservationId: string, userId?: string | undefined | null): Promise<SettledReservation>
+  /** Turns the user's reservation into usage (`actualBytes`, default the bytes asked for). */
+  commitUpload(userId: string, reservationId: string, actualBytes?: number | undefined | null): Promise<SettledReservation>
+  /** Gives the user's reservation's bytes back. */
+  cancelUpload(userId: string, reservationId: string): Promise<SettledReservation>
   /** Gives back every expired reservation now; resolves to the number of users swept. */
   sweepExpiredReservations(): Promise<number>
+  /**
+   * Applies the retention period: deletes settled reservations and folds ledger entries older
+   * than `historyRetentionDays` (counters and sums unchanged).
+   */
+  pruneHistory(): Promise<PrunedHistory>
   /** Releases a deleted file's bytes, by its upload id or by a byte count. */
   recordDeletion(userId: string, projectId: string, bytes?: number | undefined | null, uploadId?: string | undefined | null, deletionId?: string | undefined | null): Promise<Released>
   /** A new project: quota check, storage path, initial size counted. */
@@ -74,7 +79,7 @@ export declare class NativeClient {
    */
   reservePresignedUpload(userId: string, projectId: string, fileName: string, bytes: number, ttlMs?: number | undefined | null, reservationId?: string | undefined | null): Promise<Reservation>
   /** The project's files with their sizes, from its backend (directory or bucket). */
-  listProjectFiles(userId: string, projectId: string): Promise<Array<ProjectFile>>
+  listProjectFiles(userId: string, projectId: string): Promise<ProjectFile[]>
   /** Deletes one file of the project and gives back its measured bytes. */
   deleteProjectFile(userId: string, projectId: string, fileName: string, deletionId?: string | undefined | null): Promise<Released>
   /** Moves a project's files to the other backend and flips its record. */
@@ -137,6 +142,11 @@ export interface ClientOptions {
   rolloutPercent?: number
   /** How long a reservation holds its bytes unless committed or cancelled, in ms. Default 1 h. */
   reservationTtlMs?: number
+  /**
+   * Days settled reservations and ledger entries are kept before `pruneHistory()` folds them
+   * away (idempotency keys are remembered that long). Default 90.
+   */
+  historyRetentionDays?: number
   /** Where project paths point. Default `{ backend: 'local' }` (directories under `storageRoot`). */
   storage?: StorageOptions
 }
@@ -232,6 +242,8 @@ export interface PathCheck {
 /** One project in a reconciliation report. */
 export interface ProjectDrift {
   projectId: string
+  /** The project's usage counter, as it was (before any fix). */
+  usedBytes: number
   /** What the ledger counts for the project. */
   ledgerBytes: number
   /** The project's local directory, if it has one. */
@@ -279,6 +291,14 @@ export interface ProjectUsage {
   usedBytes: number
   /** `usedBytes` in words, e.g. `12.5 MB`. */
   usedText: string
+}
+
+/** What `pruneHistory()` removed. */
+export interface PrunedHistory {
+  /** Settled reservations deleted. */
+  reservations: number
+  /** Ledger entries folded into their project's `carry` entry. */
+  ledgerEntries: number
 }
 
 /** The answer of `checkQuota`: whether `requestedBytes` more would fit, and the numbers. */
@@ -376,10 +396,15 @@ export interface Reservation {
   reservationId: string
   userId: string
   projectId: string
-  /** Bytes held. */
+  /** Bytes asked for; held too, except in `off` mode (which holds nothing: see `reservedBytes`). */
   bytes: number
   /** After this, the reservation stops counting and cannot be committed. */
   expiresAt: Date
+  /**
+   * This `reservationId` was used before for the same request: the same reservation,
+   * nothing more held.
+   */
+  duplicate: boolean
   wouldRefuse: boolean
   mode: 'enforce' | 'shadow' | 'off'
   /** With `presign`: the URL to `PUT` the file's bytes to, valid until `expiresAt`. */
@@ -404,8 +429,16 @@ export interface SettledReservation {
   status: 'committed' | 'cancelled' | 'expired'
   /** Bytes the reservation held. */
   heldBytes: number
-  /** Bytes now counted as used (0 when cancelled). */
+  /**
+   * The actual size committed (0 when cancelled). In `off` mode at most `heldBytes` of it
+   * is counted.
+   */
   committedBytes: number
+  /** Settled before by the same request (a retry): the first outcome, nothing changed now. */
+  duplicate: boolean
+  /** Enforcement would have refused this commit (shadow and off modes). */
+  wouldRefuse: boolean
+  mode: 'enforce' | 'shadow' | 'off'
   usedBytes: number
   reservedBytes: number
   limitBytes: number

@@ -17,6 +17,7 @@ import type {
   ProjectFile,
   ProjectStoragePath,
   ProjectUsage,
+  PrunedHistory,
   QuotaCheck,
   ReconcileReport,
   RecordedUpload,
@@ -44,6 +45,7 @@ export type {
   ProjectDrift,
   ProjectStoragePath,
   ProjectUsage,
+  PrunedHistory,
   QuotaCheck,
   ReconcileReport,
   RecordedUpload,
@@ -200,10 +202,6 @@ export interface MoveProjectOptions {
   /** The backend to move the project's files to. */
   to: 'local' | 's3'
 }
-export interface OwnerOptions {
-  /** Refuse (FORBIDDEN) a reservation that belongs to another user. */
-  userId?: string
-}
 export interface RecordDeletionOptions {
   /** Release exactly the bytes this upload recorded, once. */
   uploadId?: string
@@ -235,15 +233,17 @@ export declare class StorageQuotaClient {
   /** Holds bytes for an upload whose bytes arrive later; QUOTA_EXCEEDED when they do not fit. */
   reserveUpload(userId: string, projectId: string, bytes: number, options?: ReserveUploadOptions): Promise<Reservation>
   /**
-   * Turns a reservation into usage (`actualBytes`, default the reserved amount). A presigned
-   * reservation is charged the object's real size instead (a `HEAD`); one that does not fit is
-   * `QUOTA_EXCEEDED` and its object deleted.
+   * Turns the user's reservation into usage (`actualBytes`, default the bytes reserved); a retry
+   * is `duplicate: true`. A presigned reservation is charged the object's real size instead (a
+   * `HEAD`); one that does not fit is `QUOTA_EXCEEDED` and its object deleted.
    */
-  commitUpload(reservationId: string, actualBytes?: number, options?: OwnerOptions): Promise<SettledReservation>
-  /** Gives a reservation's bytes back; harmless twice. CONFLICT once committed. */
-  cancelUpload(reservationId: string, options?: OwnerOptions): Promise<SettledReservation>
+  commitUpload(userId: string, reservationId: string, actualBytes?: number): Promise<SettledReservation>
+  /** Gives the user's reservation's bytes back; a retry is `duplicate: true`. CONFLICT (ALREADY_SETTLED) once committed. */
+  cancelUpload(userId: string, reservationId: string): Promise<SettledReservation>
   /** Gives back every expired reservation now. */
   sweepExpiredReservations(): Promise<{ users: number }>
+  /** Deletes settled reservations and folds ledger entries older than `historyRetentionDays` (default 90); sums unchanged. */
+  pruneHistory(): Promise<PrunedHistory>
   /** Releases a deleted file's bytes (works over quota, never below zero). */
   recordDeletion(userId: string, projectId: string, bytes?: number, options?: RecordDeletionOptions): Promise<Released>
   /** A new project: quota check, storage path, initial size counted. */
@@ -297,9 +297,10 @@ export declare function recordUpload(
   options?: RecordUploadOptions,
 ): Promise<RecordedUpload>
 export declare function reserveUpload(userId: string, projectId: string, bytes: number, options?: ReserveUploadOptions): Promise<Reservation>
-export declare function commitUpload(reservationId: string, actualBytes?: number, options?: OwnerOptions): Promise<SettledReservation>
-export declare function cancelUpload(reservationId: string, options?: OwnerOptions): Promise<SettledReservation>
+export declare function commitUpload(userId: string, reservationId: string, actualBytes?: number): Promise<SettledReservation>
+export declare function cancelUpload(userId: string, reservationId: string): Promise<SettledReservation>
 export declare function sweepExpiredReservations(): Promise<{ users: number }>
+export declare function pruneHistory(): Promise<PrunedHistory>
 export declare function recordDeletion(userId: string, projectId: string, bytes?: number, options?: RecordDeletionOptions): Promise<Released>
 export declare function registerProject(userId: string, projectId: string, options?: { sizeBytes?: number }): Promise<RegisteredProject>
 export declare function copyProject(userId: string, sourceProjectId: string, newProjectId: string): Promise<CopiedProject>
@@ -334,7 +335,6 @@ export declare const MoveProjectOptionsSchema: z.ZodType<MoveProjectOptions>
 export declare const MovedProjectSchema: z.ZodType<MovedProject>
 export declare const ProjectFileSchema: z.ZodType<ProjectFile>
 export declare const DeleteProjectFileOptionsSchema: z.ZodType<{ deletionId?: string }>
-export declare const OwnerOptionsSchema: z.ZodType<OwnerOptions>
 export declare const RecordDeletionOptionsSchema: z.ZodType<RecordDeletionOptions>
 export declare const RegisterProjectOptionsSchema: z.ZodType<{ sizeBytes?: number }>
 export declare const RemoveProjectOptionsSchema: z.ZodType<{ deleteFiles?: boolean }>
@@ -347,6 +347,7 @@ export declare const ReservationSchema: z.ZodType<Reservation>
 export declare const ReservationStatusSchema: z.ZodType<'committed' | 'cancelled' | 'expired'>
 export declare const SettledReservationSchema: z.ZodType<SettledReservation>
 export declare const ReleasedSchema: z.ZodType<Released>
+export declare const PrunedHistorySchema: z.ZodType<PrunedHistory>
 export declare const QuotaStateSchema: z.ZodType<QuotaState>
 export declare const UsageSchema: z.ZodType<Usage>
 export declare const UserIdSchema: z.ZodType<string>

@@ -89,7 +89,7 @@ test('up → down → up with usage keeps every number; a rollback that would lo
     const pending = await rejection(client.rollback(1))
     assert.equal(pending.code, 'MIGRATION_FAILED')
     assert.match(pending.message, /1 upload reservations are still pending.*Nothing was changed/)
-    await client.cancelUpload(hold.reservationId, { userId: user })
+    await client.cancelUpload(user, hold.reservationId)
 
     // Uploads and a limit of its own: 0001's rollback refuses, naming the way forward.
     await db.query(`DELETE FROM quota_ledger WHERE kind NOT IN ('upload', 'baseline')`) // 0002's own kinds (the cancel wrote none)

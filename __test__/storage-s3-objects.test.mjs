@@ -291,7 +291,7 @@ test('a failing store is a STORAGE_ERROR within seconds, not after a minute of r
   }
 })
 
-test('in shadow mode an oversize presigned upload is never deleted', { skip }, async () => {
+test('in shadow mode an oversize presigned upload is counted, never deleted', { skip }, async () => {
   const shadow = createClient({ databaseUrl: db.url, storageRoot: db.storageRoot, storage: bucket.storage(PREFIX), mode: 'shadow', logger: false })
   try {
     const user = 'user_shadow_s3'
@@ -300,13 +300,26 @@ test('in shadow mode an oversize presigned upload is never deleted', { skip }, a
     await shadow.setQuotaLimit(user, 10_000)
     const hold = await shadow.reserveUpload(user, project, 100, { presign: true, fileName: 'big.bin' })
     await put(hold.uploadUrl, randomBytes(50_000))
-    // commitUpload refuses a commit larger than its hold that does not fit whatever the mode
-    // (the reservations code, not the s3 backend; the db branch makes commit honour the mode,
-    // and then this commit counts the 50,000 bytes). Either way the user's file stays.
-    const error = await rejection(commit(shadow, user, hold.reservationId))
-    assert.equal(error.code, 'QUOTA_EXCEEDED')
+    const settled = await commit(shadow, user, hold.reservationId)
+    assert.equal(settled.committedBytes, 50_000, 'shadow mode counts what arrived and refuses nothing')
+    assert.equal(settled.usedBytes, 50_000)
     assert.equal((await bucket.objects(keyOf(user, project)))[keyOf(user, project, 'big.bin')], 50_000, 'the object stays')
   } finally {
     await shadow.close()
   }
+})
+
+test('a reservation id another user also chose does not mix their uploads', { skip }, async () => {
+  const { randomUUID } = await import('node:crypto')
+  const [alice, bob] = ['user_s3_same_a', 'user_s3_same_b']
+  const [pa, pb] = [await insertProject(db, alice), await insertProject(db, bob)]
+  const id = randomUUID()
+  const hers = await s3.reserveUpload(alice, pa, 100, { presign: true, fileName: 'a.bin', reservationId: id })
+  const his = await s3.reserveUpload(bob, pb, 300, { reservationId: id })
+  await put(hers.uploadUrl, randomBytes(80))
+  assert.equal((await commit(s3, bob, his.reservationId)).committedBytes, 300, 'his commit is his: no HEAD of her object')
+  assert.equal((await commit(s3, alice, id)).committedBytes, 80, 'hers is charged what she uploaded')
+  // His settled reservation cannot be cancelled, and trying must not touch her object.
+  assert.equal((await rejection(cancel(s3, bob, id))).reason, 'ALREADY_SETTLED')
+  assert.equal((await bucket.objects(keyOf(alice, pa)))[keyOf(alice, pa, 'a.bin')], 80)
 })

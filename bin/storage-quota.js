@@ -18,6 +18,8 @@ const USAGE = `usage: storage-quota <command> [--database-url URL] [--storage-ro
   status               list applied and pending migrations, and where the backfill is
   reconcile [USER_ID]  compare counters with the ledger (all users, or one); --fix sets them
   sweep                give back the bytes of expired reservations (for a cron job)
+  prune                delete settled reservations and fold ledger entries older than the
+                       retention period (STORAGE_QUOTA_RETENTION_DAYS, default 90)
   move USER_ID PROJECT_ID --to s3|local
                        move a project's files to the other backend (resumable: run it again)
 
@@ -187,6 +189,9 @@ async function main() {
     } else if (command === 'sweep') {
       const { users } = await client.sweepExpiredReservations()
       out(`swept expired reservations of ${users} user(s)`)
+    } else if (command === 'prune') {
+      const { reservations, ledgerEntries } = await client.pruneHistory()
+      out(`pruned ${reservations} settled reservation(s), folded ${ledgerEntries} ledger entr(ies)`)
     } else {
       err(USAGE)
       return 2

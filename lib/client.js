@@ -150,29 +150,38 @@ class StorageQuotaClient {
   }
 
   /**
-   * Turns a reservation into usage: `actualBytes` (default: the reserved amount; smaller always
-   * works, larger only if the difference fits). Pass `{ userId }` to refuse another user's id.
+   * Turns the user's reservation into usage: `actualBytes` (default: the bytes reserved; smaller
+   * always works, larger only if the difference fits). A retry answers `duplicate: true`.
    * A presigned reservation (`reserveUpload(…, { presign: true })`) is charged the object's real
-   * size instead, read with a HEAD; an object that does not fit is deleted (`QUOTA_EXCEEDED`).
+   * size instead, read with a HEAD; one that does not fit is `QUOTA_EXCEEDED` and its object
+   * deleted (in `enforce` mode).
    */
-  async commitUpload(reservationId, actualBytes, options = {}) {
+  async commitUpload(userId, reservationId, actualBytes) {
+    const user = parse(S.UserIdSchema, userId, 'userId')
     const id = parse(S.ReservationIdSchema, reservationId, 'reservationId')
     const actual = actualBytes === undefined ? undefined : parse(S.BytesSchema, actualBytes, 'actualBytes')
-    const { userId } = parse(S.OwnerOptionsSchema, options ?? {}, 'options')
-    return this.#call('commitUpload', (n) => n.commitUpload(id, actual, userId))
+    return this.#charged('commitUpload', user, () => this.#native.commitUpload(user, id, actual))
   }
 
-  /** Gives a reservation's bytes back. Cancelling twice is harmless. */
-  async cancelUpload(reservationId, options = {}) {
+  /** Gives the user's reservation's bytes back. A retry answers `duplicate: true`. */
+  async cancelUpload(userId, reservationId) {
+    const user = parse(S.UserIdSchema, userId, 'userId')
     const id = parse(S.ReservationIdSchema, reservationId, 'reservationId')
-    const { userId } = parse(S.OwnerOptionsSchema, options ?? {}, 'options')
-    return this.#call('cancelUpload', (n) => n.cancelUpload(id, userId))
+    return this.#call('cancelUpload', (n) => n.cancelUpload(user, id))
   }
 
   /** Gives back every expired reservation now (they stop counting at expiry anyway). */
   async sweepExpiredReservations() {
     const users = await this.#call('sweepExpiredReservations', (n) => n.sweepExpiredReservations())
     return { users }
+  }
+
+  /**
+   * Deletes settled reservations and folds ledger entries older than `historyRetentionDays`
+   * (default 90) into one carry entry per project; counters and sums do not change.
+   */
+  async pruneHistory() {
+    return this.#call('pruneHistory', (n) => n.pruneHistory())
   }
 
   /**
@@ -352,6 +361,7 @@ class StorageQuotaClient {
 
 /**
  * Options from the environment: DATABASE_URL (or POSTGRES_URL), STORAGE_ROOT, STORAGE_QUOTA_MODE,
+ * STORAGE_QUOTA_RETENTION_DAYS,
  * and STORAGE_BACKEND=s3 with STORAGE_BUCKET and STORAGE_PREFIX.
  */
 function optionsFromEnv(env = process.env) {
@@ -360,6 +370,7 @@ function optionsFromEnv(env = process.env) {
   if (url) options.databaseUrl = url
   if (env.STORAGE_ROOT) options.storageRoot = env.STORAGE_ROOT
   if (env.STORAGE_QUOTA_MODE) options.mode = env.STORAGE_QUOTA_MODE
+  if (env.STORAGE_QUOTA_RETENTION_DAYS) options.historyRetentionDays = Number(env.STORAGE_QUOTA_RETENTION_DAYS)
   if (env.STORAGE_BACKEND === 's3') {
     options.storage = { backend: 's3', bucket: env.STORAGE_BUCKET ?? '' }
     if (env.STORAGE_PREFIX) options.storage.prefix = env.STORAGE_PREFIX

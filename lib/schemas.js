@@ -55,7 +55,6 @@ const ReserveUploadOptionsSchema = z
   .refine((o) => o.presign || o.fileName === undefined, { message: 'fileName applies with presign: true', path: ['fileName'] })
 const MoveProjectOptionsSchema = z.strictObject({ to: z.enum(['local', 's3']) })
 const DeleteProjectFileOptionsSchema = z.strictObject({ deletionId: UploadIdSchema.optional() })
-const OwnerOptionsSchema = z.strictObject({ userId: UserIdSchema.optional() })
 const RecordDeletionOptionsSchema = z.strictObject({
   uploadId: UploadIdSchema.optional(),
   deletionId: UploadIdSchema.optional(),
@@ -112,6 +111,7 @@ const ClientOptionsSchema = z.strictObject({
   mode: ModeSchema.optional(),
   rolloutPercent: z.number().int().min(0).max(100).optional(),
   reservationTtlMs: TtlMsSchema.optional(),
+  historyRetentionDays: z.number().int().min(1).max(36_500).optional(),
   /** `(event, fields) => void`, an object with `info`/`warn`, or `false` for silence. */
   logger: z.union([z.custom((v) => typeof v === 'function', 'logger must be a function'), z.literal(false), z.looseObject({})]).optional(),
   /** Calls slower than this are logged as `slow_call`. Default 250. */
@@ -158,6 +158,7 @@ const ReservationSchema = z.object({
   projectId: ProjectIdSchema,
   bytes: BytesSchema,
   expiresAt: z.date(),
+  duplicate: z.boolean(),
   wouldRefuse: z.boolean(),
   mode: ModeSchema,
   uploadUrl: z.string().optional(),
@@ -175,8 +176,14 @@ const SettledReservationSchema = z.object({
   status: ReservationStatusSchema,
   heldBytes: BytesSchema,
   committedBytes: BytesSchema,
+  duplicate: z.boolean(),
+  wouldRefuse: z.boolean(),
+  mode: ModeSchema,
   ...usageShape,
 })
+
+/** The answer of `pruneHistory`. */
+const PrunedHistorySchema = z.object({ reservations: z.number().int().min(0), ledgerEntries: z.number().int().min(0) })
 
 const ReleasedSchema = z.object({
   releasedBytes: BytesSchema,
@@ -278,7 +285,6 @@ module.exports = {
   MovedProjectSchema,
   ProjectFileSchema,
   DeleteProjectFileOptionsSchema,
-  OwnerOptionsSchema,
   RecordDeletionOptionsSchema,
   RegisterProjectOptionsSchema,
   RemoveProjectOptionsSchema,
@@ -293,6 +299,7 @@ module.exports = {
   ReservationStatusSchema,
   SettledReservationSchema,
   ReleasedSchema,
+  PrunedHistorySchema,
   QuotaStateSchema,
   UsageSchema,
   UserIdSchema,

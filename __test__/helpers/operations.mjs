@@ -36,7 +36,6 @@ export const KINDS = {
   nullableBytes: { valid: () => 1, accepts: optional(S.BytesSchema) },
   uploadOptions: { valid: (ctx) => ({ uploadId: ctx.uploadId }), accepts: options(S.RecordUploadOptionsSchema) },
   reserveOptions: { valid: () => ({ ttlMs: 60_000 }), accepts: options(S.ReserveUploadOptionsSchema) },
-  ownerOptions: { valid: (ctx) => ({ userId: ctx.userId }), accepts: options(S.OwnerOptionsSchema) },
   deletionOptions: { valid: () => ({ deletionId: 'fuzz-deletion' }), accepts: options(S.RecordDeletionOptionsSchema) },
   registerOptions: { valid: () => ({ sizeBytes: 1 }), accepts: options(S.RegisterProjectOptionsSchema) },
   removeOptions: { valid: () => ({ deleteFiles: false }), accepts: options(S.RemoveProjectOptionsSchema) },
@@ -79,8 +78,8 @@ export const OPERATIONS = [
   { name: 'recordUpload', args: ['userId', 'projectId', 'bytes', 'uploadOptions'], native: ['userId', 'projectId', 'bytes', 'uploadOptions'] },
   { name: 'allocateProjectPath', args: ['userId', 'projectId'], native: ['userId', 'projectId'] },
   { name: 'reserveUpload', args: ['userId', 'projectId', 'bytes', 'reserveOptions'], native: ['userId', 'projectId', 'bytes', 'optionalTtl', 'optionalReservationId'] },
-  { name: 'commitUpload', args: ['reservationId', 'optionalBytes', 'ownerOptions'], native: ['reservationId', 'nullableBytes', 'optionalUserId'] },
-  { name: 'cancelUpload', args: ['reservationId', 'ownerOptions'], native: ['reservationId', 'optionalUserId'] },
+  { name: 'commitUpload', args: ['userId', 'reservationId', 'optionalBytes'], native: ['userId', 'reservationId', 'nullableBytes'] },
+  { name: 'cancelUpload', args: ['userId', 'reservationId'], native: ['userId', 'reservationId'] },
   {
     name: 'recordDeletion',
     args: ['userId', 'projectId', 'nullableBytes', 'deletionOptions'],
@@ -122,7 +121,7 @@ export const SYNC_OPERATIONS = [
 ]
 
 /** Client methods that take no argument, so have nothing to fuzz. */
-export const NO_ARGUMENTS = ['sweepExpiredReservations', 'migrate', 'migrationStatus', 'backfillStatus', 'close']
+export const NO_ARGUMENTS = ['sweepExpiredReservations', 'pruneHistory', 'migrate', 'migrationStatus', 'backfillStatus', 'close']
 
 /** Valid arguments for `op`, with position `index` replaced by `value`. */
 export function argumentsWith(kinds, ctx, index, value) {

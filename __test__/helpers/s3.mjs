@@ -175,7 +175,6 @@ export async function s3Fixture(tag, { createClient, createTestDatabase }) {
   }
 }
 
-// Settling reservations in one place: the db branch changes these signatures to
-// commitUpload(userId, reservationId, actualBytes) and cancelUpload(userId, reservationId).
-export const commit = (client, user, id) => client.commitUpload(id, undefined, { userId: user })
-export const cancel = (client, user, id) => client.cancelUpload(id, { userId: user })
+// Settling reservations, the owner first.
+export const commit = (client, user, id) => client.commitUpload(user, id)
+export const cancel = (client, user, id) => client.cancelUpload(user, id)

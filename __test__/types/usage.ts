@@ -19,6 +19,7 @@ import {
   moveProjectStorage,
   SettledReservationSchema,
   ReleasedSchema,
+  PrunedHistorySchema,
   UsageSchema,
   reserveUpload,
   commitUpload,
@@ -31,6 +32,7 @@ import {
   type ReserveUploadOptions,
   type SettledReservation,
   type Released,
+  type PrunedHistory,
   type Usage,
   type QuotaCheck,
   type ProjectStoragePath,
@@ -70,11 +72,12 @@ const reservationAgrees: Same<z.infer<typeof ReservationSchema>, Reservation> = 
 const settledAgrees: Same<z.infer<typeof SettledReservationSchema>, SettledReservation> = true
 const releasedAgrees: Same<z.infer<typeof ReleasedSchema>, Released> = true
 const usageAgrees: Same<z.infer<typeof UsageSchema>, Usage> = true
+const prunedAgrees: Same<z.infer<typeof PrunedHistorySchema>, PrunedHistory> = true
+void [quotaCheckAgrees, userQuotaAgrees, jobAgrees, recordedAgrees, reservationAgrees, settledAgrees, releasedAgrees, usageAgrees, prunedAgrees]
 const movedAgrees: Same<z.infer<typeof MovedProjectSchema>, MovedProject> = true
 const moveOptionsAgree: Same<z.infer<typeof MoveProjectOptionsSchema>, MoveProjectOptions> = true
 const reserveOptionsAgree: Same<z.infer<typeof ReserveUploadOptionsSchema>, ReserveUploadOptions> = true
 const storageOptionsAgree: Same<z.infer<typeof StorageOptionsSchema>, StorageOptions> = true
-void [quotaCheckAgrees, userQuotaAgrees, jobAgrees, recordedAgrees, reservationAgrees, settledAgrees, releasedAgrees, usageAgrees]
 void [movedAgrees, moveOptionsAgree, reserveOptionsAgree, storageOptionsAgree]
 
 // A browser-direct upload on the s3 backend: the server action presigns, the browser PUTs,
@@ -91,7 +94,7 @@ export async function moveAction(userId: string, projectId: string) {
 
 export async function reservedUploadAction(userId: string, projectId: string, size: number) {
   const held = await reserveUpload(userId, projectId, size, { ttlMs: 60_000 })
-  const done = await commitUpload(held.reservationId, size - 1, { userId })
+  const done = await commitUpload(userId, held.reservationId, size - 1)
   const usage = await getUsage(userId, { projects: true })
   const state: 'normal' | 'nearing' | 'critical' | 'exceeded' = usage.state
   return { status: done.status, bar: `${usage.percentUsed}% ${formatBytes(usage.usedBytes)}`, state, same: quotaState(usage.percentUsed) === state }

@@ -43,6 +43,13 @@ pub const MIGRATIONS: &[Migration] = &[
     legacy_checksums: &[],
   },
   Migration {
+    version: 3,
+    name: "hardening",
+    up: include_str!("../../migrations/0003_hardening.up.sql"),
+    down: include_str!("../../migrations/0003_hardening.down.sql"),
+    legacy_checksums: &[],
+  },
+  Migration {
     version: 4,
     name: "project_copies",
     up: include_str!("../../migrations/0004_project_copies.up.sql"),

@@ -6,8 +6,8 @@ use napi::bindgen_prelude::*;
 use napi_derive::napi;
 
 use super::client::NativeClient;
-use super::client::{path_to_js, released_to_js, reservation_to_js};
-use super::error::to_js_error;
+use super::convert::{path_to_js, released_to_js, reservation_to_js};
+use super::error::{answer, js_error, Answer};
 use super::types::{
   DiskUsage, MovedProject, PathCheck, ProjectFile, ProjectLocation, Released, Reservation,
 };
@@ -17,11 +17,16 @@ impl NativeClient {
   /// Where the project lives (or would): backend, key and path. Touches neither the database
   /// nor the disk.
   #[napi(catch_unwind)]
-  pub fn project_path_for(&self, user_id: String, project_id: String) -> Result<ProjectLocation> {
+  pub fn project_path_for(
+    &self,
+    env: Env,
+    user_id: String,
+    project_id: String,
+  ) -> Result<ProjectLocation> {
     let location = self
       .inner
       .project_path_for(&user_id, &project_id)
-      .map_err(to_js_error)?;
+      .map_err(|error| js_error(&env, error))?;
     Ok(ProjectLocation {
       backend: location.backend.to_owned(),
       key: location.key,
@@ -30,46 +35,47 @@ impl NativeClient {
   }
 
   /// Whether `candidate` (relative to the project directory, or absolute) lies inside it.
-  #[napi]
+  #[napi(ts_return_type = "Promise<PathCheck>")]
   pub async fn validate_path(
     &self,
     user_id: String,
     project_id: String,
     candidate: String,
-  ) -> Result<PathCheck> {
-    let check = self
-      .inner
-      .validate_path(&user_id, &project_id, &candidate)
-      .await
-      .map_err(to_js_error)?;
-    Ok(PathCheck {
-      inside: check.inside,
-      path: check.path,
-      relative_path: check.relative_path,
-      reason: check.reason,
+  ) -> Result<Answer<PathCheck>> {
+    answer(async {
+      let check = self
+        .inner
+        .validate_path(&user_id, &project_id, &candidate)
+        .await?;
+      Ok(PathCheck {
+        inside: check.inside,
+        path: check.path,
+        relative_path: check.relative_path,
+        reason: check.reason,
+      })
     })
+    .await
   }
 
   /// The project's usage counted from its files on disk.
-  #[napi]
-  pub async fn disk_usage(&self, user_id: String, project_id: String) -> Result<DiskUsage> {
-    let usage = self
-      .inner
-      .disk_usage(&user_id, &project_id)
-      .await
-      .map_err(to_js_error)?;
-    Ok(DiskUsage {
-      bytes: usage.bytes,
-      allocated_bytes: usage.allocated_bytes,
-      files: usage.files,
-      directories: usage.directories,
-      skipped: usage.skipped,
+  #[napi(ts_return_type = "Promise<DiskUsage>")]
+  pub async fn disk_usage(&self, user_id: String, project_id: String) -> Result<Answer<DiskUsage>> {
+    answer(async {
+      let usage = self.inner.disk_usage(&user_id, &project_id).await?;
+      Ok(DiskUsage {
+        bytes: usage.bytes,
+        allocated_bytes: usage.allocated_bytes,
+        files: usage.files,
+        directories: usage.directories,
+        skipped: usage.skipped,
+      })
     })
+    .await
   }
 
   /// Holds `bytes` and presigns a `PUT` of `fileName` in the project (s3 backend) that
   /// expires with the reservation; commit then charges the object's real size.
-  #[napi]
+  #[napi(ts_return_type = "Promise<Reservation>")]
   pub async fn reserve_presigned_upload(
     &self,
     user_id: String,
@@ -78,85 +84,90 @@ impl NativeClient {
     bytes: f64,
     ttl_ms: Option<f64>,
     reservation_id: Option<String>,
-  ) -> Result<Reservation> {
-    let p = self
-      .inner
-      .reserve_presigned_upload(
-        &user_id,
-        &project_id,
-        &file_name,
-        bytes,
-        ttl_ms,
-        reservation_id.as_deref(),
-      )
-      .await
-      .map_err(to_js_error)?;
-    Ok(reservation_to_js(
-      p.reservation,
-      Some((p.upload_url, p.file, p.path)),
-    ))
+  ) -> Result<Answer<Reservation>> {
+    answer(async {
+      let p = self
+        .inner
+        .reserve_presigned_upload(
+          &user_id,
+          &project_id,
+          &file_name,
+          bytes,
+          ttl_ms,
+          reservation_id.as_deref(),
+        )
+        .await?;
+      Ok(reservation_to_js(
+        p.reservation,
+        Some((p.upload_url, p.file, p.path)),
+      ))
+    })
+    .await
   }
 
   /// The project's files with their sizes, from its backend (directory or bucket).
-  #[napi]
+  #[napi(ts_return_type = "Promise<ProjectFile[]>")]
   pub async fn list_project_files(
     &self,
     user_id: String,
     project_id: String,
-  ) -> Result<Vec<ProjectFile>> {
-    let files = self
-      .inner
-      .list_project_files(&user_id, &project_id)
-      .await
-      .map_err(to_js_error)?;
-    Ok(
-      files
-        .into_iter()
-        .map(|f| ProjectFile {
-          path: f.path,
-          bytes: f.bytes,
-        })
-        .collect(),
-    )
+  ) -> Result<Answer<Vec<ProjectFile>>> {
+    answer(async {
+      let files = self.inner.list_project_files(&user_id, &project_id).await?;
+      Ok(
+        files
+          .into_iter()
+          .map(|f| ProjectFile {
+            path: f.path,
+            bytes: f.bytes,
+          })
+          .collect(),
+      )
+    })
+    .await
   }
 
   /// Deletes one file of the project and gives back its measured bytes.
-  #[napi]
+  #[napi(ts_return_type = "Promise<Released>")]
   pub async fn delete_project_file(
     &self,
     user_id: String,
     project_id: String,
     file_name: String,
     deletion_id: Option<String>,
-  ) -> Result<Released> {
-    let r = self
-      .inner
-      .delete_project_file(&user_id, &project_id, &file_name, deletion_id.as_deref())
-      .await
-      .map_err(to_js_error)?;
-    Ok(released_to_js(r))
+  ) -> Result<Answer<Released>> {
+    answer(async {
+      let r = self
+        .inner
+        .delete_project_file(&user_id, &project_id, &file_name, deletion_id.as_deref())
+        .await?;
+      Ok(released_to_js(r))
+    })
+    .await
   }
 
   /// Moves a project's files to the other backend and flips its record.
-  #[napi]
+  #[napi(ts_return_type = "Promise<MovedProject>")]
   pub async fn move_project_storage(
     &self,
     user_id: String,
     project_id: String,
     to: String,
-  ) -> Result<MovedProject> {
-    let m = self
-      .inner
-      .move_project_storage(&user_id, &project_id, &to)
-      .await
-      .map_err(to_js_error)?;
-    Ok(MovedProject {
-      path: path_to_js(m.path),
-      from: m.from,
-      files: m.files,
-      bytes: m.bytes,
-      copied_files: m.copied_files,
-      already_moved: m.already_moved,
+  ) -> Result<Answer<MovedProject>> {
+    answer(async {
+      let m = self
+        .inner
+        .move_project_storage(&user_id, &project_id, &to)
+        .await?;
+      Ok(MovedProject {
+        path: path_to_js(m.path),
+        from: m.from,
+        files: m.files,
+        bytes: m.bytes,
+        copied_files: m.copied_files,
+        already_moved: m.already_moved,
+      })
     })
+    .await
   }
 }

@@ -69,12 +69,17 @@ impl AppTable {
 
   /// Whether an index leads with the owner column (what seeding a user looks projects up by).
   pub async fn has_owner_index(&self, db: &impl GenericClient) -> Result<bool> {
+    self.has_index_on(db, &self.owner).await
+  }
+
+  /// Whether a valid, non-partial index leads with `column`.
+  pub async fn has_index_on(&self, db: &impl GenericClient, column: &str) -> Result<bool> {
     let row = db
       .query_one(
         "SELECT EXISTS (
            SELECT 1 FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0]
             WHERE i.indrelid = to_regclass($1) AND a.attname = $2 AND i.indisvalid AND i.indpred IS NULL)",
-        &[&self.t(), &self.owner],
+        &[&self.t(), &column],
       )
       .await?;
     Ok(row.get(0))

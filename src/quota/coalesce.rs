@@ -17,7 +17,7 @@ use tokio_postgres::types::ToSql;
 use uuid::Uuid;
 
 use crate::db::pool::{PgConnection, Pool};
-use crate::error::{ConflictReason, QuotaError, QuotaShortfall, Result};
+use crate::error::{QuotaError, QuotaShortfall, Result};
 use crate::ids::{ProjectId, UserId};
 use crate::quota::usage::{self, RecordedUpload, Usage, SWEEP_USER_SQL};
 use crate::rollout::Mode;
@@ -28,7 +28,8 @@ const MAX_BATCH: usize = 256;
 const LOCK_QUOTA: &str = "SELECT used_bytes, reserved_bytes, limit_bytes FROM user_quotas \
    WHERE user_id = $1 FOR NO KEY UPDATE";
 const OWNERS: &str = "SELECT id, user_id FROM projects WHERE id = ANY($1)";
-const PRIORS: &str = "SELECT idempotency_key, bytes, project_id FROM quota_ledger \
+const PRIORS: &str =
+  "SELECT idempotency_key, coalesce(requested_bytes, bytes), project_id FROM quota_ledger \
    WHERE user_id = $1 AND idempotency_key = ANY($2)";
 const CHARGE: &str = "UPDATE user_quotas SET used_bytes = used_bytes + $2, updated_at = now() \
    WHERE user_id = $1 RETURNING used_bytes, reserved_bytes, limit_bytes";
@@ -293,12 +294,7 @@ fn decide(
   let project = upload.project.uuid();
   if let Some(&(prior_bytes, prior_project)) = recorded.get(&upload.upload_id) {
     if prior_bytes != upload.bytes || prior_project != Some(project) {
-      return Err(QuotaError::conflict(
-          ConflictReason::KeyReused,
-          format!(
-        "uploadId {:?} was already recorded with {prior_bytes} bytes for another project or size; use a new uploadId for a new upload",
-        upload.upload_id
-      )));
+      return Err(usage::key_reused(&upload.upload_id, prior_bytes));
     }
     return Ok(answer(upload, true, *usage));
   }

@@ -58,19 +58,14 @@ pub fn report(usage: Usage, projects: Vec<ProjectUsage>) -> UsageReport {
   }
 }
 
+/// Each project's counter (`quota_project_usage`, kept with every charge), and 0 for a project
+/// with a path but nothing counted yet.
 const PROJECT_USAGE: &str = "
-SELECT sp.project_id, coalesce(l.bytes, 0)::bigint
-  FROM project_storage_paths sp
-  LEFT JOIN (SELECT project_id, sum(bytes) AS bytes FROM quota_ledger WHERE user_id = $1 GROUP BY project_id) l
-    ON l.project_id = sp.project_id
- WHERE sp.user_id = $1
-UNION ALL
-SELECT l.project_id, sum(l.bytes)::bigint
-  FROM quota_ledger l
- WHERE l.user_id = $1 AND l.project_id IS NOT NULL
-   AND NOT EXISTS (SELECT 1 FROM project_storage_paths sp WHERE sp.project_id = l.project_id AND sp.user_id = $1)
- GROUP BY l.project_id
-ORDER BY 1";
+SELECT coalesce(sp.project_id, u.project_id), coalesce(u.used_bytes, 0)::bigint
+  FROM (SELECT project_id FROM project_storage_paths WHERE user_id = $1) sp
+  FULL JOIN (SELECT project_id, used_bytes FROM quota_project_usage WHERE user_id = $1) u
+    ON u.project_id = sp.project_id
+ ORDER BY 1";
 
 pub async fn get_usage(
   conn: &mut PgConnection,

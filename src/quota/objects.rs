@@ -23,6 +23,7 @@ pub struct ReservedObject {
 /// reservation already tied to another object is a `CONFLICT`.
 pub async fn attach_object(
   conn: &mut PgConnection,
+  user: &UserId,
   reservation: &uuid::Uuid,
   object_key: &str,
 ) -> Result<()> {
@@ -31,11 +32,12 @@ pub async fn attach_object(
     .query_one(
       "WITH set AS (
          UPDATE quota_reservations SET object_key = $2
-          WHERE id = $1 AND status = 'pending' AND (object_key IS NULL OR object_key = $2)
+          WHERE user_id = $3 AND id = $1 AND status = 'pending'
+            AND (object_key IS NULL OR object_key = $2)
          RETURNING id)
        SELECT (SELECT count(*) FROM set) AS set_rows,
-              (SELECT object_key FROM quota_reservations WHERE id = $1) AS current",
-      &[reservation, &object_key],
+              (SELECT object_key FROM quota_reservations WHERE user_id = $3 AND id = $1) AS current",
+      &[reservation, &object_key, &user.as_str()],
     )
     .await?;
   if row.get::<_, i64>(0) == 1 {
@@ -50,8 +52,10 @@ pub async fn attach_object(
   ))
 }
 
+/// The owner's reservation `reservation` (ids are scoped to their user).
 pub async fn reserved_object(
   conn: &mut PgConnection,
+  owner: &UserId,
   reservation: &uuid::Uuid,
 ) -> Result<Option<ReservedObject>> {
   let row = conn
@@ -60,8 +64,8 @@ pub async fn reserved_object(
       "SELECT r.user_id, r.project_id, r.object_key, r.status, sp.backend
          FROM quota_reservations r
          LEFT JOIN project_storage_paths sp ON sp.project_id = r.project_id
-        WHERE r.id = $1",
-      &[reservation],
+        WHERE r.user_id = $2 AND r.id = $1",
+      &[reservation, &owner.as_str()],
     )
     .await?;
   Ok(row.map(|row| ReservedObject {
@@ -98,14 +102,16 @@ SELECT r.id, r.user_id, r.project_id, r.object_key, sp.backend,
   LEFT JOIN project_storage_paths sp ON sp.project_id = r.project_id
  WHERE r.object_key IS NOT NULL
    AND (r.status IN ('expired', 'cancelled') OR (r.status = 'pending' AND r.expires_at <= now()))
-   AND ($1::uuid IS NULL OR r.id = $1)
+   AND ($1::uuid IS NULL OR (r.id = $1 AND r.user_id = $2))
  LIMIT 500";
 
+/// `only`: one user's reservation (ids are scoped to their user).
 pub async fn abandoned_objects(
   conn: &mut PgConnection,
-  only: Option<&uuid::Uuid>,
+  only: Option<(&UserId, &uuid::Uuid)>,
 ) -> Result<Vec<AbandonedObject>> {
-  let rows = conn.client.query(ABANDONED, &[&only]).await?;
+  let (id, user) = (only.map(|o| *o.1), only.map(|o| o.0.as_str()));
+  let rows = conn.client.query(ABANDONED, &[&id, &user]).await?;
   Ok(
     rows
       .iter()
@@ -122,12 +128,17 @@ pub async fn abandoned_objects(
 }
 
 /// The object is gone (or not ours to delete): the reservation no longer points at it.
-pub async fn forget_object(conn: &mut PgConnection, reservation: &uuid::Uuid) -> Result<()> {
+pub async fn forget_object(
+  conn: &mut PgConnection,
+  user_id: &str,
+  reservation: &uuid::Uuid,
+) -> Result<()> {
   conn
     .client
     .execute(
-      "UPDATE quota_reservations SET object_key = NULL WHERE id = $1 AND status <> 'committed'",
-      &[reservation],
+      "UPDATE quota_reservations SET object_key = NULL
+        WHERE user_id = $2 AND id = $1 AND status <> 'committed'",
+      &[reservation, &user_id],
     )
     .await?;
   Ok(())

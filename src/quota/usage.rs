@@ -9,6 +9,7 @@ use crate::error::{ConflictReason, QuotaError, QuotaShortfall, Result};
 use crate::format::percent_used;
 use crate::ids::{ProjectId, UserId};
 use crate::quota::app_table::AppTable;
+use crate::quota::modes::{decide, Decision};
 use crate::quota::owner::check_owner;
 use crate::rollout::Mode;
 
@@ -134,7 +135,8 @@ macro_rules! record_upload_sql {
 WITH owner AS (
   SELECT p.user_id FROM projects p WHERE p.id = $2
 ), prior AS (
-  SELECT l.bytes, l.project_id FROM quota_ledger l WHERE l.user_id = $1 AND l.idempotency_key = $3
+  SELECT coalesce(l.requested_bytes, l.bytes) AS bytes, l.project_id FROM quota_ledger l
+   WHERE l.user_id = $1 AND l.idempotency_key = $3
 ), charged AS (
   UPDATE user_quotas q
      SET used_bytes = q.used_bytes + $4, updated_at = now()
@@ -202,7 +204,7 @@ pub fn decide_check(usage: Usage, sizes: &[i64], mode: Mode) -> QuotaCheck {
   let requested_bytes: i64 = sizes.iter().sum();
   let would_refuse = !usage.fits(requested_bytes);
   QuotaCheck {
-    allowed: !would_refuse || mode != Mode::Enforce,
+    allowed: decide(mode, !would_refuse) != Decision::Refuse,
     would_refuse,
     requested_bytes,
     usage,
@@ -321,9 +323,25 @@ pub async fn after_uncharged(
 pub const CHARGE_ATTEMPTS: usize = 4;
 
 pub fn contention_error(operation: &str) -> QuotaError {
-  QuotaError::Db(format!(
+  QuotaError::db(format!(
     "{operation} could not settle after {CHARGE_ATTEMPTS} attempts under heavy contention; retry it"
   ))
+}
+
+/// `off` mode writes nothing but still answers for the project's owner and the upload id.
+const OFF_CHECKS: &str = "
+SELECT (SELECT p.user_id FROM projects p WHERE p.id = $2) AS owner_id,
+       l.project_id AS prior_project, coalesce(l.requested_bytes, l.bytes) AS prior_bytes
+  FROM (SELECT 1) AS one
+  LEFT JOIN quota_ledger l ON l.user_id = $1 AND l.idempotency_key = $3";
+
+pub fn key_reused(upload_id: &str, prior_bytes: i64) -> QuotaError {
+  QuotaError::conflict(
+    ConflictReason::KeyReused,
+    format!(
+      "uploadId {upload_id:?} was already recorded with {prior_bytes} bytes for another project or size; use a new uploadId for a new upload"
+    ),
+  )
 }
 
 /// Charges `bytes` for an upload to `project`, once per `upload_id`.
@@ -337,13 +355,29 @@ pub async fn record_upload(
   mode: Mode,
 ) -> Result<RecordedUpload> {
   if mode == Mode::Off {
+    // Nothing is written, but the same owner and key rules apply as in the other modes.
+    let statement = conn.prepared(OFF_CHECKS).await?;
+    let row = conn
+      .client
+      .query_one(&statement, &[&user.as_str(), &project.uuid(), &upload_id])
+      .await?;
+    let prior: Option<i64> = row.get("prior_bytes");
+    if let Some(prior_bytes) = prior {
+      if prior_bytes != bytes
+        || row.get::<_, Option<uuid::Uuid>>("prior_project") != Some(project.uuid())
+      {
+        return Err(key_reused(upload_id, prior_bytes));
+      }
+    } else {
+      check_owner(row.get("owner_id"), user, project)?;
+    }
     let usage = read_usage_or_unseeded(conn, user, default_limit).await?;
     return Ok(RecordedUpload {
       upload_id: upload_id.to_owned(),
       bytes,
-      duplicate: false,
-      counted: false,
-      would_refuse: !usage.fits(bytes),
+      duplicate: prior.is_some(),
+      counted: prior.is_some(),
+      would_refuse: prior.is_none() && !usage.fits(bytes),
       usage,
       mode,
     });
@@ -371,11 +405,7 @@ pub async fn record_upload(
     if let Some(prior_bytes) = prior_bytes {
       let prior_project: Option<uuid::Uuid> = row.get("prior_project");
       if prior_bytes != bytes || prior_project != Some(project.uuid()) {
-        return Err(QuotaError::conflict(
-          ConflictReason::KeyReused,
-          format!(
-          "uploadId {upload_id:?} was already recorded with {prior_bytes} bytes for another project or size; use a new uploadId for a new upload"
-        )));
+        return Err(key_reused(upload_id, prior_bytes));
       }
       let usage = read_usage(conn, user)
         .await?

@@ -121,7 +121,7 @@ export async function beginUpload(userId: string, projectId: string, bytes: numb
 /** The file is complete on disk: the held bytes become used bytes. */
 export async function finishUpload(upload: PendingUpload): Promise<{ ok: true } | Refused> {
   try {
-    await quota().commitUpload(upload.reservationId, upload.bytes, { userId: upload.userId })
+    await quota().commitUpload(upload.userId, upload.reservationId, upload.bytes)
     return { ok: true }
   } catch (error) {
     return refusal(error, (e) => e.message)
@@ -130,7 +130,7 @@ export async function finishUpload(upload: PendingUpload): Promise<{ ok: true } 
 
 /** The upload failed: give the held bytes back (harmless if already settled or expired). */
 export async function abortUpload(upload: PendingUpload): Promise<void> {
-  await quota().cancelUpload(upload.reservationId, { userId: upload.userId })
+  await quota().cancelUpload(upload.userId, upload.reservationId)
 }
 
 /** Deletes a file (on disk or in the bucket) and gives its measured bytes back; `null` when there is no such file. */
@@ -172,10 +172,10 @@ export async function beginDirectUpload(userId: string, projectId: string, name:
 /** s3: the browser's PUT is done. Charges what the bucket holds (a client that sent more than fits is refused, its object deleted). */
 export async function finishDirectUpload(userId: string, reservationId: string): Promise<{ ok: true; bytes: number } | Refused> {
   try {
-    const settled = await quota().commitUpload(reservationId, undefined, { userId })
+    const settled = await quota().commitUpload(userId, reservationId)
     return { ok: true, bytes: settled.committedBytes }
   } catch (error) {
-    await quota().cancelUpload(reservationId, { userId }).catch(() => {})
+    await quota().cancelUpload(userId, reservationId).catch(() => {})
     if (error instanceof StorageQuotaError && error.reason === 'MISMATCH') return { ok: false, message: 'The upload did not arrive. Try again.' }
     // `requestedBytes` is what the commit needed beyond the hold: the file was bigger than declared.
     return refusal(error, (e) => `Not enough storage: the file is bigger than declared and does not fit (only ${formatBytes(e.remainingBytes)} of your ${formatBytes(e.limitBytes)} is free).`)
@@ -184,7 +184,7 @@ export async function finishDirectUpload(userId: string, reservationId: string):
 
 /** s3: the browser's PUT failed: give the held bytes back (the sweep deletes any partial object). */
 export async function abortDirectUpload(userId: string, reservationId: string): Promise<void> {
-  await quota().cancelUpload(reservationId, { userId })
+  await quota().cancelUpload(userId, reservationId)
 }
 
 /**

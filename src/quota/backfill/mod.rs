@@ -70,6 +70,8 @@ const MAX_CATCHUP_ROUNDS: i64 = 20;
 /// Created (concurrently) when the app has no index leading with the owner column: seeding
 /// looks projects up by owner. Dropped by 0005's down migration.
 const OWNER_INDEX: &str = "storage_quota_projects_owner_idx";
+/// The index on the app table's `storage_path_id` (issue 11): see `phases::path_index`.
+const PATH_INDEX: &str = "projects_storage_path_id_idx";
 /// Session advisory lock around the first call's preparation (index build, count). Any fixed
 /// key distinct from the migrations' (`db::migrate`) does.
 const PREPARE_LOCK_KEY: i64 = 0x38e6_1a1c_67b1_7ef6;

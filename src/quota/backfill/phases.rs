@@ -2,7 +2,7 @@
 
 use tokio_postgres::Client;
 
-use super::{BackfillOptions, OWNER_INDEX};
+use super::{BackfillOptions, OWNER_INDEX, PATH_INDEX};
 use crate::error::Result;
 use crate::quota::app_table::AppTable;
 
@@ -46,6 +46,9 @@ pub(super) async fn prepare(
       "{} had no index on {}: created {OWNER_INDEX} (concurrently) to look projects up by owner",
       app.table, app.owner
     ));
+  }
+  if !app.has_index_on(&*client, "storage_path_id").await? {
+    notes.push(path_index(client, app).await?);
   }
   let tx = client.transaction().await?;
   tx.batch_execute("SET LOCAL statement_timeout = 0").await?;
@@ -93,4 +96,55 @@ pub(super) async fn validate_next(client: &mut Client, app: &AppTable) -> Result
     )
     .await?;
   Ok(())
+}
+
+/// Apps with at most this many projects get the `storage_path_id` index built right here.
+const PATH_INDEX_INLINE_ROWS: i64 = 10_000;
+
+/// `projects.storage_path_id` is the referencing side of an `ON DELETE SET NULL` key (0001):
+/// without an index every path record deleted scans the app's table. A migration must not hold
+/// the app's table while an index builds, and `CONCURRENTLY` cannot run here: the backfill runs
+/// under the migration (or backfill) lock that other processes wait for inside transactions,
+/// and a concurrent build waits for every open transaction, so it would deadlock with them. So a
+/// small table gets a plain build (milliseconds under a short `lock_timeout`); a larger one is
+/// left to the operator, and the note says how.
+async fn path_index(client: &mut Client, app: &AppTable) -> Result<String> {
+  let manual = format!(
+    "{} has no index on storage_path_id (path deletes scan it): run CREATE INDEX CONCURRENTLY IF NOT EXISTS {PATH_INDEX} ON {} (storage_path_id)",
+    app.table,
+    app.t()
+  );
+  let rows: i64 = client
+    .query_one(
+      &format!(
+        "SELECT count(*) FROM (SELECT 1 FROM {} LIMIT {}) s",
+        app.t(),
+        PATH_INDEX_INLINE_ROWS + 1
+      ),
+      &[],
+    )
+    .await?
+    .get(0);
+  if rows > PATH_INDEX_INLINE_ROWS {
+    return Ok(manual);
+  }
+  let tx = client.transaction().await?;
+  let built = tx
+    .batch_execute(&format!(
+      "SET LOCAL lock_timeout = '250ms'; CREATE INDEX IF NOT EXISTS {PATH_INDEX} ON {} (storage_path_id)",
+      app.t()
+    ))
+    .await;
+  match built {
+    Ok(()) => tx.commit().await?,
+    // The app holds the table right now: leave the index to the operator rather than wait.
+    Err(error) if error.code() == Some(&tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE) => {
+      return Ok(manual)
+    }
+    Err(error) => return Err(error.into()),
+  }
+  Ok(format!(
+    "{} had no index on storage_path_id: created {PATH_INDEX} for path deletes",
+    app.table
+  ))
 }

@@ -68,6 +68,14 @@ impl Client {
       .await
   }
 
+  /// Applies the retention period (`historyRetentionDays`) to settled reservations and the ledger.
+  pub async fn prune_history(&self) -> Result<crate::quota::retention::Pruned> {
+    let days = self.config.history_retention_days;
+    self
+      .with_conn(async |conn| crate::quota::retention::prune_history(&mut conn.0, days).await)
+      .await
+  }
+
   pub async fn get_usage(&self, user_id: &str, include_projects: bool) -> Result<UsageReport> {
     let user = UserId::parse(user_id)?;
     let limit = self.default_limit();

@@ -58,7 +58,7 @@ impl Client {
       .await?;
     let id = reservation.reservation_id;
     let attached = self
-      .with_conn(async |conn| objects::attach_object(&mut conn.0, &id, &file).await)
+      .with_conn(async |conn| objects::attach_object(&mut conn.0, &user, &id, &file).await)
       .await;
     // Expiring with the reservation: at most its remaining lifetime, rounded down.
     let remaining = (reservation.expires_at - chrono::Utc::now())
@@ -93,7 +93,7 @@ impl Client {
       Err(error) => {
         // Nothing can be uploaded without the URL: give the bytes back at once.
         if !matches!(error, QuotaError::Conflict { .. }) {
-          let _ = self.cancel_upload(&id.to_string(), Some(user_id)).await;
+          let _ = self.cancel_upload(user_id, &id.to_string()).await;
         }
         Err(error)
       }
@@ -101,14 +101,15 @@ impl Client {
   }
 
   /// Commit of a presigned reservation: charges the object's real size. `None` when the
-  /// reservation has no object (the ordinary commit applies).
+  /// reservation has no object, is settled or is another user's (the ordinary commit answers).
   pub(super) async fn commit_presigned(
     &self,
+    owner: &UserId,
     id: &uuid::Uuid,
-    caller: Option<&UserId>,
+    mode: Mode,
   ) -> Result<Option<Settled>> {
     let Some(reserved) = self
-      .with_conn(async |conn| objects::reserved_object(&mut conn.0, id).await)
+      .with_conn(async |conn| objects::reserved_object(&mut conn.0, owner, id).await)
       .await?
     else {
       return Ok(None);
@@ -116,11 +117,7 @@ impl Client {
     let Some(file) = reserved.object_key.clone() else {
       return Ok(None);
     };
-    if reserved.status != "pending" {
-      // Settled already: the ordinary commit answers with the right error.
-      return Ok(None);
-    }
-    if caller.is_some_and(|c| c.as_str() != reserved.user_id) {
+    if reserved.status != "pending" || reserved.user_id != owner.as_str() {
       return Ok(None);
     }
     let user = UserId::parse(&reserved.user_id)?;
@@ -136,7 +133,9 @@ impl Client {
         )
       })?;
     let committed = self
-      .with_conn(async |conn| reservations::commit(&mut conn.0, id, Some(size), caller, None).await)
+      .with_conn(async |conn| {
+        reservations::commit(&mut conn.0, owner, id, Some(size), mode, None).await
+      })
       .await;
     // More than fits was uploaded: it must not stay in the bucket uncounted. Only where the
     // quota is enforced: shadow and off modes never take a user's file away.
@@ -152,7 +151,10 @@ impl Client {
   /// one), and forgets them. An object a later upload of the same name committed stays. Objects
   /// in a store this client is not configured for are left to a client that is (a local-only
   /// `storage-quota sweep` still sweeps the reservations themselves).
-  pub(super) async fn delete_abandoned_objects(&self, only: Option<&uuid::Uuid>) -> Result<u64> {
+  pub(super) async fn delete_abandoned_objects(
+    &self,
+    only: Option<(&UserId, &uuid::Uuid)>,
+  ) -> Result<u64> {
     let mut deleted = 0;
     loop {
       let page = self
@@ -171,7 +173,7 @@ impl Client {
         }
         let id = object.reservation_id;
         self
-          .with_conn(async |conn| objects::forget_object(&mut conn.0, &id).await)
+          .with_conn(async |conn| objects::forget_object(&mut conn.0, &object.user_id, &id).await)
           .await?;
         forgotten += 1;
       }

@@ -26,10 +26,6 @@ pub(super) fn parse_reservation_id(raw: &str) -> Result<uuid::Uuid> {
     .map_err(|_| QuotaError::invalid("reservationId must be a UUID"))
 }
 
-pub(super) fn parse_caller(user_id: Option<&str>) -> Result<Option<UserId>> {
-  user_id.map(UserId::parse).transpose()
-}
-
 impl Client {
   pub async fn reserve_upload(
     &self,
@@ -55,39 +51,39 @@ impl Client {
       .await
   }
 
+  /// Commits the owner's reservation. The owner is required: a reservation id alone must not
+  /// let one user settle another's upload.
   pub async fn commit_upload(
     &self,
+    user_id: &str,
     reservation_id: &str,
     actual_bytes: Option<f64>,
-    user_id: Option<&str>,
   ) -> Result<Settled> {
+    let owner = UserId::parse(user_id)?;
     let id = parse_reservation_id(reservation_id)?;
     let actual = actual_bytes
       .map(|b| parse_bytes("actualBytes", b))
       .transpose()?;
-    let caller = parse_caller(user_id)?;
-    if let Some(settled) = self.commit_presigned(&id, caller.as_ref()).await? {
+    let mode = self.mode_for(&owner);
+    if let Some(settled) = self.commit_presigned(&owner, &id, mode).await? {
       return Ok(settled);
     }
     self
       .with_conn(async |conn| {
-        reservations::commit(&mut conn.0, &id, actual, caller.as_ref(), None).await
+        reservations::commit(&mut conn.0, &owner, &id, actual, mode, None).await
       })
       .await
   }
 
-  pub async fn cancel_upload(
-    &self,
-    reservation_id: &str,
-    user_id: Option<&str>,
-  ) -> Result<Settled> {
+  pub async fn cancel_upload(&self, user_id: &str, reservation_id: &str) -> Result<Settled> {
+    let owner = UserId::parse(user_id)?;
     let id = parse_reservation_id(reservation_id)?;
-    let caller = parse_caller(user_id)?;
+    let mode = self.mode_for(&owner);
     let settled = self
-      .with_conn(async |conn| reservations::cancel(&mut conn.0, &id, caller.as_ref()).await)
+      .with_conn(async |conn| reservations::cancel(&mut conn.0, &owner, &id, mode).await)
       .await?;
     // A presigned upload's object goes with its reservation (best effort: the sweep retries).
-    let _ = self.delete_abandoned_objects(Some(&id)).await;
+    let _ = self.delete_abandoned_objects(Some((&owner, &id))).await;
     Ok(settled)
   }
 
@@ -221,7 +217,7 @@ impl Client {
       .await?;
     Ok(RegisteredProject {
       path,
-      counted_bytes: upload.bytes,
+      counted_bytes: if upload.counted { upload.bytes } else { 0 },
       usage: upload.usage,
     })
   }
