@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # The S3-compatible server the s3 backend's tests start on a local port: moto's standalone
-# server (PyPI `moto[server]`). The tests start and stop it themselves; this only installs it.
+# server (PyPI `moto[server]`), run as `python3 -m moto.server`. The tests start and stop it
+# themselves; this only installs it.
 set -euo pipefail
-if command -v moto_server >/dev/null; then
+if python3 -c 'import moto.server' 2>/dev/null; then
   exit 0
 fi
-if ! command -v pip3 >/dev/null && ! python3 -m pip --version >/dev/null 2>&1; then
+if ! python3 -m pip --version >/dev/null 2>&1; then
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-pip
 fi
@@ -13,4 +14,4 @@ fi
 # older pips do not know the flag, hence the retry.
 python3 -m pip install -q 'moto[server]>=5.1,<6' --break-system-packages 2>/dev/null \
   || python3 -m pip install -q 'moto[server]>=5.1,<6'
-command -v moto_server >/dev/null || { echo "moto_server is not on PATH after pip install" >&2; exit 1; }
+python3 -c 'import moto.server' || { echo "moto is not importable after pip install" >&2; exit 1; }

@@ -218,7 +218,7 @@ test('create, upload, refuse, copy, delete: the bar, the disk and the database a
 })
 
 test('the same app on S3: the browser uploads straight to the bucket, the server only holds and charges', {
-  skip: !motoInstalled && !process.env.CI ? 'moto_server is not installed (pip install "moto[server]")' : false,
+  skip: !motoInstalled && !process.env.CI ? 'moto is not installed (pip install "moto[server]")' : false,
 }, async (t) => {
   const bucket = await startS3()
   const s3app = await startApp({

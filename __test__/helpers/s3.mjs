@@ -11,7 +11,10 @@ export const ACCESS_KEY_ID = 'AKIATESTSTORAGEQUOTA'
 export const SECRET_ACCESS_KEY = 'test-secret-never-logged-9f8e7d6c5b4a'
 export const REGION = 'us-east-1'
 
-export const motoInstalled = spawnSync('moto_server', ['--help'], { stdio: 'ignore' }).status === 0
+// `python3 -m moto.server` rather than the `moto_server` script: it works whether or not pip's
+// script directory (or a pyenv shim) is on PATH.
+const MOTO = ['python3', ['-m', 'moto.server']]
+export const motoInstalled = spawnSync('python3', ['-c', 'import moto.server'], { stdio: 'ignore' }).status === 0
 
 // moto refuses anonymous GETs but never checks a signature: any SigV4-shaped header reads.
 const READER = {
@@ -33,7 +36,7 @@ async function freePort() {
  */
 export async function startS3(bucket = `sq-test-${randomBytes(4).toString('hex')}`) {
   const port = await freePort()
-  const child = spawn('moto_server', ['-H', '127.0.0.1', '-p', String(port)], { stdio: 'ignore' })
+  const child = spawn(MOTO[0], [...MOTO[1], '-H', '127.0.0.1', '-p', String(port)], { stdio: 'ignore' })
   const exited = new Promise((resolve) => child.once('exit', resolve))
   after(async () => {
     child.kill('SIGTERM')
@@ -45,13 +48,13 @@ export async function startS3(bucket = `sq-test-${randomBytes(4).toString('hex')
   let dead = false
   void exited.then(() => (dead = true))
   for (;;) {
-    if (dead) throw new Error('moto_server exited before it was ready')
+    if (dead) throw new Error('moto (python3 -m moto.server) exited before it was ready')
     const ok = await fetch(`${endpoint}/`).then(
       (r) => r.ok,
       () => false,
     )
     if (ok) break
-    if (Date.now() > deadline) throw new Error('moto_server did not start within 30 s')
+    if (Date.now() > deadline) throw new Error('moto (python3 -m moto.server) did not start within 30 s')
     await new Promise((resolve) => setTimeout(resolve, 100))
   }
   const created = await fetch(`${endpoint}/${bucket}`, { method: 'PUT' })
@@ -142,7 +145,7 @@ export function checkPresignedUrl(url, secret = SECRET_ACCESS_KEY) {
 }
 
 /** Skips (off CI) where moto is missing; CI installs it (.ci/run). */
-export const skipWithoutMoto = !motoInstalled && !process.env.CI ? 'moto_server is not installed (pip install "moto[server]")' : false
+export const skipWithoutMoto = !motoInstalled && !process.env.CI ? 'moto is not installed (pip install "moto[server]")' : false
 
 export const PREFIX = 'projects'
 
