@@ -97,6 +97,8 @@ export interface ClientOptions {
   reservationTtlMs?: number
   /** Where project paths point. Default `{ backend: 'local' }` (directories under `storageRoot`). */
   storage?: StorageOptions
+  /** Where the app's projects are. Default: the table `projects(id, user_id)`. */
+  projects?: ProjectsOptions
 }
 
 /** A project copied by `copyProject`. */
@@ -175,6 +177,21 @@ export interface ProjectLocation {
   key: string
   /** `{storageRoot}/{userId}/{projectId}/`, or `s3://{bucket}/{prefix}/{userId}/{projectId}/`. */
   path: string
+}
+
+/**
+ * The project source as the binding receives it (the JS layer turns `'standalone'` into
+ * `{ standalone: true }`).
+ */
+export interface ProjectsOptions {
+  /** The package keeps its own registry of projects (`registerProject` adds to it). */
+  standalone?: boolean
+  /** The app's table, e.g. `invoices` or `app.invoices`. */
+  table?: string
+  /** Its id column (uuid, text, varchar, integer or bigint). Default `id`. */
+  id?: string
+  /** Its owner column (text, varchar or uuid: a user id or an organization id). Default `user_id`. */
+  owner?: string
 }
 
 /** Where a project's files live. */

@@ -30,7 +30,8 @@ class StorageQuotaClient {
   #slowCallMs
 
   constructor(options = {}) {
-    const { logger, slowCallMs, ...nativeOptions } = parse(S.ClientOptionsSchema, options ?? {}, 'options')
+    const { logger, slowCallMs, projects, ...nativeOptions } = parse(S.ClientOptionsSchema, options ?? {}, 'options')
+    if (projects !== undefined) nativeOptions.projects = projects === 'standalone' ? { standalone: true } : projects
     this.#log = createLogger(logger)
     this.#slowCallMs = slowCallMs ?? 250
     try {
@@ -278,12 +279,22 @@ class StorageQuotaClient {
  * Options from the environment: DATABASE_URL (or POSTGRES_URL), STORAGE_ROOT, STORAGE_QUOTA_MODE,
  * and STORAGE_BACKEND=s3 with STORAGE_BUCKET and STORAGE_PREFIX.
  */
+/** `standalone`, or `table[:idColumn[:ownerColumn]]` (STORAGE_QUOTA_PROJECTS, --projects). */
+function projectsFromText(text) {
+  if (!text) return undefined
+  if (text === 'standalone') return 'standalone'
+  const [table, id, owner] = text.split(':')
+  return { table, ...(id ? { id } : {}), ...(owner ? { owner } : {}) }
+}
+
 function optionsFromEnv(env = process.env) {
   const options = {}
   const url = env.DATABASE_URL || env.POSTGRES_URL
   if (url) options.databaseUrl = url
   if (env.STORAGE_ROOT) options.storageRoot = env.STORAGE_ROOT
   if (env.STORAGE_QUOTA_MODE) options.mode = env.STORAGE_QUOTA_MODE
+  const projects = projectsFromText(env.STORAGE_QUOTA_PROJECTS)
+  if (projects) options.projects = projects
   if (env.STORAGE_BACKEND === 's3') {
     options.storage = { backend: 's3', bucket: env.STORAGE_BUCKET ?? '' }
     if (env.STORAGE_PREFIX) options.storage.prefix = env.STORAGE_PREFIX
@@ -293,4 +304,4 @@ function optionsFromEnv(env = process.env) {
   return options
 }
 
-module.exports = { StorageQuotaClient, optionsFromEnv, parse }
+module.exports = { StorageQuotaClient, optionsFromEnv, projectsFromText, parse }

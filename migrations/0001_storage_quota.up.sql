@@ -4,6 +4,9 @@
 --   storage_quota.default_limit_bytes  the quota seeded for existing owners (default 1 GiB)
 --   storage_quota.storage_root         absolute local storage root, for existing projects' paths
 -- To apply this file with another tool, SET LOCAL both in the same transaction.
+-- When storage_quota.project_source is set (the app named its own project table, or chose the
+-- standalone registry), nothing here reads or changes `projects`: migration 0006 links to the
+-- configured source instead. Unset, this file behaves as it always did.
 
 -- Short locks: give up (and roll back, changing nothing) rather than queue the app's queries
 -- behind a lock we cannot get, and bound how long any statement holds what it took.
@@ -25,6 +28,9 @@ DECLARE
   owner_type text;
   id_unique boolean;
 BEGIN
+  IF coalesce(current_setting('storage_quota.project_source', true), '') <> '' THEN
+    RETURN;
+  END IF;
   IF to_regclass('projects') IS NULL THEN
     CREATE TABLE projects (
       id uuid PRIMARY KEY DEFAULT gen_random_uuid(),
@@ -93,7 +99,7 @@ CREATE TABLE user_quotas (
 -- the quota it is charged to (the app has no user_projects table: ownership is projects.user_id).
 CREATE TABLE project_storage_paths (
   id uuid PRIMARY KEY DEFAULT gen_random_uuid(),
-  project_id uuid NOT NULL REFERENCES projects (id) ON DELETE CASCADE,
+  project_id uuid NOT NULL,
   user_id text NOT NULL,
   quota_id uuid NOT NULL REFERENCES user_quotas (id),
   backend text NOT NULL DEFAULT 'local',
@@ -128,7 +134,7 @@ CREATE INDEX quota_ledger_project_id_idx ON quota_ledger (project_id);
 -- Phase 2: simulation runs per project.
 CREATE TABLE simulation_jobs (
   id uuid PRIMARY KEY DEFAULT gen_random_uuid(),
-  project_id uuid NOT NULL REFERENCES projects (id) ON DELETE CASCADE,
+  project_id uuid NOT NULL,
   user_id text NOT NULL,
   status text NOT NULL DEFAULT 'queued',
   parameters jsonb NOT NULL DEFAULT '{}'::jsonb,
@@ -144,6 +150,18 @@ CREATE TABLE simulation_jobs (
 CREATE INDEX simulation_jobs_project_id_idx ON simulation_jobs (project_id);
 CREATE INDEX simulation_jobs_user_id_status_idx ON simulation_jobs (user_id, status);
 
+-- The links to `projects` (named as PostgreSQL names inline ones), only for the default source.
+DO $$
+BEGIN
+  IF coalesce(current_setting('storage_quota.project_source', true), '') = '' THEN
+    ALTER TABLE project_storage_paths ADD CONSTRAINT project_storage_paths_project_id_fkey
+      FOREIGN KEY (project_id) REFERENCES projects (id) ON DELETE CASCADE;
+    ALTER TABLE simulation_jobs ADD CONSTRAINT simulation_jobs_project_id_fkey
+      FOREIGN KEY (project_id) REFERENCES projects (id) ON DELETE CASCADE;
+  END IF;
+END
+$$;
+
 -- Data migration for existing projects. Owners whose ids are not valid storage-quota user ids
 -- (see README, "Ids") are skipped and reported; their projects keep working as before.
 DO $$
@@ -153,6 +171,9 @@ DECLARE
   has_sizes boolean;
   skipped bigint;
 BEGIN
+  IF coalesce(current_setting('storage_quota.project_source', true), '') <> '' THEN
+    RETURN;
+  END IF;
   IF NOT EXISTS (SELECT 1 FROM projects) THEN
     RETURN;
   END IF;
@@ -226,16 +247,22 @@ CREATE TRIGGER user_quotas_limit_on_update
 -- last: everything above read `projects` under ACCESS SHARE (which blocks no app query), while
 -- ADD COLUMN takes ACCESS EXCLUSIVE until commit. So the app's queries on `projects` wait only
 -- for the statements below. A nullable column without a default is a catalog change (no rewrite).
-ALTER TABLE projects ADD COLUMN storage_path_id uuid;
-ALTER TABLE projects
-  ADD CONSTRAINT projects_storage_path_id_fkey FOREIGN KEY (storage_path_id)
-  REFERENCES project_storage_paths (id) ON DELETE SET NULL NOT VALID;
--- Written after the constraint exists, so every value is checked as it is written.
-UPDATE projects p SET storage_path_id = sp.id
-  FROM project_storage_paths sp WHERE sp.project_id = p.id;
--- The rule wants VALIDATE in a later transaction so it runs under SHARE UPDATE EXCLUSIVE only.
--- Here it would gain nothing: this transaction already holds ACCESS EXCLUSIVE on `projects`
--- (from ADD COLUMN) until commit, and every non-null value was checked on write just above, so
--- VALIDATE only marks the constraint valid after one scan. See docs/migrations.md.
--- squawk-ignore constraint-missing-not-valid
-ALTER TABLE projects VALIDATE CONSTRAINT projects_storage_path_id_fkey;
+DO $$
+BEGIN
+  IF coalesce(current_setting('storage_quota.project_source', true), '') <> '' THEN
+    RETURN;
+  END IF;
+  ALTER TABLE projects ADD COLUMN storage_path_id uuid;
+  ALTER TABLE projects
+    ADD CONSTRAINT projects_storage_path_id_fkey FOREIGN KEY (storage_path_id)
+    REFERENCES project_storage_paths (id) ON DELETE SET NULL NOT VALID;
+  -- Written after the constraint exists, so every value is checked as it is written.
+  UPDATE projects p SET storage_path_id = sp.id
+    FROM project_storage_paths sp WHERE sp.project_id = p.id;
+  -- VALIDATE in a later transaction would gain nothing here: this transaction already holds
+  -- ACCESS EXCLUSIVE on `projects` (from ADD COLUMN) until commit, and every non-null value was
+  -- checked on write just above, so VALIDATE only marks the constraint valid after one scan.
+  -- See docs/migrations.md.
+  ALTER TABLE projects VALIDATE CONSTRAINT projects_storage_path_id_fkey;
+END
+$$;

@@ -5,6 +5,7 @@
 use sha2::{Digest, Sha256};
 use tokio_postgres::{Client, Transaction};
 
+use crate::db::project_source::ProjectSource;
 use crate::error::{QuotaError, Result};
 
 pub struct Migration {
@@ -12,6 +13,9 @@ pub struct Migration {
   pub name: &'static str,
   pub up: &'static str,
   pub down: &'static str,
+  /// Checksums of earlier texts of `up` that databases may have recorded. 0001 learnt to leave
+  /// `projects` alone when the app names another source; databases migrated before keep working.
+  pub earlier_checksums: &'static [&'static str],
 }
 
 pub const MIGRATIONS: &[Migration] = &[
@@ -20,12 +24,22 @@ pub const MIGRATIONS: &[Migration] = &[
     name: "storage_quota",
     up: include_str!("../../migrations/0001_storage_quota.up.sql"),
     down: include_str!("../../migrations/0001_storage_quota.down.sql"),
+    earlier_checksums: &["f7eedd58de7e6d20d11e9737422549da92b06320a48ec539fbd7ff06ac1f6514"],
   },
   Migration {
     version: 2,
     name: "quota_lifecycle",
     up: include_str!("../../migrations/0002_quota_lifecycle.up.sql"),
     down: include_str!("../../migrations/0002_quota_lifecycle.down.sql"),
+    earlier_checksums: &[],
+  },
+  // 0003 to 0005 are other branches' (the runner accepts gaps).
+  Migration {
+    version: 6,
+    name: "project_source",
+    up: include_str!("../../migrations/0006_project_source.up.sql"),
+    down: include_str!("../../migrations/0006_project_source.down.sql"),
+    earlier_checksums: &[],
   },
 ];
 
@@ -44,6 +58,7 @@ const TRACKING_TABLE: &str = "
 pub struct MigrationSettings {
   pub default_limit_bytes: i64,
   pub storage_root: String,
+  pub project_source: ProjectSource,
 }
 
 #[derive(Debug, Clone)]
@@ -62,6 +77,11 @@ pub struct Status {
 impl Migration {
   pub fn checksum(&self) -> String {
     hex(&Sha256::digest(self.up.as_bytes()))
+  }
+
+  /// Whether a recorded checksum is this text's or an earlier, compatible one's.
+  fn accepts(&self, checksum: &str) -> bool {
+    self.checksum() == checksum || self.earlier_checksums.contains(&checksum)
   }
 
   fn label(&self) -> String {
@@ -94,7 +114,7 @@ async fn lock_and_read(tx: &Transaction<'_>) -> Result<Vec<(i32, String)>> {
           "the database has migration {version} applied, which this version of storage-quota does not know; upgrade storage-quota"
         )))
       }
-      Some(migration) if migration.checksum() != *checksum => {
+      Some(migration) if !migration.accepts(checksum) => {
         return Err(QuotaError::MigrationFailed(format!(
           "migration {} was changed after it was applied (checksum differs); refusing to continue",
           migration.label()
@@ -122,6 +142,8 @@ fn failed(migration: &Migration, direction: &str, error: tokio_postgres::Error) 
 
 /// Applies every pending migration, one transaction each. Returns the versions applied now.
 pub async fn migrate(client: &mut Client, settings: &MigrationSettings) -> Result<Vec<i32>> {
+  // Before anything changes: a configured project table that is missing or unusable is refused.
+  settings.project_source.check(&*client).await?;
   let mut applied_now = Vec::new();
   loop {
     let tx = client.transaction().await?;
@@ -138,6 +160,10 @@ pub async fn migrate(client: &mut Client, settings: &MigrationSettings) -> Resul
       &[&settings.default_limit_bytes.to_string(), &settings.storage_root],
     )
     .await?;
+    for (name, value) in settings.project_source.settings() {
+      tx.execute("SELECT set_config($1, $2, true)", &[&name, &value])
+        .await?;
+    }
     tx.batch_execute(next.up)
       .await
       .map_err(|e| failed(next, "up", e))?;
@@ -206,7 +232,7 @@ pub async fn status(client: &Client) -> Result<Status> {
       let version: i32 = row.get(0);
       let checksum: String = row.get(2);
       if let Some(known) = MIGRATIONS.iter().find(|m| m.version == version) {
-        if known.checksum() != checksum {
+        if !known.accepts(&checksum) {
           return Err(QuotaError::MigrationFailed(format!(
             "migration {} was changed after it was applied (checksum differs)",
             known.label()

@@ -134,6 +134,12 @@ impl NativeClient {
         bucket: s.bucket,
         prefix: s.prefix,
       }),
+      projects: options.projects.map(|p| config::RawProjects {
+        standalone: p.standalone.unwrap_or(false),
+        table: p.table,
+        id: p.id,
+        owner: p.owner,
+      }),
     })
     .map_err(to_js_error)?;
     Ok(NativeClient { inner })

@@ -35,6 +35,23 @@ pub struct ClientOptions {
   pub reservation_ttl_ms: Option<f64>,
   /// Where project paths point. Default `{ backend: 'local' }` (directories under `storageRoot`).
   pub storage: Option<StorageOptions>,
+  /// Where the app's projects are. Default: the table `projects(id, user_id)`.
+  pub projects: Option<ProjectsOptions>,
+}
+
+/// The project source as the binding receives it (the JS layer turns `'standalone'` into
+/// `{ standalone: true }`).
+#[napi(object)]
+#[derive(Default)]
+pub struct ProjectsOptions {
+  /// The package keeps its own registry of projects (`registerProject` adds to it).
+  pub standalone: Option<bool>,
+  /// The app's table, e.g. `invoices` or `app.invoices`.
+  pub table: Option<String>,
+  /// Its id column (uuid, text, varchar, integer or bigint). Default `id`.
+  pub id: Option<String>,
+  /// Its owner column (text, varchar or uuid: a user id or an organization id). Default `user_id`.
+  pub owner: Option<String>,
 }
 
 /// The storage backend: `{ backend: 'local' }`, or `{ backend: 's3', bucket, prefix? }` for

@@ -14,7 +14,6 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::oneshot;
 use tokio_postgres::types::ToSql;
-use uuid::Uuid;
 
 use crate::db::pool::{PgConnection, Pool};
 use crate::error::{ConflictReason, QuotaError, QuotaShortfall, Result};
@@ -27,7 +26,8 @@ const MAX_BATCH: usize = 256;
 
 const LOCK_QUOTA: &str = "SELECT used_bytes, reserved_bytes, limit_bytes FROM user_quotas \
    WHERE user_id = $1 FOR NO KEY UPDATE";
-const OWNERS: &str = "SELECT id, user_id FROM projects WHERE id = ANY($1)";
+const OWNERS: &str =
+  "SELECT p.id, p.user_id FROM unnest($1::text[]) AS x(id), storage_quota_project(x.id) p";
 const PRIORS: &str = "SELECT idempotency_key, bytes, project_id FROM quota_ledger \
    WHERE user_id = $1 AND idempotency_key = ANY($2)";
 const CHARGE: &str = "UPDATE user_quotas SET used_bytes = used_bytes + $2, updated_at = now() \
@@ -35,7 +35,7 @@ const CHARGE: &str = "UPDATE user_quotas SET used_bytes = used_bytes + $2, updat
 const LEDGER: &str =
   "INSERT INTO quota_ledger (user_id, project_id, idempotency_key, kind, bytes) \
    SELECT $1, t.project_id, t.key, 'upload', t.bytes \
-     FROM unnest($2::uuid[], $3::text[], $4::bigint[]) AS t(project_id, key, bytes)";
+     FROM unnest($2::text[], $3::text[], $4::bigint[]) AS t(project_id, key, bytes)";
 
 pub struct Upload {
   pub user: UserId,
@@ -210,9 +210,9 @@ async fn charge_together(
   uploads: &[&Upload],
 ) -> Result<Option<Vec<Result<RecordedUpload>>>> {
   let user = &uploads[0].user;
-  let projects: Vec<Uuid> = uploads
+  let projects: Vec<&str> = uploads
     .iter()
-    .map(|u| u.project.uuid())
+    .map(|u| u.project.as_str())
     .collect::<HashSet<_>>()
     .into_iter()
     .collect();
@@ -244,8 +244,8 @@ async fn charge_together(
     reserved_bytes: row.get(1),
     limit_bytes: row.get(2),
   };
-  let owners: HashMap<Uuid, String> = owners.iter().map(|r| (r.get(0), r.get(1))).collect();
-  let mut recorded: HashMap<String, (i64, Option<Uuid>)> = priors
+  let owners: HashMap<String, String> = owners.iter().map(|r| (r.get(0), r.get(1))).collect();
+  let mut recorded: HashMap<String, (i64, Option<String>)> = priors
     .iter()
     .map(|r| (r.get(0), (r.get(1), r.get(2))))
     .collect();
@@ -256,7 +256,7 @@ async fn charge_together(
     answers.push(decide(upload, &owners, &mut recorded, &mut usage));
     if let Some(Ok(answer)) = answers.last() {
       if !answer.duplicate {
-        new_projects.push(upload.project.uuid());
+        new_projects.push(upload.project.as_str());
         new_keys.push(upload.upload_id.as_str());
         new_bytes.push(upload.bytes);
       }
@@ -286,13 +286,14 @@ async fn charge_together(
 /// One upload's answer, as `usage::record_upload` decides it, against the usage so far.
 fn decide(
   upload: &Upload,
-  owners: &HashMap<Uuid, String>,
-  recorded: &mut HashMap<String, (i64, Option<Uuid>)>,
+  owners: &HashMap<String, String>,
+  recorded: &mut HashMap<String, (i64, Option<String>)>,
   usage: &mut Usage,
 ) -> Result<RecordedUpload> {
-  let project = upload.project.uuid();
-  if let Some(&(prior_bytes, prior_project)) = recorded.get(&upload.upload_id) {
-    if prior_bytes != upload.bytes || prior_project != Some(project) {
+  let project = upload.project.as_str();
+  if let Some((prior_bytes, prior_project)) = recorded.get(&upload.upload_id) {
+    let prior_bytes = *prior_bytes;
+    if prior_bytes != upload.bytes || prior_project.as_deref() != Some(project) {
       return Err(QuotaError::conflict(
           ConflictReason::KeyReused,
           format!(
@@ -302,7 +303,7 @@ fn decide(
     }
     return Ok(answer(upload, true, *usage));
   }
-  match owners.get(&project) {
+  match owners.get(project) {
     None => {
       return Err(QuotaError::NotFound(format!(
         "project {} does not exist",
@@ -326,7 +327,7 @@ fn decide(
     }));
   }
   usage.used_bytes += upload.bytes;
-  recorded.insert(upload.upload_id.clone(), (upload.bytes, Some(project)));
+  recorded.insert(upload.upload_id.clone(), (upload.bytes, Some(project.to_owned())));
   Ok(answer(upload, false, *usage))
 }
 

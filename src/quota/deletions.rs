@@ -59,8 +59,8 @@ async fn check_release_owner(
 ) -> Result<()> {
   let owner: Option<String> = tx
     .query_opt(
-      "SELECT user_id FROM projects WHERE id = $1",
-      &[&project.uuid()],
+      "SELECT user_id FROM storage_quota_project($1)",
+      &[&project.as_str()],
     )
     .await?
     .map(|row| row.get(0));
@@ -73,7 +73,7 @@ async fn check_release_owner(
       let known: bool = tx
         .query_one(
           "SELECT EXISTS (SELECT 1 FROM quota_ledger WHERE user_id = $1 AND project_id = $2)",
-          &[&user.as_str(), &project.uuid()],
+          &[&user.as_str(), &project.as_str()],
         )
         .await?
         .get(0);
@@ -92,7 +92,7 @@ async fn project_counted(tx: &Transaction<'_>, user: &UserId, project: &ProjectI
   Ok(
     tx.query_one(
       "SELECT coalesce(sum(bytes), 0)::bigint FROM quota_ledger WHERE user_id = $1 AND project_id = $2",
-      &[&user.as_str(), &project.uuid()],
+      &[&user.as_str(), &project.as_str()],
     )
     .await?
     .get(0),
@@ -103,7 +103,7 @@ async fn prior_entry(
   tx: &Transaction<'_>,
   user: &UserId,
   key: &str,
-) -> Result<Option<(i64, Option<uuid::Uuid>)>> {
+) -> Result<Option<(i64, Option<String>)>> {
   Ok(
     tx.query_opt(
       "SELECT bytes, project_id FROM quota_ledger WHERE user_id = $1 AND idempotency_key = $2",
@@ -138,7 +138,7 @@ async fn apply(
   for (key, kind, bytes) in entries {
     tx.execute(
       "INSERT INTO quota_ledger (user_id, project_id, idempotency_key, kind, bytes) VALUES ($1, $2, $3, $4, $5)",
-      &[&user.as_str(), &project.uuid(), key, kind, bytes],
+      &[&user.as_str(), &project.as_str(), key, kind, bytes],
     )
     .await?;
   }
@@ -182,7 +182,7 @@ pub async fn record_deletion(
           "upload {upload_id:?} was never recorded for this user"
         )));
       };
-      if recorded_project != Some(project.uuid()) || bytes.is_some_and(|b| b != recorded) {
+      if recorded_project.as_deref() != Some(project.as_str()) || bytes.is_some_and(|b| b != recorded) {
         return Err(QuotaError::conflict(
           ConflictReason::Mismatch,
           format!(
@@ -241,7 +241,7 @@ pub async fn record_overwrite(
     .ok_or_else(|| QuotaError::Internal("quota row missing after it was ensured".into()))?;
   check_release_owner(&tx, user, project).await?;
   if let Some((prior, prior_project)) = prior_entry(&tx, user, upload_id).await? {
-    if prior != bytes || prior_project != Some(project.uuid()) {
+    if prior != bytes || prior_project.as_deref() != Some(project.as_str()) {
       return Err(QuotaError::conflict(
         ConflictReason::KeyReused,
         format!(
@@ -303,7 +303,7 @@ pub async fn remove_project(
     .query(
       "UPDATE quota_reservations SET status = 'cancelled', settled_at = now()
         WHERE user_id = $1 AND project_id = $2 AND status = 'pending' RETURNING bytes",
-      &[&user.as_str(), &project.uuid()],
+      &[&user.as_str(), &project.as_str()],
     )
     .await?;
   let held: i64 = cancelled.iter().map(|row| row.get::<_, i64>(0)).sum();

@@ -10,7 +10,7 @@ use crate::ids::UserId;
 
 #[derive(Debug, Clone)]
 pub struct ProjectDrift {
-  pub project_id: uuid::Uuid,
+  pub project_id: String,
   pub ledger_bytes: i64,
   /// The project's local directory, when it has one (disk sizes are filled in by the caller).
   pub path: Option<String>,

@@ -18,7 +18,7 @@ use crate::rollout::Mode;
 pub struct Reservation {
   pub reservation_id: uuid::Uuid,
   pub user_id: String,
-  pub project_id: uuid::Uuid,
+  pub project_id: String,
   pub bytes: i64,
   pub expires_at: DateTime<Utc>,
   pub would_refuse: bool,
@@ -30,7 +30,7 @@ pub struct Reservation {
 pub struct Settled {
   pub reservation_id: uuid::Uuid,
   pub user_id: String,
-  pub project_id: uuid::Uuid,
+  pub project_id: String,
   /// Bytes the reservation held.
   pub reserved_bytes: i64,
   /// Bytes now counted as used (commit) or 0 (cancel).
@@ -45,7 +45,7 @@ macro_rules! reserve_sql {
     concat!(
       "
 WITH owner AS (
-  SELECT p.user_id FROM projects p WHERE p.id = $2
+  SELECT p.user_id FROM storage_quota_project($2) p
 ), prior AS (
   SELECT r.user_id, r.project_id, r.bytes, r.status, r.expires_at FROM quota_reservations r WHERE r.id = $4
 ), charged AS (
@@ -151,7 +151,7 @@ pub async fn reserve(
   };
   for _ in 0..CHARGE_ATTEMPTS {
     let ttl = ttl_ms as f64;
-    let project_id = project.uuid();
+    let project_id = project.as_str();
     let row = swept_query_one(
       conn,
       user,
@@ -169,7 +169,7 @@ pub async fn reserve(
     };
     if let Some(prior_user) = row.get::<_, Option<String>>("prior_user") {
       let same = prior_user == user.as_str()
-        && row.get::<_, uuid::Uuid>("prior_project") == project.uuid()
+        && row.get::<_, &str>("prior_project") == project.as_str()
         && row.get::<_, i64>("prior_bytes") == bytes;
       let status: String = row.get("prior_status");
       if !same || status != "pending" {
@@ -185,7 +185,7 @@ pub async fn reserve(
       return Ok(Reservation {
         reservation_id,
         user_id: prior_user,
-        project_id: project.uuid(),
+        project_id: project.to_string(),
         bytes,
         expires_at: row.get("prior_expires_at"),
         would_refuse: false,
@@ -203,7 +203,7 @@ pub async fn reserve(
       return Ok(Reservation {
         reservation_id,
         user_id: user.as_str().to_owned(),
-        project_id: project.uuid(),
+        project_id: project.to_string(),
         bytes,
         expires_at,
         would_refuse: usage.over_limit(),
@@ -254,7 +254,7 @@ pub async fn commit(
   let owner = reservation_owner(&row, id, caller)?;
   let status: String = row.get("status");
   let reserved_bytes: i64 = row.get("bytes");
-  let project_id: uuid::Uuid = row.get("project_id");
+  let project_id: String = row.get("project_id");
   if row.get::<_, i64>("writes") == 2 {
     return Ok(Settled {
       reservation_id: *id,

@@ -131,7 +131,7 @@ macro_rules! record_upload_sql {
     concat!(
       "
 WITH owner AS (
-  SELECT p.user_id FROM projects p WHERE p.id = $2
+  SELECT p.user_id FROM storage_quota_project($2) p
 ), prior AS (
   SELECT l.bytes, l.project_id FROM quota_ledger l WHERE l.user_id = $1 AND l.idempotency_key = $3
 ), charged AS (
@@ -307,7 +307,7 @@ pub async fn record_upload(
     RECORD_UPLOAD
   };
   for _ in 0..CHARGE_ATTEMPTS {
-    let project_id = project.uuid();
+    let project_id = project.as_str();
     let result = swept_query_one(
       conn,
       user,
@@ -322,8 +322,8 @@ pub async fn record_upload(
     };
     let prior_bytes: Option<i64> = row.get("prior_bytes");
     if let Some(prior_bytes) = prior_bytes {
-      let prior_project: Option<uuid::Uuid> = row.get("prior_project");
-      if prior_bytes != bytes || prior_project != Some(project.uuid()) {
+      let prior_project: Option<String> = row.get("prior_project");
+      if prior_bytes != bytes || prior_project.as_deref() != Some(project.as_str()) {
         return Err(QuotaError::conflict(
           ConflictReason::KeyReused,
           format!(

@@ -128,13 +128,8 @@ impl Client {
       .iter()
       .enumerate()
       .filter(|(_, p)| p.path.is_some())
-      .map(|(i, p)| {
-        (
-          i,
-          ProjectId::parse(&p.project_id.to_string()).expect("a uuid from the database"),
-        )
-      })
-      .collect();
+      .map(|(i, p)| Ok((i, ProjectId::parse(&p.project_id)?)))
+      .collect::<Result<_>>()?;
     let sizes = blocking(move || {
       projects
         .into_iter()
@@ -155,6 +150,7 @@ impl Client {
     Ok(MigrationSettings {
       default_limit_bytes: self.config.default_quota_bytes,
       storage_root: self.migration_storage_root()?,
+      project_source: self.config.project_source.clone(),
     })
   }
 

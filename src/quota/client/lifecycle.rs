@@ -6,7 +6,7 @@ use crate::error::{ConflictReason, QuotaError, Result};
 use crate::ids::{parse_bytes, parse_upload_id, upload_key_or_new, ProjectId, UserId};
 use crate::quota::config::parse_ttl_ms;
 use crate::quota::deletions::{self, DeletionTarget, Overwritten, Released, RemovedProject};
-use crate::quota::projects::ProjectStoragePath;
+use crate::quota::projects::{self, ProjectStoragePath};
 use crate::quota::reservations::{self, LedgerEntry, Reservation, Settled};
 use crate::quota::usage::{self, Usage};
 use crate::rollout::Mode;
@@ -30,9 +30,7 @@ pub struct CopiedProject {
 }
 
 fn parse_reservation_id(raw: &str) -> Result<uuid::Uuid> {
-  ProjectId::parse(raw)
-    .map(|id| id.uuid())
-    .map_err(|_| QuotaError::invalid("reservationId must be a UUID"))
+  crate::ids::parse_uuid("reservationId", raw)
 }
 
 fn parse_caller(user_id: Option<&str>) -> Result<Option<UserId>> {
@@ -189,6 +187,11 @@ impl Client {
         return Err(QuotaError::QuotaExceeded(check.usage.shortfall(size)));
       }
     }
+    if self.standalone() {
+      self
+        .with_conn(async |conn| projects::register_standalone(&mut conn.0, &user, &project).await)
+        .await?;
+    }
     let path = self.allocate(&user, &project).await?;
     if size == 0 {
       let usage = self.usage_of(&user).await?;
@@ -260,11 +263,11 @@ impl Client {
       });
     }
 
-    let (src_root, src_user) = (root.clone(), user.clone());
-    let size = blocking(move || Ok(project_usage(&src_root, &src_user, &source)?.bytes)).await?;
-    let (tgt_root, tgt_user) = (root.clone(), user.clone());
+    let (src_root, src_user, src) = (root.clone(), user.clone(), source.clone());
+    let size = blocking(move || Ok(project_usage(&src_root, &src_user, &src)?.bytes)).await?;
+    let (tgt_root, tgt_user, tgt) = (root.clone(), user.clone(), target.clone());
     let target_has_files =
-      blocking(move || Ok(project_usage(&tgt_root, &tgt_user, &target)?.files > 0)).await?;
+      blocking(move || Ok(project_usage(&tgt_root, &tgt_user, &tgt)?.files > 0)).await?;
     if target_has_files {
       return Err(QuotaError::conflict(
         ConflictReason::TargetNotEmpty,
@@ -279,7 +282,9 @@ impl Client {
       })
       .await?;
     let (copy_root, copy_user) = (root.clone(), user.clone());
+    let (copy_source, copy_target) = (source.clone(), target.clone());
     let copied = blocking(move || {
+      let (source, target) = (copy_source, copy_target);
       let from = ProjectDir::open(&copy_root, &copy_user, &source)?;
       let to = ProjectDir::open(&copy_root, &copy_user, &target)?
         .ok_or_else(|| QuotaError::Storage(format!("project {target}'s directory vanished")))?;
@@ -353,6 +358,7 @@ impl Client {
       .await?;
     if delete_files {
       let root = self.storage_root()?.clone();
+      let (user, project) = (user.clone(), project.clone());
       blocking(move || {
         if let Some(dir) = ProjectDir::open(&root, &user, &project)? {
           tree::clear_dir(&dir.path())?;
@@ -362,6 +368,11 @@ impl Client {
         Ok(())
       })
       .await?;
+    }
+    if self.standalone() {
+      self
+        .with_conn(async |conn| projects::unregister_standalone(&mut conn.0, &user, &project).await)
+        .await?;
     }
     Ok(removed)
   }

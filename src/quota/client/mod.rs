@@ -177,6 +177,11 @@ impl Client {
     blocking(move || backend.usage(&user, &project)).await
   }
 
+  /// Whether the package keeps its own project registry (`projects: 'standalone'`).
+  fn standalone(&self) -> bool {
+    self.config.project_source == crate::db::project_source::ProjectSource::Standalone
+  }
+
   fn default_limit(&self) -> i64 {
     self.config.default_quota_bytes
   }
@@ -311,7 +316,7 @@ impl Client {
         record.path, record.backend, location.path
       )));
     }
-    let (user, project) = (user.clone(), *project);
+    let (user, project) = (user.clone(), project.clone());
     blocking(move || backend.prepare(&user, &project)).await?;
     Ok(record)
   }
