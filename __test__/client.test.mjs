@@ -24,7 +24,7 @@ test('bad arguments reject with INVALID_ARGUMENT and write nothing', async () =>
   const before = await tableCounts()
   const badBytes = [-1, 0.5, NaN, Infinity, 2 ** 53, '10', null, undefined, 10n, {}]
   const badUsers = ['', '../x', 'a b', 42, null, 'x'.repeat(200), "user'; DROP TABLE user_quotas; --"]
-  const badProjects = ['', 'not-a-uuid', '../../etc', 7, null, `${project}x`]
+  const badProjects = ['', 'not.a.uuid', '../../etc', 7, null, `${project}/x`, '-1', 'x'.repeat(129)]
   const calls = [
     ...badBytes.map((b) => () => client.checkQuota('user_valid', b)),
     ...badBytes.map((b) => () => client.recordUpload('user_valid', project, b)),
@@ -45,6 +45,11 @@ test('bad arguments reject with INVALID_ARGUMENT and write nothing', async () =>
     assert.ok(error instanceof StorageQuotaError, String(error))
     assert.equal(error.code, 'INVALID_ARGUMENT', `${call}: ${error.message}`)
     assert.ok(error.message.length > 10)
+  }
+  assert.deepEqual(await tableCounts(), before)
+  // Well-formed ids of another type or spelling are ids of no project, not errors.
+  for (const other of ['not-a-uuid', `${project}x`, project.replaceAll('-', ''), '42']) {
+    assert.equal((await rejection(client.recordUpload('user_valid', other, 1))).code, 'NOT_FOUND', other)
   }
   assert.deepEqual(await tableCounts(), before)
 })

@@ -15,6 +15,17 @@ async function schemaDump(db) {
   return stdout.replace(/^\\(un)?restrict .*$/gm, '')
 }
 
+// Every migration this version knows, in order (other branches add theirs between ours).
+const { versions: ALL } = await (async () => {
+  const db = await createTestDatabase('mig_versions')
+  const client = createClient({ databaseUrl: db.url, storageRoot: db.storageRoot })
+  try {
+    return { versions: (await client.migrationStatus()).pending.map((m) => m.version) }
+  } finally {
+    await client.close()
+  }
+})()
+
 async function appRows(db) {
   const projects = await db.query(
     'SELECT id, user_id, name, description, size_bytes, created_at, updated_at FROM projects ORDER BY id',
@@ -30,10 +41,10 @@ test('on an empty database: creates the schema, records it, and is idempotent', 
     const before = await rejection(client.checkQuota('user_a', 1))
     assert.equal(before.code, 'MIGRATION_REQUIRED')
 
-    assert.deepEqual(await client.migrate(), { applied: [1, 2] })
+    assert.deepEqual(await client.migrate(), { applied: ALL })
     assert.deepEqual(await client.migrate(), { applied: [] })
     const status = await client.migrationStatus()
-    assert.deepEqual(status.applied.map((m) => m.version), [1, 2])
+    assert.deepEqual(status.applied.map((m) => m.version), ALL)
     assert.ok(status.applied[0].appliedAt instanceof Date)
     assert.deepEqual(status.pending, [])
 
@@ -51,6 +62,7 @@ test('on an empty database: creates the schema, records it, and is idempotent', 
         'simulation_jobs',
         'storage_quota_meta',
         'storage_quota_migrations',
+        'storage_quota_projects',
         'user_quotas',
       ],
     )
@@ -59,7 +71,7 @@ test('on an empty database: creates the schema, records it, and is idempotent', 
     )
     assert.equal(column.rows[0].data_type, 'uuid')
 
-    assert.deepEqual(await client.rollback(2), { reverted: [2, 1] })
+    assert.deepEqual(await client.rollback(ALL.length), { reverted: [...ALL].reverse() })
     const left = await db.query(`SELECT count(*)::int AS n FROM information_schema.tables WHERE table_schema = 'public'`)
     assert.equal(left.rows[0].n, 0, 'rollback on an empty database removes everything it created')
   } finally {
@@ -79,7 +91,7 @@ test('on an existing app: paths and quotas for every project, rows untouched, ro
 
     const paths = await db.query(
       `SELECT p.id, p.user_id, sp.key, sp.path, sp.backend, p.storage_path_id = sp.id AS linked
-         FROM projects p JOIN project_storage_paths sp ON sp.project_id = p.id ORDER BY p.id`,
+         FROM projects p JOIN project_storage_paths sp ON sp.project_id = p.id::text ORDER BY p.id`,
     )
     assert.equal(paths.rows.length, 5, 'every existing project has a storage path')
     for (const row of paths.rows) {
@@ -104,7 +116,7 @@ test('on an existing app: paths and quotas for every project, rows untouched, ro
     // The app's own rows are untouched (apart from the new column).
     assert.deepEqual(await appRows(db), rowsBefore)
 
-    await client.rollback(2)
+    await client.rollback(ALL.length)
     assert.equal(await schemaDump(db), schemaBefore, 'rollback restores the schema exactly')
     assert.deepEqual(await appRows(db), rowsBefore, 'rollback keeps every app row')
 
@@ -113,7 +125,7 @@ test('on an existing app: paths and quotas for every project, rows untouched, ro
     const again = await db.query('SELECT count(*)::int AS n FROM project_storage_paths')
     assert.equal(again.rows[0].n, 5)
     assert.deepEqual(await appRows(db), rowsBefore, 'up → down → up keeps every app row')
-    await client.rollback(2)
+    await client.rollback(ALL.length)
     assert.equal(await schemaDump(db), schemaBefore, 'migrate → rollback → migrate → rollback is stable')
   } finally {
     await client.close()
@@ -144,7 +156,7 @@ test('two clients migrating at once apply the set once', async () => {
   const clients = Array.from({ length: 4 }, () => createClient({ databaseUrl: db.url, storageRoot: db.storageRoot }))
   try {
     const results = await Promise.all(clients.map((c) => c.migrate()))
-    assert.deepEqual(results.flatMap((r) => r.applied).sort(), [1, 2])
+    assert.deepEqual(results.flatMap((r) => r.applied).sort((a, b) => a - b), ALL)
     const paths = await db.query('SELECT count(*)::int AS n FROM project_storage_paths')
     assert.equal(paths.rows[0].n, 5)
   } finally {

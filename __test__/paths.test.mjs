@@ -72,10 +72,12 @@ test('ids that could leave the root are refused before anything is touched', asy
     const error = await rejection(client.allocateProjectPath(userId, project))
     assert.equal(error.code, 'INVALID_ARGUMENT', `userId ${JSON.stringify(userId)}`)
   }
-  for (const projectId of ['..', `${project}/..`, `../${project.slice(3)}`, project.replaceAll('-', ''), `{${project}}`]) {
+  for (const projectId of ['..', `${project}/..`, `../${project.slice(3)}`, `{${project}}`, `${project}.`]) {
     const error = await rejection(client.allocateProjectPath('user_safe', projectId))
     assert.equal(error.code, 'INVALID_ARGUMENT', `projectId ${JSON.stringify(projectId)}`)
   }
+  // The bare 32-digit form is a well-formed text id, but of no project: it never aliases the uuid.
+  assert.equal((await rejection(client.allocateProjectPath('user_safe', project.replaceAll('-', '')))).code, 'NOT_FOUND')
   assert.deepEqual((await readdir(db.storageRoot)).sort(), before, 'the storage root is unchanged')
   const { rows } = await db.query('SELECT count(*)::int AS n FROM project_storage_paths WHERE project_id = $1', [project])
   assert.equal(rows[0].n, 0, 'no record was written')
