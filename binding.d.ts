@@ -167,6 +167,12 @@ export interface ProjectDrift {
   diskBytes?: number
   /** `diskBytes − ledgerBytes`. */
   diskDriftBytes?: number
+  /** The app's row is gone: the project was deleted without `removeProject`. */
+  deleted: boolean
+  /** Bytes given back for the deleted project by this run (`fix`). */
+  releasedBytes: number
+  /** Its directory and path record were removed by this run (`fix`, local backend). */
+  removed: boolean
 }
 
 /** Where a project lives (or would), computed without touching the database or disk. */
@@ -245,7 +251,9 @@ export interface ReconcileReport {
   checkedUsers: number
   driftedUsers: number
   fixedUsers: number
-  /** Users with drift (all checked users when one was named or `disk` was asked for). */
+  /** Projects found deleted behind the package's back (their app row is gone). */
+  deletedProjects: number
+  /** Users with drift or deleted projects (all checked users when one was named or `disk` was asked for). */
   users: Array<UserDrift>
 }
 

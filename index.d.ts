@@ -55,14 +55,23 @@ export type Logger =
   | ((event: LogEvent, fields: Record<string, unknown>) => void)
   | { info?: (entry: Record<string, unknown>) => void; warn?: (entry: Record<string, unknown>) => void }
 
-export interface ClientOptions extends Omit<NativeClientOptions, 'storage'> {
+export interface ClientOptions extends Omit<NativeClientOptions, 'storage' | 'projects'> {
   /** Where project paths point. Default `{ backend: 'local' }` (directories under `storageRoot`). */
   storage?: StorageOptions
+  /**
+   * Where the app's projects are: its table with the id and owner columns (default
+   * `{ table: 'projects', id: 'id', owner: 'user_id' }`), or `'standalone'` for the package's own
+   * registry. Default: `STORAGE_QUOTA_PROJECTS` (`standalone` or `table:id:owner`).
+   */
+  projects?: ProjectsOption
   /** Where log events go: a function, an object with `info`/`warn`, or `false`. Default: JSON lines on stderr. */
   logger?: Logger | false
   /** Calls slower than this many ms are logged as `slow_call`. Default 250. */
   slowCallMs?: number
 }
+
+/** The app's project table (`name` or `schema.name`), its id column (default `id`; uuid, text, varchar, integer or bigint) and owner column (default `user_id`; text, varchar or uuid — a user id or an organization id). */
+export type ProjectsOption = 'standalone' | { table: string; id?: string; owner?: string }
 
 /**
  * Where project paths point: directories under `storageRoot` (the default), or keys under
@@ -239,6 +248,7 @@ export declare function removeProject(userId: string, projectId: string, options
 export declare function setQuotaLimit(userId: string, limitBytes: number, options?: SetQuotaLimitOptions): Promise<Usage>
 export declare function getUsage(userId: string, options?: { projects?: boolean }): Promise<Usage>
 export declare function reconcile(userId?: string, options?: { fix?: boolean; disk?: boolean }): Promise<ReconcileReport>
+export declare function reconcile(options: { fix?: boolean; disk?: boolean }): Promise<ReconcileReport>
 export declare function projectPathFor(userId: string, projectId: string): ProjectLocation
 export declare function validatePath(userId: string, projectId: string, candidate: string): Promise<PathCheck>
 export declare function diskUsage(userId: string, projectId: string): Promise<DiskUsage>

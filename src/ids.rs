@@ -213,7 +213,10 @@ mod tests {
     let id = ProjectId::parse("3F2B8C1E-6A0D-4C7E-9B5A-2D1E0F9C8A7B").unwrap();
     assert_eq!(id.to_string(), "3f2b8c1e-6a0d-4c7e-9b5a-2d1e0f9c8a7b");
     assert_eq!(ProjectId::parse("42").unwrap().as_str(), "42");
-    assert_eq!(ProjectId::parse("9223372036854775807").unwrap().as_str(), "9223372036854775807");
+    assert_eq!(
+      ProjectId::parse("9223372036854775807").unwrap().as_str(),
+      "9223372036854775807"
+    );
     assert_eq!(ProjectId::parse("inv_Abc-1").unwrap().as_str(), "inv_Abc-1");
     for bad in [
       "",

@@ -33,13 +33,7 @@ const ID_TYPES: &[&str] = &[
   "smallint",
 ];
 /// Owner column types whose text form is a valid user id (Clerk `user_…`/`org_…`, uuids, numbers).
-const OWNER_TYPES: &[&str] = &[
-  "text",
-  "character varying",
-  "uuid",
-  "integer",
-  "bigint",
-];
+const OWNER_TYPES: &[&str] = &["text", "character varying", "uuid", "integer", "bigint"];
 
 /// A PostgreSQL identifier as an app would write it unquoted, or `schema.table`.
 fn identifier(what: &str, raw: &str, qualified: bool) -> Result<String> {
@@ -80,7 +74,9 @@ impl ProjectSource {
   pub fn settings(&self) -> [(&'static str, String); 4] {
     let (kind, table, id, owner) = match self {
       ProjectSource::Default => ("", "projects", "id", "user_id"),
-      ProjectSource::Table { table, id, owner } => ("table", table.as_str(), id.as_str(), owner.as_str()),
+      ProjectSource::Table { table, id, owner } => {
+        ("table", table.as_str(), id.as_str(), owner.as_str())
+      }
       ProjectSource::Standalone => ("standalone", "", "", ""),
     };
     [
@@ -196,7 +192,10 @@ mod tests {
     assert!(ProjectSource::table("invoices", None, Some("owner_id")).is_ok());
     assert!(ProjectSource::table("app.invoices", Some("invoice_id"), None).is_ok());
     for bad in ["", "1x", "a;drop", "a b", "\"x\"", "a.b.c", "x-y"] {
-      assert!(ProjectSource::table(bad, None, None).is_err(), "accepted {bad:?}");
+      assert!(
+        ProjectSource::table(bad, None, None).is_err(),
+        "accepted {bad:?}"
+      );
     }
     assert!(ProjectSource::table("t", Some("a.b"), None).is_err());
     assert!(ProjectSource::table("t", None, Some(&"o".repeat(64))).is_err());

@@ -101,6 +101,9 @@ fn drift_to_js(d: crate::quota::reconcile::UserDrift) -> UserDrift {
         disk_drift_bytes: p.disk_drift_bytes(),
         path: p.path,
         disk_bytes: p.disk_bytes,
+        deleted: p.deleted,
+        released_bytes: p.released_bytes,
+        removed: p.removed,
       })
       .collect(),
   }
@@ -425,6 +428,7 @@ impl NativeClient {
       checked_users: report.checked_users,
       drifted_users: report.drifted_users,
       fixed_users: report.fixed_users,
+      deleted_projects: report.deleted_projects,
       users: report.users.into_iter().map(drift_to_js).collect(),
     })
   }

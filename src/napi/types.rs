@@ -293,6 +293,12 @@ pub struct ProjectDrift {
   pub disk_bytes: Option<i64>,
   /// `diskBytes − ledgerBytes`.
   pub disk_drift_bytes: Option<i64>,
+  /// The app's row is gone: the project was deleted without `removeProject`.
+  pub deleted: bool,
+  /// Bytes given back for the deleted project by this run (`fix`).
+  pub released_bytes: i64,
+  /// Its directory and path record were removed by this run (`fix`, local backend).
+  pub removed: bool,
 }
 
 /// One user in a reconciliation report.
@@ -318,7 +324,9 @@ pub struct ReconcileReport {
   pub checked_users: i64,
   pub drifted_users: i64,
   pub fixed_users: i64,
-  /// Users with drift (all checked users when one was named or `disk` was asked for).
+  /// Projects found deleted behind the package's back (their app row is gone).
+  pub deleted_projects: i64,
+  /// Users with drift or deleted projects (all checked users when one was named or `disk` was asked for).
   pub users: Vec<UserDrift>,
 }
 

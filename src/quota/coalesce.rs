@@ -327,7 +327,10 @@ fn decide(
     }));
   }
   usage.used_bytes += upload.bytes;
-  recorded.insert(upload.upload_id.clone(), (upload.bytes, Some(project.to_owned())));
+  recorded.insert(
+    upload.upload_id.clone(),
+    (upload.bytes, Some(project.to_owned())),
+  );
   Ok(answer(upload, false, *usage))
 }
 

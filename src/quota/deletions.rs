@@ -182,7 +182,9 @@ pub async fn record_deletion(
           "upload {upload_id:?} was never recorded for this user"
         )));
       };
-      if recorded_project.as_deref() != Some(project.as_str()) || bytes.is_some_and(|b| b != recorded) {
+      if recorded_project.as_deref() != Some(project.as_str())
+        || bytes.is_some_and(|b| b != recorded)
+      {
         return Err(QuotaError::conflict(
           ConflictReason::Mismatch,
           format!(

@@ -15,6 +15,12 @@ pub struct ProjectDrift {
   /// The project's local directory, when it has one (disk sizes are filled in by the caller).
   pub path: Option<String>,
   pub disk_bytes: Option<i64>,
+  /// The app's row is gone (deleted without `removeProject`) while bytes or a path record remain.
+  pub deleted: bool,
+  /// Bytes given back for a deleted project by this run (`fix`), 0 otherwise.
+  pub released_bytes: i64,
+  /// Its directory and path record were removed by this run (`fix`, local backend).
+  pub removed: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -52,16 +58,45 @@ impl UserDrift {
   pub fn drifted(&self) -> bool {
     self.used_bytes != self.ledger_bytes || self.reserved_bytes != self.pending_reserved_bytes
   }
+
+  /// Projects whose app row is gone.
+  pub fn deleted_projects(&self) -> i64 {
+    self.projects.iter().filter(|p| p.deleted).count() as i64
+  }
 }
 
 const PROJECTS: &str = "
 SELECT coalesce(sp.project_id, l.project_id) AS project_id, coalesce(l.bytes, 0)::bigint,
-       CASE WHEN sp.backend = 'local' THEN sp.path END
+       CASE WHEN sp.backend = 'local' THEN sp.path END,
+       (l.bytes <> 0 OR sp.project_id IS NOT NULL)
+         AND NOT EXISTS (SELECT 1 FROM storage_quota_project(coalesce(sp.project_id, l.project_id))) AS deleted
   FROM (SELECT project_id, sum(bytes) AS bytes FROM quota_ledger
          WHERE user_id = $1 AND project_id IS NOT NULL GROUP BY project_id) l
   FULL JOIN (SELECT project_id, backend, path FROM project_storage_paths WHERE user_id = $1) sp
     ON sp.project_id = l.project_id
  ORDER BY 1";
+
+/// The user's projects that hold bytes or reservations but whose app row is gone.
+const DELETED_PROJECTS: &str = "
+SELECT x.project_id FROM (
+  SELECT DISTINCT project_id FROM quota_ledger WHERE user_id = $1 AND project_id IS NOT NULL
+  UNION
+  SELECT project_id FROM quota_reservations WHERE user_id = $1 AND status = 'pending'
+) x
+ WHERE NOT EXISTS (SELECT 1 FROM storage_quota_project(x.project_id))";
+
+/// Forgets the path record of a deleted project (its directory is gone).
+pub async fn forget_path(conn: &mut PgConnection, user: &UserId, project: &str) -> Result<()> {
+  conn
+    .client
+    .execute(
+      "DELETE FROM project_storage_paths sp WHERE sp.project_id = $1 AND sp.user_id = $2
+          AND NOT EXISTS (SELECT 1 FROM storage_quota_project($1))",
+      &[&project, &user.as_str()],
+    )
+    .await?;
+  Ok(())
+}
 
 /// The users to check: one, or every user with a quota row, in pages.
 pub async fn users_after(conn: &mut PgConnection, after: &str, limit: i64) -> Result<Vec<String>> {
@@ -83,6 +118,24 @@ pub async fn reconcile_user(
   // Expired reservations first, in their own statement (reservation rows before the quota row,
   // the order every other writer uses).
   crate::quota::usage::sweep_user(conn, user).await?;
+  // Projects whose app row is gone give back what they hold, each in its own statement that
+  // locks reservation rows before the quota row (which the transaction below then holds).
+  let mut released = std::collections::HashMap::new();
+  if fix {
+    for row in conn
+      .client
+      .query(DELETED_PROJECTS, &[&user.as_str()])
+      .await?
+    {
+      let project: String = row.get(0);
+      let bytes: i64 = conn
+        .client
+        .query_one("SELECT storage_quota_release_project($1)", &[&project])
+        .await?
+        .get(0);
+      released.insert(project, bytes);
+    }
+  }
   let tx = conn.client.transaction().await?;
   let Some(counter) = tx
     .query_opt(
@@ -106,10 +159,13 @@ pub async fn reconcile_user(
     .await?
     .iter()
     .map(|row| ProjectDrift {
+      released_bytes: released.get(row.get::<_, &str>(0)).copied().unwrap_or(0),
       project_id: row.get(0),
       ledger_bytes: row.get(1),
       path: row.get(2),
       disk_bytes: None,
+      deleted: row.get(3),
+      removed: false,
     })
     .collect();
   let mut drift = UserDrift {

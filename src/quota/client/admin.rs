@@ -6,6 +6,7 @@ use crate::error::{QuotaError, Result};
 use crate::ids::{parse_bytes, ProjectId, UserId};
 use crate::quota::limits::{self, UsageReport};
 use crate::quota::reconcile::{self, UserDrift};
+use crate::storage::local::tree::{self, ProjectDir};
 use crate::storage::local::usage::project_usage;
 
 #[derive(Debug, Clone, Default)]
@@ -14,6 +15,8 @@ pub struct ReconcileReport {
   pub checked_users: i64,
   pub drifted_users: i64,
   pub fixed_users: i64,
+  /// Projects whose app row is gone (deleted without `removeProject`).
+  pub deleted_projects: i64,
 }
 
 /// Longest free-text audit field (`changedBy`, `reason`).
@@ -110,14 +113,46 @@ impl Client {
         if include_disk {
           self.fill_disk_sizes(&user, &mut drift).await?;
         }
+        if fix {
+          self.remove_deleted_dirs(&user, &mut drift).await?;
+        }
         report.drifted_users += i64::from(drift.drifted());
         report.fixed_users += i64::from(drift.fixed);
-        if drift.drifted() || include_disk || only.is_some() {
+        report.deleted_projects += drift.deleted_projects();
+        if drift.drifted() || drift.deleted_projects() > 0 || include_disk || only.is_some() {
           report.users.push(drift);
         }
       }
     }
     Ok(report)
+  }
+
+  /// Removes the directories (local backend) and path records of the user's deleted projects.
+  async fn remove_deleted_dirs(&self, user: &UserId, drift: &mut UserDrift) -> Result<()> {
+    for project in drift
+      .projects
+      .iter_mut()
+      .filter(|p| p.deleted && p.path.is_some())
+    {
+      let id = ProjectId::parse(&project.project_id)?;
+      let root = self.storage_root()?;
+      let owner = user.clone();
+      blocking(move || {
+        if let Some(dir) = ProjectDir::open(&root, &owner, &id)? {
+          tree::clear_dir(&dir.path())?;
+          drop(dir);
+          std::fs::remove_dir(root.join(owner.as_str()).join(id.as_str()))?;
+        }
+        Ok(())
+      })
+      .await?;
+      let id = project.project_id.clone();
+      self
+        .with_conn(async |conn| reconcile::forget_path(&mut conn.0, user, &id).await)
+        .await?;
+      project.removed = true;
+    }
+    Ok(())
   }
 
   async fn fill_disk_sizes(&self, user: &UserId, drift: &mut UserDrift) -> Result<()> {
