@@ -64,8 +64,10 @@ export interface ClientOptions extends Omit<NativeClientOptions, 'storage' | 'pr
    * registry. Default: `STORAGE_QUOTA_PROJECTS` (`standalone` or `table:id:owner`).
    */
   projects?: ProjectsOption
-  /** Where log events go: a function, an object with `info`/`warn`, or `false`. Default: JSON lines on stderr. */
+  /** Where log events go: a function or an object with `info`/`warn` (each gets every event), or `false`. Default: warnings as JSON lines on stderr. */
   logger?: Logger | false
+  /** What the default stderr logger writes: `warn` (default: `slow_call`, `drift_found`, `shadow_refusal`) or `info` (also `quota_refused`, `limit_changed`). Default: `STORAGE_QUOTA_LOG`, then `warn`. */
+  logLevel?: 'warn' | 'info'
   /** Calls slower than this many ms are logged as `slow_call`. Default 250. */
   slowCallMs?: number
 }

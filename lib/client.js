@@ -30,9 +30,9 @@ class StorageQuotaClient {
   #slowCallMs
 
   constructor(options = {}) {
-    const { logger, slowCallMs, projects, ...nativeOptions } = parse(S.ClientOptionsSchema, options ?? {}, 'options')
+    const { logger, logLevel, slowCallMs, projects, ...nativeOptions } = parse(S.ClientOptionsSchema, options ?? {}, 'options')
     if (projects !== undefined) nativeOptions.projects = projects === 'standalone' ? { standalone: true } : projects
-    this.#log = createLogger(logger)
+    this.#log = createLogger(logger, logLevel)
     this.#slowCallMs = slowCallMs ?? 250
     try {
       this.#native = new NativeClient(nativeOptions)

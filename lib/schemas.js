@@ -117,6 +117,8 @@ const ClientOptionsSchema = z.strictObject({
   reservationTtlMs: TtlMsSchema.optional(),
   /** `(event, fields) => void`, an object with `info`/`warn`, or `false` for silence. */
   logger: z.union([z.custom((v) => typeof v === 'function', 'logger must be a function'), z.literal(false), z.looseObject({})]).optional(),
+  /** The default stderr logger's threshold: `warn` (default) or `info`. */
+  logLevel: z.enum(['warn', 'info']).optional(),
   /** Calls slower than this are logged as `slow_call`. Default 250. */
   slowCallMs: z.number().min(0).optional(),
   storage: StorageOptionsSchema.optional(),
