@@ -5,7 +5,6 @@ import type {
   ClientOptions as NativeClientOptions,
   CopiedProject,
   DiskUsage,
-  PathCheck,
   ProjectLocation,
   MigrationInfo,
   MigrationStatus,
@@ -24,10 +23,20 @@ import type {
   UserDrift,
 } from './binding'
 
+/**
+ * The answer of `validatePath`: inside the project directory (with where), or refused (with
+ * why). After `if (!check.inside) return`, `check.path` is a `string`.
+ */
+export type PathCheck =
+  | { inside: true; path: string; relativePath: string }
+  | { inside: false; reason: string }
+
+/** `getUsage(userId, { projects: true })`: the usage with each project's bytes. */
+export type UsageWithProjects = Usage & { projects: ProjectUsage[] }
+
 export type {
   CopiedProject,
   DiskUsage,
-  PathCheck,
   ProjectLocation,
   MigrationInfo,
   MigrationStatus,
@@ -212,6 +221,7 @@ export declare class StorageQuotaClient {
   /** Sets a user's limit; recorded in quota_limit_changes with who and why. */
   setQuotaLimit(userId: string, limitBytes: number, options?: SetQuotaLimitOptions): Promise<Usage>
   /** Usage for the UI; `{ projects: true }` adds each project's bytes. */
+  getUsage(userId: string, options: { projects: true }): Promise<UsageWithProjects>
   getUsage(userId: string, options?: { projects?: boolean }): Promise<Usage>
   /** Recomputes usage from the ledger; reports drift, fixes counters with `{ fix: true }`. */
   reconcile(userId?: string, options?: { fix?: boolean; disk?: boolean }): Promise<ReconcileReport>
@@ -248,6 +258,7 @@ export declare function registerProject(userId: string, projectId: string, optio
 export declare function copyProject(userId: string, sourceProjectId: string, newProjectId: string): Promise<CopiedProject>
 export declare function removeProject(userId: string, projectId: string, options?: { deleteFiles?: boolean }): Promise<Released>
 export declare function setQuotaLimit(userId: string, limitBytes: number, options?: SetQuotaLimitOptions): Promise<Usage>
+export declare function getUsage(userId: string, options: { projects: true }): Promise<UsageWithProjects>
 export declare function getUsage(userId: string, options?: { projects?: boolean }): Promise<Usage>
 export declare function reconcile(userId?: string, options?: { fix?: boolean; disk?: boolean }): Promise<ReconcileReport>
 export declare function reconcile(options: { fix?: boolean; disk?: boolean }): Promise<ReconcileReport>

@@ -207,12 +207,10 @@ const StorageBackendSchema = z.enum(['local', 's3'])
 const ProjectLocationSchema = z.object({ backend: StorageBackendSchema, key: z.string(), path: z.string() })
 
 /** The answer of `validatePath`. */
-const PathCheckSchema = z.object({
-  inside: z.boolean(),
-  path: z.string().optional(),
-  relativePath: z.string().optional(),
-  reason: z.string().optional(),
-})
+const PathCheckSchema = z.discriminatedUnion('inside', [
+  z.object({ inside: z.literal(true), path: z.string(), relativePath: z.string() }),
+  z.object({ inside: z.literal(false), reason: z.string() }),
+])
 
 /** The answer of `diskUsage`. */
 const DiskUsageSchema = z.object({
