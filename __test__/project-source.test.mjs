@@ -284,3 +284,45 @@ test('the trigger recipe releases a deleted project at once', async () => {
     await client.close()
   }
 })
+
+test('a database migrated by the first release upgrades: uuid ids become text, nothing lost; rollback restores it', async () => {
+  const { readFile } = await import('node:fs/promises')
+  const db = await createTestDatabase('src_upgrade')
+  await db.query(await readFile(new URL('./fixtures/existing-app.sql', import.meta.url), 'utf8'))
+  const firstRelease = await readFile(new URL('./fixtures/0001_storage_quota.first-release.up.sql', import.meta.url), 'utf8')
+  // 0001 as the first release applied it, recorded with that release's checksum.
+  await db.query(`BEGIN; SET LOCAL storage_quota.storage_root = '${db.storageRoot}'; ${firstRelease};
+    CREATE TABLE storage_quota_migrations (version integer PRIMARY KEY, name text NOT NULL, checksum text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now());
+    INSERT INTO storage_quota_migrations (version, name, checksum) VALUES (1, 'storage_quota', 'f7eedd58de7e6d20d11e9737422549da92b06320a48ec539fbd7ff06ac1f6514');
+    COMMIT`)
+  const before = (await db.query(`SELECT project_id::text, user_id, key, path FROM project_storage_paths ORDER BY 1`)).rows
+  const ledgerBefore = (await db.query(`SELECT user_id, project_id::text, idempotency_key, bytes::float8 FROM quota_ledger ORDER BY id`)).rows
+  const client = createClient({ databaseUrl: db.url, storageRoot: db.storageRoot, logger: false })
+  try {
+    const { applied } = await client.migrate()
+    assert.ok(!applied.includes(1) && applied.includes(6), `applied ${applied}`)
+    assert.deepEqual((await db.query(`SELECT project_id, user_id, key, path FROM project_storage_paths ORDER BY 1`)).rows, before)
+    assert.deepEqual((await db.query(`SELECT user_id, project_id, idempotency_key, bytes::float8 FROM quota_ledger ORDER BY id`)).rows, ledgerBefore)
+    const types = await db.query(`SELECT table_name, data_type FROM information_schema.columns WHERE column_name = 'project_id' AND table_schema = 'public' AND table_name <> 'project_files' ORDER BY 1`)
+    assert.ok(types.rows.every((r) => r.data_type === 'text'), JSON.stringify(types.rows))
+
+    // Existing projects keep working, in upper case too (one spelling).
+    const owner = 'user_2NNEqL2nrIRdJ194ndJqAHwEfxC'
+    const existing = '0b6f1f0e-1c2d-4e5f-8a9b-0c1d2e3f4a51'
+    assert.equal((await client.allocateProjectPath(owner, existing.toUpperCase())).key, `${owner}/${existing}/`)
+    assert.equal((await client.recordUpload(owner, existing, 10)).usedBytes, 10485760 + 52428800 + 10)
+    // A new project of the default source gets its projects.storage_path_id, as before.
+    const fresh = (await db.query(`INSERT INTO projects (user_id, name) VALUES ($1, 'new') RETURNING id::text AS id`, [owner])).rows[0].id
+    const record = await client.allocateProjectPath(owner, fresh)
+    assert.equal((await db.query('SELECT storage_path_id::text AS s FROM projects WHERE id = $1', [fresh])).rows[0].s, record.id)
+
+    // Rollback of 0006 restores uuid columns and the cascade from projects.
+    await client.rollback(1)
+    const back = await db.query(`SELECT data_type FROM information_schema.columns WHERE table_name = 'project_storage_paths' AND column_name = 'project_id'`)
+    assert.equal(back.rows[0].data_type, 'uuid')
+    await db.query('DELETE FROM projects WHERE id = $1', [fresh])
+    assert.equal((await db.query('SELECT count(*)::int AS n FROM project_storage_paths WHERE project_id = $1', [fresh])).rows[0].n, 0)
+  } finally {
+    await client.close()
+  }
+})

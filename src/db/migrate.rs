@@ -13,10 +13,15 @@ pub struct Migration {
   pub name: &'static str,
   pub up: &'static str,
   pub down: &'static str,
-  /// Checksums of earlier texts of `up` that databases may have recorded. 0001 learnt to leave
-  /// `projects` alone when the app names another source; databases migrated before keep working.
-  pub earlier_checksums: &'static [&'static str],
+  /// Checksums of earlier released texts of `up` that databases may have recorded. 0001
+  /// learnt to leave `projects` alone when the app names another source; databases migrated
+  /// with the first release keep working.
+  pub legacy_checksums: &'static [&'static str],
 }
+
+/// The first release of 0001.
+pub const LEGACY_0001_CHECKSUM: &str =
+  "f7eedd58de7e6d20d11e9737422549da92b06320a48ec539fbd7ff06ac1f6514";
 
 pub const MIGRATIONS: &[Migration] = &[
   Migration {
@@ -24,14 +29,14 @@ pub const MIGRATIONS: &[Migration] = &[
     name: "storage_quota",
     up: include_str!("../../migrations/0001_storage_quota.up.sql"),
     down: include_str!("../../migrations/0001_storage_quota.down.sql"),
-    earlier_checksums: &["f7eedd58de7e6d20d11e9737422549da92b06320a48ec539fbd7ff06ac1f6514"],
+    legacy_checksums: &[LEGACY_0001_CHECKSUM],
   },
   Migration {
     version: 2,
     name: "quota_lifecycle",
     up: include_str!("../../migrations/0002_quota_lifecycle.up.sql"),
     down: include_str!("../../migrations/0002_quota_lifecycle.down.sql"),
-    earlier_checksums: &[],
+    legacy_checksums: &[],
   },
   // 0003 to 0005 are other branches' (the runner accepts gaps).
   Migration {
@@ -39,7 +44,7 @@ pub const MIGRATIONS: &[Migration] = &[
     name: "project_source",
     up: include_str!("../../migrations/0006_project_source.up.sql"),
     down: include_str!("../../migrations/0006_project_source.down.sql"),
-    earlier_checksums: &[],
+    legacy_checksums: &[],
   },
 ];
 
@@ -79,9 +84,9 @@ impl Migration {
     hex(&Sha256::digest(self.up.as_bytes()))
   }
 
-  /// Whether a recorded checksum is this text's or an earlier, compatible one's.
-  fn accepts(&self, checksum: &str) -> bool {
-    self.checksum() == checksum || self.earlier_checksums.contains(&checksum)
+  /// Whether `recorded` is this migration's checksum, now or in an earlier release.
+  fn accepts(&self, recorded: &str) -> bool {
+    self.checksum() == recorded || self.legacy_checksums.contains(&recorded)
   }
 
   fn label(&self) -> String {
