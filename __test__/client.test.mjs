@@ -194,3 +194,24 @@ test('the Zod schemas accept what the addon returns', async () => {
   assert.equal(quota.SimulationJobSchema.parse(job.rows[0]).status, 'queued')
   await assert.rejects(db.query(`UPDATE simulation_jobs SET status = 'exploded'`), { code: '23514' })
 })
+
+test('closeDefaultClient() then a module-level call: a new default client from the environment', async () => {
+  const saved = { url: process.env.DATABASE_URL, root: process.env.STORAGE_ROOT }
+  process.env.DATABASE_URL = db.url
+  process.env.STORAGE_ROOT = db.storageRoot
+  try {
+    const first = quota.getDefaultClient()
+    assert.equal((await quota.checkQuota('user_default', 1)).allowed, true)
+    await quota.closeDefaultClient()
+    // The closed client refuses, the module functions go on with a new one.
+    assert.equal((await rejection(first.checkQuota('user_default', 1))).code, 'CLIENT_CLOSED')
+    assert.equal((await quota.checkQuota('user_default', 1)).allowed, true)
+    assert.notEqual(quota.getDefaultClient(), first)
+  } finally {
+    await quota.closeDefaultClient()
+    for (const [key, value] of [['DATABASE_URL', saved.url], ['STORAGE_ROOT', saved.root]]) {
+      if (value === undefined) delete process.env[key]
+      else process.env[key] = value
+    }
+  }
+})

@@ -23,8 +23,20 @@ const ProjectIdSchema = z
   .max(128, 'projectId must be at most 128 characters')
   .regex(/^[A-Za-z0-9][A-Za-z0-9_-]*$/, "projectId must be the project's id as text: a UUID, an integer, or ASCII letters, digits, '_' and '-' starting with a letter or digit")
 
-/** A whole number of bytes from 0 to 2^53 − 1. */
-const BytesSchema = z.number().int('bytes must be a whole number').min(0, 'bytes must not be negative').max(MAX_BYTES)
+/** A whole number of bytes from 0 to 2^53 − 1. One message per value, saying what is wrong with it. */
+const BytesSchema = z.number().check((ctx) => {
+  const n = ctx.value
+  const problem = !Number.isFinite(n)
+    ? `must be a finite number of bytes, got ${n}`
+    : !Number.isInteger(n)
+      ? `must be a whole number of bytes, got ${n}`
+      : n < 0
+        ? `must not be negative, got ${n}`
+        : n > MAX_BYTES
+          ? `must be at most ${MAX_BYTES} (2^53 − 1, the largest whole number a JS number holds exactly), got ${n}`
+          : null
+  if (problem) ctx.issues.push({ code: 'custom', message: problem, input: n })
+})
 
 const UploadIdSchema = z
   .string()
