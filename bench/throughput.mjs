@@ -4,7 +4,10 @@
 import { Worker } from './lib/workers.mjs'
 import { pgbench } from './lib/pgbench.mjs'
 import { createDatabase, dropDatabase, migrate, query, seed } from './lib/db.mjs'
+import { dbWorkMark, dbWorkSince } from './lib/dbwork.mjs'
 import { fmtMs, fmtOps, fmtRatio, median, table } from './lib/stats.mjs'
+
+const fmtBytes = (x) => (Number.isFinite(x) ? String(Math.round(x)) : '–')
 
 export const NODE_CONTENDERS = ['ours', 'pg', 'postgresjs']
 export const LABELS = { ours: 'ours', pg: 'pg', postgresjs: 'postgres.js', pgbench: 'pgbench' }
@@ -31,10 +34,12 @@ export async function throughput(settings, log) {
             const order = contenders.map((_, i) => contenders[(i + rep) % contenders.length])
             for (const name of order) {
               await query(db, 'VACUUM user_quotas')
+              const mark = await dbWorkMark(db)
               const result =
                 name === 'pgbench'
                   ? await pgbench({ url: db.url, ...spec })
                   : await workers.find((w) => w.name === name).run(spec)
+              Object.assign(result, await dbWorkSince(db, mark, result.completed))
               if (result.errors > 0) log(`  ${name}: ${result.errors} errors, first: ${result.firstError}`)
               samples[name].push(result)
             }
@@ -47,6 +52,8 @@ export async function throughput(settings, log) {
               p50: median(s.map((r) => r.p50)),
               p99: median(s.map((r) => r.p99)),
               errors: s.reduce((n, r) => n + r.errors, 0),
+              dbCpuMsPer1k: median(s.map((r) => r.dbCpuMsPer1k)),
+              walBytesPerOp: median(s.map((r) => r.walBytesPerOp)),
               samples: s.map((r) => Math.round(r.opsPerSec)),
             }
           }
@@ -93,6 +100,17 @@ export function throughputMarkdown(results, contenders) {
           r.distribution,
           r.concurrency,
           ...contenders.map((c) => `${fmtMs(r.contenders[c].p50)} / ${fmtMs(r.contenders[c].p99)}`),
+        ]),
+      ),
+    )
+    out.push(`\n#### \`${op}\` — database work per operation: PostgreSQL CPU ms per 1,000 ops / WAL bytes per op\n`)
+    out.push(
+      table(
+        ['users', 'conc.', ...contenders.map((c) => LABELS[c] ?? c)],
+        rows.map((r) => [
+          r.distribution,
+          r.concurrency,
+          ...contenders.map((c) => `${fmtMs(r.contenders[c].dbCpuMsPer1k)} / ${fmtBytes(r.contenders[c].walBytesPerOp)}`),
         ]),
       ),
     )

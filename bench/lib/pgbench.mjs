@@ -93,6 +93,7 @@ export async function pgbench({ url, op, concurrency, poolSize, warmupMs, durati
     const kept = latencies.filter((_, i) => ends[i] > from).sort((a, b) => a - b)
     return {
       ops: kept.length,
+      completed: ends.length,
       opsPerSec: (kept.length / (last - from)) * 1000,
       p50: percentile(kept, 50),
       p99: percentile(kept, 99),

@@ -27,6 +27,7 @@ async function measure({ op, concurrency, warmupMs, durationMs, users, hot }) {
   if (!call) throw new Error(`bench: unknown operation ${op}`)
 
   const latencies = []
+  let completed = 0
   let errors = 0
   let firstError = null
   let recording = false
@@ -40,6 +41,7 @@ async function measure({ op, concurrency, warmupMs, durationMs, users, hot }) {
         errors++
         firstError ??= String(error?.message ?? error).slice(0, 300)
       }
+      completed++
       if (recording) latencies.push(performance.now() - start)
     }
   }
@@ -55,7 +57,9 @@ async function measure({ op, concurrency, warmupMs, durationMs, users, hot }) {
   stop = true
   await Promise.all(loops)
   const cpuUsPerOp = (cpu.user + cpu.system) / Math.max(1, latencies.length)
-  return { ...summarize(latencies, elapsed), errors, firstError, cpuUsPerOp }
+  // `completed`: every call of the run, warm-up and drain included, for the database's work
+  // per operation, which the parent measures around the whole run.
+  return { ...summarize(latencies, elapsed), errors, firstError, cpuUsPerOp, completed }
 }
 
 process.on('message', async (message) => {

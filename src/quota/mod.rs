@@ -3,6 +3,7 @@
 //! backend. Plain Rust; SQL sits next to the function that sends it, and every database
 //! function takes a connection so tests and the client run the same code.
 
+pub mod batch;
 pub mod client;
 pub mod coalesce;
 pub mod config;

@@ -184,6 +184,11 @@ pub async fn check_quota(
   let usage = read_usage(conn, user)
     .await?
     .unwrap_or(Usage::empty(default_limit));
+  Ok(decide_check(usage, sizes, mode))
+}
+
+/// The answer of `checkQuota` for `sizes` against `usage`: each size in order, and all together.
+pub fn decide_check(usage: Usage, sizes: &[i64], mode: Mode) -> QuotaCheck {
   let mut running = 0i64;
   let fits = sizes
     .iter()
@@ -197,14 +202,44 @@ pub async fn check_quota(
     .collect();
   let requested_bytes: i64 = sizes.iter().sum();
   let would_refuse = !usage.fits(requested_bytes);
-  Ok(QuotaCheck {
+  QuotaCheck {
     allowed: !would_refuse || mode != Mode::Enforce,
     would_refuse,
     requested_bytes,
     usage,
     mode,
     fits,
-  })
+  }
+}
+
+/// `SELECT_USAGE` for many users in one statement (see `batch`): one row per requested user, in
+/// request order, NULLs for a user without a quota row.
+const SELECT_USAGES: &str = "
+SELECT q.used_bytes,
+       q.reserved_bytes - coalesce((SELECT sum(r.bytes) FROM quota_reservations r
+                                     WHERE r.user_id = q.user_id AND r.status = 'pending'
+                                       AND r.expires_at <= now()), 0)::bigint,
+       q.limit_bytes
+  FROM unnest($1::text[]) WITH ORDINALITY AS u(user_id, n)
+  LEFT JOIN user_quotas q ON q.user_id = u.user_id
+ ORDER BY u.n";
+
+/// The usage of each of `users` (`None`: no quota row yet), in order, in one round trip.
+pub async fn read_usages(
+  conn: &mut PgConnection,
+  users: &[String],
+) -> Result<Vec<Result<Option<Usage>>>> {
+  let statement = conn.prepared(SELECT_USAGES).await?;
+  let rows = conn.client.query(&statement, &[&users]).await?;
+  Ok(
+    rows
+      .iter()
+      .map(|row| {
+        let used: Option<i64> = row.get(0);
+        Ok(used.map(|_| Usage::from_row(row, 0)))
+      })
+      .collect(),
+  )
 }
 
 pub async fn ensure_quota_row(

@@ -15,6 +15,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use crate::db::pool::{Checkout, Pool};
 use crate::error::{QuotaError, Result};
 use crate::ids::{parse_bytes, upload_key_or_new, ProjectId, UserId};
+use crate::quota::batch::Batcher;
 use crate::quota::coalesce::{self, Coalescer};
 use crate::quota::config::{Config, RawOptions};
 use crate::quota::projects::{self, ProjectStoragePath};
@@ -39,6 +40,22 @@ pub struct Uploaded {
   pub usage: Usage,
 }
 
+/// Only for A/B runs of bench/ (BENCHMARKS.md): `STORAGE_QUOTA_BENCH_BATCH=0` sends each read
+/// on its own.
+fn batching_enabled() -> bool {
+  static ENABLED: OnceLock<bool> = OnceLock::new();
+  *ENABLED.get_or_init(|| std::env::var("STORAGE_QUOTA_BENCH_BATCH").as_deref() != Ok("0"))
+}
+
+/// Read statements in flight at once. Only for A/B runs of bench/ (BENCHMARKS.md):
+/// `STORAGE_QUOTA_BENCH_READS_IN_FLIGHT=N`.
+fn reads_in_flight() -> usize {
+  std::env::var("STORAGE_QUOTA_BENCH_READS_IN_FLIGHT")
+    .ok()
+    .and_then(|v| v.parse().ok())
+    .unwrap_or(2)
+}
+
 enum PoolState {
   Unopened,
   Open(Arc<Pool>),
@@ -50,6 +67,8 @@ pub struct Client {
   pool: Mutex<PoolState>,
   /// Concurrent uploads of one user, charged together (see `coalesce`).
   uploads: Arc<Coalescer>,
+  /// Concurrent usage reads of any users, sent as one statement (see `batch`).
+  reads: Arc<Batcher<String, Option<Usage>>>,
   /// Opened on first allocation (the local backend creates and resolves its root then).
   backend: OnceLock<Arc<dyn StorageBackend>>,
 }
@@ -60,6 +79,7 @@ impl Client {
       config: Config::from_options(options)?,
       pool: Mutex::new(PoolState::Unopened),
       uploads: Arc::new(Coalescer::default()),
+      reads: Arc::new(Batcher::new(reads_in_flight())),
       backend: OnceLock::new(),
     })
   }
@@ -215,9 +235,30 @@ impl Client {
       ));
     }
     let mode = self.mode_for(&user);
-    let limit = self.default_limit();
+    let usage = self
+      .read_usage_batched(&user)
+      .await?
+      .unwrap_or(Usage::empty(self.default_limit()));
+    Ok(usage::decide_check(usage, &sizes, mode))
+  }
+
+  /// The user's usage (`None`: no quota row yet), read together with the other users' reads in
+  /// flight at the same moment (see `batch`): one statement for all of them.
+  async fn read_usage_batched(&self, user: &UserId) -> Result<Option<Usage>> {
+    let pool = self.pool()?;
+    if !batching_enabled() {
+      let mut conn = pool.get().await?;
+      return usage::read_usage(&mut conn.0, user).await;
+    }
     self
-      .with_conn(async |conn| usage::check_quota(&mut conn.0, &user, &sizes, limit, mode).await)
+      .reads
+      .call(user.as_str().to_owned(), move |users| {
+        let pool = pool.clone();
+        async move {
+          let mut conn = pool.get().await?;
+          usage::read_usages(&mut conn.0, &users).await
+        }
+      })
       .await
   }
 

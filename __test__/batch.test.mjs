@@ -1,0 +1,83 @@
+// checkQuota calls of many users at once go out as one statement per batch (src/quota/batch.rs);
+// every caller must still get exactly the answer it would get alone. Checked against a serial
+// replay of the same calls on the same data, with users who have no row, users over their limit
+// and expired reservations that must not count.
+import { test, after } from 'node:test'
+import assert from 'node:assert/strict'
+import fc from 'fast-check'
+import { createClient } from '../index.js'
+import { createTestDatabase } from './helpers/db.mjs'
+
+const MB = 1024 * 1024
+const db = await createTestDatabase('batch')
+const client = createClient({ databaseUrl: db.url, storageRoot: db.storageRoot, defaultQuotaBytes: 50 * MB, poolSize: 4 })
+await client.migrate()
+after(() => client.close())
+
+const USERS = 24
+const userId = (i) => `user_batch_${i}`
+
+/** Quota rows for the users given one (the rest have none), with used, reserved and limit. */
+async function seed(rows) {
+  const sql = ['BEGIN', 'DELETE FROM quota_reservations', 'DELETE FROM user_quotas']
+  for (const [i, row] of rows.entries()) {
+    if (!row) continue
+    // Rows over their limit are the point: inserted under a limit that fits, then lowered
+    // (the database guard always lets a limit go down).
+    sql.push(
+      `INSERT INTO user_quotas (user_id, limit_bytes, used_bytes, reserved_bytes)
+       VALUES ('${userId(i)}', ${Math.max(row.limit, row.used + row.expired)}, ${row.used}, ${row.expired})`,
+      `UPDATE user_quotas SET limit_bytes = ${row.limit} WHERE user_id = '${userId(i)}'`,
+    )
+    if (row.expired > 0) {
+      // A reservation past its TTL, not yet swept: it must not count against the user.
+      sql.push(
+        `INSERT INTO quota_reservations (id, user_id, project_id, bytes, expires_at, status)
+         VALUES (gen_random_uuid(), '${userId(i)}', gen_random_uuid(), ${row.expired}, now() - interval '1 minute', 'pending')`,
+      )
+    }
+  }
+  sql.push('COMMIT')
+  await db.query(sql.join(';\n'))
+}
+
+const quotaRow = fc.option(
+  fc.record({
+    limit: fc.integer({ min: 0, max: 100 }).map((n) => n * MB),
+    used: fc.integer({ min: 0, max: 120 }).map((n) => n * MB),
+    expired: fc.constantFrom(0, 0, 5 * MB),
+  }),
+  { nil: null },
+)
+const call = fc.record({
+  user: fc.integer({ min: 0, max: USERS - 1 }),
+  sizes: fc.array(fc.integer({ min: 0, max: 60 }).map((n) => n * MB), { minLength: 1, maxLength: 3 }),
+})
+
+test('concurrent checkQuota calls across users answer exactly as the same calls one by one', async () => {
+  await fc.assert(
+    fc.asyncProperty(fc.array(quotaRow, { minLength: USERS, maxLength: USERS }), fc.array(call, { minLength: 1, maxLength: 120 }), async (rows, calls) => {
+      await seed(rows)
+      const together = await Promise.all(calls.map((c) => client.checkQuota(userId(c.user), c.sizes)))
+      const oneByOne = []
+      for (const c of calls) oneByOne.push(await client.checkQuota(userId(c.user), c.sizes))
+      assert.deepEqual(together, oneByOne)
+    }),
+    { numRuns: 25 },
+  )
+})
+
+test('a bad call among concurrent ones fails alone', async () => {
+  await seed([{ limit: 10 * MB, used: 0, expired: 0 }])
+  const answers = await Promise.allSettled([
+    client.checkQuota(userId(0), 1 * MB),
+    client.checkQuota('not a user id', 1 * MB),
+    client.checkQuota(userId(1), 1 * MB),
+    client.checkQuota(userId(0), 20 * MB),
+  ])
+  assert.deepEqual(answers.map((a) => a.status), ['fulfilled', 'rejected', 'fulfilled', 'fulfilled'])
+  assert.equal(answers[1].reason.code, 'INVALID_ARGUMENT')
+  assert.equal(answers[0].value.allowed, true)
+  assert.equal(answers[2].value.limitBytes, 50 * MB, 'no row: the default quota')
+  assert.equal(answers[3].value.allowed, false)
+})
