@@ -300,6 +300,7 @@ export declare const BytesSchema: z.ZodType<number>
 export declare const UploadIdSchema: z.ZodType<string>
 export declare const RecordUploadOptionsSchema: z.ZodType<RecordUploadOptions>
 export declare const ClientOptionsSchema: z.ZodType<ClientOptions>
+export declare const ProjectsOptionSchema: z.ZodType<ProjectsOption>
 export declare const StorageOptionsSchema: z.ZodType<StorageOptions>
 export declare const CandidatePathSchema: z.ZodType<string>
 export declare const ProjectLocationSchema: z.ZodType<ProjectLocation>

@@ -3,7 +3,7 @@
 const { NativeClient } = require('../binding.js')
 const { StorageQuotaError, describeThrown, fromNative, fromZod } = require('./errors.js')
 const { createLogger } = require('./log.js')
-const S = require('./schemas.js')
+const S = require('./args.js')
 
 function parse(schema, value, what) {
   let failure

@@ -296,6 +296,7 @@ module.exports = {
   UploadIdSchema,
   RecordUploadOptionsSchema,
   ClientOptionsSchema,
+  ProjectsOptionSchema,
   StorageOptionsSchema,
   CandidatePathSchema,
   ProjectLocationSchema,
