@@ -120,3 +120,30 @@ void createClient({ storage: { backend: 's3' } })
 const pathCheckAgrees: Same<z.infer<typeof PathCheckSchema>, PathCheck> = true
 const diskUsageAgrees: Same<z.infer<typeof DiskUsageSchema>, DiskUsage> = true
 void [pathCheckAgrees, diskUsageAgrees]
+
+// Every module-level function has exactly the client method's signatures (overloads included).
+import * as pkg from 'storage-quota'
+type Client = pkg.StorageQuotaClient
+const sameSignatures: [
+  Same<typeof pkg.checkQuota, Client['checkQuota']>,
+  Same<typeof pkg.allocateProjectPath, Client['allocateProjectPath']>,
+  Same<typeof pkg.projectPathFor, Client['projectPathFor']>,
+  Same<typeof pkg.validatePath, Client['validatePath']>,
+  Same<typeof pkg.diskUsage, Client['diskUsage']>,
+  Same<typeof pkg.recordUpload, Client['recordUpload']>,
+  Same<typeof pkg.reserveUpload, Client['reserveUpload']>,
+  Same<typeof pkg.commitUpload, Client['commitUpload']>,
+  Same<typeof pkg.cancelUpload, Client['cancelUpload']>,
+  Same<typeof pkg.sweepExpiredReservations, Client['sweepExpiredReservations']>,
+  Same<typeof pkg.recordDeletion, Client['recordDeletion']>,
+  Same<typeof pkg.registerProject, Client['registerProject']>,
+  Same<typeof pkg.copyProject, Client['copyProject']>,
+  Same<typeof pkg.removeProject, Client['removeProject']>,
+  Same<typeof pkg.setQuotaLimit, Client['setQuotaLimit']>,
+  Same<typeof pkg.getUsage, Client['getUsage']>,
+  Same<typeof pkg.reconcile, Client['reconcile']>,
+  Same<typeof pkg.migrate, Client['migrate']>,
+  Same<typeof pkg.rollback, Client['rollback']>,
+  Same<typeof pkg.migrationStatus, Client['migrationStatus']>,
+] = [true, true, true, true, true, true, true, true, true, true, true, true, true, true, true, true, true, true, true, true]
+void sameSignatures
