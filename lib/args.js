@@ -81,18 +81,21 @@ function oneOf(values) {
 
 /** An object with only these keys, each optional; returns a fresh object read once. */
 function options(shape) {
-  return validator((value, path) => {
+  const v = validator((value, path) => {
     if (typeof value !== 'object' || value === null || Array.isArray(value)) throw expected(path, 'object', value)
     for (const key of Object.keys(value)) {
       if (!Object.hasOwn(shape, key)) throw new Issue(path, `Unrecognized key: "${key}"`)
     }
     const out = {}
     for (const [key, field] of Object.entries(shape)) {
-      const v = value[key]
-      if (v !== undefined) out[key] = field.check(v, [...path, key])
+      const given = value[key]
+      if (given !== undefined) out[key] = field.check(given, [...path, key])
+      else if (key in value) out[key] = undefined // as Zod: a key given as undefined stays
     }
     return out
   })
+  v.shape = shape
+  return v
 }
 
 const UserIdSchema = string({
