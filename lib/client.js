@@ -275,10 +275,6 @@ class StorageQuotaClient {
   }
 }
 
-/**
- * Options from the environment: DATABASE_URL (or POSTGRES_URL), STORAGE_ROOT, STORAGE_QUOTA_MODE,
- * and STORAGE_BACKEND=s3 with STORAGE_BUCKET and STORAGE_PREFIX.
- */
 /** `standalone`, or `table[:idColumn[:ownerColumn]]` (STORAGE_QUOTA_PROJECTS, --projects). */
 function projectsFromText(text) {
   if (!text) return undefined
@@ -286,6 +282,11 @@ function projectsFromText(text) {
   const [table, id, owner] = text.split(':')
   return { table, ...(id ? { id } : {}), ...(owner ? { owner } : {}) }
 }
+
+/**
+ * Options from the environment: DATABASE_URL (or POSTGRES_URL), STORAGE_ROOT, STORAGE_QUOTA_MODE,
+ * STORAGE_QUOTA_PROJECTS, and STORAGE_BACKEND=s3 with STORAGE_BUCKET and STORAGE_PREFIX.
+ */
 
 function optionsFromEnv(env = process.env) {
   const options = {}
