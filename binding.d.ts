@@ -106,7 +106,17 @@ export interface CopiedProject {
   /** The new project's storage path. */
   path: ProjectStoragePath
   copiedBytes: number
-  /** The copy had been made before: nothing was copied or charged this time. */
+  /** Regular files copied. */
+  files: number
+  /**
+   * Symlinks, sockets, FIFOs and devices found in the source (at any depth): neither followed
+   * nor copied.
+   */
+  skipped: number
+  /**
+   * The copy had been made before (by this call's retry or a concurrent one): nothing was
+   * copied or charged this time; the numbers are that copy's.
+   */
   duplicate: boolean
   usedBytes: number
   reservedBytes: number

@@ -214,7 +214,11 @@ export declare class StorageQuotaClient {
   recordDeletion(userId: string, projectId: string, bytes?: number, options?: RecordDeletionOptions): Promise<Released>
   /** A new project: quota check, storage path, initial size counted. */
   registerProject(userId: string, projectId: string, options?: { sizeBytes?: number }): Promise<RegisteredProject>
-  /** Copies a project's files into a new, empty project of the same user and counts them. */
+  /**
+   * Copies a project's files into a new, empty project of the same user and counts them; links
+   * are skipped (`skipped`). Retries and concurrent calls for one new project answer
+   * `duplicate: true`, or `CONFLICT` `KEY_REUSED` for another source.
+   */
   copyProject(userId: string, sourceProjectId: string, newProjectId: string): Promise<CopiedProject>
   /** Releases a project's bytes, cancels its reservations and (by default) deletes its files. */
   removeProject(userId: string, projectId: string, options?: { deleteFiles?: boolean }): Promise<Released>

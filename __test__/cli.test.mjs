@@ -6,7 +6,7 @@ import { fileURLToPath } from 'node:url'
 import { mkdtemp, rm, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { createTestDatabase } from './helpers/db.mjs'
+import { createTestDatabase, MIGRATION_VERSIONS } from './helpers/db.mjs'
 
 const run = promisify(execFile)
 const bin = fileURLToPath(new URL('../bin/storage-quota.js', import.meta.url))
@@ -16,10 +16,8 @@ test('the storage-quota command migrates, reports and rolls back', async () => {
   const env = { ...process.env, DATABASE_URL: db.url, STORAGE_ROOT: db.storageRoot, POSTGRES_URL: '' }
   const cli = (...args) => run(process.execPath, [bin, ...args], { env })
 
-  const pending = (await cli('status')).stdout
-  assert.match(pending, /^pending {2}1 storage_quota\npending {2}2 quota_lifecycle$/m)
-  const versions = [...pending.matchAll(/^pending {2}(\d+) /gm)].map((m) => m[1])
-  assert.equal((await cli('migrate')).stdout.trim(), `applied: ${versions.join(', ')}`)
+  assert.match((await cli('status')).stdout, /^pending {2}1 storage_quota\npending {2}2 quota_lifecycle$/m)
+  assert.equal((await cli('migrate')).stdout.trim(), `applied: ${MIGRATION_VERSIONS.join(', ')}`)
   assert.equal((await cli('migrate')).stdout.trim(), 'already up to date')
   assert.match((await cli('status')).stdout, /^applied {2}1 storage_quota {2}\d{4}-/m)
   assert.equal((await cli('sweep')).stdout.trim(), 'swept expired reservations of 0 user(s)')
@@ -28,8 +26,9 @@ test('the storage-quota command migrates, reports and rolls back', async () => {
   assert.match((await cli('reconcile', 'user_cli', '--fix')).stdout, /1 drifted, 1 fixed/)
   assert.match((await cli('reconcile')).stdout, /checked 1 user\(s\), 0 drifted/)
   await db.query(`DELETE FROM user_quotas`)
-  assert.equal((await cli('rollback', String(versions.length - 1))).stdout.trim(), `reverted: ${versions.slice(1).reverse().join(', ')}`)
-  assert.equal((await cli('rollback', '5', '--database-url', db.url)).stdout.trim(), 'reverted: 1')
+  const [first, ...later] = MIGRATION_VERSIONS
+  assert.equal((await cli('rollback', String(later.length))).stdout.trim(), `reverted: ${later.reverse().join(', ')}`)
+  assert.equal((await cli('rollback', '5', '--database-url', db.url)).stdout.trim(), `reverted: ${first}`)
   assert.equal((await cli('rollback')).stdout.trim(), 'nothing to revert')
 })
 

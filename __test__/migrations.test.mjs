@@ -4,7 +4,7 @@ import { readFile } from 'node:fs/promises'
 import { execFile } from 'node:child_process'
 import { promisify } from 'node:util'
 import { createClient } from '../index.js'
-import { createTestDatabase, rejection } from './helpers/db.mjs'
+import { createTestDatabase, MIGRATION_VERSIONS, rejection } from './helpers/db.mjs'
 
 const run = promisify(execFile)
 const fixture = await readFile(new URL('./fixtures/existing-app.sql', import.meta.url), 'utf8')
@@ -14,17 +14,6 @@ async function schemaDump(db) {
   // pg_dump prints a random \restrict token since 15.14; it is not part of the schema.
   return stdout.replace(/^\\(un)?restrict .*$/gm, '')
 }
-
-// Every migration this version knows, in order (other branches add theirs between ours).
-const { versions: ALL } = await (async () => {
-  const db = await createTestDatabase('mig_versions')
-  const client = createClient({ databaseUrl: db.url, storageRoot: db.storageRoot })
-  try {
-    return { versions: (await client.migrationStatus()).pending.map((m) => m.version) }
-  } finally {
-    await client.close()
-  }
-})()
 
 async function appRows(db) {
   const projects = await db.query(
@@ -41,10 +30,10 @@ test('on an empty database: creates the schema, records it, and is idempotent', 
     const before = await rejection(client.checkQuota('user_a', 1))
     assert.equal(before.code, 'MIGRATION_REQUIRED')
 
-    assert.deepEqual(await client.migrate(), { applied: ALL })
+    assert.deepEqual(await client.migrate(), { applied: MIGRATION_VERSIONS })
     assert.deepEqual(await client.migrate(), { applied: [] })
     const status = await client.migrationStatus()
-    assert.deepEqual(status.applied.map((m) => m.version), ALL)
+    assert.deepEqual(status.applied.map((m) => m.version), MIGRATION_VERSIONS)
     assert.ok(status.applied[0].appliedAt instanceof Date)
     assert.deepEqual(status.pending, [])
 
@@ -58,6 +47,7 @@ test('on an empty database: creates the schema, records it, and is idempotent', 
         'projects',
         'quota_ledger',
         'quota_limit_changes',
+        'quota_project_copies',
         'quota_reservations',
         'simulation_jobs',
         'storage_quota_meta',
@@ -71,7 +61,7 @@ test('on an empty database: creates the schema, records it, and is idempotent', 
     )
     assert.equal(column.rows[0].data_type, 'uuid')
 
-    assert.deepEqual(await client.rollback(ALL.length), { reverted: [...ALL].reverse() })
+    assert.deepEqual(await client.rollback(MIGRATION_VERSIONS.length), { reverted: [...MIGRATION_VERSIONS].reverse() })
     const left = await db.query(`SELECT count(*)::int AS n FROM information_schema.tables WHERE table_schema = 'public'`)
     assert.equal(left.rows[0].n, 0, 'rollback on an empty database removes everything it created')
   } finally {
@@ -116,7 +106,7 @@ test('on an existing app: paths and quotas for every project, rows untouched, ro
     // The app's own rows are untouched (apart from the new column).
     assert.deepEqual(await appRows(db), rowsBefore)
 
-    await client.rollback(ALL.length)
+    await client.rollback(MIGRATION_VERSIONS.length)
     assert.equal(await schemaDump(db), schemaBefore, 'rollback restores the schema exactly')
     assert.deepEqual(await appRows(db), rowsBefore, 'rollback keeps every app row')
 
@@ -125,7 +115,7 @@ test('on an existing app: paths and quotas for every project, rows untouched, ro
     const again = await db.query('SELECT count(*)::int AS n FROM project_storage_paths')
     assert.equal(again.rows[0].n, 5)
     assert.deepEqual(await appRows(db), rowsBefore, 'up → down → up keeps every app row')
-    await client.rollback(ALL.length)
+    await client.rollback(MIGRATION_VERSIONS.length)
     assert.equal(await schemaDump(db), schemaBefore, 'migrate → rollback → migrate → rollback is stable')
   } finally {
     await client.close()
@@ -156,7 +146,7 @@ test('two clients migrating at once apply the set once', async () => {
   const clients = Array.from({ length: 4 }, () => createClient({ databaseUrl: db.url, storageRoot: db.storageRoot }))
   try {
     const results = await Promise.all(clients.map((c) => c.migrate()))
-    assert.deepEqual(results.flatMap((r) => r.applied).sort((a, b) => a - b), ALL)
+    assert.deepEqual(results.flatMap((r) => r.applied).sort((a, b) => a - b), MIGRATION_VERSIONS)
     const paths = await db.query('SELECT count(*)::int AS n FROM project_storage_paths')
     assert.equal(paths.rows[0].n, 5)
   } finally {

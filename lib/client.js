@@ -163,6 +163,8 @@ class StorageQuotaClient {
   /**
    * Copies a project's files into a new (already created, empty) project of the same user and
    * counts them. Refused up front when the source does not fit; on failure nothing stays.
+   * Retries and concurrent calls for one new project resolve once (`duplicate: true`, or
+   * `CONFLICT` `KEY_REUSED` for another source).
    */
   async copyProject(userId, sourceProjectId, newProjectId) {
     const user = parse(S.UserIdSchema, userId, 'userId')

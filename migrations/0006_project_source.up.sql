@@ -29,6 +29,10 @@ ALTER TABLE quota_ledger ALTER COLUMN project_id TYPE text USING project_id::tex
 ALTER TABLE quota_reservations ALTER COLUMN project_id TYPE text USING project_id::text;
 -- squawk-ignore changing-column-type
 ALTER TABLE simulation_jobs ALTER COLUMN project_id TYPE text USING project_id::text;
+-- squawk-ignore changing-column-type
+ALTER TABLE quota_project_copies ALTER COLUMN project_id TYPE text USING project_id::text;
+-- squawk-ignore changing-column-type
+ALTER TABLE quota_project_copies ALTER COLUMN source_project_id TYPE text USING source_project_id::text;
 
 -- A key is still two safe segments; the second is now any project id (see src/ids.rs).
 ALTER TABLE project_storage_paths DROP CONSTRAINT project_storage_paths_key_check;

@@ -1,5 +1,6 @@
 // Throwaway databases for tests: each test file creates its own and drops it at the end, so
 // files never share state and can run in parallel.
+import { readdirSync } from 'node:fs'
 import { mkdtemp, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
@@ -11,6 +12,12 @@ import pg from 'pg'
 // connections DROP DATABASE cuts at the end) is off unless STORAGE_QUOTA_LOG=warn is given.
 // Tests about logging pass their own logger, which this does not affect.
 if (!process.env.STORAGE_QUOTA_LOG) process.env.STORAGE_QUOTA_LOG = 'off'
+
+/** The versions of every migration shipped (`migrations/NNNN_*.up.sql`), in order. */
+export const MIGRATION_VERSIONS = readdirSync(new URL('../../migrations/', import.meta.url))
+  .filter((name) => name.endsWith('.up.sql'))
+  .map((name) => Number(name.slice(0, 4)))
+  .sort((a, b) => a - b)
 
 export const ADMIN_URL =
   process.env.TEST_DATABASE_URL ?? process.env.DATABASE_URL ?? 'postgres://postgres@127.0.0.1:5432/postgres'

@@ -38,7 +38,14 @@ pub const MIGRATIONS: &[Migration] = &[
     down: include_str!("../../migrations/0002_quota_lifecycle.down.sql"),
     legacy_checksums: &[],
   },
-  // 0003 to 0005 are other branches' (the runner accepts gaps).
+  Migration {
+    version: 4,
+    name: "project_copies",
+    up: include_str!("../../migrations/0004_project_copies.up.sql"),
+    down: include_str!("../../migrations/0004_project_copies.down.sql"),
+    legacy_checksums: &[],
+  },
+  // 0003 and 0005 are other branches' (the runner accepts gaps).
   Migration {
     version: 6,
     name: "project_source",

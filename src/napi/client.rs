@@ -350,6 +350,8 @@ impl NativeClient {
       CopiedProject {
         path: path_to_js(c.path),
         copied_bytes: c.copied_bytes,
+        files: c.files,
+        skipped: c.skipped,
         duplicate: c.duplicate,
       }
     ))

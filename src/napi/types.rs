@@ -241,7 +241,13 @@ pub struct CopiedProject {
   /// The new project's storage path.
   pub path: ProjectStoragePath,
   pub copied_bytes: i64,
-  /// The copy had been made before: nothing was copied or charged this time.
+  /// Regular files copied.
+  pub files: i64,
+  /// Symlinks, sockets, FIFOs and devices found in the source (at any depth): neither followed
+  /// nor copied.
+  pub skipped: i64,
+  /// The copy had been made before (by this call's retry or a concurrent one): nothing was
+  /// copied or charged this time; the numbers are that copy's.
   pub duplicate: bool,
   pub used_bytes: i64,
   pub reserved_bytes: i64,

@@ -7,6 +7,7 @@ pub mod batch;
 pub mod client;
 pub mod coalesce;
 pub mod config;
+pub mod copies;
 pub mod deletions;
 pub mod limits;
 pub mod owner;

@@ -55,12 +55,28 @@ pub async fn find_or_create_path(
   location: &Location,
   default_limit: i64,
 ) -> Result<ProjectStoragePath> {
+  Ok(
+    find_or_create(conn, user, project, location, default_limit)
+      .await?
+      .0,
+  )
+}
+
+/// [`find_or_create_path`], also saying whether this call created the record (a copy that is
+/// undone removes only a record it created).
+pub async fn find_or_create(
+  conn: &mut PgConnection,
+  user: &UserId,
+  project: &ProjectId,
+  location: &Location,
+  default_limit: i64,
+) -> Result<(ProjectStoragePath, bool)> {
   let find = conn.prepared(FIND_PROJECT).await?;
   let row = conn.client.query_opt(&find, &[&project.as_str()]).await?;
   let row = row.ok_or_else(|| QuotaError::NotFound(format!("project {project} does not exist")))?;
   check_owner(row.get(0), user, project)?;
   if row.get::<_, Option<uuid::Uuid>>(1).is_some() {
-    return Ok(row_to_path(&row, 1));
+    return Ok((row_to_path(&row, 1), false));
   }
 
   // The quota row first, committed on its own, so the insert below never waits on another
@@ -81,7 +97,7 @@ pub async fn find_or_create_path(
     )
     .await?;
   if let Some(row) = created {
-    return Ok(row_to_path(&row, 0));
+    return Ok((row_to_path(&row, 0), true));
   }
   // Another caller created it first (its row is committed: ON CONFLICT waited for it), or the
   // app's row changed owner or went away in between: read again and decide as above.
@@ -89,7 +105,7 @@ pub async fn find_or_create_path(
   let row = row.ok_or_else(|| QuotaError::NotFound(format!("project {project} does not exist")))?;
   check_owner(row.get(0), user, project)?;
   if row.get::<_, Option<uuid::Uuid>>(1).is_some() {
-    return Ok(row_to_path(&row, 1));
+    return Ok((row_to_path(&row, 1), false));
   }
   Err(QuotaError::Internal(format!(
     "the storage path of project {project} could neither be created nor found"

@@ -146,7 +146,7 @@ export async function copyProjectFiles(userId: string, sourceId: string, targetI
     await quota().copyProject(userId, sourceId, targetId)
     return { ok: true }
   } catch (error) {
-    // Nothing was counted; drop the new project's record and empty directory.
+    // A refused copy made nothing; this releases and deletes whatever an interrupted one left.
     await quota().removeProject(userId, targetId)
     return refusal(
       error,

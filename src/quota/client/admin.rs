@@ -6,7 +6,8 @@ use crate::error::{QuotaError, Result};
 use crate::ids::{parse_bytes, ProjectId, UserId};
 use crate::quota::limits::{self, UsageReport};
 use crate::quota::reconcile::{self, UserDrift};
-use crate::storage::local::tree::{self, ProjectDir};
+use crate::quota::copies;
+use crate::storage::local::tree;
 use crate::storage::local::usage::project_usage;
 
 #[derive(Debug, Clone, Default)]
@@ -137,18 +138,13 @@ impl Client {
       let id = ProjectId::parse(&project.project_id)?;
       let root = self.storage_root()?;
       let owner = user.clone();
-      blocking(move || {
-        if let Some(dir) = ProjectDir::open(&root, &owner, &id)? {
-          tree::clear_dir(&dir.path())?;
-          drop(dir);
-          std::fs::remove_dir(root.join(owner.as_str()).join(id.as_str()))?;
-        }
-        Ok(())
-      })
-      .await?;
-      let id = project.project_id.clone();
+      let gone = id.clone();
+      blocking(move || tree::remove_project(&root, &owner, &gone).map(|_| ())).await?;
       self
-        .with_conn(async |conn| reconcile::forget_path(&mut conn.0, user, &id).await)
+        .with_conn(async |conn| {
+          copies::forget(&mut conn.0, user, &id).await?;
+          reconcile::forget_path(&mut conn.0, user, id.as_str()).await
+        })
         .await?;
       project.removed = true;
     }

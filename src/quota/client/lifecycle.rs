@@ -2,30 +2,22 @@
 //! project operations of the app's server actions (register, copy, remove).
 
 use super::{blocking, Client};
-use crate::error::{ConflictReason, QuotaError, Result};
+use crate::error::{QuotaError, Result};
 use crate::ids::{parse_bytes, parse_upload_id, upload_key_or_new, ProjectId, UserId};
 use crate::quota::config::parse_ttl_ms;
+use crate::quota::copies;
 use crate::quota::deletions::{self, DeletionTarget, Overwritten, Released, RemovedProject};
 use crate::quota::projects::{self, ProjectStoragePath};
-use crate::quota::reservations::{self, LedgerEntry, Reservation, Settled};
+use crate::quota::reservations::{self, Reservation, Settled};
 use crate::quota::usage::{self, Usage};
 use crate::rollout::Mode;
-use crate::storage::local::tree::{self, ProjectDir};
-use crate::storage::local::usage::project_usage;
+use crate::storage::local::tree;
 
 #[derive(Debug, Clone)]
 pub struct RegisteredProject {
   pub path: ProjectStoragePath,
   /// Bytes charged for the project's initial size (0 when none was given).
   pub counted_bytes: i64,
-  pub usage: Usage,
-}
-
-#[derive(Debug, Clone)]
-pub struct CopiedProject {
-  pub path: ProjectStoragePath,
-  pub copied_bytes: i64,
-  pub duplicate: bool,
   pub usage: Usage,
 }
 
@@ -214,134 +206,6 @@ impl Client {
     })
   }
 
-  /// Copies a project's files into a new project of the same user and counts them. The size is
-  /// reserved before anything is copied; on any failure the copy is removed and the
-  /// reservation given back, so nothing stays counted or half-copied.
-  pub async fn copy_project(
-    &self,
-    user_id: &str,
-    source_project_id: &str,
-    new_project_id: &str,
-  ) -> Result<CopiedProject> {
-    let user = UserId::parse(user_id)?;
-    let source = ProjectId::parse(source_project_id)?;
-    let target = ProjectId::parse(new_project_id)?;
-    if source == target {
-      return Err(QuotaError::invalid(
-        "a project cannot be copied onto itself",
-      ));
-    }
-    let root = self.storage_root()?.clone();
-    let (mode, limit) = (self.mode_for(&user), self.default_limit());
-    let key = format!("copy {target}");
-
-    self.allocate(&user, &source).await?;
-    let target_path = self.allocate(&user, &target).await?;
-    let prior = self
-      .with_conn(async |conn| {
-        let row = conn
-          .0
-          .client
-          .query_opt(
-            "SELECT bytes FROM quota_ledger WHERE user_id = $1 AND idempotency_key = $2",
-            &[&user.as_str(), &key],
-          )
-          .await?;
-        Ok(row.map(|row| row.get::<_, i64>(0)))
-      })
-      .await?;
-    if let Some(copied_bytes) = prior {
-      let usage = self
-        .with_conn(async |conn| usage::read_usage(&mut conn.0, &user).await)
-        .await?
-        .unwrap_or(Usage::empty(limit));
-      return Ok(CopiedProject {
-        path: target_path,
-        copied_bytes,
-        duplicate: true,
-        usage,
-      });
-    }
-
-    let (src_root, src_user, src) = (root.clone(), user.clone(), source.clone());
-    let size = blocking(move || Ok(project_usage(&src_root, &src_user, &src)?.bytes)).await?;
-    let (tgt_root, tgt_user, tgt) = (root.clone(), user.clone(), target.clone());
-    let target_has_files =
-      blocking(move || Ok(project_usage(&tgt_root, &tgt_user, &tgt)?.files > 0)).await?;
-    if target_has_files {
-      return Err(QuotaError::conflict(
-        ConflictReason::TargetNotEmpty,
-        format!("project {target} already has files; copy into a new, empty project"),
-      ));
-    }
-
-    let ttl = self.config.reservation_ttl_ms;
-    let reservation = self
-      .with_conn(async |conn| {
-        reservations::reserve(&mut conn.0, &user, &target, size, ttl, limit, mode, None).await
-      })
-      .await?;
-    let (copy_root, copy_user) = (root.clone(), user.clone());
-    let (copy_source, copy_target) = (source.clone(), target.clone());
-    let copied = blocking(move || {
-      let (source, target) = (copy_source, copy_target);
-      let from = ProjectDir::open(&copy_root, &copy_user, &source)?;
-      let to = ProjectDir::open(&copy_root, &copy_user, &target)?
-        .ok_or_else(|| QuotaError::Storage(format!("project {target}'s directory vanished")))?;
-      let Some(from) = from else { return Ok(0) };
-      tree::copy_tree(&from.path(), &to.path()).map_err(|error| {
-        let _ = tree::clear_dir(&to.path());
-        QuotaError::Storage(format!(
-          "copying project {source} failed and was undone: {error}"
-        ))
-      })
-    })
-    .await;
-    let committed = match copied {
-      Ok(copied) => {
-        self
-          .with_conn(async |conn| {
-            reservations::commit(
-              &mut conn.0,
-              &reservation.reservation_id,
-              Some(copied),
-              Some(&user),
-              Some(LedgerEntry {
-                key: &key,
-                kind: "copy",
-              }),
-            )
-            .await
-          })
-          .await
-      }
-      Err(error) => Err(error),
-    };
-    match committed {
-      Ok(settled) => Ok(CopiedProject {
-        path: target_path,
-        copied_bytes: settled.committed_bytes,
-        duplicate: false,
-        usage: settled.usage,
-      }),
-      Err(error) => {
-        let (undo_root, undo_user) = (root, user.clone());
-        let _ = blocking(move || {
-          if let Some(dir) = ProjectDir::open(&undo_root, &undo_user, &target)? {
-            tree::clear_dir(&dir.path())?;
-          }
-          Ok(())
-        })
-        .await;
-        let id = reservation.reservation_id;
-        let _ = self
-          .with_conn(async |conn| reservations::cancel(&mut conn.0, &id, Some(&user)).await)
-          .await;
-        Err(error)
-      }
-    }
-  }
-
   /// Releases the project's bytes, cancels its pending reservations and, when `delete_files`,
   /// removes its directory on the local backend.
   pub async fn remove_project(
@@ -358,16 +222,12 @@ impl Client {
       .await?;
     if delete_files {
       let root = self.storage_root()?.clone();
-      let (user, project) = (user.clone(), project.clone());
-      blocking(move || {
-        if let Some(dir) = ProjectDir::open(&root, &user, &project)? {
-          tree::clear_dir(&dir.path())?;
-          drop(dir);
-          std::fs::remove_dir(root.join(user.as_str()).join(project.to_string()))?;
-        }
-        Ok(())
-      })
-      .await?;
+      let (owner, gone) = (user.clone(), project.clone());
+      blocking(move || tree::remove_project(&root, &owner, &gone)).await?;
+      // Its files are gone: a later copy into it must copy again, not answer `duplicate`.
+      self
+        .with_conn(async |conn| copies::forget(&mut conn.0, &user, &project).await)
+        .await?;
     }
     if self.standalone() {
       self

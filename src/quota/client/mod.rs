@@ -4,10 +4,12 @@
 //! in `lifecycle.rs`, administration (limits, usage, reconciliation, migrations) in `admin.rs`.
 
 mod admin;
+mod copy;
 mod lifecycle;
 
 pub use admin::ReconcileReport;
-pub use lifecycle::{CopiedProject, RegisteredProject};
+pub use copy::CopiedProject;
+pub use lifecycle::RegisteredProject;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -342,14 +344,23 @@ impl Client {
 
   /// The path record (created once) and the place in storage (the directory on local disk).
   async fn allocate(&self, user: &UserId, project: &ProjectId) -> Result<ProjectStoragePath> {
+    let pool = self.pool()?;
+    let mut conn = pool.get().await?;
+    Ok(self.allocate_on(&mut conn.0, user, project).await?.0)
+  }
+
+  /// [`Self::allocate`] on a connection the caller holds; also says whether the record was
+  /// created by this call.
+  async fn allocate_on(
+    &self,
+    conn: &mut crate::db::pool::PgConnection,
+    user: &UserId,
+    project: &ProjectId,
+  ) -> Result<(ProjectStoragePath, bool)> {
     let backend = self.storage_backend()?;
     let location = backend.locate(user, project)?;
     let limit = self.default_limit();
-    let record = self
-      .with_conn(async |conn| {
-        projects::find_or_create_path(&mut conn.0, user, project, &location, limit).await
-      })
-      .await?;
+    let (record, created) = projects::find_or_create(conn, user, project, &location, limit).await?;
     if record.backend != location.backend || record.path != location.path {
       return Err(QuotaError::Storage(format!(
         "project {project} is recorded at {} ({} backend), not at {} where this client's storage puts it; \
@@ -359,7 +370,7 @@ impl Client {
     }
     let (user, project) = (user.clone(), project.clone());
     blocking(move || backend.prepare(&user, &project)).await?;
-    Ok(record)
+    Ok((record, created))
   }
 
   pub async fn allocate_project_path(

@@ -2,8 +2,10 @@
 //! `paths.rs`, checked and measured without following a single link.
 
 pub mod paths;
+pub mod staging;
 pub mod tree;
 pub mod usage;
+pub mod walk;
 
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};

@@ -96,6 +96,18 @@ pub fn ensure_project_dir(root: &Path, user: &UserId, project: &ProjectId) -> Re
   Ok(path)
 }
 
+/// Makes sure `{root}/{user}/` exists as a real directory of ours (mode 0700).
+pub fn ensure_user_dir(root: &Path, user: &UserId) -> Result<()> {
+  let root_fd = openat(
+    CWD,
+    root,
+    OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+    Mode::empty(),
+  )
+  .map_err(|e| QuotaError::Storage(format!("cannot open storage root {}: {e}", root.display())))?;
+  ensure_child_dir(&root_fd, user.as_str(), root).map(|_| ())
+}
+
 /// `mkdir name` inside `parent` (fine if it exists), then open it refusing symlinks, and make
 /// sure it is ours and owner-only.
 fn ensure_child_dir(parent: &OwnedFd, name: &str, parent_path: &Path) -> Result<OwnedFd> {

@@ -1,0 +1,286 @@
+//! `copyProject`: claim the new project, hold its size, copy into a staging directory, rename
+//! it into place, then count it. One call at a time per new project (`quota::copies`); a
+//! failing call undoes exactly what it made (its staging or renamed directory, its path
+//! record, its reservation, its claim) and nothing another call made.
+
+use super::{blocking, Client};
+use crate::db::pool::{Checkout, PgConnection, Pool};
+use crate::error::{ConflictReason, QuotaError, Result};
+use crate::ids::{ProjectId, UserId};
+use crate::quota::copies::{self, Claim};
+use crate::quota::projects::ProjectStoragePath;
+use crate::quota::reservations::{self, LedgerEntry};
+use crate::quota::usage::{read_usage, Usage};
+use crate::storage::local::staging::{self, Staging};
+use crate::storage::local::tree::TreeStats;
+use crate::storage::local::usage::project_usage;
+
+#[derive(Debug, Clone)]
+pub struct CopiedProject {
+  pub path: ProjectStoragePath,
+  pub copied_bytes: i64,
+  /// Regular files copied.
+  pub files: i64,
+  /// Symlinks, sockets, FIFOs and devices in the source: neither followed nor copied.
+  pub skipped: i64,
+  pub duplicate: bool,
+  pub usage: Usage,
+}
+
+/// What one call has made so far, for its undo.
+#[derive(Default)]
+struct Made {
+  /// The staging directory, once renamed into place: `(st_dev, st_ino)`.
+  placed: Option<(u64, u64)>,
+  path_record: Option<uuid::Uuid>,
+}
+
+struct Job {
+  user: UserId,
+  source: ProjectId,
+  target: ProjectId,
+  root: std::path::PathBuf,
+}
+
+impl Client {
+  /// Copies a project's files into a new project of the same user and counts them. The size
+  /// is reserved before anything is copied, so a copy that does not fit is refused with
+  /// nothing made.
+  pub async fn copy_project(
+    &self,
+    user_id: &str,
+    source_project_id: &str,
+    new_project_id: &str,
+  ) -> Result<CopiedProject> {
+    let user = UserId::parse(user_id)?;
+    let (source, target) = (
+      ProjectId::parse(source_project_id)?,
+      ProjectId::parse(new_project_id)?,
+    );
+    if source == target {
+      return Err(QuotaError::invalid(
+        "a project cannot be copied onto itself",
+      ));
+    }
+    let job = Job {
+      user,
+      source,
+      target,
+      root: self.storage_root()?,
+    };
+    let pool = self.pool()?;
+    {
+      let mut conn = pool.get().await?;
+      copies::check_owners(&mut conn.0, &job.user, &job.source, &job.target).await?;
+    }
+    let mut conn = self.lock_target(&pool, &job).await?;
+    let conn = &mut conn.0;
+    let result = self.copy_locked(conn, &job).await;
+    // A cut connection took the lock with it; otherwise give it back.
+    let _ = copies::unlock(conn, &job.user, &job.target).await;
+    result
+  }
+
+  /// A connection holding the (user, new project) lock. Another call holding it is waited for
+  /// by polling with backoff, holding no connection in between, at most the reservation TTL
+  /// (a copy taking longer has outlived its reservation anyway).
+  async fn lock_target<'p>(&self, pool: &'p Pool, job: &Job) -> Result<Checkout<'p>> {
+    let deadline = std::time::Instant::now()
+      + std::time::Duration::from_millis(self.config.reservation_ttl_ms as u64);
+    let mut backoff = std::time::Duration::from_millis(2);
+    loop {
+      let mut conn = pool.get().await?;
+      if copies::try_lock(&mut conn.0, &job.user, &job.target).await? {
+        return Ok(conn);
+      }
+      drop(conn);
+      if std::time::Instant::now() + backoff > deadline {
+        return Err(QuotaError::DbTimeout(format!(
+          "another copy into project {} has been running for longer than the reservation TTL",
+          job.target
+        )));
+      }
+      tokio::time::sleep(backoff).await;
+      backoff = (backoff * 2).min(std::time::Duration::from_millis(100));
+    }
+  }
+
+  async fn copy_locked(&self, conn: &mut PgConnection, job: &Job) -> Result<CopiedProject> {
+    if let Some(claim) = copies::read(conn, &job.user, &job.target).await? {
+      if let Some(done) = self.settle_claim(conn, job, claim).await? {
+        return Ok(done);
+      }
+    }
+    let (root, user, source) = (job.root.clone(), job.user.clone(), job.source.clone());
+    let size = blocking(move || Ok(project_usage(&root, &user, &source)?.bytes)).await?;
+    let token = uuid::Uuid::new_v4();
+    copies::insert(conn, &job.user, &job.source, &job.target, &token).await?;
+    let mut made = Made::default();
+    let result = self.copy_claimed(conn, job, &token, size, &mut made).await;
+    if result.is_err() {
+      // The call's own error is the answer; a failed undo leaves the claim for the next call.
+      let _ = self.undo(conn, job, &token, made).await;
+    }
+    result
+  }
+
+  async fn copy_claimed(
+    &self,
+    conn: &mut PgConnection,
+    job: &Job,
+    token: &uuid::Uuid,
+    size: i64,
+    made: &mut Made,
+  ) -> Result<CopiedProject> {
+    let (mode, limit) = (self.mode_for(&job.user), self.default_limit());
+    let ttl = self.config.reservation_ttl_ms;
+    reservations::reserve(
+      conn,
+      &job.user,
+      &job.target,
+      size,
+      ttl,
+      limit,
+      mode,
+      Some(*token),
+    )
+    .await?;
+
+    let (root, user, tok) = (job.root.clone(), job.user.clone(), *token);
+    let staging = blocking(move || Staging::create(&root, &user, &tok)).await?;
+    let identity = staging.identity;
+    // Dropping `staging` on failure leaves the directory for the undo, which removes it by name.
+    copies::set_identity(conn, &job.user, token, identity).await?;
+    // Marked before the rename: the undo removes the target only if it is this very directory.
+    made.placed = Some(identity);
+    let (source, target) = (job.source.clone(), job.target.clone());
+    let stats = blocking(move || staging.fill_and_place(&source, &target)).await?;
+
+    let (path, created) = self.allocate_on(conn, &job.user, &job.target).await?;
+    if created {
+      made.path_record = Some(path.id);
+    }
+    // One ledger entry per copy made: a project removed and copied into again gets a new one.
+    let key = format!("copy {} {token}", job.target);
+    let entry = LedgerEntry {
+      key: &key,
+      kind: "copy",
+    };
+    let settled =
+      reservations::commit(conn, token, Some(stats.bytes), Some(&job.user), Some(entry)).await?;
+    // Counted: from here on the copy stands even if recording its outcome fails (the next
+    // call for the project finds the committed reservation and records it).
+    let _ = copies::finish(conn, &job.user, token, &stats).await;
+    Ok(CopiedProject {
+      path,
+      copied_bytes: settled.committed_bytes,
+      files: stats.files,
+      skipped: stats.skipped,
+      duplicate: false,
+      usage: settled.usage,
+    })
+  }
+
+  /// What an earlier call left in the claim row. `Some` answers this call (`duplicate`);
+  /// `None` means the earlier call died before counting anything and was cleaned up after.
+  async fn settle_claim(
+    &self,
+    conn: &mut PgConnection,
+    job: &Job,
+    claim: Claim,
+  ) -> Result<Option<CopiedProject>> {
+    let committed = matches!(&claim.reservation, Some((status, _)) if status == "committed");
+    if claim.done || committed {
+      copies::same_source(&claim, &job.source, &job.target)?;
+      let mut stats = claim.stats;
+      if !claim.done {
+        // Counted, then its call died before recording the outcome: record it now.
+        let (root, user, target) = (job.root.clone(), job.user.clone(), job.target.clone());
+        let found = blocking(move || project_usage(&root, &user, &target)).await?;
+        stats = TreeStats {
+          bytes: claim.reservation.and_then(|(_, b)| b).unwrap_or(0),
+          files: found.files,
+          skipped: found.skipped,
+          directories: found.directories,
+        };
+        copies::finish(conn, &job.user, &claim.token, &stats).await?;
+      }
+      let (path, _) = self.allocate_on(conn, &job.user, &job.target).await?;
+      let usage = read_usage(conn, &job.user)
+        .await?
+        .unwrap_or(Usage::empty(self.default_limit()));
+      return Ok(Some(CopiedProject {
+        path,
+        copied_bytes: stats.bytes,
+        files: stats.files,
+        skipped: stats.skipped,
+        duplicate: true,
+        usage,
+      }));
+    }
+    // Still `copying` although we hold the lock: its call lost its connection or its process.
+    // Undo what it made, known by its token: reservation, staging or renamed directory, claim.
+    let made = Made {
+      placed: claim.identity,
+      path_record: None,
+    };
+    self.undo(conn, job, &claim.token, made).await?;
+    Ok(None)
+  }
+
+  /// Undoes what the call with `token` made. The reservation decides: cancelled (or never
+  /// made) means nothing was counted, so its files, path record and claim go; committed means
+  /// the copy stands after all (a reply lost after the commit); unreachable means nobody can
+  /// tell yet, so everything stays for the next call for the project to settle. Database steps
+  /// go through `conn` while it works, then a fresh connection (the lock may be gone with
+  /// `conn`, but every step is keyed by the token, so it touches nothing another call made).
+  async fn undo(
+    &self,
+    conn: &mut PgConnection,
+    job: &Job,
+    token: &uuid::Uuid,
+    made: Made,
+  ) -> Result<()> {
+    let user = &job.user;
+    let cancelled = match reservations::cancel(conn, token, Some(user)).await {
+      Err(QuotaError::DbUnavailable(_) | QuotaError::DbTimeout(_) | QuotaError::Db(_)) => {
+        self
+          .with_conn(async |c| reservations::cancel(&mut c.0, token, Some(user)).await)
+          .await
+      }
+      other => other,
+    };
+    match cancelled {
+      // Committed after all: the copy stands (the next call records its outcome).
+      Ok(settled) if settled.status == "committed" => return Ok(()),
+      Err(QuotaError::Conflict {
+        reason: ConflictReason::AlreadySettled,
+        ..
+      }) => return Ok(()),
+      Ok(_) | Err(QuotaError::NotFound(_)) => {}
+      Err(error) => return Err(error),
+    }
+    let (root, owner, target, tok) = (job.root.clone(), job.user.clone(), job.target.clone(), *token);
+    blocking(move || {
+      staging::remove_staging(&root, &owner, &tok)?;
+      if let Some(identity) = made.placed {
+        staging::remove_copied(&root, &owner, &target, identity)?;
+      }
+      Ok(())
+    })
+    .await?;
+    if let Some(path_id) = made.path_record {
+      if copies::drop_path(conn, &path_id).await.is_err() {
+        self
+          .with_conn(async |c| copies::drop_path(&mut c.0, &path_id).await)
+          .await?;
+      }
+    }
+    if copies::release(conn, user, token).await.is_err() {
+      self
+        .with_conn(async |c| copies::release(&mut c.0, user, token).await)
+        .await?;
+    }
+    Ok(())
+  }
+}
