@@ -197,6 +197,27 @@ test('a configured table that is missing is refused before anything changes: no 
   }
 })
 
+test('nothing configured, no projects table, but the app has tables: refused, no look-alike', async () => {
+  const db = await createTestDatabase('src_lookalike')
+  await db.query('CREATE TABLE invoices (id uuid PRIMARY KEY, user_id text); CREATE TABLE users (id text PRIMARY KEY)')
+  const before = await schemaDump(db)
+  const client = createClient({ databaseUrl: db.url, storageRoot: db.storageRoot })
+  try {
+    const error = await rejection(client.migrate())
+    assert.equal(error.code, 'MIGRATION_FAILED')
+    assert.match(error.message, /has tables of its own \(invoices, users\) but none named "projects"/)
+    assert.match(error.message, /projects: \{ table, id, owner \}/)
+    assert.equal(await schemaDump(db), before, 'no projects table, no tracking table')
+    // Named, it goes through, and still creates nothing of the app's.
+    const named = createClient({ databaseUrl: db.url, storageRoot: db.storageRoot, projects: { table: 'invoices' } })
+    await named.migrate()
+    await named.close()
+    assert.equal((await db.query(`SELECT to_regclass('projects') IS NULL AS none`)).rows[0].none, true)
+  } finally {
+    await client.close()
+  }
+})
+
 test('a client configured for another source than the database records is refused', async () => {
   const db = await createTestDatabase('src_mismatch')
   await db.query('CREATE TABLE invoices (id uuid PRIMARY KEY, owner_id text); CREATE TABLE notes (id text PRIMARY KEY, user_id text)')

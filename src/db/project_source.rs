@@ -125,6 +125,9 @@ impl ProjectSource {
       }
       return Ok(());
     }
+    if *self == ProjectSource::Default {
+      return check_default(client).await;
+    }
     let ProjectSource::Table { table, id, owner } = self else {
       return Ok(());
     };
@@ -180,6 +183,38 @@ impl ProjectSource {
       ));
     }
     Ok(())
+  }
+}
+
+/// Nothing configured and no `projects` table: 0001 creates a minimal one for a new app — but
+/// not next to an existing app's tables, where it would be a look-alike of the app's real
+/// project table that every call then finds empty. Tables of extensions and of storage-quota
+/// itself do not count.
+async fn check_default<C: GenericClient>(client: &C) -> Result<()> {
+  let row = client
+    .query_one(
+      "SELECT to_regclass('projects') IS NOT NULL OR to_regclass('user_quotas') IS NOT NULL,
+              (SELECT string_agg(name, ', ') FROM (
+                 SELECT format('%s', c.oid::regclass) AS name
+                   FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+                  WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f')
+                    AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+                    AND n.nspname NOT LIKE 'pg\\_toast%' AND n.nspname NOT LIKE 'pg\\_temp%'
+                    AND c.relname NOT LIKE 'storage\\_quota\\_%'
+                    AND NOT EXISTS (SELECT 1 FROM pg_depend d
+                                     WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid AND d.deptype = 'e')
+                  ORDER BY 1 LIMIT 5) t)",
+      &[],
+    )
+    .await?;
+  let (linked, others): (bool, Option<String>) = (row.get(0), row.get(1));
+  match others {
+    Some(others) if !linked => Err(QuotaError::MigrationFailed(format!(
+      "this database has tables of its own ({others}) but none named \"projects\"; storage-quota does not create \
+       a look-alike next to them. Name the app's project table (projects: {{ table, id, owner }}, \
+       STORAGE_QUOTA_PROJECTS or --projects table:id:owner) or use projects: 'standalone'. Nothing was changed"
+    ))),
+    _ => Ok(()),
   }
 }
 

@@ -4,9 +4,9 @@ use super::{blocking, Client};
 use crate::db::migrate::{self, MigrationSettings, Status};
 use crate::error::{QuotaError, Result};
 use crate::ids::{parse_bytes, ProjectId, UserId};
+use crate::quota::copies;
 use crate::quota::limits::{self, UsageReport};
 use crate::quota::reconcile::{self, UserDrift};
-use crate::quota::copies;
 use crate::storage::local::tree;
 use crate::storage::local::usage::project_usage;
 

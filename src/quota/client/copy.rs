@@ -260,7 +260,12 @@ impl Client {
       Ok(_) | Err(QuotaError::NotFound(_)) => {}
       Err(error) => return Err(error),
     }
-    let (root, owner, target, tok) = (job.root.clone(), job.user.clone(), job.target.clone(), *token);
+    let (root, owner, target, tok) = (
+      job.root.clone(),
+      job.user.clone(),
+      job.target.clone(),
+      *token,
+    );
     blocking(move || {
       staging::remove_staging(&root, &owner, &tok)?;
       if let Some(identity) = made.placed {
