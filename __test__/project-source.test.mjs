@@ -347,3 +347,31 @@ test('a database migrated by the first release upgrades: uuid ids become text, n
     await client.close()
   }
 })
+
+test('concurrent allocations of many projects from four clients: never a unique violation, one record each', async () => {
+  // Without a lock on the app's row (the app's table may be any table), callers of one project
+  // race on both unique keys of project_storage_paths; each loser reads the winner's record.
+  const { insertProject } = await import('./helpers/db.mjs')
+  const db = await createTestDatabase('src_race')
+  const clients = Array.from({ length: 4 }, () => createClient({ databaseUrl: db.url, storageRoot: db.storageRoot, poolSize: 4, logger: false }))
+  try {
+    await clients[0].migrate()
+    for (let round = 0; round < 5; round++) {
+      const owners = [0, 1, 2, 3].map((i) => `user_r${round}_${i}`)
+      const projects = []
+      for (let i = 0; i < 20; i++) projects.push([owners[i % 4], await insertProject(db, owners[i % 4])])
+      const calls = []
+      for (let k = 0; k < 8; k++) for (const [i, [owner, id]] of projects.entries()) calls.push(clients[(k + i) % 4].allocateProjectPath(owner, id))
+      const results = await Promise.allSettled(calls)
+      const failed = results.filter((r) => r.status === 'rejected').map((r) => r.reason.message)
+      assert.deepEqual(failed, [])
+      for (const [, id] of projects) {
+        assert.equal(new Set(results.filter((r) => r.value.projectId === id).map((r) => r.value.id)).size, 1, 'one record per project')
+      }
+    }
+    const { rows } = await db.query('SELECT count(*)::int AS n FROM project_storage_paths')
+    assert.equal(rows[0].n, 100)
+  } finally {
+    await Promise.all(clients.map((c) => c.close()))
+  }
+})

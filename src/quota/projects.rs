@@ -25,13 +25,16 @@ SELECT p.user_id AS owner_id, sp.id, sp.project_id, sp.user_id, sp.backend, sp.k
   FROM storage_quota_project($1) p LEFT JOIN project_storage_paths sp ON sp.project_id = p.id";
 
 /// Inserts only while the app's row still names `$2` as the owner (there is no foreign key into
-/// the app's table, which may be any table: see migration 0006).
+/// the app's table, which may be any table: see migration 0006). Concurrent callers for one
+/// project race on two unique keys (`project_id`, and `(backend, key)` derived from it); an
+/// arbiter-less `ON CONFLICT` turns a loss on either into "nothing inserted", and the caller
+/// reads the winner's row.
 const INSERT_PATH: &str = "
 INSERT INTO project_storage_paths AS sp (project_id, user_id, quota_id, backend, key, path)
 SELECT $1, $2, q.id, $5, $3, $4
   FROM user_quotas q, storage_quota_project($1) p
  WHERE q.user_id = $2 AND p.user_id = $2
-ON CONFLICT (project_id) DO NOTHING
+ON CONFLICT DO NOTHING
 RETURNING sp.id, sp.project_id, sp.user_id, sp.backend, sp.key, sp.path, sp.created_at";
 
 fn row_to_path(row: &tokio_postgres::Row, offset: usize) -> ProjectStoragePath {
