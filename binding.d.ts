@@ -24,12 +24,17 @@ export declare class NativeClient {
   recordUpload(userId: string, projectId: string, bytes: number, options?: RecordUploadOptions | undefined | null): Promise<RecordedUpload>
   /** Holds `bytes` against the quota for an upload whose bytes arrive later. */
   reserveUpload(userId: string, projectId: string, bytes: number, ttlMs?: number | undefined | null, reservationId?: string | undefined | null): Promise<Reservation>
-  /** Turns a reservation into usage (`actualBytes`, default the reserved amount). */
-  commitUpload(reservationId: string, actualBytes?: number | undefined | null, userId?: string | undefined | null): Promise<SettledReservation>
-  /** Gives a reservation's bytes back. */
-  cancelUpload(reservationId: string, userId?: string | undefined | null): Promise<SettledReservation>
+  /** Turns the user's reservation into usage (`actualBytes`, default the bytes asked for). */
+  commitUpload(userId: string, reservationId: string, actualBytes?: number | undefined | null): Promise<SettledReservation>
+  /** Gives the user's reservation's bytes back. */
+  cancelUpload(userId: string, reservationId: string): Promise<SettledReservation>
   /** Gives back every expired reservation now; resolves to the number of users swept. */
   sweepExpiredReservations(): Promise<number>
+  /**
+   * Applies the retention period: deletes settled reservations and folds ledger entries older
+   * than `historyRetentionDays` (counters and sums unchanged).
+   */
+  pruneHistory(): Promise<PrunedHistory>
   /** Releases a deleted file's bytes, by its upload id or by a byte count. */
   recordDeletion(userId: string, projectId: string, bytes?: number | undefined | null, uploadId?: string | undefined | null, deletionId?: string | undefined | null): Promise<Released>
   /** A new project: quota check, storage path, initial size counted. */
@@ -46,10 +51,16 @@ export declare class NativeClient {
   reconcile(userId: string | undefined | null, fix: boolean, includeDisk: boolean): Promise<ReconcileReport>
   /** The project's storage path, created (record and directory) on first call. */
   allocateProjectPath(userId: string, projectId: string): Promise<ProjectStoragePath>
-  /** Applies pending migrations; resolves to the versions applied by this call. */
-  migrate(): Promise<Array<number>>
+  /**
+   * Applies pending schema migrations; resolves to the versions applied and where the
+   * backfill of existing projects is (it is never run here).
+   */
+  migrate(): Promise<MigrateResult>
   /** Reverts the `steps` most recent migrations; resolves to the versions reverted. */
-  rollback(steps: number): Promise<Array<number>>
+  rollback(steps: number, discardUsage?: boolean | undefined | null): Promise<Array<number>>
+  /** One unit of the backfill: a batch of `batch_size` projects, or one constraint validated. */
+  backfillStep(batchSize: number): Promise<BackfillProgress>
+  backfillStatus(): Promise<BackfillProgress>
   migrationStatus(): Promise<MigrationStatus>
   /** Stops handing out connections; calls in flight finish first. */
   close(): void
@@ -62,6 +73,31 @@ export declare class NativeClient {
   validatePath(userId: string, projectId: string, candidate: string): Promise<PathCheck>
   /** The project's usage counted from its files on disk. */
   diskUsage(userId: string, projectId: string): Promise<DiskUsage>
+}
+
+/** Where the backfill of existing projects is (see `storage-quota backfill`). */
+export interface BackfillProgress {
+  /** `scan` (projects by id), `catchup` (projects added meanwhile), `validate` (foreign keys), `done`. */
+  phase: 'scan' | 'catchup' | 'validate' | 'done'
+  done: boolean
+  scanned: number
+  /** Projects in the app table when the backfill started (absent before its first step). */
+  totalProjects?: number
+  pathsCreated: number
+  baselines: number
+  usersSeeded: number
+  skippedProjects: number
+  /** The owners with the most skipped projects (at most 50), and how many such owners in all. */
+  skippedOwners: Array<SkippedOwner>
+  skippedOwnerCount: number
+  /** The storage root recorded in every path (fixed by the first step). */
+  storageRoot?: string
+  /** Lock waits given up on and retried during this call. */
+  lockRetries: number
+  /** What this call did that an operator should know (e.g. an index it created). */
+  notes: Array<string>
+  startedAt?: Date
+  finishedAt?: Date
 }
 
 /** Options for `createClient`. Every one is optional. */
@@ -95,6 +131,11 @@ export interface ClientOptions {
   rolloutPercent?: number
   /** How long a reservation holds its bytes unless committed or cancelled, in ms. Default 1 h. */
   reservationTtlMs?: number
+  /**
+   * Days settled reservations and ledger entries are kept before `pruneHistory()` folds them
+   * away (idempotency keys are remembered that long). Default 90.
+   */
+  historyRetentionDays?: number
   /** Where project paths point. Default `{ backend: 'local' }` (directories under `storageRoot`). */
   storage?: StorageOptions
   /** Where the app's projects are. Default: the table `projects(id, user_id)`. */
@@ -138,6 +179,14 @@ export interface DiskUsage {
   skipped: number
 }
 
+/** What `migrate` did. */
+export interface MigrateResult {
+  applied: Array<number>
+  /** Tries given up on a short lock timeout and repeated. */
+  lockRetries: number
+  backfill: BackfillProgress
+}
+
 /** One migration, applied or pending. */
 export interface MigrationInfo {
   version: number
@@ -169,6 +218,8 @@ export interface PathCheck {
 /** One project in a reconciliation report. */
 export interface ProjectDrift {
   projectId: string
+  /** The project's usage counter, as it was (before any fix). */
+  usedBytes: number
   /** What the ledger counts for the project. */
   ledgerBytes: number
   /** The project's local directory, if it has one. */
@@ -230,6 +281,14 @@ export interface ProjectUsage {
   usedBytes: number
   /** `usedBytes` in words, e.g. `12.5 MB`. */
   usedText: string
+}
+
+/** What `pruneHistory()` removed. */
+export interface PrunedHistory {
+  /** Settled reservations deleted. */
+  reservations: number
+  /** Ledger entries folded into their project's `carry` entry. */
+  ledgerEntries: number
 }
 
 /** The answer of `checkQuota`: whether `requestedBytes` more would fit, and the numbers. */
@@ -329,10 +388,15 @@ export interface Reservation {
   reservationId: string
   userId: string
   projectId: string
-  /** Bytes held. */
+  /** Bytes asked for; held too, except in `off` mode (which holds nothing: see `reservedBytes`). */
   bytes: number
   /** After this, the reservation stops counting and cannot be committed. */
   expiresAt: Date
+  /**
+   * This `reservationId` was used before for the same request: the same reservation,
+   * nothing more held.
+   */
+  duplicate: boolean
   wouldRefuse: boolean
   mode: 'enforce' | 'shadow' | 'off'
   usedBytes: number
@@ -351,13 +415,27 @@ export interface SettledReservation {
   status: 'committed' | 'cancelled' | 'expired'
   /** Bytes the reservation held. */
   heldBytes: number
-  /** Bytes now counted as used (0 when cancelled). */
+  /**
+   * The actual size committed (0 when cancelled). In `off` mode at most `heldBytes` of it
+   * is counted.
+   */
   committedBytes: number
+  /** Settled before by the same request (a retry): the first outcome, nothing changed now. */
+  duplicate: boolean
+  /** Enforcement would have refused this commit (shadow and off modes). */
+  wouldRefuse: boolean
+  mode: 'enforce' | 'shadow' | 'off'
   usedBytes: number
   reservedBytes: number
   limitBytes: number
   remainingBytes: number
   percentUsed: number
+}
+
+/** An owner whose id cannot be used in paths, with how many projects the backfill skipped. */
+export interface SkippedOwner {
+  owner: string
+  projects: number
 }
 
 /**

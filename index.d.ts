@@ -2,7 +2,10 @@
 // (built from the Rust `///` docs), so they cannot drift from the addon.
 import type { z } from 'zod'
 import type {
+  BackfillProgress,
   ClientOptions as NativeClientOptions,
+  MigrateResult,
+  SkippedOwner,
   CopiedProject,
   DiskUsage,
   ProjectLocation,
@@ -11,6 +14,7 @@ import type {
   ProjectDrift,
   ProjectStoragePath,
   ProjectUsage,
+  PrunedHistory,
   QuotaCheck,
   ReconcileReport,
   RecordedUpload,
@@ -35,6 +39,9 @@ export type PathCheck =
 export type UsageWithProjects = Usage & { projects: ProjectUsage[] }
 
 export type {
+  BackfillProgress,
+  MigrateResult,
+  SkippedOwner,
   CopiedProject,
   DiskUsage,
   ProjectLocation,
@@ -43,6 +50,7 @@ export type {
   ProjectDrift,
   ProjectStoragePath,
   ProjectUsage,
+  PrunedHistory,
   QuotaCheck,
   ReconcileReport,
   RecordedUpload,
@@ -56,10 +64,24 @@ export type {
 }
 
 export type QuotaMode = 'enforce' | 'shadow' | 'off'
+
+export interface BackfillOptions {
+  /** Projects per committed batch (1 to 100,000; default 2,000). */
+  batchSize?: number
+  /** Called after every batch with where the backfill is. */
+  onProgress?: (progress: BackfillProgress) => void
+  /** Stops between batches; `backfill()` then resolves with `done: false`. Run it again to resume. */
+  signal?: AbortSignal
+}
+
+export interface RollbackOptions {
+  /** Let 0001's rollback drop recorded usage and limits (back up first; see docs/migrations.md). */
+  discardUsage?: boolean
+}
 export type QuotaState = 'normal' | 'nearing' | 'critical' | 'exceeded'
 
 /** Structured log events: `quota_refused`, `shadow_refusal`, `drift_found`, `slow_call`, `limit_changed`. */
-export type LogEvent = 'quota_refused' | 'shadow_refusal' | 'drift_found' | 'slow_call' | 'limit_changed'
+export type LogEvent = 'quota_refused' | 'shadow_refusal' | 'drift_found' | 'slow_call' | 'limit_changed' | 'backfill_pending'
 export type Logger =
   | ((event: LogEvent, fields: Record<string, unknown>) => void)
   | { info?: (entry: Record<string, unknown>) => void; warn?: (entry: Record<string, unknown>) => void }
@@ -170,10 +192,6 @@ export interface ReserveUploadOptions {
   /** A UUID you choose: a retry with the same id after a lost reply holds the bytes once. */
   reservationId?: string
 }
-export interface OwnerOptions {
-  /** Refuse (FORBIDDEN) a reservation that belongs to another user. */
-  userId?: string
-}
 export interface RecordDeletionOptions {
   /** Release exactly the bytes this upload recorded, once. */
   uploadId?: string
@@ -204,12 +222,14 @@ export declare class StorageQuotaClient {
   recordUpload(userId: string, projectId: string, bytes: number, options?: RecordUploadOptions): Promise<RecordedUpload>
   /** Holds bytes for an upload whose bytes arrive later; QUOTA_EXCEEDED when they do not fit. */
   reserveUpload(userId: string, projectId: string, bytes: number, options?: ReserveUploadOptions): Promise<Reservation>
-  /** Turns a reservation into usage (`actualBytes`, default the reserved amount). */
-  commitUpload(reservationId: string, actualBytes?: number, options?: OwnerOptions): Promise<SettledReservation>
-  /** Gives a reservation's bytes back; harmless twice. CONFLICT once committed. */
-  cancelUpload(reservationId: string, options?: OwnerOptions): Promise<SettledReservation>
+  /** Turns the user's reservation into usage (`actualBytes`, default the bytes reserved); a retry is `duplicate: true`. */
+  commitUpload(userId: string, reservationId: string, actualBytes?: number): Promise<SettledReservation>
+  /** Gives the user's reservation's bytes back; a retry is `duplicate: true`. CONFLICT (ALREADY_SETTLED) once committed. */
+  cancelUpload(userId: string, reservationId: string): Promise<SettledReservation>
   /** Gives back every expired reservation now. */
   sweepExpiredReservations(): Promise<{ users: number }>
+  /** Deletes settled reservations and folds ledger entries older than `historyRetentionDays` (default 90); sums unchanged. */
+  pruneHistory(): Promise<PrunedHistory>
   /** Releases a deleted file's bytes (works over quota, never below zero). */
   recordDeletion(userId: string, projectId: string, bytes?: number, options?: RecordDeletionOptions): Promise<Released>
   /** A new project: quota check, storage path, initial size counted. */
@@ -230,10 +250,14 @@ export declare class StorageQuotaClient {
   /** Recomputes usage from the ledger; reports drift, fixes counters with `{ fix: true }`. */
   reconcile(userId?: string, options?: { fix?: boolean; disk?: boolean }): Promise<ReconcileReport>
   reconcile(options: { fix?: boolean; disk?: boolean }): Promise<ReconcileReport>
-  /** Applies pending migrations. */
-  migrate(): Promise<{ applied: number[] }>
+  /** Applies pending schema migrations; backfills an app of at most 10,000 projects too. */
+  migrate(): Promise<MigrateResult>
+  /** Runs the backfill of existing projects to its end (resumable), in committed batches. */
+  backfill(options?: BackfillOptions): Promise<BackfillProgress>
+  /** Where the backfill is. */
+  backfillStatus(): Promise<BackfillProgress>
   /** Reverts the `steps` (default 1) most recent migrations. */
-  rollback(steps?: number): Promise<{ reverted: number[] }>
+  rollback(steps?: number, options?: RollbackOptions): Promise<{ reverted: number[] }>
   migrationStatus(): Promise<MigrationStatus>
   /** Calls in flight finish; later calls reject with CLIENT_CLOSED. */
   close(): Promise<void>
@@ -254,9 +278,10 @@ export declare function recordUpload(
   options?: RecordUploadOptions,
 ): Promise<RecordedUpload>
 export declare function reserveUpload(userId: string, projectId: string, bytes: number, options?: ReserveUploadOptions): Promise<Reservation>
-export declare function commitUpload(reservationId: string, actualBytes?: number, options?: OwnerOptions): Promise<SettledReservation>
-export declare function cancelUpload(reservationId: string, options?: OwnerOptions): Promise<SettledReservation>
+export declare function commitUpload(userId: string, reservationId: string, actualBytes?: number): Promise<SettledReservation>
+export declare function cancelUpload(userId: string, reservationId: string): Promise<SettledReservation>
 export declare function sweepExpiredReservations(): Promise<{ users: number }>
+export declare function pruneHistory(): Promise<PrunedHistory>
 export declare function recordDeletion(userId: string, projectId: string, bytes?: number, options?: RecordDeletionOptions): Promise<Released>
 export declare function registerProject(userId: string, projectId: string, options?: { sizeBytes?: number }): Promise<RegisteredProject>
 export declare function copyProject(userId: string, sourceProjectId: string, newProjectId: string): Promise<CopiedProject>
@@ -269,8 +294,10 @@ export declare function reconcile(options: { fix?: boolean; disk?: boolean }): P
 export declare function projectPathFor(userId: string, projectId: string): ProjectLocation
 export declare function validatePath(userId: string, projectId: string, candidate: string): Promise<PathCheck>
 export declare function diskUsage(userId: string, projectId: string): Promise<DiskUsage>
-export declare function migrate(): Promise<{ applied: number[] }>
-export declare function rollback(steps?: number): Promise<{ reverted: number[] }>
+export declare function migrate(): Promise<MigrateResult>
+export declare function backfill(options?: BackfillOptions): Promise<BackfillProgress>
+export declare function backfillStatus(): Promise<BackfillProgress>
+export declare function rollback(steps?: number, options?: RollbackOptions): Promise<{ reverted: number[] }>
 export declare function migrationStatus(): Promise<MigrationStatus>
 
 /** `512 B`, `12.5 MB`, `1 GB`: binary multiples (1 KB = 1024 bytes). Pure: fine in client components. */
@@ -283,7 +310,6 @@ export declare function quotaState(percentUsed: number): QuotaState
 export declare const BytesListSchema: z.ZodType<number[]>
 export declare const ReservationIdSchema: z.ZodType<string>
 export declare const ReserveUploadOptionsSchema: z.ZodType<ReserveUploadOptions>
-export declare const OwnerOptionsSchema: z.ZodType<OwnerOptions>
 export declare const RecordDeletionOptionsSchema: z.ZodType<RecordDeletionOptions>
 export declare const RegisterProjectOptionsSchema: z.ZodType<{ sizeBytes?: number }>
 export declare const RemoveProjectOptionsSchema: z.ZodType<{ deleteFiles?: boolean }>
@@ -296,6 +322,7 @@ export declare const ReservationSchema: z.ZodType<Reservation>
 export declare const ReservationStatusSchema: z.ZodType<'committed' | 'cancelled' | 'expired'>
 export declare const SettledReservationSchema: z.ZodType<SettledReservation>
 export declare const ReleasedSchema: z.ZodType<Released>
+export declare const PrunedHistorySchema: z.ZodType<PrunedHistory>
 export declare const QuotaStateSchema: z.ZodType<QuotaState>
 export declare const UsageSchema: z.ZodType<Usage>
 export declare const UserIdSchema: z.ZodType<string>

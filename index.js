@@ -59,6 +59,7 @@ exports.reserveUpload = (...args) => getDefaultClient().reserveUpload(...args)
 exports.commitUpload = (...args) => getDefaultClient().commitUpload(...args)
 exports.cancelUpload = (...args) => getDefaultClient().cancelUpload(...args)
 exports.sweepExpiredReservations = (...args) => getDefaultClient().sweepExpiredReservations(...args)
+exports.pruneHistory = (...args) => getDefaultClient().pruneHistory(...args)
 exports.recordDeletion = (...args) => getDefaultClient().recordDeletion(...args)
 exports.registerProject = (...args) => getDefaultClient().registerProject(...args)
 exports.copyProject = (...args) => getDefaultClient().copyProject(...args)
@@ -72,6 +73,8 @@ exports.diskUsage = (...args) => getDefaultClient().diskUsage(...args)
 exports.migrate = (...args) => getDefaultClient().migrate(...args)
 exports.rollback = (...args) => getDefaultClient().rollback(...args)
 exports.migrationStatus = (...args) => getDefaultClient().migrationStatus(...args)
+exports.backfill = (...args) => getDefaultClient().backfill(...args)
+exports.backfillStatus = (...args) => getDefaultClient().backfillStatus(...args)
 
 exports.formatBytes = formatBytes
 exports.quotaPercentage = quotaPercentage

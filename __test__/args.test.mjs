@@ -26,7 +26,8 @@ const keys = [
   'uploadId', 'replacesBytes', 'ttlMs', 'reservationId', 'userId', 'deletionId', 'sizeBytes', 'deleteFiles', 'changedBy',
   'reason', 'projects', 'fix', 'disk', 'databaseUrl', 'storageRoot', 'defaultQuotaBytes', 'poolSize', 'connectTimeoutMs',
   'statementTimeoutMs', 'applicationName', 'mode', 'rolloutPercent', 'reservationTtlMs', 'logger', 'logLevel', 'slowCallMs',
-  'storage', 'backend', 'bucket', 'prefix', 'table', 'id', 'owner', 'other',
+  'storage', 'backend', 'bucket', 'prefix', 'table', 'id', 'owner', 'historyRetentionDays', 'discardUsage', 'batchSize',
+  'onProgress', 'signal', 'other',
 ]
 const value = fc.letrec((tie) => ({
   any: fc.oneof({ depthSize: 'small' }, scalar, tie('object'), fc.array(scalar, { maxLength: 4 }), fc.constantFrom(() => {}, { info() {} })),

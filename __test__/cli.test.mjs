@@ -21,6 +21,7 @@ test('the storage-quota command migrates, reports and rolls back', async () => {
   assert.equal((await cli('migrate')).stdout.trim(), 'already up to date')
   assert.match((await cli('status')).stdout, /^applied {2}1 storage_quota {2}\d{4}-/m)
   assert.equal((await cli('sweep')).stdout.trim(), 'swept expired reservations of 0 user(s)')
+  assert.equal((await cli('prune')).stdout.trim(), 'pruned 0 settled reservation(s), folded 0 ledger entr(ies)')
   await db.query(`INSERT INTO user_quotas (user_id, limit_bytes, used_bytes) VALUES ('user_cli', 100, 40)`)
   assert.match((await cli('reconcile')).stdout, /^user_cli {2}counter 40 {2}ledger 0 {2}drift 40 .*\nchecked 1 user\(s\), 1 drifted, 0 fixed, 0 deleted project\(s\)$/m)
   assert.match((await cli('reconcile', 'user_cli', '--fix')).stdout, /1 drifted, 1 fixed/)

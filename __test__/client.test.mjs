@@ -64,12 +64,15 @@ test('the Rust side validates too, for callers that bypass the JS layer', async 
     () => native.checkQuota('user_x', [2 ** 52, 2 ** 52]),
     () => native.checkQuota('../x', [1]),
     () => native.reserveUpload('user_x', '00000000-0000-4000-8000-000000000000', 1, 10),
-    () => native.commitUpload('not-a-uuid', 1, null),
+    () => native.commitUpload('user_x', 'not-a-uuid', 1),
     () => native.setQuotaLimit('user_x', -1, null, null),
     () => native.allocateProjectPath('user_x', '../../etc/passwd'),
   ]) {
     const error = await rejection(call())
-    assert.equal(JSON.parse(error.message).code, 'INVALID_ARGUMENT')
+    // A real Error with its code as a property, on an async rejection (no JSON in the message).
+    assert.ok(error instanceof Error)
+    assert.equal(error.code, 'INVALID_ARGUMENT')
+    assert.ok(!error.message.startsWith('{'), error.message)
   }
   native.close()
 })

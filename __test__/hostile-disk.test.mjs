@@ -261,7 +261,7 @@ test('a copy whose call died is settled by the next call: undone when uncounted,
       [user, target, source, token, staged.dev.toString(), staged.ino.toString()],
     )
     if (stage !== 'staged') await rename(join(userDir, `.copy-${token}`), join(userDir, target))
-    if (stage === 'committed') await client.commitUpload(token, 3010, { userId: user })
+    if (stage === 'committed') await client.commitUpload(user, token, 3010)
     return target
   }
 

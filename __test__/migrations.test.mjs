@@ -30,8 +30,10 @@ test('on an empty database: creates the schema, records it, and is idempotent', 
     const before = await rejection(client.checkQuota('user_a', 1))
     assert.equal(before.code, 'MIGRATION_REQUIRED')
 
-    assert.deepEqual(await client.migrate(), { applied: MIGRATION_VERSIONS })
-    assert.deepEqual(await client.migrate(), { applied: [] })
+    const first = await client.migrate()
+    assert.deepEqual(first.applied, MIGRATION_VERSIONS)
+    assert.equal(first.backfill.done, true, 'an empty app is backfilled inside migrate()')
+    assert.deepEqual((await client.migrate()).applied, [])
     const status = await client.migrationStatus()
     assert.deepEqual(status.applied.map((m) => m.version), MIGRATION_VERSIONS)
     assert.ok(status.applied[0].appliedAt instanceof Date)
@@ -48,8 +50,11 @@ test('on an empty database: creates the schema, records it, and is idempotent', 
         'quota_ledger',
         'quota_limit_changes',
         'quota_project_copies',
+        'quota_project_usage',
         'quota_reservations',
         'simulation_jobs',
+        'storage_quota_backfill',
+        'storage_quota_backfill_skipped',
         'storage_quota_meta',
         'storage_quota_migrations',
         'storage_quota_projects',

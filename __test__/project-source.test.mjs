@@ -92,7 +92,7 @@ async function lifecycle(db, client, shape, owner, other) {
   assert.equal((await client.recordUpload(owner, id, 1000, { uploadId: `u-${id}` })).duplicate, true)
   const hold = await client.reserveUpload(owner, id, 500)
   assert.equal(hold.projectId, id)
-  const committed = await client.commitUpload(hold.reservationId, 400, { userId: owner })
+  const committed = await client.commitUpload(owner, hold.reservationId, 400)
   assert.equal(committed.usedBytes, 1400)
   // Many uploads at once go through the batched path (one lookup for several projects).
   await Promise.all(Array.from({ length: 8 }, (_, i) => client.recordUpload(owner, id, 10, { uploadId: `b-${i}-${id}` })))
@@ -228,7 +228,7 @@ test('a client configured for another source than the database records is refuse
     const error = await rejection(b.migrate())
     assert.equal(error.code, 'MIGRATION_FAILED')
     assert.match(error.message, /reads projects from invoices\(id, owner_id\), but this client is configured for notes\(id, user_id\)/)
-    assert.deepEqual(await a.migrate(), { applied: [] })
+    assert.deepEqual((await a.migrate()).applied, [])
   } finally {
     await a.close()
     await b.close()

@@ -145,12 +145,12 @@ test(`${CALLS} mixed concurrent calls from ${CLIENTS} clients keep every user's 
       const r = pick(reservations)
       // Commit the reserved amount, less, or more (more only fits if the difference does).
       const actual = pick([undefined, Math.floor(r.bytes / 2), r.bytes + 5_000])
-      await lifecycle('commitUpload', r.user, ['QUOTA_EXCEEDED', 'CONFLICT'], (c) => c.commitUpload(r.reservationId, actual, { userId: r.user }))(client)
+      await lifecycle('commitUpload', r.user, ['QUOTA_EXCEEDED', 'CONFLICT'], (c) => c.commitUpload(r.user, r.reservationId, actual))(client)
     }],
     [3, () => async (client) => {
       if (reservations.length === 0) return
       const r = pick(reservations)
-      await lifecycle('cancelUpload', r.user, ['CONFLICT'], (c) => c.cancelUpload(r.reservationId, { userId: r.user }))(client)
+      await lifecycle('cancelUpload', r.user, ['CONFLICT'], (c) => c.cancelUpload(r.user, r.reservationId))(client)
     }],
     [5, () => async (client) => {
       if (acceptedUploads.length === 0) return

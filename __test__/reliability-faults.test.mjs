@@ -140,7 +140,7 @@ test('PostgreSQL restarted twice under load: bounded failures, pool recovers, re
         let settled
         let retried = false
         for (;;) {
-          settled = await call(() => client.commitUpload(id))
+          settled = await call(() => client.commitUpload(user, id))
           if (!settled.retry) break
           retried = true
         }

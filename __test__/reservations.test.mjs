@@ -20,30 +20,29 @@ test('a reservation counts at once; commit turns it into usage, smaller if the f
   assert.ok(held.expiresAt > new Date())
   assert.equal((await client.checkQuota(user, 60 * MB + 1)).allowed, false, 'reserved bytes are not free')
 
-  const committed = await client.commitUpload(held.reservationId, 30 * MB, { userId: user })
+  const committed = await client.commitUpload(user, held.reservationId, 30 * MB)
   assert.equal(committed.status, 'committed')
   assert.equal(committed.heldBytes, 40 * MB)
   assert.equal(committed.committedBytes, 30 * MB)
   assert.deepEqual(await counters(user), { used: 30 * MB, reserved: 0, ledger: 30 * MB })
 })
 
-test('committing twice, or after cancel, is a clear error and changes nothing', async () => {
+test('committing twice answers the first outcome; after cancel it is a clear error and changes nothing', async () => {
   const user = 'user_res2'
   const project = await insertProject(db, user)
   const a = await client.reserveUpload(user, project, 10 * MB)
-  await client.commitUpload(a.reservationId)
-  const again = await rejection(client.commitUpload(a.reservationId))
-  assert.equal(again.code, 'CONFLICT')
-  assert.match(again.message, /already committed/)
+  await client.commitUpload(user, a.reservationId)
+  const again = await client.commitUpload(user, a.reservationId)
+  assert.deepEqual([again.duplicate, again.status, again.committedBytes], [true, 'committed', 10 * MB])
 
   const b = await client.reserveUpload(user, project, 5 * MB)
-  const cancelled = await client.cancelUpload(b.reservationId)
+  const cancelled = await client.cancelUpload(user, b.reservationId)
   assert.equal(cancelled.status, 'cancelled')
   assert.equal(cancelled.reservedBytes, 0)
-  const cancelledTwice = await client.cancelUpload(b.reservationId)
-  assert.equal(cancelledTwice.status, 'cancelled', 'cancelling twice is harmless')
-  assert.equal((await rejection(client.commitUpload(b.reservationId))).code, 'CONFLICT')
-  assert.equal((await rejection(client.cancelUpload(a.reservationId))).code, 'CONFLICT', 'a committed upload cannot be cancelled')
+  const cancelledTwice = await client.cancelUpload(user, b.reservationId)
+  assert.deepEqual([cancelledTwice.status, cancelledTwice.duplicate], ['cancelled', true], 'cancelling twice is harmless')
+  assert.equal((await rejection(client.commitUpload(user, b.reservationId))).reason, 'ALREADY_SETTLED')
+  assert.equal((await rejection(client.cancelUpload(user, a.reservationId))).reason, 'ALREADY_SETTLED', 'a committed upload cannot be cancelled')
   assert.deepEqual(await counters(user), { used: 10 * MB, reserved: 0, ledger: 10 * MB })
 })
 
@@ -52,11 +51,11 @@ test('a larger commit needs room for the difference', async () => {
   const project = await insertProject(db, user)
   await client.recordUpload(user, project, 80 * MB)
   const held = await client.reserveUpload(user, project, 10 * MB)
-  const tooBig = await rejection(client.commitUpload(held.reservationId, 30 * MB))
+  const tooBig = await rejection(client.commitUpload(user, held.reservationId, 30 * MB))
   assert.equal(tooBig.code, 'QUOTA_EXCEEDED')
   assert.equal(tooBig.requestedBytes, 20 * MB, 'the error names the extra bytes needed')
   assert.deepEqual(await counters(user), { used: 80 * MB, reserved: 10 * MB, ledger: 80 * MB }, 'nothing changed')
-  const fine = await client.commitUpload(held.reservationId, 20 * MB)
+  const fine = await client.commitUpload(user, held.reservationId, 20 * MB)
   assert.equal(fine.usedBytes, 100 * MB)
 })
 
@@ -70,7 +69,7 @@ test('an expired reservation stops counting at once, cannot be committed, and is
   const check = await client.checkQuota(user, 20 * MB)
   assert.equal(check.allowed, true, 'expired bytes no longer count, even before a sweep')
   assert.equal(check.reservedBytes, 0)
-  const late = await rejection(client.commitUpload(held.reservationId))
+  const late = await rejection(client.commitUpload(user, held.reservationId))
   assert.equal(late.code, 'RESERVATION_EXPIRED')
   assert.deepEqual(await counters(user), { used: 0, reserved: 0, ledger: 0 }, 'the late commit gave the bytes back')
   const { rows } = await db.query('SELECT status FROM quota_reservations WHERE id = $1', [held.reservationId])
@@ -89,13 +88,13 @@ test('sweepExpiredReservations gives back every user\'s expired holds', async ()
   for (const user of users) assert.equal((await counters(user)).reserved, 0)
 })
 
-test('another user\'s reservation id is FORBIDDEN with { userId }; unknown ids are NOT_FOUND', async () => {
+test('another user\'s reservation id is NOT_FOUND for them, like an unknown id', async () => {
   const user = 'user_res5'
   const project = await insertProject(db, user)
   const held = await client.reserveUpload(user, project, MB)
-  assert.equal((await rejection(client.commitUpload(held.reservationId, undefined, { userId: 'user_thief' }))).code, 'FORBIDDEN')
-  assert.equal((await rejection(client.cancelUpload(held.reservationId, { userId: 'user_thief' }))).code, 'FORBIDDEN')
-  assert.equal((await rejection(client.commitUpload('00000000-0000-4000-8000-000000000000'))).code, 'NOT_FOUND')
+  assert.equal((await rejection(client.commitUpload('user_thief', held.reservationId))).code, 'NOT_FOUND')
+  assert.equal((await rejection(client.cancelUpload('user_thief', held.reservationId))).code, 'NOT_FOUND')
+  assert.equal((await rejection(client.commitUpload(user, '00000000-0000-4000-8000-000000000000'))).code, 'NOT_FOUND')
   assert.equal((await counters(user)).reserved, MB)
 })
 
@@ -113,9 +112,10 @@ test('concurrent reserve/commit/cancel for one user never pass the limit and set
   const projects = await Promise.all([1, 2].map(() => insertProject(db, user)))
   const others = [1, 2].map(() => createClient({ databaseUrl: db.url, storageRoot: db.storageRoot, defaultQuotaBytes: 100 * MB, logger: false }))
   const clients = [client, ...others]
+  let watcher
   try {
     let peak = 0
-    const watcher = setInterval(async () => {
+    watcher = setInterval(async () => {
       const c = await counters(user).catch(() => null)
       if (c) peak = Math.max(peak, c.used + c.reserved)
     }, 5)
@@ -126,18 +126,16 @@ test('concurrent reserve/commit/cancel for one user never pass the limit and set
         try {
           const held = await c.reserveUpload(user, projects[i % 2], size)
           if (i % 3 === 0) {
-            await c.cancelUpload(held.reservationId)
+            await c.cancelUpload(user, held.reservationId)
             return 0
           }
           const actual = i % 2 === 0 ? size : Math.floor(size / 2)
-          // Commit twice at once: exactly one may win.
-          const [first, second] = await Promise.allSettled([
-            c.commitUpload(held.reservationId, actual),
-            clients[(i + 1) % clients.length].commitUpload(held.reservationId, actual),
+          // Commit twice at once, from two clients: one commits, the other is its duplicate.
+          const both = await Promise.all([
+            c.commitUpload(user, held.reservationId, actual),
+            clients[(i + 1) % clients.length].commitUpload(user, held.reservationId, actual),
           ])
-          const won = [first, second].filter((r) => r.status === 'fulfilled')
-          assert.equal(won.length, 1, 'one commit wins')
-          assert.equal([first, second].find((r) => r.status === 'rejected').reason.code, 'CONFLICT')
+          assert.deepEqual(both.map((r) => r.duplicate).sort(), [false, true], 'one commit counts')
           return actual
         } catch (error) {
           if (error.code === 'QUOTA_EXCEEDED') return 0
@@ -152,6 +150,7 @@ test('concurrent reserve/commit/cancel for one user never pass the limit and set
     assert.ok(final.used <= 100 * MB)
     assert.ok(peak <= 100 * MB, `used + reserved peaked at ${peak}`)
   } finally {
+    clearInterval(watcher)
     await Promise.all(others.map((c) => c.close()))
   }
 })
@@ -167,7 +166,7 @@ test('a caller-chosen reservationId makes a retried reserve hold the bytes once'
   assert.equal((await counters(user)).reserved, 3 * MB, 'held once')
   const other = await rejection(client.reserveUpload(user, project, 4 * MB, { reservationId }))
   assert.equal(other.code, 'CONFLICT', 'the same id for a different size')
-  await client.commitUpload(reservationId)
-  assert.equal((await rejection(client.reserveUpload(user, project, 3 * MB, { reservationId }))).code, 'CONFLICT')
+  await client.commitUpload(user, reservationId)
+  assert.equal((await client.reserveUpload(user, project, 3 * MB, { reservationId })).duplicate, true, 'a late retry holds nothing')
   assert.deepEqual(await counters(user), { used: 3 * MB, reserved: 0, ledger: 3 * MB })
 })

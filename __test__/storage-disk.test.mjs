@@ -117,7 +117,7 @@ async function unprivileged(options, method, args) {
     const { NativeClient } = require(${JSON.stringify(portableBinding)})
     const client = new NativeClient(${JSON.stringify(options)})
     client.${method}(...${JSON.stringify(args)})
-      .then(() => 'RESOLVED', (e) => e.message)
+      .then(() => 'RESOLVED', (e) => JSON.stringify({ code: e.code, message: e.message }))
       .then((message) => { process.stdout.write(message); client.close() })`
   const child = spawn(process.execPath, ['-e', script], {
     ...(isRoot ? { uid: NOBODY, gid: NOBODY } : {}),
@@ -131,7 +131,7 @@ async function unprivileged(options, method, args) {
   return new Promise((resolve, reject) => {
     child.on('close', (status) => {
       if (status !== 0) return reject(new Error(`child exited ${status}: ${err}`))
-      resolve(out === 'RESOLVED' ? { code: 'RESOLVED' } : fromNative(new Error(out)))
+      resolve(out === 'RESOLVED' ? { code: 'RESOLVED' } : fromNative(Object.assign(new Error(), JSON.parse(out))))
     })
   })
 }

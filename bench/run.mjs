@@ -83,8 +83,8 @@ try {
     const m = raw.migration
     sections.push(
       `### Migration on an existing app\n\n` +
-        `\`migrate()\` on a database with ${m.projects.toLocaleString('en-US')} projects (with \`size_bytes\`) of ` +
-        `${m.users.toLocaleString('en-US')} owners: **${(m.ms / 1000).toFixed(2)} s** ` +
+        `\`migrate()\` + \`backfill()\` on a database with ${m.projects.toLocaleString('en-US')} projects (with \`size_bytes\`) of ` +
+        `${m.users.toLocaleString('en-US')} owners: **${(m.ms / 1000).toFixed(2)} s** (schema ${(m.schemaMs / 1000).toFixed(2)} s, backfill ${(m.backfillMs / 1000).toFixed(2)} s) ` +
         (m.defaults.ok ? '' : `with \`statementTimeoutMs: 0\` — with the default options it failed: ${m.defaults.code}, "${m.defaults.message}" ` ) +
         `(${m.paths.toLocaleString('en-US')} storage paths and ${m.ledger.toLocaleString('en-US')} baseline ledger entries written).`,
     )

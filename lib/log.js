@@ -8,7 +8,7 @@
 // `logger: false` or STORAGE_QUOTA_LOG=off silences the default output. Fields never include
 // connection strings.
 
-const WARN = new Set(['drift_found', 'slow_call', 'shadow_refusal'])
+const WARN = new Set(['drift_found', 'slow_call', 'shadow_refusal', 'backfill_pending'])
 
 function createLogger(logger, logLevel) {
   if (logger === false) return () => {}

@@ -64,7 +64,6 @@ const ReserveUploadOptionsSchema = z.strictObject({
   /** A UUID chosen by the caller: retrying with it after a lost reply holds the bytes once. */
   reservationId: ReservationIdSchema.optional(),
 })
-const OwnerOptionsSchema = z.strictObject({ userId: UserIdSchema.optional() })
 const RecordDeletionOptionsSchema = z.strictObject({
   uploadId: UploadIdSchema.optional(),
   deletionId: UploadIdSchema.optional(),
@@ -79,6 +78,12 @@ const SetQuotaLimitOptionsSchema = z.strictObject({
 const GetUsageOptionsSchema = z.strictObject({ projects: z.boolean().optional() })
 const ReconcileOptionsSchema = z.strictObject({ fix: z.boolean().optional(), disk: z.boolean().optional() })
 const StepsSchema = z.number().int().min(1).max(1000)
+const RollbackOptionsSchema = z.strictObject({ discardUsage: z.boolean().optional() })
+const BackfillOptionsSchema = z.strictObject({
+  batchSize: z.number().int().min(1).max(100_000).optional(),
+  onProgress: z.custom((v) => typeof v === 'function', 'must be a function').optional(),
+  signal: z.custom((v) => v instanceof AbortSignal, 'must be an AbortSignal').optional(),
+})
 const ModeSchema = z.enum(['enforce', 'shadow', 'off'])
 
 /**
@@ -127,6 +132,7 @@ const ClientOptionsSchema = z.strictObject({
   mode: ModeSchema.optional(),
   rolloutPercent: z.number().int().min(0).max(100).optional(),
   reservationTtlMs: TtlMsSchema.optional(),
+  historyRetentionDays: z.number().int().min(1).max(36_500).optional(),
   /** `(event, fields) => void`, an object with `info`/`warn`, or `false` for silence. */
   logger: z.union([z.custom((v) => typeof v === 'function', 'logger must be a function'), z.literal(false), z.looseObject({})]).optional(),
   /** The default stderr logger's threshold: `warn` (default) or `info`. */
@@ -176,6 +182,7 @@ const ReservationSchema = z.object({
   projectId: ProjectIdSchema,
   bytes: BytesSchema,
   expiresAt: z.date(),
+  duplicate: z.boolean(),
   wouldRefuse: z.boolean(),
   mode: ModeSchema,
   ...usageShape,
@@ -190,8 +197,14 @@ const SettledReservationSchema = z.object({
   status: ReservationStatusSchema,
   heldBytes: BytesSchema,
   committedBytes: BytesSchema,
+  duplicate: z.boolean(),
+  wouldRefuse: z.boolean(),
+  mode: ModeSchema,
   ...usageShape,
 })
+
+/** The answer of `pruneHistory`. */
+const PrunedHistorySchema = z.object({ reservations: z.number().int().min(0), ledgerEntries: z.number().int().min(0) })
 
 const ReleasedSchema = z.object({
   releasedBytes: BytesSchema,
@@ -275,7 +288,6 @@ module.exports = {
   BytesListSchema,
   ReservationIdSchema,
   ReserveUploadOptionsSchema,
-  OwnerOptionsSchema,
   RecordDeletionOptionsSchema,
   RegisterProjectOptionsSchema,
   RemoveProjectOptionsSchema,
@@ -283,11 +295,14 @@ module.exports = {
   GetUsageOptionsSchema,
   ReconcileOptionsSchema,
   StepsSchema,
+  RollbackOptionsSchema,
+  BackfillOptionsSchema,
   ModeSchema,
   ReservationSchema,
   ReservationStatusSchema,
   SettledReservationSchema,
   ReleasedSchema,
+  PrunedHistorySchema,
   QuotaStateSchema,
   UsageSchema,
   UserIdSchema,

@@ -9,6 +9,29 @@
 SET LOCAL lock_timeout = '5s';
 SET LOCAL statement_timeout = '60s';
 
+-- Usage that cannot be rebuilt is never dropped silently: baselines come back from the app's
+-- sizes on the next migrate + backfill, but charges and releases, and limits other than the
+-- default, exist only here. storage_quota.discard_usage = 'on' (`rollback --discard-usage`)
+-- is the deliberate way past this, after a backup.
+DO $$
+DECLARE
+  entries bigint;
+  limits bigint;
+  default_limit bigint := coalesce(nullif(current_setting('storage_quota.default_limit_bytes', true), ''), '1073741824')::bigint;
+BEGIN
+  IF current_setting('storage_quota.discard_usage', true) IS NOT DISTINCT FROM 'on' THEN
+    RETURN;
+  END IF;
+  SELECT count(*) INTO entries FROM quota_ledger WHERE kind <> 'baseline';
+  SELECT count(*) INTO limits FROM user_quotas WHERE limit_bytes <> default_limit;
+  IF entries > 0 OR limits > 0 THEN
+    RAISE EXCEPTION 'cannot roll back 0001_storage_quota: % usage entries in quota_ledger and % users with their own limit would be lost', entries, limits
+      USING ERRCODE = 'SQ004',
+            HINT = 'Nothing was changed. To keep them, keep 0001 applied (roll back only later migrations). To drop them deliberately: storage-quota rollback --backup usage-backup.dump --discard-usage (docs/migrations.md shows the restore).';
+  END IF;
+END
+$$;
+
 -- `projects.storage_path_id` exists only when 0001 linked to `projects` (the default source);
 -- the foreign key into our table tells it apart from a column of the app's own.
 DO $$

@@ -1,16 +1,21 @@
 -- storage-quota 0001: quotas, storage paths, the upload ledger and simulation jobs.
 --
--- Runs in one transaction opened by migrate(), which sets two settings with SET LOCAL first:
---   storage_quota.default_limit_bytes  the quota seeded for existing owners (default 1 GiB)
---   storage_quota.storage_root         absolute local storage root, for existing projects' paths
--- To apply this file with another tool, SET LOCAL both in the same transaction.
+-- Schema only: it creates objects and touches no rows, so it holds its locks for milliseconds
+-- whatever the size of `projects`. Existing projects get their quota rows, baseline usage,
+-- path records and `storage_path_id` from the batched backfill (`storage-quota backfill`,
+-- src/quota/backfill/), outside this transaction.
+--
+-- This text replaced the first release's, which backfilled inside the transaction; databases
+-- that applied that one are accepted by its old checksum (src/db/migrate.rs, docs/migrations.md).
+--
+-- Short locks: an app's queries queue behind a waiting lock request, so give up after 250 ms
+-- (rolling back, changing nothing) rather than make them wait longer; migrate() retries the
+-- whole file with backoff and logs each retry.
+--
 -- When storage_quota.project_source is set (the app named its own project table, or chose the
 -- standalone registry), nothing here reads or changes `projects`: migration 0006 links to the
 -- configured source instead. Unset, this file behaves as it always did.
-
--- Short locks: give up (and roll back, changing nothing) rather than queue the app's queries
--- behind a lock we cannot get, and bound how long any statement holds what it took.
-SET LOCAL lock_timeout = '5s';
+SET LOCAL lock_timeout = '250ms';
 SET LOCAL statement_timeout = '60s';
 
 -- Facts the down migration needs (did we create `projects`?).
@@ -150,79 +155,10 @@ CREATE TABLE simulation_jobs (
 CREATE INDEX simulation_jobs_project_id_idx ON simulation_jobs (project_id);
 CREATE INDEX simulation_jobs_user_id_status_idx ON simulation_jobs (user_id, status);
 
--- The links to `projects` (named as PostgreSQL names inline ones), only for the default source.
-DO $$
-BEGIN
-  IF coalesce(current_setting('storage_quota.project_source', true), '') = '' THEN
-    ALTER TABLE project_storage_paths ADD CONSTRAINT project_storage_paths_project_id_fkey
-      FOREIGN KEY (project_id) REFERENCES projects (id) ON DELETE CASCADE;
-    ALTER TABLE simulation_jobs ADD CONSTRAINT simulation_jobs_project_id_fkey
-      FOREIGN KEY (project_id) REFERENCES projects (id) ON DELETE CASCADE;
-  END IF;
-END
-$$;
-
--- Data migration for existing projects. Owners whose ids are not valid storage-quota user ids
--- (see README, "Ids") are skipped and reported; their projects keep working as before.
-DO $$
-DECLARE
-  default_limit bigint := coalesce(nullif(current_setting('storage_quota.default_limit_bytes', true), ''), '1073741824')::bigint;
-  storage_root text := rtrim(nullif(current_setting('storage_quota.storage_root', true), ''), '/');
-  has_sizes boolean;
-  skipped bigint;
-BEGIN
-  IF coalesce(current_setting('storage_quota.project_source', true), '') <> '' THEN
-    RETURN;
-  END IF;
-  IF NOT EXISTS (SELECT 1 FROM projects) THEN
-    RETURN;
-  END IF;
-  IF storage_root IS NULL THEN
-    RAISE EXCEPTION 'storage_quota.storage_root is not set'
-      USING ERRCODE = 'SQ003',
-            HINT = 'Run this migration with migrate() or `storage-quota migrate`, or SET LOCAL storage_quota.storage_root first.';
-  END IF;
-
-  SELECT count(*) INTO skipped
-    FROM projects WHERE user_id IS NULL OR user_id !~ '^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$';
-  IF skipped > 0 THEN
-    RAISE WARNING 'storage-quota: % project(s) have owner ids it cannot use for paths; they get no storage path', skipped;
-  END IF;
-
-  INSERT INTO user_quotas (user_id, limit_bytes)
-  SELECT DISTINCT user_id, default_limit
-    FROM projects WHERE user_id ~ '^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$';
-
-  -- Usage from what the app knows of project sizes: a numeric `size_bytes` column if it has one.
-  SELECT EXISTS (
-    SELECT 1 FROM pg_attribute
-     WHERE attrelid = 'projects'::regclass AND attname = 'size_bytes' AND attnum > 0 AND NOT attisdropped
-       AND format_type(atttypid, atttypmod) IN ('bigint', 'integer', 'numeric', 'smallint')
-  ) INTO has_sizes;
-  IF has_sizes THEN
-    EXECUTE $sql$
-      INSERT INTO quota_ledger (user_id, project_id, idempotency_key, kind, bytes)
-      SELECT user_id, id, 'baseline ' || id::text, 'baseline', greatest(coalesce(size_bytes, 0), 0)::bigint
-        FROM projects WHERE user_id ~ '^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$'
-    $sql$;
-    UPDATE user_quotas q
-       SET used_bytes = s.total
-      FROM (SELECT user_id, sum(bytes)::bigint AS total FROM quota_ledger GROUP BY user_id) s
-     WHERE s.user_id = q.user_id;
-  END IF;
-
-  INSERT INTO project_storage_paths (project_id, user_id, quota_id, backend, key, path)
-  SELECT p.id, p.user_id, q.id, 'local',
-         p.user_id || '/' || p.id::text || '/',
-         storage_root || '/' || p.user_id || '/' || p.id::text || '/'
-    FROM projects p JOIN user_quotas q ON q.user_id = p.user_id;
-END
-$$;
-
 -- The database's own guard: usage (used + reserved) may never grow past the limit, whoever
 -- writes. Lowering the limit, or shrinking usage, is always allowed. The WHEN clauses keep the
--- common case free of any function call. Created after the data migration, so existing owners
--- whose projects already exceed the default are seeded as over quota (like a downgrade).
+-- common case free of any function call. The backfill seeds owners whose projects already
+-- exceed the default as over quota (like a downgrade), lifting the guard for its own updates.
 CREATE FUNCTION storage_quota_refuse_over_limit() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
@@ -243,26 +179,27 @@ CREATE TRIGGER user_quotas_limit_on_update
                      AND NEW.used_bytes + NEW.reserved_bytes > OLD.used_bytes + OLD.reserved_bytes)
   EXECUTE FUNCTION storage_quota_refuse_over_limit();
 
--- Link projects to their paths. This is the only change to an existing app table, and it comes
--- last: everything above read `projects` under ACCESS SHARE (which blocks no app query), while
--- ADD COLUMN takes ACCESS EXCLUSIVE until commit. So the app's queries on `projects` wait only
--- for the statements below. A nullable column without a default is a catalog change (no rewrite).
+-- Foreign keys into the app's `projects`, each added NOT VALID: ADD CONSTRAINT then takes
+-- SHARE ROW EXCLUSIVE on `projects` only until this transaction commits (milliseconds) and
+-- scans nothing. The backfill validates them at its end, in transactions of their own, under
+-- SHARE UPDATE EXCLUSIVE, which blocks no app read or write.
 DO $$
 BEGIN
-  IF coalesce(current_setting('storage_quota.project_source', true), '') <> '' THEN
-    RETURN;
+  IF coalesce(current_setting('storage_quota.project_source', true), '') = '' THEN
+    ALTER TABLE project_storage_paths
+      ADD CONSTRAINT project_storage_paths_project_id_fkey FOREIGN KEY (project_id)
+      REFERENCES projects (id) ON DELETE CASCADE NOT VALID;
+    ALTER TABLE simulation_jobs
+      ADD CONSTRAINT simulation_jobs_project_id_fkey FOREIGN KEY (project_id)
+      REFERENCES projects (id) ON DELETE CASCADE NOT VALID;
+
+    -- Link projects to their paths: the only change to an existing app table. A nullable column
+    -- without a default is a catalog change (no rewrite); ADD COLUMN's ACCESS EXCLUSIVE lasts
+    -- until this transaction commits, milliseconds. The backfill fills it in committed batches.
+    ALTER TABLE projects ADD COLUMN storage_path_id uuid;
+    ALTER TABLE projects
+      ADD CONSTRAINT projects_storage_path_id_fkey FOREIGN KEY (storage_path_id)
+      REFERENCES project_storage_paths (id) ON DELETE SET NULL NOT VALID;
   END IF;
-  ALTER TABLE projects ADD COLUMN storage_path_id uuid;
-  ALTER TABLE projects
-    ADD CONSTRAINT projects_storage_path_id_fkey FOREIGN KEY (storage_path_id)
-    REFERENCES project_storage_paths (id) ON DELETE SET NULL NOT VALID;
-  -- Written after the constraint exists, so every value is checked as it is written.
-  UPDATE projects p SET storage_path_id = sp.id
-    FROM project_storage_paths sp WHERE sp.project_id = p.id;
-  -- VALIDATE in a later transaction would gain nothing here: this transaction already holds
-  -- ACCESS EXCLUSIVE on `projects` (from ADD COLUMN) until commit, and every non-null value was
-  -- checked on write just above, so VALIDATE only marks the constraint valid after one scan.
-  -- See docs/migrations.md.
-  ALTER TABLE projects VALIDATE CONSTRAINT projects_storage_path_id_fkey;
 END
 $$;

@@ -11,12 +11,20 @@ SET LOCAL statement_timeout = '60s';
 DO $$
 DECLARE
   newer bigint;
+  pending bigint;
 BEGIN
   SELECT count(*) INTO newer FROM quota_ledger WHERE kind NOT IN ('upload', 'baseline');
   IF newer > 0 THEN
     RAISE EXCEPTION 'cannot roll back 0002_quota_lifecycle: quota_ledger holds % deletion/copy/removal/adjustment entries that the older schema cannot hold', newer
       USING ERRCODE = 'SQ004',
             HINT = 'Nothing was changed. Keep 0002 applied, or back up and remove those entries deliberately first (see docs).';
+  END IF;
+  -- Reserved bytes live only in quota_reservations: dropping it would change users' numbers.
+  SELECT count(*) INTO pending FROM quota_reservations WHERE status = 'pending' AND expires_at > now();
+  IF pending > 0 THEN
+    RAISE EXCEPTION 'cannot roll back 0002_quota_lifecycle: % upload reservations are still pending', pending
+      USING ERRCODE = 'SQ004',
+            HINT = 'Nothing was changed. Stop the app''s uploads, let the reservations be committed, cancelled or expire, and run the rollback again.';
   END IF;
 END
 $$;
@@ -40,7 +48,7 @@ ALTER TABLE quota_ledger ADD CONSTRAINT quota_ledger_kind_check CHECK (kind IN (
 -- squawk-ignore constraint-missing-not-valid
 ALTER TABLE quota_ledger ADD CONSTRAINT quota_ledger_bytes_check CHECK (bytes >= 0);
 
--- Pending reservations are given back before their table goes.
+-- No reservation is pending (checked above); expired ones not yet swept are given back.
 UPDATE user_quotas SET reserved_bytes = 0 WHERE reserved_bytes <> 0;
 
 DROP TABLE quota_limit_changes;

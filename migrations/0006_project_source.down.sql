@@ -18,6 +18,7 @@ BEGIN
        + (SELECT count(*) FROM quota_ledger WHERE project_id !~ uuid_re)
        + (SELECT count(*) FROM quota_reservations WHERE project_id !~ uuid_re)
        + (SELECT count(*) FROM simulation_jobs WHERE project_id !~ uuid_re)
+       + (SELECT count(*) FROM quota_project_usage WHERE project_id !~ uuid_re)
        + (SELECT count(*) FROM quota_project_copies WHERE project_id !~ uuid_re OR source_project_id !~ uuid_re)
        + (SELECT count(*) FROM storage_quota_projects)
     INTO other;
@@ -47,6 +48,8 @@ ALTER TABLE quota_ledger ALTER COLUMN project_id TYPE uuid USING project_id::uui
 ALTER TABLE quota_reservations ALTER COLUMN project_id TYPE uuid USING project_id::uuid;
 -- squawk-ignore changing-column-type
 ALTER TABLE simulation_jobs ALTER COLUMN project_id TYPE uuid USING project_id::uuid;
+-- squawk-ignore changing-column-type
+ALTER TABLE quota_project_usage ALTER COLUMN project_id TYPE uuid USING project_id::uuid;
 -- squawk-ignore changing-column-type
 ALTER TABLE quota_project_copies ALTER COLUMN project_id TYPE uuid USING project_id::uuid;
 -- squawk-ignore changing-column-type

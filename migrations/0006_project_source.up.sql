@@ -30,6 +30,8 @@ ALTER TABLE quota_reservations ALTER COLUMN project_id TYPE text USING project_i
 -- squawk-ignore changing-column-type
 ALTER TABLE simulation_jobs ALTER COLUMN project_id TYPE text USING project_id::text;
 -- squawk-ignore changing-column-type
+ALTER TABLE quota_project_usage ALTER COLUMN project_id TYPE text USING project_id::text;
+-- squawk-ignore changing-column-type
 ALTER TABLE quota_project_copies ALTER COLUMN project_id TYPE text USING project_id::text;
 -- squawk-ignore changing-column-type
 ALTER TABLE quota_project_copies ALTER COLUMN source_project_id TYPE text USING source_project_id::text;

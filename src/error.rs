@@ -47,8 +47,12 @@ pub enum QuotaError {
   DbUnavailable(String),
   #[error("{0}")]
   DbTimeout(String),
-  #[error("{0}")]
-  Db(String),
+  /// A database error we do not classify further; `details` keeps what PostgreSQL said.
+  #[error("{message}")]
+  Db {
+    message: String,
+    details: Option<Box<DbDetails>>,
+  },
   #[error("{0}")]
   Storage(String),
   /// A path on disk is not what we created (a planted symlink, a file where a directory should be).
@@ -58,6 +62,19 @@ pub enum QuotaError {
   ClientClosed(String),
   #[error("{0}")]
   Internal(String),
+}
+
+/// What PostgreSQL said about an error, kept as fields (`sqlState`, `constraint`, …) so callers
+/// and logs read them without parsing a message.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DbDetails {
+  pub sql_state: Option<String>,
+  pub constraint: Option<String>,
+  pub table: Option<String>,
+  pub column: Option<String>,
+  pub detail: Option<String>,
+  /// The driver's error and its sources, outermost first.
+  pub causes: Vec<String>,
 }
 
 /// Why a call is a `CONFLICT`: a stable, machine-readable string next to the message.
@@ -111,7 +128,7 @@ impl QuotaError {
       QuotaError::MigrationFailed(_) => "MIGRATION_FAILED",
       QuotaError::DbUnavailable(_) => "DB_UNAVAILABLE",
       QuotaError::DbTimeout(_) => "DB_TIMEOUT",
-      QuotaError::Db(_) => "DB_ERROR",
+      QuotaError::Db { .. } => "DB_ERROR",
       QuotaError::Storage(_) => "STORAGE_ERROR",
       QuotaError::UnsafePath(_) => "UNSAFE_PATH",
       QuotaError::ClientClosed(_) => "CLIENT_CLOSED",
@@ -126,12 +143,20 @@ impl QuotaError {
     }
   }
 
+  /// A `DB_ERROR` of our own making (no driver error behind it).
+  pub fn db(message: impl Into<String>) -> Self {
+    QuotaError::Db {
+      message: message.into(),
+      details: None,
+    }
+  }
+
   pub fn invalid(message: impl Into<String>) -> Self {
     QuotaError::InvalidArgument(message.into())
   }
 
-  /// The error as one JSON object: `code`, `message` and the numbers behind it.
-  /// The JS layer turns this into a `StorageQuotaError` with the same fields.
+  /// The error as one JSON object: `code`, `message` and the numbers behind it. The binding
+  /// sets these as the properties of the JS error it builds (src/napi/error.rs).
   pub fn to_payload(&self) -> Value {
     let mut object = Map::new();
     object.insert("code".into(), json!(self.code()));
@@ -145,6 +170,26 @@ impl QuotaError {
       object.insert("reservedBytes".into(), json!(s.reserved_bytes));
       object.insert("limitBytes".into(), json!(s.limit_bytes));
       object.insert("remainingBytes".into(), json!(s.remaining_bytes()));
+    }
+    if let QuotaError::Db {
+      details: Some(d), ..
+    } = self
+    {
+      let fields = [
+        ("sqlState", &d.sql_state),
+        ("constraint", &d.constraint),
+        ("table", &d.table),
+        ("column", &d.column),
+        ("detail", &d.detail),
+      ];
+      for (name, value) in fields {
+        if let Some(value) = value {
+          object.insert(name.into(), json!(value));
+        }
+      }
+      if !d.causes.is_empty() {
+        object.insert("causes".into(), json!(d.causes));
+      }
     }
     Value::Object(object)
   }

@@ -36,7 +36,6 @@ export const KINDS = {
   nullableBytes: { valid: () => 1, accepts: optional(S.BytesSchema) },
   uploadOptions: { valid: (ctx) => ({ uploadId: ctx.uploadId }), accepts: options(S.RecordUploadOptionsSchema) },
   reserveOptions: { valid: () => ({ ttlMs: 60_000 }), accepts: options(S.ReserveUploadOptionsSchema) },
-  ownerOptions: { valid: (ctx) => ({ userId: ctx.userId }), accepts: options(S.OwnerOptionsSchema) },
   deletionOptions: { valid: () => ({ deletionId: 'fuzz-deletion' }), accepts: options(S.RecordDeletionOptionsSchema) },
   registerOptions: { valid: () => ({ sizeBytes: 1 }), accepts: options(S.RegisterProjectOptionsSchema) },
   removeOptions: { valid: () => ({ deleteFiles: false }), accepts: options(S.RemoveProjectOptionsSchema) },
@@ -50,6 +49,8 @@ export const KINDS = {
       v === undefined || v === null || accepts(S.UserIdSchema, v) || (typeof v === 'object' && accepts(S.ReconcileOptionsSchema, v)),
   },
   steps: { valid: () => 1, accepts: (v) => v === undefined || accepts(S.StepsSchema, v) },
+  rollbackOptions: { valid: () => ({}), accepts: options(S.RollbackOptionsSchema) },
+  backfillOptions: { valid: () => ({ batchSize: 1000 }), accepts: options(S.BackfillOptionsSchema) },
   clientOptions: { valid: (ctx) => ctx.clientOptions, accepts: options(S.ClientOptionsSchema) },
   // The raw binding's own argument kinds (no Zod there: napi converts, Rust validates).
   sizes: { valid: () => [1], accepts: (v) => accepts(S.BytesListSchema, v) },
@@ -72,8 +73,8 @@ export const OPERATIONS = [
   { name: 'recordUpload', args: ['userId', 'projectId', 'bytes', 'uploadOptions'], native: ['userId', 'projectId', 'bytes', 'uploadOptions'] },
   { name: 'allocateProjectPath', args: ['userId', 'projectId'], native: ['userId', 'projectId'] },
   { name: 'reserveUpload', args: ['userId', 'projectId', 'bytes', 'reserveOptions'], native: ['userId', 'projectId', 'bytes', 'optionalTtl', 'optionalReservationId'] },
-  { name: 'commitUpload', args: ['reservationId', 'optionalBytes', 'ownerOptions'], native: ['reservationId', 'nullableBytes', 'optionalUserId'] },
-  { name: 'cancelUpload', args: ['reservationId', 'ownerOptions'], native: ['reservationId', 'optionalUserId'] },
+  { name: 'commitUpload', args: ['userId', 'reservationId', 'optionalBytes'], native: ['userId', 'reservationId', 'nullableBytes'] },
+  { name: 'cancelUpload', args: ['userId', 'reservationId'], native: ['userId', 'reservationId'] },
   {
     name: 'recordDeletion',
     args: ['userId', 'projectId', 'nullableBytes', 'deletionOptions'],
@@ -85,7 +86,9 @@ export const OPERATIONS = [
   { name: 'setQuotaLimit', args: ['userId', 'bytes', 'limitOptions'], native: ['userId', 'bytes', 'optionalAuditText', 'optionalAuditText'] },
   { name: 'getUsage', args: ['userId', 'usageOptions'], native: ['userId', 'boolean'] },
   { name: 'reconcile', args: ['reconcileTarget', 'reconcileOptions'], native: ['optionalUserId', 'boolean', 'boolean'] },
-  { name: 'rollback', args: ['steps'], native: ['steps'] },
+  { name: 'rollback', args: ['steps', 'rollbackOptions'], native: ['steps'] },
+  // The binding's backfillStep(batchSize) is checked in Rust (parse_whole) like rollback's steps.
+  { name: 'backfill', args: ['backfillOptions'], native: [] },
   { name: 'validatePath', args: ['userId', 'projectId', 'candidate'], native: ['userId', 'projectId', 'candidate'] },
   { name: 'diskUsage', args: ['userId', 'projectId'], native: ['userId', 'projectId'] },
 ]
@@ -106,7 +109,7 @@ export const SYNC_OPERATIONS = [
 ]
 
 /** Client methods that take no argument, so have nothing to fuzz. */
-export const NO_ARGUMENTS = ['sweepExpiredReservations', 'migrate', 'migrationStatus', 'close']
+export const NO_ARGUMENTS = ['sweepExpiredReservations', 'pruneHistory', 'migrate', 'migrationStatus', 'backfillStatus', 'close']
 
 /** Valid arguments for `op`, with position `index` replaced by `value`. */
 export function argumentsWith(kinds, ctx, index, value) {

@@ -14,6 +14,7 @@ import {
   ReservationSchema,
   SettledReservationSchema,
   ReleasedSchema,
+  PrunedHistorySchema,
   UsageSchema,
   reserveUpload,
   commitUpload,
@@ -25,6 +26,7 @@ import {
   type Reservation,
   type SettledReservation,
   type Released,
+  type PrunedHistory,
   type Usage,
   type QuotaCheck,
   type ProjectStoragePath,
@@ -64,11 +66,12 @@ const reservationAgrees: Same<z.infer<typeof ReservationSchema>, Reservation> = 
 const settledAgrees: Same<z.infer<typeof SettledReservationSchema>, SettledReservation> = true
 const releasedAgrees: Same<z.infer<typeof ReleasedSchema>, Released> = true
 const usageAgrees: Same<z.infer<typeof UsageSchema>, Usage> = true
-void [quotaCheckAgrees, userQuotaAgrees, jobAgrees, recordedAgrees, reservationAgrees, settledAgrees, releasedAgrees, usageAgrees]
+const prunedAgrees: Same<z.infer<typeof PrunedHistorySchema>, PrunedHistory> = true
+void [quotaCheckAgrees, userQuotaAgrees, jobAgrees, recordedAgrees, reservationAgrees, settledAgrees, releasedAgrees, usageAgrees, prunedAgrees]
 
 export async function reservedUploadAction(userId: string, projectId: string, size: number) {
   const held = await reserveUpload(userId, projectId, size, { ttlMs: 60_000 })
-  const done = await commitUpload(held.reservationId, size - 1, { userId })
+  const done = await commitUpload(userId, held.reservationId, size - 1)
   const usage = await getUsage(userId, { projects: true })
   const state: 'normal' | 'nearing' | 'critical' | 'exceeded' = usage.state
   // With { projects: true } the list is there: no `?.`, no `!`.

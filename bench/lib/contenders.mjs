@@ -67,7 +67,7 @@ async function reserveCommitWith(q, user, project, bytes) {
     if (row.owner_id == null) throw new Error('NOT_FOUND')
     if (row.owner_id !== user) throw new Error('FORBIDDEN')
     if (row.expires_at != null) {
-      const [settled] = await q(COMMIT, 'sq_commit', [id, null, null, `reservation ${id}`, 'upload'])
+      const [settled] = await q(COMMIT, 'sq_commit', [id, null, user, `reservation ${id}`, 'upload'])
       if (Number(settled.writes) !== 2) throw new Error('commit did not settle')
       return { reservationId: id, ...usageOf(settled) }
     }
@@ -103,7 +103,7 @@ export const CONTENDERS = {
       recordUpload: (user, project, bytes, uploadId) => client.recordUpload(user, project, bytes, { uploadId }),
       reserveCommit: async (user, project, bytes) => {
         const held = await client.reserveUpload(user, project, bytes)
-        return client.commitUpload(held.reservationId)
+        return client.commitUpload(user, held.reservationId)
       },
       close: () => client.close(),
     }

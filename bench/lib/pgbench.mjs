@@ -39,7 +39,7 @@ function script(op, { users, hot }) {
       .replaceAll('$5', '3600000')
     const commit = oneLine(COMMIT)
       .replaceAll('$2', 'NULL::bigint')
-      .replaceAll('$3', 'NULL::text')
+      .replaceAll('$3', ':u')
       .replaceAll('$4', "('reservation ' || :rid)")
       .replaceAll('$5', "'upload'")
       .replaceAll('$1', ':rid::uuid')

@@ -9,18 +9,22 @@ const QUOTA_RS = new URL('../../src/quota/usage.rs', import.meta.url)
 const unescape = (literal) => literal.replace(/\\\n\s*/g, '')
 
 /**
- * A `const NAME: &str = "…";`, or one built by a `macro_rules!` that splices one argument
- * into a `concat!` of literals (`const NAME: &str = some_sql!("…");`).
+ * A `const NAME: &str = "…";`, or one built by a `macro_rules!` that splices its literal
+ * arguments into a `concat!` of literals (`const NAME: &str = some_sql!("…", "…");`), each
+ * `$name` of the macro's pattern replaced by the argument in its position.
  */
 export function rustConst(source, name, { optional = false } = {}) {
   const plain = source.match(new RegExp(`const ${name}: &str =\\s*"([\\s\\S]*?)";`))
   if (plain) return unescape(plain[1])
-  const call = source.match(new RegExp(`const ${name}: &str =\\s*(\\w+)!\\(\\s*"([\\s\\S]*?)"\\s*\\);`))
+  const literal = /"((?:[^"\\]|\\[\s\S])*)"/g
+  const call = source.match(new RegExp(`const ${name}: &str =\\s*(\\w+)!\\(((?:\\s*"(?:[^"\\\\]|\\\\[\\s\\S])*"\\s*,?)+)\\s*\\);`))
   if (call) {
-    const body = source.match(new RegExp(`macro_rules! ${call[1]} \\{[\\s\\S]*?concat!\\(([\\s\\S]*?)\\)\\s*\\};`))
-    if (body) {
-      const parts = [...body[1].matchAll(/"((?:[^"\\]|\\[\s\S])*)"|(\$\w+)/g)]
-      return parts.map((m) => (m[2] ? unescape(call[2]) : unescape(m[1]))).join('')
+    const args = [...call[2].matchAll(literal)].map((m) => unescape(m[1]))
+    const macro = source.match(new RegExp(`macro_rules! ${call[1]} \\{\\s*\\(([^)]*)\\)\\s*=>[\\s\\S]*?concat!\\(([\\s\\S]*?)\\)\\s*\\};`))
+    if (macro) {
+      const names = [...macro[1].matchAll(/\$(\w+)/g)].map((m) => m[1])
+      const parts = [...macro[2].matchAll(/"((?:[^"\\]|\\[\s\S])*)"|\$(\w+)/g)]
+      return parts.map((m) => (m[2] ? args[names.indexOf(m[2])] : unescape(m[1]))).join('')
     }
   }
   if (optional) return null
@@ -34,10 +38,10 @@ export const RECORD_UPLOAD = rustConst(source, 'RECORD_UPLOAD')
 /** Present once reservations exist: run (pipelined, by the addon) before each charge. */
 export const SWEEP_USER_SQL = rustConst(source, 'SWEEP_USER_SQL', { optional: true })
 
-// Reservations: the statements of src/quota/reservations.rs, for reserveUpload + commitUpload.
+// Reservations: the statements of src/quota/reservations.rs and settle.rs, for reserveUpload + commitUpload.
 const RESERVATIONS_RS = readFileSync(new URL('../../src/quota/reservations.rs', import.meta.url), 'utf8')
 export const RESERVE = rustConst(RESERVATIONS_RS, 'RESERVE')
-export const COMMIT = rustConst(RESERVATIONS_RS, 'COMMIT')
+export const COMMIT = rustConst(readFileSync(new URL('../../src/quota/settle.rs', import.meta.url), 'utf8'), 'COMMIT')
 
 /** Seeded users are `1000001`, `1000002`, …: valid user ids of constant length, usable by pgbench. */
 export const USER_BASE = 1_000_000

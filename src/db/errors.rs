@@ -5,7 +5,47 @@
 use tokio_postgres::error::SqlState;
 
 use crate::db::pool;
-use crate::error::QuotaError;
+use crate::error::{DbDetails, QuotaError, QuotaShortfall};
+
+/// The guard's refusal (SQLSTATE SQ001, migrations 0001–0003): its numbers travel in DETAIL as
+/// JSON since 0003; before that they are unknown (zeros) but the code is still QUOTA_EXCEEDED.
+fn guard_refusal(db: Option<&tokio_postgres::error::DbError>) -> QuotaError {
+  let numbers: serde_json::Value = db
+    .and_then(|db| db.detail())
+    .and_then(|detail| serde_json::from_str(detail).ok())
+    .unwrap_or_default();
+  let field = |name: &str| {
+    numbers
+      .get(name)
+      .and_then(serde_json::Value::as_i64)
+      .unwrap_or(0)
+  };
+  QuotaError::QuotaExceeded(QuotaShortfall {
+    requested_bytes: field("requestedBytes"),
+    used_bytes: field("usedBytes"),
+    reserved_bytes: field("reservedBytes"),
+    limit_bytes: field("limitBytes"),
+  })
+}
+
+fn details(error: &tokio_postgres::Error) -> DbDetails {
+  use std::error::Error as _;
+  let db = error.as_db_error();
+  let mut causes = vec![error.to_string()];
+  let mut source = error.source();
+  while let Some(cause) = source {
+    causes.push(cause.to_string());
+    source = cause.source();
+  }
+  DbDetails {
+    sql_state: error.code().map(|state| state.code().to_owned()),
+    constraint: db.and_then(|db| db.constraint()).map(str::to_owned),
+    table: db.and_then(|db| db.table()).map(str::to_owned),
+    column: db.and_then(|db| db.column()).map(str::to_owned),
+    detail: db.and_then(|db| db.detail()).map(str::to_owned),
+    causes,
+  }
+}
 
 /// Classifies a driver error by its SQLSTATE so callers can tell "retry later" from "fix your setup".
 impl From<tokio_postgres::Error> for QuotaError {
@@ -32,6 +72,9 @@ impl From<tokio_postgres::Error> for QuotaError {
       .as_db_error()
       .map(|db| db.message().to_string())
       .unwrap_or_else(|| error.to_string());
+    if state.code() == "SQ001" {
+      return guard_refusal(error.as_db_error());
+    }
     if *state == SqlState::UNDEFINED_TABLE
       || *state == SqlState::UNDEFINED_COLUMN
       || *state == SqlState::UNDEFINED_FUNCTION
@@ -49,7 +92,10 @@ impl From<tokio_postgres::Error> for QuotaError {
     {
       QuotaError::DbUnavailable(format!("PostgreSQL is unavailable: {detail}"))
     } else {
-      QuotaError::Db(format!("PostgreSQL error {}: {detail}", state.code()))
+      QuotaError::Db {
+        message: format!("PostgreSQL error {}: {detail}", state.code()),
+        details: Some(Box::new(details(&error))),
+      }
     }
   }
 }

@@ -1,8 +1,12 @@
 //! Schema migrations embedded in the binary. Each one runs in its own transaction under a
 //! transaction-level advisory lock, so app instances starting together apply it once; each
 //! applied migration is recorded with the SHA-256 of its SQL, and a changed file is refused.
+//! Migrations only create objects; the data they imply is filled by the batched backfill
+//! (`crate::quota::backfill`), so a migration holds its locks for milliseconds. One that cannot
+//! get a lock within its short `lock_timeout` is rolled back and retried with backoff.
 
 use sha2::{Digest, Sha256};
+use tokio_postgres::error::SqlState;
 use tokio_postgres::{Client, Transaction};
 
 use crate::db::project_source::ProjectSource;
@@ -13,13 +17,14 @@ pub struct Migration {
   pub name: &'static str,
   pub up: &'static str,
   pub down: &'static str,
-  /// Checksums of earlier released texts of `up` that databases may have recorded. 0001
-  /// learnt to leave `projects` alone when the app names another source; databases migrated
-  /// with the first release keep working.
+  /// Checksums of earlier released texts of `up` that databases may have recorded, and which
+  /// left the database in a state the current text plus the backfill also reaches.
   pub legacy_checksums: &'static [&'static str],
 }
 
-/// The first release of 0001.
+/// The first release of 0001, which also backfilled every existing project inside its
+/// transaction (and so held `projects` for as long as that took). Databases that applied it
+/// have all of its data; the backfill finds nothing left to do for them.
 pub const LEGACY_0001_CHECKSUM: &str =
   "f7eedd58de7e6d20d11e9737422549da92b06320a48ec539fbd7ff06ac1f6514";
 
@@ -29,7 +34,13 @@ pub const MIGRATIONS: &[Migration] = &[
     name: "storage_quota",
     up: include_str!("../../migrations/0001_storage_quota.up.sql"),
     down: include_str!("../../migrations/0001_storage_quota.down.sql"),
-    legacy_checksums: &[LEGACY_0001_CHECKSUM],
+    // The first release, and the schema-only text of the merged backfill branch before
+    // 0001 learnt to leave `projects` alone for a configured source (same objects for the
+    // default source).
+    legacy_checksums: &[
+      LEGACY_0001_CHECKSUM,
+      "c8806ea66680c002e3a284d36ef7439944ecde2bff0868ed201e3eebb2aeb36a",
+    ],
   },
   Migration {
     version: 2,
@@ -39,13 +50,26 @@ pub const MIGRATIONS: &[Migration] = &[
     legacy_checksums: &[],
   },
   Migration {
+    version: 3,
+    name: "hardening",
+    up: include_str!("../../migrations/0003_hardening.up.sql"),
+    down: include_str!("../../migrations/0003_hardening.down.sql"),
+    legacy_checksums: &[],
+  },
+  Migration {
     version: 4,
     name: "project_copies",
     up: include_str!("../../migrations/0004_project_copies.up.sql"),
     down: include_str!("../../migrations/0004_project_copies.down.sql"),
     legacy_checksums: &[],
   },
-  // 0003 and 0005 are other branches' (the runner accepts gaps).
+  Migration {
+    version: 5,
+    name: "batched_backfill",
+    up: include_str!("../../migrations/0005_batched_backfill.up.sql"),
+    down: include_str!("../../migrations/0005_batched_backfill.down.sql"),
+    legacy_checksums: &[],
+  },
   Migration {
     version: 6,
     name: "project_source",
@@ -54,6 +78,12 @@ pub const MIGRATIONS: &[Migration] = &[
     legacy_checksums: &[],
   },
 ];
+
+/// How often a migration whose lock was not granted within its `lock_timeout` is tried again,
+/// and the first pause between tries (doubling, up to `MAX_BACKOFF_MS`): about a minute in all.
+const LOCK_ATTEMPTS: u32 = 10;
+const FIRST_BACKOFF_MS: u64 = 200;
+const MAX_BACKOFF_MS: u64 = 10_000;
 
 /// `pg_advisory_xact_lock` key: the first 8 bytes of sha256("storage-quota/migrations").
 const LOCK_KEY: i64 = 0x38e6_1a1c_67b1_7ef5;
@@ -71,6 +101,16 @@ pub struct MigrationSettings {
   pub default_limit_bytes: i64,
   pub storage_root: String,
   pub project_source: ProjectSource,
+  /// Rollback only: let 0001's down drop recorded usage (`rollback --discard-usage`).
+  pub discard_usage: bool,
+}
+
+/// What `migrate` did.
+#[derive(Debug, Clone, Default)]
+pub struct MigrateReport {
+  pub applied: Vec<i32>,
+  /// Tries given up on a lock timeout and repeated (each one logged).
+  pub lock_retries: u32,
 }
 
 #[derive(Debug, Clone)]
@@ -152,46 +192,131 @@ fn failed(migration: &Migration, direction: &str, error: tokio_postgres::Error) 
   }
 }
 
-/// Applies every pending migration, one transaction each. Returns the versions applied now.
-pub async fn migrate(client: &mut Client, settings: &MigrationSettings) -> Result<Vec<i32>> {
+/// Applies every pending migration, one transaction each. A migration that gives up on a lock
+/// (SQLSTATE 55P03, its short `lock_timeout`) changed nothing: it is tried again after a pause.
+pub async fn migrate(client: &mut Client, settings: &MigrationSettings) -> Result<MigrateReport> {
   // Before anything changes: a configured project table that is missing or unusable is refused.
   settings.project_source.check(&*client).await?;
-  let mut applied_now = Vec::new();
+  let mut report = MigrateReport::default();
+  let mut attempt = 0u32;
   loop {
-    let tx = client.transaction().await?;
-    let applied = lock_and_read(&tx).await?;
-    let Some(next) = MIGRATIONS
-      .iter()
-      .find(|m| !applied.iter().any(|(v, _)| *v == m.version))
-    else {
-      tx.commit().await?;
-      return Ok(applied_now);
-    };
-    tx.execute(
-      "SELECT set_config('storage_quota.default_limit_bytes', $1, true), set_config('storage_quota.storage_root', $2, true)",
-      &[&settings.default_limit_bytes.to_string(), &settings.storage_root],
-    )
-    .await?;
-    for (name, value) in settings.project_source.settings() {
-      tx.execute("SELECT set_config($1, $2, true)", &[&name, &value])
-        .await?;
+    match apply_next(client, settings).await {
+      Ok(Some(version)) => {
+        report.applied.push(version);
+        attempt = 0;
+      }
+      Ok(None) => return Ok(report),
+      Err(Failure::LockTimeout(label, _)) if attempt + 1 < LOCK_ATTEMPTS => {
+        attempt += 1;
+        report.lock_retries += 1;
+        let pause = backoff_ms(attempt);
+        crate::log::warn(
+          "migration_lock_retry",
+          &[
+            ("migration", &label),
+            ("attempt", &attempt.to_string()),
+            ("retryInMs", &pause.to_string()),
+          ],
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(pause)).await;
+      }
+      Err(Failure::LockTimeout(_, error)) | Err(Failure::Other(error)) => return Err(error),
     }
-    tx.batch_execute(next.up)
-      .await
-      .map_err(|e| failed(next, "up", e))?;
+  }
+}
+
+enum Failure {
+  /// The migration (label) did not get a lock in time; the error says so, for the last try.
+  LockTimeout(String, QuotaError),
+  Other(QuotaError),
+}
+
+fn backoff_ms(attempt: u32) -> u64 {
+  (FIRST_BACKOFF_MS << (attempt - 1).min(16)).min(MAX_BACKOFF_MS)
+}
+
+/// One transaction: the next pending migration, applied and recorded. `Ok(None)` when none is
+/// pending. On any failure the transaction is rolled back (dropped).
+async fn apply_next(
+  client: &mut Client,
+  settings: &MigrationSettings,
+) -> std::result::Result<Option<i32>, Failure> {
+  let tx = client
+    .transaction()
+    .await
+    .map_err(|e| Failure::Other(e.into()))?;
+  let applied = lock_and_read(&tx).await.map_err(Failure::Other)?;
+  let Some(next) = MIGRATIONS
+    .iter()
+    .find(|m| !applied.iter().any(|(v, _)| *v == m.version))
+  else {
+    tx.commit().await.map_err(|e| Failure::Other(e.into()))?;
+    return Ok(None);
+  };
+  let run = async {
+    set_settings(&tx, settings).await?;
+    tx.batch_execute(next.up).await?;
     tx.execute(
       "INSERT INTO storage_quota_migrations (version, name, checksum) VALUES ($1, $2, $3)",
       &[&next.version, &next.name, &next.checksum()],
     )
     .await?;
-    tx.commit().await?;
-    applied_now.push(next.version);
+    if next.version == 5 {
+      mark_legacy_backfill_done(&tx).await?;
+    }
+    tx.commit().await
+  };
+  match run.await {
+    Ok(()) => Ok(Some(next.version)),
+    Err(error) if error.code() == Some(&SqlState::LOCK_NOT_AVAILABLE) => Err(Failure::LockTimeout(
+      next.label(),
+      failed(next, "up", error),
+    )),
+    Err(error) => Err(Failure::Other(failed(next, "up", error))),
   }
+}
+
+async fn set_settings(
+  tx: &Transaction<'_>,
+  settings: &MigrationSettings,
+) -> std::result::Result<(), tokio_postgres::Error> {
+  tx.execute(
+    "SELECT set_config('storage_quota.default_limit_bytes', $1, true), set_config('storage_quota.storage_root', $2, true), set_config('storage_quota.discard_usage', $3, true)",
+    &[
+      &settings.default_limit_bytes.to_string(),
+      &settings.storage_root,
+      &if settings.discard_usage { "on" } else { "off" },
+    ],
+  )
+  .await?;
+  for (name, value) in settings.project_source.settings() {
+    tx.execute("SELECT set_config($1, $2, true)", &[&name, &value])
+      .await?;
+  }
+  Ok(())
+}
+
+/// A database that applied the first release of 0001 was backfilled inside that migration:
+/// its backfill starts finished (projects created since get their paths lazily, as before).
+async fn mark_legacy_backfill_done(
+  tx: &Transaction<'_>,
+) -> std::result::Result<(), tokio_postgres::Error> {
+  tx.execute(
+    "UPDATE storage_quota_backfill SET phase = 'done', started_at = now(), updated_at = now(), finished_at = now()
+      WHERE EXISTS (SELECT 1 FROM storage_quota_migrations WHERE version = 1 AND checksum = $1)",
+    &[&LEGACY_0001_CHECKSUM],
+  )
+  .await
+  .map(|_| ())
 }
 
 /// Reverts the `steps` most recent migrations, newest first, one transaction each.
 /// Returns the versions reverted. The tracking table goes with the last one.
-pub async fn rollback(client: &mut Client, steps: u32) -> Result<Vec<i32>> {
+pub async fn rollback(
+  client: &mut Client,
+  steps: u32,
+  settings: &MigrationSettings,
+) -> Result<Vec<i32>> {
   let mut reverted = Vec::new();
   for _ in 0..steps {
     let tx = client.transaction().await?;
@@ -206,6 +331,9 @@ pub async fn rollback(client: &mut Client, steps: u32) -> Result<Vec<i32>> {
       .iter()
       .find(|m| m.version == *version)
       .expect("lock_and_read checked every applied version is known");
+    set_settings(&tx, settings)
+      .await
+      .map_err(|e| failed(migration, "down", e))?;
     tx.batch_execute(migration.down)
       .await
       .map_err(|e| failed(migration, "down", e))?;

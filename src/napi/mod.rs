@@ -4,6 +4,7 @@
 //! its arguments, delegates to `quota::client::Client` and converts the answer back.
 
 mod client;
+mod convert;
 mod error;
 mod storage;
 mod types;

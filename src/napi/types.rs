@@ -33,6 +33,9 @@ pub struct ClientOptions {
   pub rollout_percent: Option<u32>,
   /// How long a reservation holds its bytes unless committed or cancelled, in ms. Default 1 h.
   pub reservation_ttl_ms: Option<f64>,
+  /// Days settled reservations and ledger entries are kept before `pruneHistory()` folds them
+  /// away (idempotency keys are remembered that long). Default 90.
+  pub history_retention_days: Option<f64>,
   /// Where project paths point. Default `{ backend: 'local' }` (directories under `storageRoot`).
   pub storage: Option<StorageOptions>,
   /// Where the app's projects are. Default: the table `projects(id, user_id)`.
@@ -173,10 +176,13 @@ pub struct Reservation {
   pub reservation_id: String,
   pub user_id: String,
   pub project_id: String,
-  /// Bytes held.
+  /// Bytes asked for; held too, except in `off` mode (which holds nothing: see `reservedBytes`).
   pub bytes: i64,
   /// After this, the reservation stops counting and cannot be committed.
   pub expires_at: DateTime<Utc>,
+  /// This `reservationId` was used before for the same request: the same reservation,
+  /// nothing more held.
+  pub duplicate: bool,
   pub would_refuse: bool,
   #[napi(ts_type = "'enforce' | 'shadow' | 'off'")]
   pub mode: String,
@@ -198,8 +204,15 @@ pub struct SettledReservation {
   pub status: String,
   /// Bytes the reservation held.
   pub held_bytes: i64,
-  /// Bytes now counted as used (0 when cancelled).
+  /// The actual size committed (0 when cancelled). In `off` mode at most `heldBytes` of it
+  /// is counted.
   pub committed_bytes: i64,
+  /// Settled before by the same request (a retry): the first outcome, nothing changed now.
+  pub duplicate: bool,
+  /// Enforcement would have refused this commit (shadow and off modes).
+  pub would_refuse: bool,
+  #[napi(ts_type = "'enforce' | 'shadow' | 'off'")]
+  pub mode: String,
   pub used_bytes: i64,
   pub reserved_bytes: i64,
   pub limit_bytes: i64,
@@ -291,6 +304,8 @@ pub struct Usage {
 #[napi(object)]
 pub struct ProjectDrift {
   pub project_id: String,
+  /// The project's usage counter, as it was (before any fix).
+  pub used_bytes: i64,
   /// What the ledger counts for the project.
   pub ledger_bytes: i64,
   /// The project's local directory, if it has one.
@@ -365,4 +380,56 @@ pub struct MigrationInfo {
 pub struct MigrationStatus {
   pub applied: Vec<MigrationInfo>,
   pub pending: Vec<MigrationInfo>,
+}
+
+/// What `pruneHistory()` removed.
+#[napi(object)]
+pub struct PrunedHistory {
+  /// Settled reservations deleted.
+  pub reservations: i64,
+  /// Ledger entries folded into their project's `carry` entry.
+  pub ledger_entries: i64,
+}
+
+/// An owner whose id cannot be used in paths, with how many projects the backfill skipped.
+#[napi(object)]
+pub struct SkippedOwner {
+  pub owner: String,
+  pub projects: i64,
+}
+
+/// Where the backfill of existing projects is (see `storage-quota backfill`).
+#[napi(object)]
+pub struct BackfillProgress {
+  /// `scan` (projects by id), `catchup` (projects added meanwhile), `validate` (foreign keys), `done`.
+  #[napi(ts_type = "'scan' | 'catchup' | 'validate' | 'done'")]
+  pub phase: String,
+  pub done: bool,
+  pub scanned: i64,
+  /// Projects in the app table when the backfill started (absent before its first step).
+  pub total_projects: Option<i64>,
+  pub paths_created: i64,
+  pub baselines: i64,
+  pub users_seeded: i64,
+  pub skipped_projects: i64,
+  /// The owners with the most skipped projects (at most 50), and how many such owners in all.
+  pub skipped_owners: Vec<SkippedOwner>,
+  pub skipped_owner_count: i64,
+  /// The storage root recorded in every path (fixed by the first step).
+  pub storage_root: Option<String>,
+  /// Lock waits given up on and retried during this call.
+  pub lock_retries: u32,
+  /// What this call did that an operator should know (e.g. an index it created).
+  pub notes: Vec<String>,
+  pub started_at: Option<DateTime<Utc>>,
+  pub finished_at: Option<DateTime<Utc>>,
+}
+
+/// What `migrate` did.
+#[napi(object)]
+pub struct MigrateResult {
+  pub applied: Vec<i32>,
+  /// Tries given up on a short lock timeout and repeated.
+  pub lock_retries: u32,
+  pub backfill: BackfillProgress,
 }

@@ -16,7 +16,7 @@ use tokio::sync::oneshot;
 use tokio_postgres::types::ToSql;
 
 use crate::db::pool::{PgConnection, Pool};
-use crate::error::{ConflictReason, QuotaError, QuotaShortfall, Result};
+use crate::error::{QuotaError, QuotaShortfall, Result};
 use crate::ids::{ProjectId, UserId};
 use crate::quota::usage::{self, RecordedUpload, Usage, SWEEP_USER_SQL};
 use crate::rollout::Mode;
@@ -28,7 +28,8 @@ const LOCK_QUOTA: &str = "SELECT used_bytes, reserved_bytes, limit_bytes FROM us
    WHERE user_id = $1 FOR NO KEY UPDATE";
 const OWNERS: &str =
   "SELECT p.id, p.user_id FROM unnest($1::text[]) AS x(id), storage_quota_project(x.id) p";
-const PRIORS: &str = "SELECT idempotency_key, bytes, project_id FROM quota_ledger \
+const PRIORS: &str =
+  "SELECT idempotency_key, coalesce(requested_bytes, bytes), project_id FROM quota_ledger \
    WHERE user_id = $1 AND idempotency_key = ANY($2)";
 const CHARGE: &str = "UPDATE user_quotas SET used_bytes = used_bytes + $2, updated_at = now() \
    WHERE user_id = $1 RETURNING used_bytes, reserved_bytes, limit_bytes";
@@ -294,12 +295,7 @@ fn decide(
   if let Some((prior_bytes, prior_project)) = recorded.get(&upload.upload_id) {
     let prior_bytes = *prior_bytes;
     if prior_bytes != upload.bytes || prior_project.as_deref() != Some(project) {
-      return Err(QuotaError::conflict(
-          ConflictReason::KeyReused,
-          format!(
-        "uploadId {:?} was already recorded with {prior_bytes} bytes for another project or size; use a new uploadId for a new upload",
-        upload.upload_id
-      )));
+      return Err(usage::key_reused(&upload.upload_id, prior_bytes));
     }
     return Ok(answer(upload, true, *usage));
   }

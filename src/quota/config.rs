@@ -37,6 +37,7 @@ pub struct RawOptions {
   pub mode: Option<String>,
   pub rollout_percent: Option<u32>,
   pub reservation_ttl_ms: Option<f64>,
+  pub history_retention_days: Option<f64>,
   pub storage: Option<RawStorage>,
   pub projects: Option<RawProjects>,
 }
@@ -70,6 +71,8 @@ pub struct Config {
   pub reservation_ttl_ms: i64,
   /// Where the app's projects are (see `db::project_source`).
   pub project_source: ProjectSource,
+  /// How long settled reservations and ledger entries are kept (`pruneHistory`), in days.
+  pub history_retention_days: i64,
 }
 
 /// A reservation TTL in ms: whole, from 1 s to a week.
@@ -134,6 +137,10 @@ impl Config {
       Some(value) => parse_ttl_ms(value)?,
       None => DEFAULT_RESERVATION_TTL_MS,
     };
+    let history_retention_days = match raw.history_retention_days {
+      Some(value) => parse_whole("historyRetentionDays", value, 1, 36_500)?.into(),
+      None => crate::quota::retention::DEFAULT_RETENTION_DAYS,
+    };
     let storage = storage_config(raw.storage, &storage_root)?;
     let project_source = match raw.projects {
       None => ProjectSource::Default,
@@ -156,6 +163,7 @@ impl Config {
       rollout: Rollout { mode, percent },
       reservation_ttl_ms,
       project_source,
+      history_retention_days,
       storage_root,
       storage,
       default_quota_bytes,

@@ -8,6 +8,7 @@ use tokio_postgres::Transaction;
 use crate::db::pool::PgConnection;
 use crate::error::{ConflictReason, QuotaError, Result};
 use crate::ids::{ProjectId, UserId};
+use crate::quota::modes::{decide, Decision};
 use crate::quota::usage::Usage;
 use crate::rollout::Mode;
 
@@ -72,7 +73,7 @@ async fn check_release_owner(
     None => {
       let known: bool = tx
         .query_one(
-          "SELECT EXISTS (SELECT 1 FROM quota_ledger WHERE user_id = $1 AND project_id = $2)",
+          "SELECT EXISTS (SELECT 1 FROM quota_project_usage WHERE user_id = $1 AND project_id = $2)",
           &[&user.as_str(), &project.as_str()],
         )
         .await?
@@ -88,31 +89,44 @@ async fn check_release_owner(
   }
 }
 
+/// What the project has counted: its counter (kept with every ledger entry, migration 0003).
 async fn project_counted(tx: &Transaction<'_>, user: &UserId, project: &ProjectId) -> Result<i64> {
   Ok(
-    tx.query_one(
-      "SELECT coalesce(sum(bytes), 0)::bigint FROM quota_ledger WHERE user_id = $1 AND project_id = $2",
+    tx.query_opt(
+      "SELECT used_bytes FROM quota_project_usage WHERE user_id = $1 AND project_id = $2",
       &[&user.as_str(), &project.as_str()],
     )
     .await?
-    .get(0),
+    .map_or(0, |row| row.get(0)),
   )
 }
 
-async fn prior_entry(
-  tx: &Transaction<'_>,
-  user: &UserId,
-  key: &str,
-) -> Result<Option<(i64, Option<String>)>> {
+/// A ledger entry already written under one of the user's keys.
+struct Prior {
+  /// Bytes counted (negative for a release).
+  bytes: i64,
+  project: Option<String>,
+  /// What that request asked for, when it differs from what was counted.
+  requested: Option<i64>,
+}
+
+async fn prior_entry(tx: &Transaction<'_>, user: &UserId, key: &str) -> Result<Option<Prior>> {
   Ok(
     tx.query_opt(
-      "SELECT bytes, project_id FROM quota_ledger WHERE user_id = $1 AND idempotency_key = $2",
+      "SELECT bytes, project_id, requested_bytes FROM quota_ledger WHERE user_id = $1 AND idempotency_key = $2",
       &[&user.as_str(), &key],
     )
     .await?
-    .map(|row| (row.get(0), row.get(1))),
+    .map(|row| Prior {
+      bytes: row.get(0),
+      project: row.get(1),
+      requested: row.get(2),
+    }),
   )
 }
+
+/// A ledger entry to write: key, kind, bytes counted, and the bytes asked for.
+type Entry<'a> = (&'a str, &'a str, i64, i64);
 
 /// Applies `delta` to used_bytes and writes the ledger entries, returning the new usage.
 /// `allow_over_limit` lifts the database guard for this transaction (shadow mode only).
@@ -121,7 +135,7 @@ async fn apply(
   user: &UserId,
   project: &ProjectId,
   delta: i64,
-  entries: &[(&str, &str, i64)],
+  entries: &[Entry<'_>],
   allow_over_limit: bool,
 ) -> Result<Usage> {
   if allow_over_limit {
@@ -135,10 +149,11 @@ async fn apply(
       &[&user.as_str(), &delta],
     )
     .await?;
-  for (key, kind, bytes) in entries {
+  for (key, kind, bytes, requested) in entries {
     tx.execute(
-      "INSERT INTO quota_ledger (user_id, project_id, idempotency_key, kind, bytes) VALUES ($1, $2, $3, $4, $5)",
-      &[&user.as_str(), &project.as_str(), key, kind, bytes],
+      "INSERT INTO quota_ledger (user_id, project_id, idempotency_key, kind, bytes, requested_bytes)
+       VALUES ($1, $2, $3, $4, $5, $6)",
+      &[&user.as_str(), &project.as_str(), key, kind, bytes, requested],
     )
     .await?;
   }
@@ -177,7 +192,12 @@ pub async fn record_deletion(
   check_release_owner(&tx, user, project).await?;
   let (key, wanted) = match target {
     DeletionTarget::Upload { upload_id, bytes } => {
-      let Some((recorded, recorded_project)) = prior_entry(&tx, user, upload_id).await? else {
+      let Some(Prior {
+        bytes: recorded,
+        project: recorded_project,
+        ..
+      }) = prior_entry(&tx, user, upload_id).await?
+      else {
         return Err(QuotaError::NotFound(format!(
           "upload {upload_id:?} was never recorded for this user"
         )));
@@ -196,10 +216,20 @@ pub async fn record_deletion(
     }
     DeletionTarget::Bytes { bytes, deletion_id } => (format!("deletion {deletion_id}"), bytes),
   };
-  if let Some((bytes, _)) = prior_entry(&tx, user, &key).await? {
+  if let Some(prior) = prior_entry(&tx, user, &key).await? {
+    // The same key: the same request answers the first outcome; another one is KEY_REUSED.
+    let asked = prior.requested.unwrap_or(-prior.bytes);
+    if prior.project.as_deref() != Some(project.as_str()) || asked != wanted {
+      return Err(QuotaError::conflict(
+        ConflictReason::KeyReused,
+        format!(
+          "this deletion id was used for another project or size ({asked} bytes); use a new deletionId"
+        ),
+      ));
+    }
     tx.commit().await?;
     return Ok(Released {
-      released_bytes: -bytes,
+      released_bytes: -prior.bytes,
       duplicate: true,
       usage,
     });
@@ -211,7 +241,7 @@ pub async fn record_deletion(
     user,
     project,
     -released,
-    &[(&key, "deletion", -released)],
+    &[(&key, "deletion", -released, wanted)],
     false,
   )
   .await?;
@@ -242,8 +272,9 @@ pub async fn record_overwrite(
     .await?
     .ok_or_else(|| QuotaError::Internal("quota row missing after it was ensured".into()))?;
   check_release_owner(&tx, user, project).await?;
-  if let Some((prior, prior_project)) = prior_entry(&tx, user, upload_id).await? {
-    if prior != bytes || prior_project.as_deref() != Some(project.as_str()) {
+  if let Some(prior_entry) = prior_entry(&tx, user, upload_id).await? {
+    let prior = prior_entry.requested.unwrap_or(prior_entry.bytes);
+    if prior != bytes || prior_entry.project.as_deref() != Some(project.as_str()) {
       return Err(QuotaError::conflict(
         ConflictReason::KeyReused,
         format!(
@@ -264,23 +295,23 @@ pub async fn record_overwrite(
   }
   let counted = project_counted(&tx, user, project).await?;
   let replaced = replaced_bytes.min(counted).min(usage.used_bytes).max(0);
-  let net = bytes - replaced;
-  let would_refuse = net > 0 && !usage.fits(net);
-  if would_refuse && mode == Mode::Enforce {
-    return Err(QuotaError::QuotaExceeded(usage.shortfall(net)));
-  }
-  let usage = if mode == Mode::Off {
-    usage
-  } else {
-    let deletion_key = format!("overwrite by {upload_id}");
-    let entries = [
-      (upload_id, "upload", bytes),
-      (deletion_key.as_str(), "deletion", -replaced),
-    ];
-    let usage = apply(&tx, user, project, net, &entries, would_refuse).await?;
-    tx.commit().await?;
-    usage
+  let growth = bytes - replaced;
+  let would_refuse = growth > 0 && !usage.fits(growth);
+  // The new content is new bytes (the mode decides); the replaced content is a release, made
+  // in every mode.
+  let counted_bytes = match decide(mode, !would_refuse) {
+    Decision::Refuse => return Err(QuotaError::QuotaExceeded(usage.shortfall(growth))),
+    Decision::Count => bytes,
+    Decision::Skip => 0,
   };
+  let net = counted_bytes - replaced;
+  let deletion_key = format!("overwrite by {upload_id}");
+  let entries = [
+    (upload_id, "upload", counted_bytes, bytes),
+    (deletion_key.as_str(), "deletion", -replaced, replaced),
+  ];
+  let usage = apply(&tx, user, project, net, &entries, would_refuse && net > 0).await?;
+  tx.commit().await?;
   Ok(Overwritten {
     upload_id: upload_id.to_owned(),
     bytes,
@@ -335,7 +366,7 @@ pub async fn remove_project(
       user,
       project,
       -released,
-      &[(&key, "removal", -released)],
+      &[(&key, "removal", -released, released)],
       false,
     )
     .await?

@@ -4,6 +4,8 @@ use crate::db::pool::PgConnection;
 use crate::error::{QuotaError, Result};
 use crate::format::format_bytes;
 use crate::ids::UserId;
+use crate::quota::app_table::AppTable;
+use crate::quota::seed;
 use crate::quota::usage::{read_usage, Usage};
 
 /// Where a user stands: below 75 % `normal`, from 75 % `nearing`, from 90 % `critical`,
@@ -56,19 +58,14 @@ pub fn report(usage: Usage, projects: Vec<ProjectUsage>) -> UsageReport {
   }
 }
 
+/// Each project's counter (`quota_project_usage`, kept with every charge), and 0 for a project
+/// with a path but nothing counted yet.
 const PROJECT_USAGE: &str = "
-SELECT sp.project_id, coalesce(l.bytes, 0)::bigint
-  FROM project_storage_paths sp
-  LEFT JOIN (SELECT project_id, sum(bytes) AS bytes FROM quota_ledger WHERE user_id = $1 GROUP BY project_id) l
-    ON l.project_id = sp.project_id
- WHERE sp.user_id = $1
-UNION ALL
-SELECT l.project_id, sum(l.bytes)::bigint
-  FROM quota_ledger l
- WHERE l.user_id = $1 AND l.project_id IS NOT NULL
-   AND NOT EXISTS (SELECT 1 FROM project_storage_paths sp WHERE sp.project_id = l.project_id AND sp.user_id = $1)
- GROUP BY l.project_id
-ORDER BY 1";
+SELECT coalesce(sp.project_id, u.project_id), coalesce(u.used_bytes, 0)::bigint
+  FROM (SELECT project_id FROM project_storage_paths WHERE user_id = $1) sp
+  FULL JOIN (SELECT project_id, used_bytes FROM quota_project_usage WHERE user_id = $1) u
+    ON u.project_id = sp.project_id
+ ORDER BY 1";
 
 pub async fn get_usage(
   conn: &mut PgConnection,
@@ -76,9 +73,7 @@ pub async fn get_usage(
   default_limit: i64,
   with_projects: bool,
 ) -> Result<UsageReport> {
-  let usage = read_usage(conn, user)
-    .await?
-    .unwrap_or(Usage::empty(default_limit));
+  let usage = crate::quota::usage::read_usage_or_unseeded(conn, user, default_limit).await?;
   let mut projects = Vec::new();
   if with_projects {
     let statement = conn.prepared(PROJECT_USAGE).await?;
@@ -109,20 +104,24 @@ pub async fn set_quota_limit(
     )
     .await?
     .map(|row| row.get(0));
-  if old.is_some() {
-    tx.execute(
-      "UPDATE user_quotas SET limit_bytes = $2, updated_at = now() WHERE user_id = $1",
-      &[&user.as_str(), &limit_bytes],
-    )
-    .await?;
-  } else {
-    tx.execute(
-      "INSERT INTO user_quotas (user_id, limit_bytes) VALUES ($1, $2)
-       ON CONFLICT (user_id) DO UPDATE SET limit_bytes = EXCLUDED.limit_bytes, updated_at = now()",
-      &[&user.as_str(), &limit_bytes],
+  if old.is_none() {
+    // A new row is seeded like any other (its projects' baselines counted once).
+    let app = AppTable::default();
+    let size = app.size_expr(&tx).await?;
+    seed::seed_owners(
+      &tx,
+      &app,
+      size.as_deref(),
+      &[user.as_str().to_owned()],
+      limit_bytes,
     )
     .await?;
   }
+  tx.execute(
+    "UPDATE user_quotas SET limit_bytes = $2, updated_at = now() WHERE user_id = $1",
+    &[&user.as_str(), &limit_bytes],
+  )
+  .await?;
   tx.execute(
     "INSERT INTO quota_limit_changes (user_id, old_limit_bytes, new_limit_bytes, changed_by, reason)
      VALUES ($1, $2, $3, $4, $5)",

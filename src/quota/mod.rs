@@ -3,6 +3,8 @@
 //! backend. Plain Rust; SQL sits next to the function that sends it, and every database
 //! function takes a connection so tests and the client run the same code.
 
+pub mod app_table;
+pub mod backfill;
 pub mod batch;
 pub mod client;
 pub mod coalesce;
@@ -10,8 +12,12 @@ pub mod config;
 pub mod copies;
 pub mod deletions;
 pub mod limits;
+pub mod modes;
 pub mod owner;
 pub mod projects;
 pub mod reconcile;
 pub mod reservations;
+pub mod retention;
+pub mod seed;
+pub mod settle;
 pub mod usage;

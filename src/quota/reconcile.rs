@@ -11,6 +11,8 @@ use crate::ids::UserId;
 #[derive(Debug, Clone)]
 pub struct ProjectDrift {
   pub project_id: String,
+  /// The project's usage counter (`quota_project_usage`) as it was.
+  pub used_bytes: i64,
   pub ledger_bytes: i64,
   /// The project's local directory, when it has one (disk sizes are filled in by the caller).
   pub path: Option<String>,
@@ -31,7 +33,7 @@ pub struct UserDrift {
   /// What the ledger adds up to.
   pub ledger_bytes: i64,
   pub reserved_bytes: i64,
-  /// Bytes of live (pending, unexpired) reservations.
+  /// Bytes of pending reservations (after giving back the expired ones in the same transaction).
   pub pending_reserved_bytes: i64,
   pub fixed: bool,
   pub projects: Vec<ProjectDrift>,
@@ -56,7 +58,9 @@ impl UserDrift {
   }
 
   pub fn drifted(&self) -> bool {
-    self.used_bytes != self.ledger_bytes || self.reserved_bytes != self.pending_reserved_bytes
+    self.used_bytes != self.ledger_bytes
+      || self.reserved_bytes != self.pending_reserved_bytes
+      || self.projects.iter().any(|p| p.used_bytes != p.ledger_bytes)
   }
 
   /// Projects whose app row is gone.
@@ -65,21 +69,29 @@ impl UserDrift {
   }
 }
 
+/// Each project of the user: its ledger sum, its counter and its local path.
 const PROJECTS: &str = "
-SELECT coalesce(sp.project_id, l.project_id) AS project_id, coalesce(l.bytes, 0)::bigint,
+SELECT coalesce(sp.project_id, l.project_id, u.project_id) AS project_id,
+       coalesce(l.bytes, 0)::bigint, coalesce(u.used_bytes, 0)::bigint,
        CASE WHEN sp.backend = 'local' THEN sp.path END,
-       (l.bytes <> 0 OR sp.project_id IS NOT NULL)
-         AND NOT EXISTS (SELECT 1 FROM storage_quota_project(coalesce(sp.project_id, l.project_id))) AS deleted
+       (coalesce(l.bytes, 0) <> 0 OR sp.project_id IS NOT NULL)
+         AND NOT EXISTS (SELECT 1 FROM storage_quota_project(coalesce(sp.project_id, l.project_id, u.project_id))) AS deleted
   FROM (SELECT project_id, sum(bytes) AS bytes FROM quota_ledger
          WHERE user_id = $1 AND project_id IS NOT NULL GROUP BY project_id) l
   FULL JOIN (SELECT project_id, backend, path FROM project_storage_paths WHERE user_id = $1) sp
     ON sp.project_id = l.project_id
+  FULL JOIN (SELECT project_id, used_bytes FROM quota_project_usage WHERE user_id = $1) u
+    ON u.project_id = coalesce(sp.project_id, l.project_id)
  ORDER BY 1";
+
+const FIX_PROJECT: &str = "
+INSERT INTO quota_project_usage AS u (user_id, project_id, used_bytes) VALUES ($1, $2, $3)
+ON CONFLICT (user_id, project_id) DO UPDATE SET used_bytes = EXCLUDED.used_bytes, updated_at = now()";
 
 /// The user's projects that hold bytes or reservations but whose app row is gone.
 const DELETED_PROJECTS: &str = "
 SELECT x.project_id FROM (
-  SELECT DISTINCT project_id FROM quota_ledger WHERE user_id = $1 AND project_id IS NOT NULL
+  SELECT project_id FROM quota_project_usage WHERE user_id = $1 AND used_bytes <> 0
   UNION
   SELECT project_id FROM quota_reservations WHERE user_id = $1 AND status = 'pending'
 ) x
@@ -115,9 +127,6 @@ pub async fn reconcile_user(
   user: &UserId,
   fix: bool,
 ) -> Result<Option<UserDrift>> {
-  // Expired reservations first, in their own statement (reservation rows before the quota row,
-  // the order every other writer uses).
-  crate::quota::usage::sweep_user(conn, user).await?;
   // Projects whose app row is gone give back what they hold, each in its own statement that
   // locks reservation rows before the quota row (which the transaction below then holds).
   let mut released = std::collections::HashMap::new();
@@ -137,6 +146,11 @@ pub async fn reconcile_user(
     }
   }
   let tx = conn.client.transaction().await?;
+  // Expired reservations first, inside this transaction (reservation rows before the quota row,
+  // the order every other writer uses): now() is the transaction's start, so every reservation
+  // still pending below is one the counter must hold — none can be given back twice.
+  tx.execute(crate::quota::usage::SWEEP_USER_SQL, &[&user.as_str()])
+    .await?;
   let Some(counter) = tx
     .query_opt(
       "SELECT used_bytes, reserved_bytes FROM user_quotas WHERE user_id = $1 FOR UPDATE",
@@ -150,7 +164,7 @@ pub async fn reconcile_user(
     .query_one(
       "SELECT (SELECT coalesce(sum(bytes), 0)::bigint FROM quota_ledger WHERE user_id = $1),
               (SELECT coalesce(sum(bytes), 0)::bigint FROM quota_reservations
-                WHERE user_id = $1 AND status = 'pending' AND expires_at > now())",
+                WHERE user_id = $1 AND status = 'pending')",
       &[&user.as_str()],
     )
     .await?;
@@ -162,9 +176,10 @@ pub async fn reconcile_user(
       released_bytes: released.get(row.get::<_, &str>(0)).copied().unwrap_or(0),
       project_id: row.get(0),
       ledger_bytes: row.get(1),
-      path: row.get(2),
+      used_bytes: row.get(2),
+      path: row.get(3),
       disk_bytes: None,
-      deleted: row.get(3),
+      deleted: row.get(4),
       removed: false,
     })
     .collect();
@@ -187,6 +202,17 @@ pub async fn reconcile_user(
       &[&user.as_str(), &drift.ledger_bytes, &drift.pending_reserved_bytes],
     )
     .await?;
+    for project in drift
+      .projects
+      .iter()
+      .filter(|p| p.used_bytes != p.ledger_bytes)
+    {
+      tx.execute(
+        FIX_PROJECT,
+        &[&user.as_str(), &project.project_id, &project.ledger_bytes],
+      )
+      .await?;
+    }
     drift.fixed = true;
   }
   tx.commit().await?;

@@ -8,6 +8,8 @@ use crate::db::pool::PgConnection;
 use crate::error::{ConflictReason, QuotaError, QuotaShortfall, Result};
 use crate::format::percent_used;
 use crate::ids::{ProjectId, UserId};
+use crate::quota::app_table::AppTable;
+use crate::quota::modes::{decide, Decision};
 use crate::quota::owner::check_owner;
 use crate::rollout::Mode;
 
@@ -133,7 +135,8 @@ macro_rules! record_upload_sql {
 WITH owner AS (
   SELECT p.user_id FROM storage_quota_project($2) p
 ), prior AS (
-  SELECT l.bytes, l.project_id FROM quota_ledger l WHERE l.user_id = $1 AND l.idempotency_key = $3
+  SELECT coalesce(l.requested_bytes, l.bytes) AS bytes, l.project_id FROM quota_ledger l
+   WHERE l.user_id = $1 AND l.idempotency_key = $3
 ), charged AS (
   UPDATE user_quotas q
      SET used_bytes = q.used_bytes + $4, updated_at = now()
@@ -181,9 +184,7 @@ pub async fn check_quota(
   default_limit: i64,
   mode: Mode,
 ) -> Result<QuotaCheck> {
-  let usage = read_usage(conn, user)
-    .await?
-    .unwrap_or(Usage::empty(default_limit));
+  let usage = read_usage_or_unseeded(conn, user, default_limit).await?;
   Ok(decide_check(usage, sizes, mode))
 }
 
@@ -203,7 +204,7 @@ pub fn decide_check(usage: Usage, sizes: &[i64], mode: Mode) -> QuotaCheck {
   let requested_bytes: i64 = sizes.iter().sum();
   let would_refuse = !usage.fits(requested_bytes);
   QuotaCheck {
-    allowed: !would_refuse || mode != Mode::Enforce,
+    allowed: decide(mode, !would_refuse) != Decision::Refuse,
     would_refuse,
     requested_bytes,
     usage,
@@ -242,17 +243,32 @@ pub async fn read_usages(
   )
 }
 
+/// Creates the user's quota row if missing, seeded with their existing projects' baselines
+/// (see `seed`): the one way a quota row comes into being for a charge or a project path.
 pub async fn ensure_quota_row(
   conn: &mut PgConnection,
   user: &UserId,
   default_limit: i64,
 ) -> Result<()> {
-  let statement = conn.prepared(ENSURE_QUOTA_ROW_SQL).await?;
-  conn
-    .client
-    .execute(&statement, &[&user.as_str(), &default_limit])
-    .await?;
-  Ok(())
+  crate::quota::seed::ensure_seeded(conn, &AppTable::default(), user, default_limit).await
+}
+
+/// The user's usage; for a user without a quota row, the default limit and the baselines their
+/// projects will be seeded with. Reads only.
+pub async fn read_usage_or_unseeded(
+  conn: &mut PgConnection,
+  user: &UserId,
+  default_limit: i64,
+) -> Result<Usage> {
+  if let Some(usage) = read_usage(conn, user).await? {
+    return Ok(usage);
+  }
+  let used =
+    crate::quota::seed::unseeded_used_bytes(&conn.client, &AppTable::default(), user).await?;
+  Ok(Usage {
+    used_bytes: used,
+    ..Usage::empty(default_limit)
+  })
 }
 
 /// Gives back the user's expired reservations.
@@ -307,9 +323,25 @@ pub async fn after_uncharged(
 pub const CHARGE_ATTEMPTS: usize = 4;
 
 pub fn contention_error(operation: &str) -> QuotaError {
-  QuotaError::Db(format!(
+  QuotaError::db(format!(
     "{operation} could not settle after {CHARGE_ATTEMPTS} attempts under heavy contention; retry it"
   ))
+}
+
+/// `off` mode writes nothing but still answers for the project's owner and the upload id.
+const OFF_CHECKS: &str = "
+SELECT (SELECT p.user_id FROM storage_quota_project($2) p) AS owner_id,
+       l.project_id AS prior_project, coalesce(l.requested_bytes, l.bytes) AS prior_bytes
+  FROM (SELECT 1) AS one
+  LEFT JOIN quota_ledger l ON l.user_id = $1 AND l.idempotency_key = $3";
+
+pub fn key_reused(upload_id: &str, prior_bytes: i64) -> QuotaError {
+  QuotaError::conflict(
+    ConflictReason::KeyReused,
+    format!(
+      "uploadId {upload_id:?} was already recorded with {prior_bytes} bytes for another project or size; use a new uploadId for a new upload"
+    ),
+  )
 }
 
 /// Charges `bytes` for an upload to `project`, once per `upload_id`.
@@ -323,15 +355,29 @@ pub async fn record_upload(
   mode: Mode,
 ) -> Result<RecordedUpload> {
   if mode == Mode::Off {
-    let usage = read_usage(conn, user)
-      .await?
-      .unwrap_or(Usage::empty(default_limit));
+    // Nothing is written, but the same owner and key rules apply as in the other modes.
+    let statement = conn.prepared(OFF_CHECKS).await?;
+    let row = conn
+      .client
+      .query_one(&statement, &[&user.as_str(), &project.as_str(), &upload_id])
+      .await?;
+    let prior: Option<i64> = row.get("prior_bytes");
+    if let Some(prior_bytes) = prior {
+      if prior_bytes != bytes
+        || row.get::<_, Option<String>>("prior_project").as_deref() != Some(project.as_str())
+      {
+        return Err(key_reused(upload_id, prior_bytes));
+      }
+    } else {
+      check_owner(row.get("owner_id"), user, project)?;
+    }
+    let usage = read_usage_or_unseeded(conn, user, default_limit).await?;
     return Ok(RecordedUpload {
       upload_id: upload_id.to_owned(),
       bytes,
-      duplicate: false,
-      counted: false,
-      would_refuse: !usage.fits(bytes),
+      duplicate: prior.is_some(),
+      counted: prior.is_some(),
+      would_refuse: prior.is_none() && !usage.fits(bytes),
       usage,
       mode,
     });
@@ -359,11 +405,7 @@ pub async fn record_upload(
     if let Some(prior_bytes) = prior_bytes {
       let prior_project: Option<String> = row.get("prior_project");
       if prior_bytes != bytes || prior_project.as_deref() != Some(project.as_str()) {
-        return Err(QuotaError::conflict(
-          ConflictReason::KeyReused,
-          format!(
-          "uploadId {upload_id:?} was already recorded with {prior_bytes} bytes for another project or size; use a new uploadId for a new upload"
-        )));
+        return Err(key_reused(upload_id, prior_bytes));
       }
       let usage = read_usage(conn, user)
         .await?

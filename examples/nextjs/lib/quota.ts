@@ -116,7 +116,7 @@ export async function beginUpload(userId: string, projectId: string, bytes: numb
 /** The file is complete on disk: the held bytes become used bytes. */
 export async function finishUpload(upload: PendingUpload): Promise<{ ok: true } | Refused> {
   try {
-    await quota().commitUpload(upload.reservationId, upload.bytes, { userId: upload.userId })
+    await quota().commitUpload(upload.userId, upload.reservationId, upload.bytes)
     return { ok: true }
   } catch (error) {
     return refusal(error, (e) => e.message)
@@ -125,7 +125,7 @@ export async function finishUpload(upload: PendingUpload): Promise<{ ok: true } 
 
 /** The upload failed: give the held bytes back (harmless if already settled or expired). */
 export async function abortUpload(upload: PendingUpload): Promise<void> {
-  await quota().cancelUpload(upload.reservationId, { userId: upload.userId })
+  await quota().cancelUpload(upload.userId, upload.reservationId)
 }
 
 /** Deletes a file and gives its bytes back. */

@@ -1,9 +1,12 @@
 //! Administration: limits, usage for the UI, reconciliation and migrations.
 
 use super::{blocking, Client};
-use crate::db::migrate::{self, MigrationSettings, Status};
+use crate::db::migrate::{self, MigrateReport, MigrationSettings, Status};
+use crate::db::project_source::ProjectSource;
 use crate::error::{QuotaError, Result};
 use crate::ids::{parse_bytes, ProjectId, UserId};
+use crate::quota::app_table::AppTable;
+use crate::quota::backfill::{self, BackfillOptions, Progress};
 use crate::quota::copies;
 use crate::quota::limits::{self, UsageReport};
 use crate::quota::reconcile::{self, UserDrift};
@@ -19,6 +22,9 @@ pub struct ReconcileReport {
   /// Projects whose app row is gone (deleted without `removeProject`).
   pub deleted_projects: i64,
 }
+
+/// Apps with at most this many projects are backfilled inside `migrate()`, in one batch.
+const INLINE_BATCH: i64 = 10_000;
 
 /// Longest free-text audit field (`changedBy`, `reason`).
 const MAX_AUDIT_TEXT: usize = 500;
@@ -61,12 +67,19 @@ impl Client {
   /// The user's usage now (the default quota for a user without a row).
   pub async fn usage_of(&self, user: &UserId) -> Result<crate::quota::usage::Usage> {
     let limit = self.default_limit();
-    Ok(
-      self
-        .with_conn(async |conn| crate::quota::usage::read_usage(&mut conn.0, user).await)
-        .await?
-        .unwrap_or(crate::quota::usage::Usage::empty(limit)),
-    )
+    self
+      .with_conn(async |conn| {
+        crate::quota::usage::read_usage_or_unseeded(&mut conn.0, user, limit).await
+      })
+      .await
+  }
+
+  /// Applies the retention period (`historyRetentionDays`) to settled reservations and the ledger.
+  pub async fn prune_history(&self) -> Result<crate::quota::retention::Pruned> {
+    let days = self.config.history_retention_days;
+    self
+      .with_conn(async |conn| crate::quota::retention::prune_history(&mut conn.0, days).await)
+      .await
   }
 
   pub async fn get_usage(&self, user_id: &str, include_projects: bool) -> Result<UsageReport> {
@@ -177,35 +190,116 @@ impl Client {
     Ok(())
   }
 
-  fn migration_settings(&self) -> Result<MigrationSettings> {
+  fn migration_settings(&self, discard_usage: bool) -> Result<MigrationSettings> {
     Ok(MigrationSettings {
       default_limit_bytes: self.config.default_quota_bytes,
       storage_root: self.migration_storage_root()?,
       project_source: self.config.project_source.clone(),
+      discard_usage,
     })
   }
 
-  pub async fn migrate(&self) -> Result<Vec<i32>> {
-    let settings = self.migration_settings()?;
+  /// Applies pending schema migrations (milliseconds of locks each) and reports where the
+  /// backfill is; it never runs the backfill, which may take minutes on a large app.
+  pub async fn migrate(&self) -> Result<(MigrateReport, Progress)> {
+    let settings = self.migration_settings(false)?;
     let pool = self.pool()?;
     let applied = {
       let mut conn = pool.get().await?;
       migrate::migrate(&mut conn.0.client, &settings).await
     };
     pool.schema_changed();
-    applied
+    let applied = applied?;
+    if self.config.project_source != ProjectSource::Default {
+      return Ok((applied, self.skip_backfill().await?));
+    }
+    let mut progress = self
+      .with_conn(async |conn| backfill::status(&conn.0.client).await)
+      .await?;
+    // A small app (an empty one, a test database) is backfilled right here: a few batches of
+    // milliseconds. A large one is left to `storage-quota backfill`, so boot stays fast.
+    if !progress.done && self.app_is_small().await? {
+      while !progress.done {
+        progress = self.backfill_step(INLINE_BATCH as f64).await?;
+      }
+    }
+    Ok((applied, progress))
+  }
+
+  /// Whether the app table holds at most `INLINE_BATCH` projects (reads at most one more row).
+  async fn app_is_small(&self) -> Result<bool> {
+    let app = AppTable::default();
+    self
+      .with_conn(async |conn| {
+        let sql = format!(
+          "SELECT count(*) FROM (SELECT 1 FROM {} LIMIT {}) AS head",
+          app.t(),
+          INLINE_BATCH + 1
+        );
+        let n: i64 = conn.0.client.query_one(&sql, &[]).await?.get(0);
+        Ok(n <= INLINE_BATCH)
+      })
+      .await
   }
 
   /// `steps` from 1 to 1000, checked here too: a direct caller's -1 must not mean "all".
-  pub async fn rollback(&self, steps: f64) -> Result<Vec<i32>> {
+  pub async fn rollback(&self, steps: f64, discard_usage: bool) -> Result<Vec<i32>> {
     let steps = crate::ids::parse_whole("steps", steps, 1, 1000)?;
+    let settings = self.migration_settings(discard_usage)?;
     let pool = self.pool()?;
     let reverted = {
       let mut conn = pool.get().await?;
-      migrate::rollback(&mut conn.0.client, steps).await
+      migrate::rollback(&mut conn.0.client, steps, &settings).await
     };
     pool.schema_changed();
     reverted
+  }
+
+  /// One unit of the backfill (see `quota::backfill::step`); call until `done`.
+  pub async fn backfill_step(&self, batch_size: f64) -> Result<Progress> {
+    let batch_size = i64::from(crate::ids::parse_whole(
+      "batchSize",
+      batch_size,
+      1,
+      100_000,
+    )?);
+    if self.config.project_source != ProjectSource::Default {
+      return self.skip_backfill().await;
+    }
+    let options = BackfillOptions {
+      batch_size,
+      storage_root: self.migration_storage_root()?,
+      default_limit: self.config.default_quota_bytes,
+    };
+    self
+      .with_conn(async |conn| backfill::step(&mut conn.0, &AppTable::default(), &options).await)
+      .await
+  }
+
+  /// With a configured project source the backfill (written for `projects(id uuid, user_id)`,
+  /// with its `storage_path_id` link) has nothing to do: projects get their path records when
+  /// first used, and no baselines are seeded. Marked done so status and the CLI say so.
+  async fn skip_backfill(&self) -> Result<Progress> {
+    self
+      .with_conn(async |conn| {
+        conn
+          .0
+          .client
+          .execute(
+            "UPDATE storage_quota_backfill SET phase = 'done', finished_at = coalesce(finished_at, now()), updated_at = now()
+              WHERE phase <> 'done'",
+            &[],
+          )
+          .await?;
+        backfill::status(&conn.0.client).await
+      })
+      .await
+  }
+
+  pub async fn backfill_status(&self) -> Result<Progress> {
+    self
+      .with_conn(async |conn| backfill::status(&conn.0.client).await)
+      .await
   }
 
   pub async fn migration_status(&self) -> Result<Status> {

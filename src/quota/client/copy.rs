@@ -167,7 +167,7 @@ impl Client {
       kind: "copy",
     };
     let settled =
-      reservations::commit(conn, token, Some(stats.bytes), Some(&job.user), Some(entry)).await?;
+      reservations::commit(conn, &job.user, token, Some(stats.bytes), mode, Some(entry)).await?;
     // Counted: from here on the copy stands even if recording its outcome fails (the next
     // call for the project finds the committed reservation and records it).
     let _ = copies::finish(conn, &job.user, token, &stats).await;
@@ -242,10 +242,11 @@ impl Client {
     made: Made,
   ) -> Result<()> {
     let user = &job.user;
-    let cancelled = match reservations::cancel(conn, token, Some(user)).await {
-      Err(QuotaError::DbUnavailable(_) | QuotaError::DbTimeout(_) | QuotaError::Db(_)) => {
+    let mode = self.mode_for(user);
+    let cancelled = match reservations::cancel(conn, user, token, mode).await {
+      Err(QuotaError::DbUnavailable(_) | QuotaError::DbTimeout(_) | QuotaError::Db { .. }) => {
         self
-          .with_conn(async |c| reservations::cancel(&mut c.0, token, Some(user)).await)
+          .with_conn(async |c| reservations::cancel(&mut c.0, user, token, mode).await)
           .await
       }
       other => other,

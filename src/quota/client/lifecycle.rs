@@ -25,10 +25,6 @@ fn parse_reservation_id(raw: &str) -> Result<uuid::Uuid> {
   crate::ids::parse_uuid("reservationId", raw)
 }
 
-fn parse_caller(user_id: Option<&str>) -> Result<Option<UserId>> {
-  user_id.map(UserId::parse).transpose()
-}
-
 impl Client {
   pub async fn reserve_upload(
     &self,
@@ -54,33 +50,33 @@ impl Client {
       .await
   }
 
+  /// Commits the owner's reservation. The owner is required: a reservation id alone must not
+  /// let one user settle another's upload.
   pub async fn commit_upload(
     &self,
+    user_id: &str,
     reservation_id: &str,
     actual_bytes: Option<f64>,
-    user_id: Option<&str>,
   ) -> Result<Settled> {
+    let owner = UserId::parse(user_id)?;
     let id = parse_reservation_id(reservation_id)?;
     let actual = actual_bytes
       .map(|b| parse_bytes("actualBytes", b))
       .transpose()?;
-    let caller = parse_caller(user_id)?;
+    let mode = self.mode_for(&owner);
     self
       .with_conn(async |conn| {
-        reservations::commit(&mut conn.0, &id, actual, caller.as_ref(), None).await
+        reservations::commit(&mut conn.0, &owner, &id, actual, mode, None).await
       })
       .await
   }
 
-  pub async fn cancel_upload(
-    &self,
-    reservation_id: &str,
-    user_id: Option<&str>,
-  ) -> Result<Settled> {
+  pub async fn cancel_upload(&self, user_id: &str, reservation_id: &str) -> Result<Settled> {
+    let owner = UserId::parse(user_id)?;
     let id = parse_reservation_id(reservation_id)?;
-    let caller = parse_caller(user_id)?;
+    let mode = self.mode_for(&owner);
     self
-      .with_conn(async |conn| reservations::cancel(&mut conn.0, &id, caller.as_ref()).await)
+      .with_conn(async |conn| reservations::cancel(&mut conn.0, &owner, &id, mode).await)
       .await
   }
 
@@ -185,7 +181,22 @@ impl Client {
         .await?;
     }
     let path = self.allocate(&user, &project).await?;
-    if size == 0 {
+    // A project that existed when its owner was seeded has its size counted as a baseline
+    // already (from the app's size column): its initial size is not charged a second time.
+    let has_baseline = self
+      .with_conn(async |conn| {
+        let row = conn
+          .0
+          .client
+          .query_opt(
+            "SELECT 1 FROM quota_ledger WHERE user_id = $1 AND idempotency_key = $2",
+            &[&user.as_str(), &format!("baseline {project}")],
+          )
+          .await?;
+        Ok(row.is_some())
+      })
+      .await?;
+    if size == 0 || has_baseline {
       let usage = self.usage_of(&user).await?;
       return Ok(RegisteredProject {
         path,
@@ -201,7 +212,7 @@ impl Client {
       .await?;
     Ok(RegisteredProject {
       path,
-      counted_bytes: upload.bytes,
+      counted_bytes: if upload.counted { upload.bytes } else { 0 },
       usage: upload.usage,
     })
   }

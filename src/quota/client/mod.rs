@@ -237,10 +237,16 @@ impl Client {
       ));
     }
     let mode = self.mode_for(&user);
-    let usage = self
-      .read_usage_batched(&user)
-      .await?
-      .unwrap_or(Usage::empty(self.default_limit()));
+    let usage = match self.read_usage_batched(&user).await? {
+      Some(usage) => usage,
+      // No quota row yet: the default limit, and the baselines seeding will count.
+      None => {
+        let limit = self.default_limit();
+        self
+          .with_conn(async |conn| usage::read_usage_or_unseeded(&mut conn.0, &user, limit).await)
+          .await?
+      }
+    };
     Ok(usage::decide_check(usage, &sizes, mode))
   }
 

@@ -1,0 +1,212 @@
+//! The backfill: what migration 0001 implies for an app's existing projects — quota rows and
+//! baseline usage for their owners (`seed`), a storage path record per project, and
+//! `projects.storage_path_id` — done in committed keyset batches outside any migration, then
+//! the foreign keys into `projects` validated. Each call of [`step`] does one unit of work in
+//! its own transaction and records where it got to in `storage_quota_backfill`, so a crash or a
+//! Ctrl-C loses at most the batch in flight and the next call resumes there.
+//!
+//! Safe while the app writes: a batch reads its projects without locking them and locks them
+//! only in its last statement (`KEY SHARE`, skipping any the app deleted meanwhile: an app
+//! DELETE of one waits), which records their paths and links them (an app UPDATE of one waits);
+//! every write is idempotent (`ON CONFLICT DO NOTHING`, seeding once per user under the quota
+//! row lock), and projects inserted behind the cursor meanwhile are found by a catch-up pass.
+
+use std::time::Duration;
+
+use tokio_postgres::error::SqlState;
+use tokio_postgres::Client;
+
+use crate::db::pool::PgConnection;
+use crate::error::{QuotaError, Result};
+use crate::quota::app_table::AppTable;
+
+mod batch;
+mod phases;
+
+use batch::batch;
+use phases::{prepare, validate_next};
+
+/// What the caller decides: how many projects per transaction, the root recorded in paths,
+/// the limit of new quota rows.
+pub struct BackfillOptions {
+  pub batch_size: i64,
+  pub storage_root: String,
+  pub default_limit: i64,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Progress {
+  /// `scan`, `catchup`, `validate` or `done`.
+  pub phase: String,
+  pub done: bool,
+  /// Projects looked at so far (scan and catch-up).
+  pub scanned: i64,
+  /// Projects in the app table when the backfill started.
+  pub total_projects: Option<i64>,
+  pub paths_created: i64,
+  pub baselines: i64,
+  pub users_seeded: i64,
+  /// Projects whose owner id cannot be used in paths, and the worst owners by count.
+  pub skipped_projects: i64,
+  pub skipped_owners: Vec<(String, i64)>,
+  pub skipped_owner_count: i64,
+  pub storage_root: Option<String>,
+  /// Lock waits given up on (short `lock_timeout`) and retried during this call.
+  pub lock_retries: u32,
+  /// Things this call did that an operator should know about.
+  pub notes: Vec<String>,
+  pub started_at: Option<chrono::DateTime<chrono::Utc>>,
+  pub finished_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+/// A batch waits at most this long for a lock (an app transaction holding one of its project
+/// rows or quota rows) before it rolls back and is retried: app statements that queue behind
+/// the batch wait no longer than that plus the batch itself.
+const BATCH_LOCK_TIMEOUT: &str = "500ms";
+const BATCH_ATTEMPTS: u32 = 8;
+/// Catch-up batches at most: projects inserted behind the cursor while the backfill ran.
+/// Later ones are covered as every new project is, by allocation on first use.
+const MAX_CATCHUP_ROUNDS: i64 = 20;
+/// Created (concurrently) when the app has no index leading with the owner column: seeding
+/// looks projects up by owner. Dropped by 0005's down migration.
+const OWNER_INDEX: &str = "storage_quota_projects_owner_idx";
+/// The index on the app table's `storage_path_id` (issue 11): see `phases::path_index`.
+const PATH_INDEX: &str = "projects_storage_path_id_idx";
+/// Session advisory lock around the first call's preparation (index build, count). Any fixed
+/// key distinct from the migrations' (`db::migrate`) does.
+const PREPARE_LOCK_KEY: i64 = 0x38e6_1a1c_67b1_7ef6;
+
+const STATE_COLUMNS: &str = "phase, cursor, storage_root, total_projects, scanned, paths_created, baselines, users_seeded, skipped_projects, catchup_rounds, started_at, finished_at";
+
+fn progress_from(row: &tokio_postgres::Row) -> Progress {
+  let phase: String = row.get(0);
+  Progress {
+    done: phase == "done",
+    phase,
+    storage_root: row.get(2),
+    total_projects: row.get(3),
+    scanned: row.get(4),
+    paths_created: row.get(5),
+    baselines: row.get(6),
+    users_seeded: row.get(7),
+    skipped_projects: row.get(8),
+    started_at: row.get(10),
+    finished_at: row.get(11),
+    ..Progress::default()
+  }
+}
+
+/// Where the backfill is, with the owners it skipped.
+pub async fn status(client: &Client) -> Result<Progress> {
+  let row = client
+    .query_one(
+      &format!("SELECT {STATE_COLUMNS} FROM storage_quota_backfill"),
+      &[],
+    )
+    .await?;
+  let mut progress = progress_from(&row);
+  fill_skipped(client, &mut progress).await?;
+  Ok(progress)
+}
+
+async fn fill_skipped(client: &Client, progress: &mut Progress) -> Result<()> {
+  let rows = client
+    .query(
+      "SELECT owner, projects, count(*) OVER () FROM storage_quota_backfill_skipped
+        ORDER BY projects DESC, owner LIMIT 50",
+      &[],
+    )
+    .await?;
+  progress.skipped_owner_count = rows.first().map(|r| r.get(2)).unwrap_or(0);
+  progress.skipped_owners = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+  Ok(())
+}
+
+/// One unit of work: the first call prepares (owner index, project count), then one batch per
+/// call through `scan` and `catchup`, then one constraint per call in `validate`.
+pub async fn step(
+  conn: &mut PgConnection,
+  app: &AppTable,
+  options: &BackfillOptions,
+) -> Result<Progress> {
+  if !(1..=100_000).contains(&options.batch_size) {
+    return Err(QuotaError::invalid("batchSize must be from 1 to 100000"));
+  }
+  let client = &mut conn.client;
+  let state = status(client).await?;
+  if state.done {
+    return Ok(state);
+  }
+  if let Some(root) = &state.storage_root {
+    if *root != options.storage_root {
+      return Err(QuotaError::Storage(format!(
+        "this backfill started recording paths under {root}, but this client's storage root is {}; run it with that root (--storage-root {root})",
+        options.storage_root
+      )));
+    }
+  }
+  let mut notes = Vec::new();
+  if state.started_at.is_none() {
+    // One process prepares; one started meanwhile finds it done once it gets the lock.
+    client
+      .execute("SELECT pg_advisory_lock($1)", &[&PREPARE_LOCK_KEY])
+      .await?;
+    let prepared = match status(client).await {
+      Ok(now) if now.started_at.is_some() => Ok(()),
+      Ok(_) => prepare(client, app, options, &mut notes).await,
+      Err(error) => Err(error),
+    };
+    client
+      .execute("SELECT pg_advisory_unlock($1)", &[&PREPARE_LOCK_KEY])
+      .await?;
+    prepared?;
+  }
+  let mut lock_retries = 0;
+  match state.phase.as_str() {
+    "validate" => validate_next(client, app).await?,
+    phase => {
+      let catchup = phase == "catchup";
+      let size = app.size_expr(&*client).await?;
+      let mut attempt = 0;
+      loop {
+        let tx = client.transaction().await?;
+        match batch(&tx, app, size.as_deref(), options, catchup).await {
+          Ok(()) => {
+            tx.commit().await?;
+            break;
+          }
+          Err(error) if retryable(&error) && attempt + 1 < BATCH_ATTEMPTS => {
+            drop(tx);
+            attempt += 1;
+            lock_retries += 1;
+            let pause = 100u64 << attempt.min(6);
+            crate::log::warn(
+              "backfill_lock_retry",
+              &[
+                ("attempt", &attempt.to_string()),
+                ("retryInMs", &pause.to_string()),
+              ],
+            );
+            tokio::time::sleep(Duration::from_millis(pause)).await;
+          }
+          Err(error) => return Err(error.into()),
+        }
+      }
+    }
+  }
+  let mut progress = status(client).await?;
+  progress.lock_retries = lock_retries;
+  progress.notes = notes;
+  Ok(progress)
+}
+
+fn retryable(error: &tokio_postgres::Error) -> bool {
+  matches!(
+    error.code(),
+    Some(c) if *c == SqlState::LOCK_NOT_AVAILABLE
+      || *c == SqlState::T_R_DEADLOCK_DETECTED
+      || *c == SqlState::T_R_SERIALIZATION_FAILURE
+      // A project of the batch deleted by the app after the batch read it.
+      || *c == SqlState::FOREIGN_KEY_VIOLATION
+  )
+}
