@@ -48,15 +48,7 @@ impl<T: ToNapiValue> ToNapiValue for Answer<T> {
       Ok(value) => unsafe { T::to_napi_value(raw_env, value) },
       Err(error) => {
         let env = Env::from_raw(raw_env);
-        let mut object =
-          env.create_error(napi::Error::new(Status::GenericFailure, error.to_string()))?;
-        if let serde_json::Value::Object(fields) = error.to_payload() {
-          for (name, value) in fields {
-            if name != "message" {
-              object.set_named_property(&name, env.to_js_value(&value)?)?;
-            }
-          }
-        }
+        let object = build_error(&env, &error)?;
         Err(napi::Error::from(object.to_unknown()))
       }
     }
