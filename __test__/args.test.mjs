@@ -14,7 +14,7 @@ const scalar = fc.oneof(
   fc.string({ maxLength: 140 }),
   fc.stringMatching(/^[A-Za-z0-9][A-Za-z0-9_-]{0,130}$/),
   fc.uuid(),
-  fc.constantFrom('', 'standalone', 'local', 's3', 'enforce', 'shadow', 'off', 'info', 'warn', 'a.b', 'x;y', 'app.t', '\0', 'has space'),
+  fc.constantFrom('', 'standalone', 'local', 's3', 'a.txt', 'enforce', 'shadow', 'off', 'info', 'warn', 'a.b', 'x;y', 'app.t', '\0', 'has space'),
   fc.double(),
   fc.integer(),
   fc.constantFrom(0, -0, 1, 1.5, -1, 999, 1000, 1001, 2 ** 31, 2 ** 53 - 1, 2 ** 53, 2 ** 60, NaN, Infinity, -Infinity),
@@ -27,7 +27,7 @@ const keys = [
   'reason', 'projects', 'fix', 'disk', 'databaseUrl', 'storageRoot', 'defaultQuotaBytes', 'poolSize', 'connectTimeoutMs',
   'statementTimeoutMs', 'applicationName', 'mode', 'rolloutPercent', 'reservationTtlMs', 'logger', 'logLevel', 'slowCallMs',
   'storage', 'backend', 'bucket', 'prefix', 'table', 'id', 'owner', 'historyRetentionDays', 'discardUsage', 'batchSize',
-  'onProgress', 'signal', 'other',
+  'onProgress', 'signal', 'presign', 'fileName', 'to', 'region', 'other',
 ]
 const value = fc.letrec((tie) => ({
   any: fc.oneof({ depthSize: 'small' }, scalar, tie('object'), fc.array(scalar, { maxLength: 4 }), fc.constantFrom(() => {}, { info() {} })),

@@ -139,7 +139,22 @@ const AuditTextSchema = string({ max: 500, regex: /^[^\0]*$/, regexMessage: 'mus
 const ModeSchema = oneOf(['enforce', 'shadow', 'off'])
 
 const RecordUploadOptionsSchema = options({ uploadId: UploadIdSchema, replacesBytes: BytesSchema })
-const ReserveUploadOptionsSchema = options({ ttlMs: TtlMsSchema, reservationId: ReservationIdSchema })
+const FileNameSchema = string({ min: 1, max: 4096, minMessage: 'fileName must not be empty' })
+const reserveShape = options({ ttlMs: TtlMsSchema, reservationId: ReservationIdSchema, presign: boolean, fileName: FileNameSchema })
+const ReserveUploadOptionsSchema = validator((value, path) => {
+  const out = reserveShape.check(value, path)
+  if (out.presign && out.fileName === undefined) throw new Issue([...path, 'fileName'], 'presign needs fileName')
+  if (!out.presign && out.fileName !== undefined) throw new Issue([...path, 'fileName'], 'fileName applies with presign: true')
+  return out
+})
+ReserveUploadOptionsSchema.shape = reserveShape.shape
+const MoveProjectOptionsSchema = validator((value, path) => {
+  const out = options({ to: oneOf(['local', 's3']) }).check(value, path)
+  if (out.to === undefined) throw new Issue([...path, 'to'], 'Invalid option: expected one of "local"|"s3"')
+  return out
+})
+MoveProjectOptionsSchema.shape = { to: null }
+const DeleteProjectFileOptionsSchema = options({ deletionId: UploadIdSchema })
 const RecordDeletionOptionsSchema = options({ uploadId: UploadIdSchema, deletionId: UploadIdSchema })
 const RegisterProjectOptionsSchema = options({ sizeBytes: BytesSchema })
 const RemoveProjectOptionsSchema = options({ deleteFiles: boolean })
@@ -170,6 +185,19 @@ const StorageOptionsSchema = validator((value, path) => {
       backend: oneOf(['s3']),
       bucket: string({ min: 3, max: 63, minMessage: 'bucket must be 3 to 63 characters', maxMessage: 'bucket must be 3 to 63 characters' }),
       prefix: string({ max: 514 }),
+      endpoint: validator((v, p) => {
+        if (typeof v !== 'string') throw expected(p, 'string', v)
+        try {
+          new URL(v)
+        } catch {
+          throw new Issue(p, 'Invalid URL')
+        }
+        return v
+      }),
+      region: string({ min: 1, max: 256 }),
+      accessKeyId: string({ min: 1, max: 256 }),
+      secretAccessKey: string({ min: 1, max: 256 }),
+      sessionToken: string({ min: 1, max: 256 }),
     }).check(value, path)
     if (out.bucket === undefined) throw expected([...path, 'bucket'], 'string', undefined)
     return out
@@ -223,6 +251,9 @@ module.exports = {
   RecordUploadOptionsSchema,
   ReserveUploadOptionsSchema,
   RecordDeletionOptionsSchema,
+  FileNameSchema,
+  MoveProjectOptionsSchema,
+  DeleteProjectFileOptionsSchema,
   RegisterProjectOptionsSchema,
   RemoveProjectOptionsSchema,
   SetQuotaLimitOptionsSchema,

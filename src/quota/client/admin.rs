@@ -1,6 +1,6 @@
 //! Administration: limits, usage for the UI, reconciliation and migrations.
 
-use super::{blocking, Client};
+use super::Client;
 use crate::db::migrate::{self, MigrateReport, MigrationSettings, Status};
 use crate::db::project_source::ProjectSource;
 use crate::error::{QuotaError, Result};
@@ -10,8 +10,6 @@ use crate::quota::backfill::{self, BackfillOptions, Progress};
 use crate::quota::copies;
 use crate::quota::limits::{self, UsageReport};
 use crate::quota::reconcile::{self, UserDrift};
-use crate::storage::local::tree;
-use crate::storage::local::usage::project_usage;
 
 #[derive(Debug, Clone, Default)]
 pub struct ReconcileReport {
@@ -141,18 +139,18 @@ impl Client {
     Ok(report)
   }
 
-  /// Removes the directories (local backend) and path records of the user's deleted projects.
+  /// Removes the files (in the project's own backend) and path records of the user's deleted
+  /// projects.
   async fn remove_deleted_dirs(&self, user: &UserId, drift: &mut UserDrift) -> Result<()> {
-    for project in drift
-      .projects
-      .iter_mut()
-      .filter(|p| p.deleted && p.path.is_some())
-    {
+    for project in drift.projects.iter_mut().filter(|p| p.deleted) {
+      let Some(backend) = project.backend.clone() else {
+        continue;
+      };
       let id = ProjectId::parse(&project.project_id)?;
-      let root = self.storage_root()?;
-      let owner = user.clone();
-      let gone = id.clone();
-      blocking(move || tree::remove_project(&root, &owner, &gone).map(|_| ())).await?;
+      self
+        .backend_named(&backend)?
+        .remove_project(user, &id)
+        .await?;
       self
         .with_conn(async |conn| {
           copies::forget(&mut conn.0, user, &id).await?;
@@ -164,28 +162,15 @@ impl Client {
     Ok(())
   }
 
+  /// Each project's bytes counted in its own backend (the disk, or the bucket's listing).
   async fn fill_disk_sizes(&self, user: &UserId, drift: &mut UserDrift) -> Result<()> {
-    let root = self.storage_root()?.clone();
-    let user = user.clone();
-    let projects: Vec<(usize, ProjectId)> = drift
-      .projects
-      .iter()
-      .enumerate()
-      .filter(|(_, p)| p.path.is_some())
-      .map(|(i, p)| Ok((i, ProjectId::parse(&p.project_id)?)))
-      .collect::<Result<_>>()?;
-    let sizes = blocking(move || {
-      projects
-        .into_iter()
-        .map(|(i, project)| {
-          let bytes = project_usage(&root, &user, &project)?.bytes;
-          Ok((i, bytes))
-        })
-        .collect::<Result<Vec<_>>>()
-    })
-    .await?;
-    for (i, bytes) in sizes {
-      drift.projects[i].disk_bytes = Some(bytes);
+    for project in drift.projects.iter_mut() {
+      let Some(backend) = project.backend.clone() else {
+        continue;
+      };
+      let id = ProjectId::parse(&project.project_id)?;
+      let bytes = self.backend_named(&backend)?.usage(user, &id).await?.bytes;
+      project.disk_bytes = Some(bytes);
     }
     Ok(())
   }
