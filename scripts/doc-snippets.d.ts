@@ -23,6 +23,8 @@ declare const db: { query(sql: string, params?: unknown[]): Promise<{ rows: any[
 declare const userId: string
 declare const projectId: string
 declare const adminId: string
+// A client the app made with createClient().
+declare const client: import('storage-quota').StorageQuotaClient
 // The lifecycle fragment: an upload in progress and the app's own streaming helper.
 declare const request: Request
 declare const declaredSize: number
