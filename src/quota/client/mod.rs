@@ -58,9 +58,15 @@ fn reads_in_flight() -> usize {
     .unwrap_or(2)
 }
 
-/// Charge transactions in flight at once: while one waits for its commit's flush, the next
-/// batch is being decided.
-const CHARGES_IN_FLIGHT: usize = 2;
+/// Charge transactions in flight at once (default 2: while one waits for its commit's flush, the
+/// next batch is being decided). Only for A/B runs of bench/ (BENCHMARKS.md):
+/// `STORAGE_QUOTA_BENCH_CHARGES_IN_FLIGHT=N`.
+fn charges_in_flight() -> usize {
+  std::env::var("STORAGE_QUOTA_BENCH_CHARGES_IN_FLIGHT")
+    .ok()
+    .and_then(|v| v.parse().ok())
+    .unwrap_or(2)
+}
 
 enum PoolState {
   Unopened,
@@ -84,7 +90,7 @@ impl Client {
     Ok(Client {
       config: Config::from_options(options)?,
       pool: Mutex::new(PoolState::Unopened),
-      uploads: Arc::new(Batcher::new(CHARGES_IN_FLIGHT)),
+      uploads: Arc::new(Batcher::new(charges_in_flight())),
       reads: Arc::new(Batcher::new(reads_in_flight())),
       backend: OnceLock::new(),
     })
