@@ -9,6 +9,7 @@ import { test, after } from 'node:test'
 import assert from 'node:assert/strict'
 import { randomUUID } from 'node:crypto'
 import fc from 'fast-check'
+import pg from 'pg'
 import { createClient } from '../index.js'
 import { createTestDatabase, insertProject } from './helpers/db.mjs'
 
@@ -190,5 +191,82 @@ test('a batch with a refused, a conflicting and a foreign call: the neighbours a
   )
   assert.equal(rows[0].entries, 20)
   assert.ok(rows[0].commits < rows[0].entries, `charges of two users shared commits (${rows[0].commits} for ${rows[0].entries})`)
+  await checkInvariants()
+})
+
+async function untilLockWaiters(n) {
+  for (;;) {
+    const { rows } = await db.query(
+      `SELECT count(*)::int AS n FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'`,
+    )
+    if (rows[0].n >= n) return
+    await new Promise((resolve) => setImmediate(resolve))
+  }
+}
+
+async function holdRow(user) {
+  const other = new pg.Client({ connectionString: db.url })
+  await other.connect()
+  await other.query('BEGIN')
+  await other.query('SELECT 1 FROM user_quotas WHERE user_id = $1 FOR UPDATE', [user])
+  let open = true
+  return {
+    async release() {
+      if (!open) return
+      open = false
+      await other.query('COMMIT')
+      await other.end()
+    },
+  }
+}
+
+/** Whether another transaction holds the user's quota row. */
+async function locked(user) {
+  const other = new pg.Client({ connectionString: db.url })
+  await other.connect()
+  try {
+    await other.query('BEGIN')
+    await other.query('SELECT 1 FROM user_quotas WHERE user_id = $1 FOR UPDATE NOWAIT', [user])
+    return false
+  } catch (error) {
+    if (error.code === '55P03') return true
+    throw error
+  } finally {
+    await other.end()
+  }
+}
+
+test('a batch locks its users\' rows in ascending user_id order, whatever order the calls came in', async () => {
+  await seed([])
+  const [a, b, c, x] = ['user_lock_a', 'user_lock_b', 'user_lock_c', 'user_lock_x']
+  const project = {}
+  for (const user of [a, b, c, x]) {
+    project[user] = await insertProject(db, user)
+    await client.recordUpload(user, project[user], 1, { uploadId: 'first' })
+  }
+  const heldB = await holdRow(b)
+  const heldX = await holdRow(x)
+  let first
+  let queued = []
+  try {
+    // Both charge slots busy, waiting on the held rows, so the next calls queue into one batch.
+    first = client.recordUpload(b, project[b], 1, { uploadId: 'b1' })
+    await untilLockWaiters(1)
+    const second = client.recordUpload(x, project[x], 1, { uploadId: 'x1' })
+    await untilLockWaiters(2)
+    queued = [c, a, b].map((user) => client.recordUpload(user, project[user], 1, { uploadId: 'queued' }))
+    await db.query('SELECT 1') // one round trip: the queued calls have reached the queue
+    await heldX.release()
+    await second
+    // The batch [c, a, b] now waits for b's row: it must hold a's (before b) and not yet c's.
+    await untilLockWaiters(2)
+    assert.equal(await locked(a), true, 'a (before b) is locked by the waiting batch')
+    assert.equal(await locked(c), false, 'c (after b) is not locked while the batch waits for b')
+  } finally {
+    await heldX.release().catch(() => {})
+    await heldB.release().catch(() => {})
+  }
+  const answers = await Promise.all([first, ...queued])
+  assert.deepEqual(answers.map((r) => r.duplicate), [false, false, false, false])
   await checkInvariants()
 })
