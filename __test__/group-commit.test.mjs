@@ -270,3 +270,82 @@ test('a batch locks its users\' rows in ascending user_id order, whatever order 
   assert.deepEqual(answers.map((r) => r.duplicate), [false, false, false, false])
   await checkInvariants()
 })
+
+test('a batch that fails as a whole (a unique key taken behind its back) is answered call by call', async () => {
+  await seed([])
+  const [a, b, c, x] = ['user_lock_a', 'user_lock_b', 'user_lock_c', 'user_lock_x']
+  const project = {}
+  for (const user of [a, b, c, x]) {
+    const { rows } = await db.query('SELECT id FROM projects WHERE user_id = $1', [user])
+    project[user] = rows[0].id
+    await client.recordUpload(user, project[user], 1, { uploadId: 'first' })
+  }
+  // Another writer's ledger entry for a's key, not yet committed: the batch does not see it,
+  // waits on the unique key, then fails with a unique violation when it commits.
+  const app = new pg.Client({ connectionString: db.url })
+  await app.connect()
+  await app.query('BEGIN')
+  await app.query(`INSERT INTO quota_ledger (user_id, project_id, idempotency_key, kind, bytes) VALUES ($1, $2, 'clash', 'upload', 5)`, [
+    a,
+    project[a],
+  ])
+  const heldB = await holdRow(b)
+  const heldX = await holdRow(x)
+  let first
+  let queued = []
+  try {
+    first = client.recordUpload(b, project[b], 1, { uploadId: 'b1' })
+    await untilLockWaiters(1)
+    const second = client.recordUpload(x, project[x], 1, { uploadId: 'x1' })
+    await untilLockWaiters(2)
+    queued = [
+      client.recordUpload(a, project[a], 5, { uploadId: 'clash' }),
+      client.recordUpload(c, project[c], 7, { uploadId: 'neighbour' }),
+    ]
+    await db.query('SELECT 1') // one round trip: the queued calls have reached the queue
+    await heldX.release()
+    await second
+    await untilLockWaiters(2) // the batch waits for the other writer's key
+    await app.query('COMMIT')
+  } finally {
+    await app.end().catch(() => {})
+    await heldX.release().catch(() => {})
+    await heldB.release().catch(() => {})
+  }
+  await first
+  const [clash, neighbour] = await Promise.all(queued)
+  assert.equal(clash.duplicate, true, 'the key was recorded (by the other writer): a duplicate, nothing charged')
+  assert.equal(neighbour.duplicate, false)
+  assert.equal(neighbour.usedBytes, 1 + 7, 'the neighbour charged once, after its batch was rolled back')
+  const { rows } = await db.query(`SELECT count(*)::int AS n FROM quota_ledger WHERE user_id = $1 AND idempotency_key = 'neighbour'`, [c])
+  assert.equal(rows[0].n, 1)
+})
+
+test('a call whose key is recorded by another writer while it waits for the row is KEY_REUSED, not QUOTA_EXCEEDED', async () => {
+  await seed([])
+  const user = 'user_key_race'
+  const project = await insertProject(db, user)
+  await client.setQuotaLimit(user, 9 * MB)
+  // Another writer (another app instance) charges 3 MB under key k: the row is locked when our
+  // call's statement starts, so its snapshot has no entry for k; once the row is free it shows
+  // 3 MB more, and 7 MB no longer fit. Run one after the other, the key decides first.
+  const app = new pg.Client({ connectionString: db.url })
+  await app.connect()
+  try {
+    await app.query('BEGIN')
+    await app.query('UPDATE user_quotas SET used_bytes = used_bytes + $2 WHERE user_id = $1', [user, 3 * MB])
+    await app.query(`INSERT INTO quota_ledger (user_id, project_id, idempotency_key, kind, bytes) VALUES ($1, $2, 'k', 'upload', $3)`, [
+      user,
+      project,
+      3 * MB,
+    ])
+    const call = client.recordUpload(user, project, 7 * MB, { uploadId: 'k' }).catch((e) => e)
+    await untilLockWaiters(1)
+    await app.query('COMMIT')
+    const error = await call
+    assert.equal(error.code, 'CONFLICT', `${error.code}: ${error.message}`)
+    assert.equal(error.reason, 'KEY_REUSED')
+  } finally {
+    await app.end()
+  }
+})
