@@ -73,6 +73,17 @@ export declare class NativeClient {
   validatePath(userId: string, projectId: string, candidate: string): Promise<PathCheck>
   /** The project's usage counted from its files on disk. */
   diskUsage(userId: string, projectId: string): Promise<DiskUsage>
+  /**
+   * Holds `bytes` and presigns a `PUT` of `fileName` in the project (s3 backend) that
+   * expires with the reservation; commit then charges the object's real size.
+   */
+  reservePresignedUpload(userId: string, projectId: string, fileName: string, bytes: number, ttlMs?: number | undefined | null, reservationId?: string | undefined | null): Promise<Reservation>
+  /** The project's files with their sizes, from its backend (directory or bucket). */
+  listProjectFiles(userId: string, projectId: string): Promise<ProjectFile[]>
+  /** Deletes one file of the project and gives back its measured bytes. */
+  deleteProjectFile(userId: string, projectId: string, fileName: string, deletionId?: string | undefined | null): Promise<Released>
+  /** Moves a project's files to the other backend and flips its record. */
+  moveProjectStorage(userId: string, projectId: string, to: string): Promise<MovedProject>
 }
 
 /** Where the backfill of existing projects is (see `storage-quota backfill`). */
@@ -198,6 +209,21 @@ export interface MigrationStatus {
   pending: Array<MigrationInfo>
 }
 
+/** A project moved between backends by `moveProjectStorage`. */
+export interface MovedProject {
+  /** The record after the move (`backend` and `path` changed, `key` the same). */
+  path: ProjectStoragePath
+  /** The backend the files came from. */
+  from: 'local' | 's3'
+  /** Files and bytes the project now has in its new backend. */
+  files: number
+  bytes: number
+  /** Files copied by this call (fewer than `files` when it resumed an interrupted move). */
+  copiedFiles: number
+  /** The project was already on the target backend; only the source's leftovers were deleted. */
+  alreadyMoved: boolean
+}
+
 /** The answer of `validatePath`. */
 export interface PathCheck {
   /**
@@ -226,6 +252,13 @@ export interface ProjectDrift {
   diskBytes?: number
   /** `diskBytes − ledgerBytes`. */
   diskDriftBytes?: number
+}
+
+/** One file of a project, from `listProjectFiles`. */
+export interface ProjectFile {
+  /** Path relative to the project (`renders/a.png`). */
+  path: string
+  bytes: number
 }
 
 /** Where a project lives (or would), computed without touching the database or disk. */
@@ -374,6 +407,12 @@ export interface Reservation {
   duplicate: boolean
   wouldRefuse: boolean
   mode: 'enforce' | 'shadow' | 'off'
+  /** With `presign`: the URL to `PUT` the file's bytes to, valid until `expiresAt`. */
+  uploadUrl?: string
+  /** With `presign`: the file's path inside the project. */
+  fileName?: string
+  /** With `presign`: the object's `s3://` URL. */
+  objectPath?: string
   usedBytes: number
   reservedBytes: number
   limitBytes: number
@@ -424,6 +463,19 @@ export interface StorageOptions {
   bucket?: string
   /** Key prefix inside the bucket, e.g. `projects` (s3 only). Default none. */
   prefix?: string
+  /**
+   * `http(s)://host:port` of an S3-compatible store, addressed path-style (s3 only). Default:
+   * `AWS_ENDPOINT_URL`, else AWS.
+   */
+  endpoint?: string
+  /** Region (s3 only). Default: `AWS_REGION`, else `us-east-1`. */
+  region?: string
+  /** Default: `AWS_ACCESS_KEY_ID`. */
+  accessKeyId?: string
+  /** Default: `AWS_SECRET_ACCESS_KEY`. Never logged or shown in an error. */
+  secretAccessKey?: string
+  /** Default: `AWS_SESSION_TOKEN`. Never logged or shown in an error. */
+  sessionToken?: string
 }
 
 /** A user's usage as the UI shows it. */

@@ -12,7 +12,9 @@ import type {
   ProjectLocation,
   MigrationInfo,
   MigrationStatus,
+  MovedProject,
   ProjectDrift,
+  ProjectFile,
   ProjectStoragePath,
   ProjectUsage,
   PrunedHistory,
@@ -29,6 +31,7 @@ import type {
 } from './binding'
 
 export type {
+  ProjectFile,
   BackfillProgress,
   MigrateResult,
   SkippedOwner,
@@ -38,6 +41,7 @@ export type {
   ProjectLocation,
   MigrationInfo,
   MigrationStatus,
+  MovedProject,
   ProjectDrift,
   ProjectStoragePath,
   ProjectUsage,
@@ -90,7 +94,23 @@ export interface ClientOptions extends Omit<NativeClientOptions, 'storage'> {
  * Where project paths point: directories under `storageRoot` (the default), or keys under
  * `s3://{bucket}/{prefix}/`, whose allocation writes nothing anywhere.
  */
-export type StorageOptions = { backend: 'local' } | { backend: 's3'; bucket: string; prefix?: string }
+export type StorageOptions =
+  | { backend: 'local' }
+  | {
+      backend: 's3'
+      bucket: string
+      prefix?: string
+      /** `http(s)://host:port` of an S3-compatible store (path-style). Default `AWS_ENDPOINT_URL`, else AWS. */
+      endpoint?: string
+      /** Default `AWS_REGION`. */
+      region?: string
+      /** Default `AWS_ACCESS_KEY_ID`. */
+      accessKeyId?: string
+      /** Default `AWS_SECRET_ACCESS_KEY`. Never logged. */
+      secretAccessKey?: string
+      /** Default `AWS_SESSION_TOKEN`. Never logged. */
+      sessionToken?: string
+    }
 
 /** Every code a StorageQuotaError can carry. Codes are stable across versions. */
 export type StorageQuotaErrorCode =
@@ -114,9 +134,11 @@ export type StorageQuotaErrorCode =
  * Why a call is a CONFLICT: `KEY_REUSED` (an idempotency key used before for a different
  * request), `ALREADY_SETTLED` (a reservation already committed, cancelled or expired),
  * `TARGET_NOT_EMPTY` (a copy into a project that already holds files), `MISMATCH` (an upload
- * recorded for another project or size).
+ * recorded for another project or size; a presigned upload committed before its PUT),
+ * `UPLOAD_IN_FLIGHT` (a project moved while an upload to it holds a reservation),
+ * `FILE_EXISTS` (a presigned upload to a name that already holds a file).
  */
-export type ConflictReason = 'KEY_REUSED' | 'ALREADY_SETTLED' | 'TARGET_NOT_EMPTY' | 'MISMATCH'
+export type ConflictReason = 'KEY_REUSED' | 'ALREADY_SETTLED' | 'TARGET_NOT_EMPTY' | 'MISMATCH' | 'UPLOAD_IN_FLIGHT' | 'FILE_EXISTS'
 
 /** The one error type of the package: match on `code`. */
 export declare class StorageQuotaError extends Error {
@@ -171,6 +193,14 @@ export interface ReserveUploadOptions {
   ttlMs?: number
   /** A UUID you choose: a retry with the same id after a lost reply holds the bytes once. */
   reservationId?: string
+  /** s3 backend: also answer with `uploadUrl`, a presigned PUT of `fileName` expiring with the reservation. */
+  presign?: boolean
+  /** The file the presigned URL writes, relative to the project (`renders/a.png`). Required with `presign`. */
+  fileName?: string
+}
+export interface MoveProjectOptions {
+  /** The backend to move the project's files to. */
+  to: 'local' | 's3'
 }
 export interface RecordDeletionOptions {
   /** Release exactly the bytes this upload recorded, once. */
@@ -202,7 +232,11 @@ export declare class StorageQuotaClient {
   recordUpload(userId: string, projectId: string, bytes: number, options?: RecordUploadOptions): Promise<RecordedUpload>
   /** Holds bytes for an upload whose bytes arrive later; QUOTA_EXCEEDED when they do not fit. */
   reserveUpload(userId: string, projectId: string, bytes: number, options?: ReserveUploadOptions): Promise<Reservation>
-  /** Turns the user's reservation into usage (`actualBytes`, default the bytes reserved); a retry is `duplicate: true`. */
+  /**
+   * Turns the user's reservation into usage (`actualBytes`, default the bytes reserved); a retry
+   * is `duplicate: true`. A presigned reservation is charged the object's real size instead (a
+   * `HEAD`); one that does not fit is `QUOTA_EXCEEDED` and its object deleted.
+   */
   commitUpload(userId: string, reservationId: string, actualBytes?: number): Promise<SettledReservation>
   /** Gives the user's reservation's bytes back; a retry is `duplicate: true`. CONFLICT (ALREADY_SETTLED) once committed. */
   cancelUpload(userId: string, reservationId: string): Promise<SettledReservation>
@@ -222,6 +256,12 @@ export declare class StorageQuotaClient {
   copyProject(userId: string, sourceProjectId: string, newProjectId: string): Promise<CopiedProject>
   /** Releases a project's bytes, cancels its reservations and (by default) deletes its files. */
   removeProject(userId: string, projectId: string, options?: { deleteFiles?: boolean }): Promise<Released>
+  /** The project's files with their sizes, from its directory or its bucket prefix. */
+  listProjectFiles(userId: string, projectId: string): Promise<ProjectFile[]>
+  /** Deletes one file (on disk or in the bucket) and gives back its measured bytes. */
+  deleteProjectFile(userId: string, projectId: string, fileName: string, options?: { deletionId?: string }): Promise<Released>
+  /** Moves a project's files to the other backend and flips its record; resumable; usage unchanged. */
+  moveProjectStorage(userId: string, projectId: string, options: MoveProjectOptions): Promise<MovedProject>
   /** Sets a user's limit; recorded in quota_limit_changes with who and why. */
   setQuotaLimit(userId: string, limitBytes: number, options?: SetQuotaLimitOptions): Promise<Usage>
   /** Usage for the UI; `{ projects: true }` adds each project's bytes. */
@@ -265,6 +305,9 @@ export declare function recordDeletion(userId: string, projectId: string, bytes?
 export declare function registerProject(userId: string, projectId: string, options?: { sizeBytes?: number }): Promise<RegisteredProject>
 export declare function copyProject(userId: string, sourceProjectId: string, newProjectId: string): Promise<CopiedProject>
 export declare function removeProject(userId: string, projectId: string, options?: { deleteFiles?: boolean }): Promise<Released>
+export declare function listProjectFiles(userId: string, projectId: string): Promise<ProjectFile[]>
+export declare function deleteProjectFile(userId: string, projectId: string, fileName: string, options?: { deletionId?: string }): Promise<Released>
+export declare function moveProjectStorage(userId: string, projectId: string, options: MoveProjectOptions): Promise<MovedProject>
 export declare function setQuotaLimit(userId: string, limitBytes: number, options?: SetQuotaLimitOptions): Promise<Usage>
 export declare function getUsage(userId: string, options?: { projects?: boolean }): Promise<Usage>
 export declare function reconcile(userId?: string, options?: { fix?: boolean; disk?: boolean }): Promise<ReconcileReport>
@@ -287,6 +330,11 @@ export declare function quotaState(percentUsed: number): QuotaState
 export declare const BytesListSchema: z.ZodType<number[]>
 export declare const ReservationIdSchema: z.ZodType<string>
 export declare const ReserveUploadOptionsSchema: z.ZodType<ReserveUploadOptions>
+export declare const FileNameSchema: z.ZodType<string>
+export declare const MoveProjectOptionsSchema: z.ZodType<MoveProjectOptions>
+export declare const MovedProjectSchema: z.ZodType<MovedProject>
+export declare const ProjectFileSchema: z.ZodType<ProjectFile>
+export declare const DeleteProjectFileOptionsSchema: z.ZodType<{ deletionId?: string }>
 export declare const RecordDeletionOptionsSchema: z.ZodType<RecordDeletionOptions>
 export declare const RegisterProjectOptionsSchema: z.ZodType<{ sizeBytes?: number }>
 export declare const RemoveProjectOptionsSchema: z.ZodType<{ deleteFiles?: boolean }>

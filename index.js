@@ -49,6 +49,9 @@ exports.recordDeletion = (...args) => getDefaultClient().recordDeletion(...args)
 exports.registerProject = (...args) => getDefaultClient().registerProject(...args)
 exports.copyProject = (...args) => getDefaultClient().copyProject(...args)
 exports.removeProject = (...args) => getDefaultClient().removeProject(...args)
+exports.moveProjectStorage = (...args) => getDefaultClient().moveProjectStorage(...args)
+exports.listProjectFiles = (...args) => getDefaultClient().listProjectFiles(...args)
+exports.deleteProjectFile = (...args) => getDefaultClient().deleteProjectFile(...args)
 exports.setQuotaLimit = (...args) => getDefaultClient().setQuotaLimit(...args)
 exports.getUsage = (...args) => getDefaultClient().getUsage(...args)
 exports.reconcile = (...args) => getDefaultClient().reconcile(...args)
@@ -70,6 +73,11 @@ exports.QuotaExceededError = QuotaExceededError
 exports.BytesListSchema = schemas.BytesListSchema
 exports.ReservationIdSchema = schemas.ReservationIdSchema
 exports.ReserveUploadOptionsSchema = schemas.ReserveUploadOptionsSchema
+exports.FileNameSchema = schemas.FileNameSchema
+exports.MoveProjectOptionsSchema = schemas.MoveProjectOptionsSchema
+exports.MovedProjectSchema = schemas.MovedProjectSchema
+exports.ProjectFileSchema = schemas.ProjectFileSchema
+exports.DeleteProjectFileOptionsSchema = schemas.DeleteProjectFileOptionsSchema
 exports.OwnerOptionsSchema = schemas.OwnerOptionsSchema
 exports.RecordDeletionOptionsSchema = schemas.RecordDeletionOptionsSchema
 exports.RegisterProjectOptionsSchema = schemas.RegisterProjectOptionsSchema

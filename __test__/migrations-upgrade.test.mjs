@@ -74,11 +74,12 @@ test('up → down → up with usage keeps every number; a rollback that would lo
     await client.setQuotaLimit(user, 5 * 1024 ** 3)
     const before = await numbers(db)
 
-    // 0005 goes and comes back: every number, path and link the same.
-    assert.deepEqual(await client.rollback(1), { reverted: [5] })
+    // 0005 (and any later migration) goes and comes back: every number, path and link the same.
+    const fromFive = MIGRATION_VERSIONS.filter((v) => v >= 5)
+    assert.deepEqual(await client.rollback(fromFive.length), { reverted: [...fromFive].reverse() })
     assert.deepEqual(await numbers(db), before)
     const again = await client.migrate()
-    assert.deepEqual(again.applied, [5])
+    assert.deepEqual(again.applied, fromFive)
     assert.equal(again.backfill.done, true)
     assert.deepEqual(await numbers(db), before)
 

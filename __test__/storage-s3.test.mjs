@@ -1,5 +1,6 @@
-// The object-store backend: records with s3:// paths, allocation that writes nothing to disk,
-// and the move of existing records from local to s3 as README "Moving to object storage" says.
+// The object-store backend without a server: records with s3:// paths, allocation that writes
+// nothing and sends nothing, and the move of records by hand as README "Moving to object
+// storage by hand" says. The requests themselves: storage-s3-objects.test.mjs, against moto.
 import { test, after } from 'node:test'
 import assert from 'node:assert/strict'
 import { access, mkdtemp, readdir, rm } from 'node:fs/promises'
@@ -110,11 +111,6 @@ test('a record of the other backend is a STORAGE_ERROR, and moving it as documen
   assert.equal(after.key, before.key, 'the key did not change')
   assert.equal(after.path, `s3://acme-uploads/tenants/prod/${user}/${project}/`)
   assert.equal((await rejection(local.allocateProjectPath(user, project))).code, 'STORAGE_ERROR')
-})
-
-test('diskUsage has no files to count on the s3 backend', async () => {
-  const error = await rejection(s3.diskUsage('user_1', '3f2b8c1e-6a0d-4c7e-9b5a-2d1e0f9c8a7b'))
-  assert.equal(error.code, 'STORAGE_ERROR')
 })
 
 test('validatePath on s3 checks keys and s3:// URLs lexically', async () => {

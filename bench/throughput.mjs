@@ -92,27 +92,20 @@ export function throughputMarkdown(results, contenders) {
         ]),
       ),
     )
-    out.push(`\n#### \`${op}\` — latency p50 / p99 (ms)\n`)
-    out.push(
-      table(
-        ['users', 'conc.', ...contenders.map((c) => LABELS[c] ?? c)],
-        rows.map((r) => [
-          r.distribution,
-          r.concurrency,
-          ...contenders.map((c) => `${fmtMs(r.contenders[c].p50)} / ${fmtMs(r.contenders[c].p99)}`),
-        ]),
-      ),
-    )
-    out.push(`\n#### \`${op}\` — database work per operation: PostgreSQL CPU ms per 1,000 ops / WAL bytes per op\n`)
-    out.push(
-      table(
-        ['users', 'conc.', ...contenders.map((c) => LABELS[c] ?? c)],
-        rows.map((r) => [
-          r.distribution,
-          r.concurrency,
-          ...contenders.map((c) => `${fmtMs(r.contenders[c].dbCpuMsPer1k)} / ${fmtBytes(r.contenders[c].walBytesPerOp)}`),
-        ]),
-      ),
+    // One column per contender, one cell per row and contender.
+    const perContender = (title, cell) => {
+      out.push(`\n#### \`${op}\` — ${title}\n`)
+      out.push(
+        table(
+          ['users', 'conc.', ...contenders.map((c) => LABELS[c] ?? c)],
+          rows.map((r) => [r.distribution, r.concurrency, ...contenders.map((c) => cell(r.contenders[c]))]),
+        ),
+      )
+    }
+    perContender('latency p50 / p99 (ms)', (m) => `${fmtMs(m.p50)} / ${fmtMs(m.p99)}`)
+    perContender(
+      'database work per operation: PostgreSQL CPU ms per 1,000 ops / WAL bytes per op',
+      (m) => `${fmtMs(m.dbCpuMsPer1k)} / ${fmtBytes(m.walBytesPerOp)}`,
     )
     out.push('')
   }

@@ -20,8 +20,13 @@ const USAGE = `usage: storage-quota <command> [--database-url URL] [--storage-ro
   sweep                give back the bytes of expired reservations (for a cron job)
   prune                delete settled reservations and fold ledger entries older than the
                        retention period (STORAGE_QUOTA_RETENTION_DAYS, default 90)
+  move USER_ID PROJECT_ID --to s3|local
+                       move a project's files to the other backend (resumable: run it again)
 
-The database URL defaults to DATABASE_URL, then POSTGRES_URL; the storage root to STORAGE_ROOT.`
+The database URL defaults to DATABASE_URL, then POSTGRES_URL; the storage root to STORAGE_ROOT.
+The bucket: --bucket, --prefix, --endpoint, --region, or STORAGE_BACKEND=s3 with STORAGE_BUCKET,
+STORAGE_PREFIX and AWS_ENDPOINT_URL, AWS_REGION; credentials only from AWS_ACCESS_KEY_ID and
+AWS_SECRET_ACCESS_KEY (never on the command line, where other users could read them).`
 
 function databaseUrl(values) {
   return values['database-url'] || process.env.DATABASE_URL || process.env.POSTGRES_URL
@@ -106,10 +111,15 @@ async function main() {
       'no-backfill': { type: 'boolean' },
       'discard-usage': { type: 'boolean' },
       fix: { type: 'boolean' },
+      to: { type: 'string' },
+      bucket: { type: 'string' },
+      prefix: { type: 'string' },
+      endpoint: { type: 'string' },
+      region: { type: 'string' },
       help: { type: 'boolean', short: 'h' },
     },
   })
-  const [command, stepsArg] = positionals
+  const [command, stepsArg, projectArg] = positionals
   if (values.help || !command) {
     console.log(USAGE)
     return command || values.help ? 0 : 2
@@ -120,6 +130,10 @@ async function main() {
   const options = {}
   if (values['database-url']) options.databaseUrl = values['database-url']
   if (values['storage-root']) options.storageRoot = values['storage-root']
+  if (values.bucket) {
+    options.storage = { backend: 's3', bucket: values.bucket }
+    for (const key of ['prefix', 'endpoint', 'region']) if (values[key]) options.storage[key] = values[key]
+  }
   const client = createClient({ logger: false, ...options })
   try {
     if (values.backup !== undefined) {
@@ -168,6 +182,10 @@ async function main() {
         out(`${u.userId}  counter ${u.usedBytes}  ledger ${u.ledgerBytes}  drift ${u.driftBytes}  reserved drift ${u.reservedDriftBytes}${u.fixed ? '  fixed' : ''}`)
       }
       out(`checked ${report.checkedUsers} user(s), ${report.driftedUsers} drifted, ${report.fixedUsers} fixed`)
+    } else if (command === 'move') {
+      const moved = await client.moveProjectStorage(stepsArg, projectArg, { to: values.to })
+      const how = moved.alreadyMoved ? 'already there; source leftovers deleted' : `${moved.copiedFiles} file(s) copied`
+      out(`moved ${projectArg} from ${moved.from} to ${moved.path.backend} (${moved.path.path}): ${moved.files} file(s), ${moved.bytes} bytes, ${how}`)
     } else if (command === 'sweep') {
       const { users } = await client.sweepExpiredReservations()
       out(`swept expired reservations of ${users} user(s)`)

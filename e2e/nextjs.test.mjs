@@ -9,6 +9,7 @@ import { request } from 'node:http'
 import { join } from 'node:path'
 import { after, before, test } from 'node:test'
 import { createTestDatabase } from '../__test__/helpers/db.mjs'
+import { ACCESS_KEY_ID, checkPresignedUrl, motoInstalled, REGION, SECRET_ACCESS_KEY, startS3 } from '../__test__/helpers/s3.mjs'
 import { APP, OUTPUT, buildApp, installApp, launchBrowser, listDir, startApp } from './helpers.mjs'
 
 const KB = 1024
@@ -215,3 +216,105 @@ test('create, upload, refuse, copy, delete: the bar, the disk and the database a
     await shot('7-fits-after-delete')
   })
 })
+
+test('the same app on S3: the browser uploads straight to the bucket, the server only holds and charges', {
+  skip: !motoInstalled && !process.env.CI ? 'moto is not installed (pip install "moto[server]")' : false,
+}, async (t) => {
+  const bucket = await startS3()
+  const s3app = await startApp({
+    DATABASE_URL: db.url,
+    STORAGE_ROOT: db.storageRoot,
+    STORAGE_QUOTA_DEFAULT_BYTES: String(QUOTA),
+    STORAGE_BACKEND: 's3',
+    STORAGE_BUCKET: bucket.bucket,
+    STORAGE_PREFIX: 'projects',
+    AWS_ENDPOINT_URL: bucket.endpoint,
+    AWS_REGION: REGION,
+    AWS_ACCESS_KEY_ID: ACCESS_KEY_ID,
+    AWS_SECRET_ACCESS_KEY: SECRET_ACCESS_KEY,
+  })
+  t.after(async () => {
+    writeFileSync(join(OUTPUT, 'next-s3.log'), s3app.log())
+    await s3app.stop()
+  })
+  // Every PUT the browser sends, and where to.
+  const puts = []
+  const onRequest = (request) => {
+    if (request.method() === 'PUT') puts.push(request.url())
+  }
+  page.on('request', onRequest)
+  t.after(() => page.off('request', onRequest))
+
+  // Cookies ignore ports: Ada's session from the app above would carry over.
+  await page.context().clearCookies()
+  await page.goto(s3app.url)
+  await page.getByLabel('Your name').fill('Grace')
+  await page.getByRole('button', { name: 'Sign in' }).click()
+  await quotaReads('0 B of 1 MB')
+  const userId = (await page.getByTestId('user-id').textContent()).trim()
+  const keyOf = (projectId, name = '') => `projects/${userId}/${projectId}/${name}`
+
+  await page.getByLabel('Project name').fill('Atlas')
+  await page.getByRole('button', { name: 'Create project' }).click()
+  await project('Atlas').waitFor()
+  const atlasId = await project('Atlas').getAttribute('data-project-id')
+  const { rows } = await db.query('SELECT backend, path FROM project_storage_paths WHERE project_id = $1', [atlasId])
+  assert.deepEqual(rows, [{ backend: 's3', path: `s3://${bucket.bucket}/${keyOf(atlasId)}` }])
+  assert.equal(existsSync(join(db.storageRoot, userId)), false, 'nothing on the local disk')
+  assert.equal(await project('Atlas').getByTestId('upload-form').getAttribute('data-direct'), 'true')
+
+  await t.test('upload: the bytes go from the browser to the bucket, presigned, and are charged', async () => {
+    const status = await upload(project('Atlas'), 'map.bin', 420 * KB)
+    await status.filter({ hasText: 'Uploaded map.bin.' }).waitFor()
+    await quotaReads('420 KB of 1 MB')
+    assert.deepEqual(await bucket.objects(keyOf(atlasId)), { [keyOf(atlasId, 'map.bin')]: 420 * KB })
+    assert.deepEqual(await bucket.get(keyOf(atlasId, 'map.bin')), Buffer.alloc(420 * KB, 7))
+    assert.equal(puts.length, 1)
+    assert.ok(puts[0].startsWith(`${bucket.endpoint}/${bucket.bucket}/${keyOf(atlasId, 'map.bin')}?`), puts[0])
+    checkPresignedUrl(puts[0])
+    assert.equal(await project('Atlas').getByTestId('project-size').textContent(), '420 KB')
+    assert.equal(await usedBytes(userId), 420 * KB)
+    await shot('s3-1-uploaded')
+  })
+
+  await t.test('copy is server-side, and an upload that does not fit is refused before any byte moves', async () => {
+    await project('Atlas').getByRole('button', { name: 'Copy project' }).click()
+    await project('Atlas (copy)').waitFor()
+    await quotaReads('840 KB of 1 MB')
+    const copyId = await project('Atlas (copy)').getAttribute('data-project-id')
+    assert.deepEqual(await bucket.objects(keyOf(copyId)), { [keyOf(copyId, 'map.bin')]: 420 * KB })
+    const before = puts.length
+    const status = await upload(project('Atlas'), 'too-big.bin', 300 * KB)
+    await status.filter({ hasText: 'Not enough storage' }).waitFor()
+    assert.equal(await status.textContent(), 'Not enough storage: this file is 300 KB but only 184 KB of your 1 MB is free.')
+    assert.equal(puts.length, before, 'the browser never sent it')
+    assert.equal(keyOf(atlasId, 'too-big.bin') in (await bucket.objects(keyOf(atlasId))), false)
+    await shot('s3-2-refused')
+  })
+
+  await t.test('delete removes the object and frees its bytes', async () => {
+    const file = project('Atlas (copy)').getByTestId('file').filter({ hasText: 'map.bin' })
+    await file.getByRole('button', { name: 'Delete' }).click()
+    await quotaReads('420 KB of 1 MB')
+    const copyId = await project('Atlas (copy)').getAttribute('data-project-id')
+    assert.deepEqual(await bucket.objects(keyOf(copyId)), {})
+    assert.equal(await usedBytes(userId), 420 * KB)
+  })
+
+  await t.test('a browser that declares less than it PUTs is refused at commit, and its object deleted', async () => {
+    // The page lies about the file's size; the presigned URL cannot stop the bigger body.
+    await page.evaluate(() => Object.defineProperty(File.prototype, 'size', { get: () => 10 * 1024, configurable: true }))
+    const status = await upload(project('Atlas'), 'liar.bin', 700 * KB)
+    // The commit's refusal (the earlier refusal at reserve reads "this file is").
+    await status.filter({ hasText: 'bigger than declared' }).waitFor()
+    assert.equal(await status.textContent(), 'Not enough storage: the file is bigger than declared and does not fit (only 594 KB of your 1 MB is free).')
+    assert.equal(keyOf(atlasId, 'liar.bin') in (await bucket.objects(keyOf(atlasId))), false, 'the object is gone')
+    assert.equal(await usedBytes(userId), 420 * KB)
+    const { rows: held } = await db.query(`SELECT count(*)::int AS n FROM quota_reservations WHERE user_id = $1 AND status = 'pending'`, [userId])
+    assert.equal(held[0].n, 0, 'the hold was given back')
+    await page.reload()
+    await quotaReads('420 KB of 1 MB')
+    await shot('s3-3-liar-refused')
+  })
+})
+

@@ -110,13 +110,51 @@ class StorageQuotaClient {
     const user = parse(S.UserIdSchema, userId, 'userId')
     const project = parse(S.ProjectIdSchema, projectId, 'projectId')
     const size = parse(S.BytesSchema, bytes, 'bytes')
-    const { ttlMs, reservationId } = parse(S.ReserveUploadOptionsSchema, options ?? {}, 'options')
+    const { ttlMs, reservationId, presign, fileName } = parse(S.ReserveUploadOptionsSchema, options ?? {}, 'options')
+    if (presign) {
+      return this.#charged('reserveUpload', user, () => this.#native.reservePresignedUpload(user, project, fileName, size, ttlMs, reservationId))
+    }
     return this.#charged('reserveUpload', user, () => this.#native.reserveUpload(user, project, size, ttlMs, reservationId))
+  }
+
+  /** The project's files with their sizes, from its directory or its bucket prefix. */
+  async listProjectFiles(userId, projectId) {
+    const user = parse(S.UserIdSchema, userId, 'userId')
+    const project = parse(S.ProjectIdSchema, projectId, 'projectId')
+    return this.#call('listProjectFiles', (n) => n.listProjectFiles(user, project))
+  }
+
+  /**
+   * Deletes one file of the project (on disk or in the bucket) and gives back its measured
+   * bytes. `{ deletionId }` makes a retry release once.
+   */
+  async deleteProjectFile(userId, projectId, fileName, options = {}) {
+    const user = parse(S.UserIdSchema, userId, 'userId')
+    const project = parse(S.ProjectIdSchema, projectId, 'projectId')
+    const file = parse(S.FileNameSchema, fileName, 'fileName')
+    const { deletionId } = parse(S.DeleteProjectFileOptionsSchema, options ?? {}, 'options')
+    return this.#call('deleteProjectFile', (n) => n.deleteProjectFile(user, project, file, deletionId))
+  }
+
+  /**
+   * Moves a project's files to the other backend (`{ to: 's3' }` or `{ to: 'local' }`): copies
+   * every file, verifies the sizes, flips the record, deletes the source. Usage is unchanged.
+   * Run it again after an interruption: it resumes. `CONFLICT` (`UPLOAD_IN_FLIGHT`) while an
+   * upload to the project holds a reservation.
+   */
+  async moveProjectStorage(userId, projectId, options) {
+    const user = parse(S.UserIdSchema, userId, 'userId')
+    const project = parse(S.ProjectIdSchema, projectId, 'projectId')
+    const { to } = parse(S.MoveProjectOptionsSchema, options, 'options')
+    return this.#call('moveProjectStorage', (n) => n.moveProjectStorage(user, project, to))
   }
 
   /**
    * Turns the user's reservation into usage: `actualBytes` (default: the bytes reserved; smaller
    * always works, larger only if the difference fits). A retry answers `duplicate: true`.
+   * A presigned reservation (`reserveUpload(…, { presign: true })`) is charged the object's real
+   * size instead, read with a HEAD; one that does not fit is `QUOTA_EXCEEDED` and its object
+   * deleted (in `enforce` mode).
    */
   async commitUpload(userId, reservationId, actualBytes) {
     const user = parse(S.UserIdSchema, userId, 'userId')

@@ -39,11 +39,22 @@ const RecordUploadOptionsSchema = z.strictObject({
 })
 
 const TtlMsSchema = z.number().int().min(1000).max(7 * 24 * 60 * 60 * 1000)
-const ReserveUploadOptionsSchema = z.strictObject({
-  ttlMs: TtlMsSchema.optional(),
-  /** A UUID chosen by the caller: retrying with it after a lost reply holds the bytes once. */
-  reservationId: ReservationIdSchema.optional(),
-})
+/** A file's path inside a project, already normal: `renders/a.png`, no `.`/`..`/leading `/`. */
+const FileNameSchema = z.string().min(1, 'fileName must not be empty').max(4096)
+const ReserveUploadOptionsSchema = z
+  .strictObject({
+    ttlMs: TtlMsSchema.optional(),
+    /** A UUID chosen by the caller: retrying with it after a lost reply holds the bytes once. */
+    reservationId: ReservationIdSchema.optional(),
+    /** s3 backend: answer with `uploadUrl`, a presigned PUT of `fileName` expiring with the reservation. */
+    presign: z.boolean().optional(),
+    /** The file the presigned URL writes, relative to the project. Required with `presign`. */
+    fileName: FileNameSchema.optional(),
+  })
+  .refine((o) => !o.presign || o.fileName !== undefined, { message: 'presign needs fileName', path: ['fileName'] })
+  .refine((o) => o.presign || o.fileName === undefined, { message: 'fileName applies with presign: true', path: ['fileName'] })
+const MoveProjectOptionsSchema = z.strictObject({ to: z.enum(['local', 's3']) })
+const DeleteProjectFileOptionsSchema = z.strictObject({ deletionId: UploadIdSchema.optional() })
 const RecordDeletionOptionsSchema = z.strictObject({
   uploadId: UploadIdSchema.optional(),
   deletionId: UploadIdSchema.optional(),
@@ -76,6 +87,16 @@ const StorageOptionsSchema = z.discriminatedUnion('backend', [
     backend: z.literal('s3'),
     bucket: z.string().min(3, 'bucket must be 3 to 63 characters').max(63, 'bucket must be 3 to 63 characters'),
     prefix: z.string().max(514).optional(),
+    /** `http(s)://host:port` of an S3-compatible store (path-style). Default `AWS_ENDPOINT_URL`, else AWS. */
+    endpoint: z.string().url().optional(),
+    /** Default `AWS_REGION`. */
+    region: z.string().min(1).max(256).optional(),
+    /** Default `AWS_ACCESS_KEY_ID`. */
+    accessKeyId: z.string().min(1).max(256).optional(),
+    /** Default `AWS_SECRET_ACCESS_KEY`. Never logged. */
+    secretAccessKey: z.string().min(1).max(256).optional(),
+    /** Default `AWS_SESSION_TOKEN`. Never logged. */
+    sessionToken: z.string().min(1).max(256).optional(),
   }),
 ])
 
@@ -140,6 +161,9 @@ const ReservationSchema = z.object({
   duplicate: z.boolean(),
   wouldRefuse: z.boolean(),
   mode: ModeSchema,
+  uploadUrl: z.string().optional(),
+  fileName: z.string().optional(),
+  objectPath: z.string().optional(),
   ...usageShape,
 })
 
@@ -213,6 +237,17 @@ const ProjectStoragePathSchema = z.object({
   createdAt: z.date(),
 })
 
+const ProjectFileSchema = z.object({ path: z.string(), bytes: BytesSchema })
+
+const MovedProjectSchema = z.object({
+  path: ProjectStoragePathSchema,
+  from: StorageBackendSchema,
+  files: z.number().int().min(0),
+  bytes: BytesSchema,
+  copiedFiles: z.number().int().min(0),
+  alreadyMoved: z.boolean(),
+})
+
 /** A row of `user_quotas`, in camelCase. */
 const UserQuotaSchema = z.object({
   id: z.string(),
@@ -245,6 +280,11 @@ module.exports = {
   BytesListSchema,
   ReservationIdSchema,
   ReserveUploadOptionsSchema,
+  FileNameSchema,
+  MoveProjectOptionsSchema,
+  MovedProjectSchema,
+  ProjectFileSchema,
+  DeleteProjectFileOptionsSchema,
   RecordDeletionOptionsSchema,
   RegisterProjectOptionsSchema,
   RemoveProjectOptionsSchema,

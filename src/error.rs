@@ -87,6 +87,11 @@ pub enum ConflictReason {
   AlreadySettled,
   /// The target (a project to copy into) already holds something.
   TargetNotEmpty,
+  /// A presigned upload would replace a file that already exists (and is counted): delete it
+  /// first.
+  FileExists,
+  /// An upload to the project is in flight (a live reservation), or one started meanwhile.
+  UploadInFlight,
   /// What the request refers to is not in the state it needs (e.g. an upload recorded for
   /// another project).
   Mismatch,
@@ -99,6 +104,8 @@ impl ConflictReason {
       ConflictReason::AlreadySettled => "ALREADY_SETTLED",
       ConflictReason::TargetNotEmpty => "TARGET_NOT_EMPTY",
       ConflictReason::Mismatch => "MISMATCH",
+      ConflictReason::UploadInFlight => "UPLOAD_IN_FLIGHT",
+      ConflictReason::FileExists => "FILE_EXISTS",
     }
   }
 }

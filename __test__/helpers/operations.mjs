@@ -61,6 +61,11 @@ export const KINDS = {
   optionalAuditText: { valid: () => 'fuzz', accepts: optional(S.SetQuotaLimitOptionsSchema.shape.changedBy.unwrap()) },
   boolean: { valid: () => false, accepts: (v) => typeof v === 'boolean' },
   candidate: { valid: () => 'reports/q1.pdf', accepts: (v) => accepts(S.CandidatePathSchema, v) },
+  // A local client moving a local project to local: a no-op that still runs every check.
+  moveOptions: { valid: () => ({ to: 'local' }), accepts: options(S.MoveProjectOptionsSchema) },
+  backendName: { valid: () => 'local', accepts: (v) => v === 'local' || v === 's3' },
+  fileName: { valid: () => 'no-such-file.bin', accepts: (v) => accepts(S.FileNameSchema, v) },
+  deleteFileOptions: { valid: () => ({ deletionId: 'fuzz-delete' }), accepts: options(S.DeleteProjectFileOptionsSchema) },
 }
 
 /**
@@ -83,6 +88,13 @@ export const OPERATIONS = [
   { name: 'registerProject', args: ['userId', 'newProjectId', 'registerOptions'], native: ['userId', 'newProjectId', 'nullableBytes'] },
   { name: 'copyProject', args: ['userId', 'projectId', 'newProjectId'], native: ['userId', 'projectId', 'newProjectId'] },
   { name: 'removeProject', args: ['userId', 'projectId', 'removeOptions'], native: ['userId', 'projectId', 'boolean'] },
+  { name: 'listProjectFiles', args: ['userId', 'projectId'], native: ['userId', 'projectId'] },
+  {
+    name: 'deleteProjectFile',
+    args: ['userId', 'projectId', 'fileName', 'deleteFileOptions'],
+    native: ['userId', 'projectId', 'fileName', 'optionalUploadId'],
+  },
+  { name: 'moveProjectStorage', args: ['userId', 'projectId', 'moveOptions'], native: ['userId', 'projectId', 'backendName'] },
   { name: 'setQuotaLimit', args: ['userId', 'bytes', 'limitOptions'], native: ['userId', 'bytes', 'optionalAuditText', 'optionalAuditText'] },
   { name: 'getUsage', args: ['userId', 'usageOptions'], native: ['userId', 'boolean'] },
   { name: 'reconcile', args: ['reconcileTarget', 'reconcileOptions'], native: ['optionalUserId', 'boolean', 'boolean'] },

@@ -12,6 +12,11 @@ import {
   SimulationJobSchema,
   RecordedUploadSchema,
   ReservationSchema,
+  MovedProjectSchema,
+  MoveProjectOptionsSchema,
+  ReserveUploadOptionsSchema,
+  StorageOptionsSchema,
+  moveProjectStorage,
   SettledReservationSchema,
   ReleasedSchema,
   PrunedHistorySchema,
@@ -22,6 +27,9 @@ import {
   formatBytes,
   quotaState,
   type Reservation,
+  type MovedProject,
+  type MoveProjectOptions,
+  type ReserveUploadOptions,
   type SettledReservation,
   type Released,
   type PrunedHistory,
@@ -66,6 +74,23 @@ const releasedAgrees: Same<z.infer<typeof ReleasedSchema>, Released> = true
 const usageAgrees: Same<z.infer<typeof UsageSchema>, Usage> = true
 const prunedAgrees: Same<z.infer<typeof PrunedHistorySchema>, PrunedHistory> = true
 void [quotaCheckAgrees, userQuotaAgrees, jobAgrees, recordedAgrees, reservationAgrees, settledAgrees, releasedAgrees, usageAgrees, prunedAgrees]
+const movedAgrees: Same<z.infer<typeof MovedProjectSchema>, MovedProject> = true
+const moveOptionsAgree: Same<z.infer<typeof MoveProjectOptionsSchema>, MoveProjectOptions> = true
+const reserveOptionsAgree: Same<z.infer<typeof ReserveUploadOptionsSchema>, ReserveUploadOptions> = true
+const storageOptionsAgree: Same<z.infer<typeof StorageOptionsSchema>, StorageOptions> = true
+void [movedAgrees, moveOptionsAgree, reserveOptionsAgree, storageOptionsAgree]
+
+// A browser-direct upload on the s3 backend: the server action presigns, the browser PUTs,
+// the next action commits (charged the object's real size).
+export async function presignAction(userId: string, projectId: string, name: string, size: number) {
+  const held = await reserveUpload(userId, projectId, size, { presign: true, fileName: name, ttlMs: 15 * 60_000 })
+  const url: string | undefined = held.uploadUrl
+  return { reservationId: held.reservationId, url, expiresAt: held.expiresAt.toISOString() }
+}
+export async function moveAction(userId: string, projectId: string) {
+  const moved: MovedProject = await moveProjectStorage(userId, projectId, { to: 's3' })
+  return `${moved.files} files, ${moved.bytes} bytes now at ${moved.path.path}`
+}
 
 export async function reservedUploadAction(userId: string, projectId: string, size: number) {
   const held = await reserveUpload(userId, projectId, size, { ttlMs: 60_000 })

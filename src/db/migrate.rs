@@ -63,6 +63,13 @@ pub const MIGRATIONS: &[Migration] = &[
     down: include_str!("../../migrations/0005_batched_backfill.down.sql"),
     legacy_checksums: &[],
   },
+  Migration {
+    version: 8,
+    name: "object_uploads",
+    up: include_str!("../../migrations/0008_object_uploads.up.sql"),
+    down: include_str!("../../migrations/0008_object_uploads.down.sql"),
+    legacy_checksums: &[],
+  },
 ];
 
 /// How often a migration whose lock was not granted within its `lock_timeout` is tried again,

@@ -35,8 +35,15 @@ impl NativeClient {
       history_retention_days: options.history_retention_days,
       storage: options.storage.map(|s| config::RawStorage {
         backend: s.backend,
-        bucket: s.bucket,
-        prefix: s.prefix,
+        s3: crate::storage::RawS3Options {
+          bucket: s.bucket,
+          prefix: s.prefix,
+          endpoint: s.endpoint,
+          region: s.region,
+          access_key_id: s.access_key_id,
+          secret_access_key: s.secret_access_key.map(crate::storage::Secret),
+          session_token: s.session_token.map(crate::storage::Secret),
+        },
       }),
     })
     .map_err(|error| js_error(&env, error))?;
@@ -119,19 +126,7 @@ impl NativeClient {
           reservation_id.as_deref(),
         )
         .await?;
-      Ok(with_usage!(
-        r.usage,
-        Reservation {
-          reservation_id: r.reservation_id.to_string(),
-          user_id: r.user_id,
-          project_id: r.project_id.to_string(),
-          bytes: r.bytes,
-          expires_at: r.expires_at,
-          duplicate: r.duplicate,
-          would_refuse: r.would_refuse,
-          mode: r.mode.as_str().to_owned(),
-        }
-      ))
+      Ok(reservation_to_js(r, None))
     })
     .await
   }

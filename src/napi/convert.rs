@@ -31,6 +31,45 @@ pub(crate) fn path_to_js(record: projects::ProjectStoragePath) -> ProjectStorage
   }
 }
 
+/// A reservation; `presigned` adds the URL, file and object path of a presigned upload.
+pub(crate) fn reservation_to_js(
+  r: crate::quota::reservations::Reservation,
+  presigned: Option<(String, String, String)>,
+) -> Reservation {
+  let (upload_url, file_name, object_path) = match presigned {
+    Some((url, file, path)) => (Some(url), Some(file), Some(path)),
+    None => (None, None, None),
+  };
+  with_usage!(
+    r.usage,
+    Reservation {
+      reservation_id: r.reservation_id.to_string(),
+      user_id: r.user_id,
+      project_id: r.project_id.to_string(),
+      bytes: r.bytes,
+      expires_at: r.expires_at,
+      duplicate: r.duplicate,
+      would_refuse: r.would_refuse,
+      mode: r.mode.as_str().to_owned(),
+      upload_url: upload_url,
+      file_name: file_name,
+      object_path: object_path,
+    }
+  )
+}
+
+/// A deletion's result (deleting a file cancels no reservation).
+pub(crate) fn released_to_js(r: crate::quota::deletions::Released) -> Released {
+  with_usage!(
+    r.usage,
+    Released {
+      released_bytes: r.released_bytes,
+      duplicate: r.duplicate,
+      cancelled_reservations: 0,
+    }
+  )
+}
+
 pub(crate) fn migration_info(m: migrate::AppliedMigration) -> MigrationInfo {
   MigrationInfo {
     version: m.version,

@@ -51,6 +51,17 @@ pub struct StorageOptions {
   pub bucket: Option<String>,
   /// Key prefix inside the bucket, e.g. `projects` (s3 only). Default none.
   pub prefix: Option<String>,
+  /// `http(s)://host:port` of an S3-compatible store, addressed path-style (s3 only). Default:
+  /// `AWS_ENDPOINT_URL`, else AWS.
+  pub endpoint: Option<String>,
+  /// Region (s3 only). Default: `AWS_REGION`, else `us-east-1`.
+  pub region: Option<String>,
+  /// Default: `AWS_ACCESS_KEY_ID`.
+  pub access_key_id: Option<String>,
+  /// Default: `AWS_SECRET_ACCESS_KEY`. Never logged or shown in an error.
+  pub secret_access_key: Option<String>,
+  /// Default: `AWS_SESSION_TOKEN`. Never logged or shown in an error.
+  pub session_token: Option<String>,
 }
 
 /// Where a project lives (or would), computed without touching the database or disk.
@@ -169,11 +180,42 @@ pub struct Reservation {
   pub would_refuse: bool,
   #[napi(ts_type = "'enforce' | 'shadow' | 'off'")]
   pub mode: String,
+  /// With `presign`: the URL to `PUT` the file's bytes to, valid until `expiresAt`.
+  pub upload_url: Option<String>,
+  /// With `presign`: the file's path inside the project.
+  pub file_name: Option<String>,
+  /// With `presign`: the object's `s3://` URL.
+  pub object_path: Option<String>,
   pub used_bytes: i64,
   pub reserved_bytes: i64,
   pub limit_bytes: i64,
   pub remaining_bytes: i64,
   pub percent_used: f64,
+}
+
+/// One file of a project, from `listProjectFiles`.
+#[napi(object)]
+pub struct ProjectFile {
+  /// Path relative to the project (`renders/a.png`).
+  pub path: String,
+  pub bytes: i64,
+}
+
+/// A project moved between backends by `moveProjectStorage`.
+#[napi(object)]
+pub struct MovedProject {
+  /// The record after the move (`backend` and `path` changed, `key` the same).
+  pub path: ProjectStoragePath,
+  /// The backend the files came from.
+  #[napi(ts_type = "'local' | 's3'")]
+  pub from: String,
+  /// Files and bytes the project now has in its new backend.
+  pub files: i64,
+  pub bytes: i64,
+  /// Files copied by this call (fewer than `files` when it resumed an interrupted move).
+  pub copied_files: i64,
+  /// The project was already on the target backend; only the source's leftovers were deleted.
+  pub already_moved: bool,
 }
 
 /// A reservation after `commitUpload` or `cancelUpload`.

@@ -8,7 +8,7 @@ use crate::db::config::ConnectionConfig;
 use crate::error::{QuotaError, Result};
 use crate::ids::{parse_bytes, parse_whole, MAX_BYTES};
 use crate::rollout::{Mode, Rollout};
-use crate::storage::StorageConfig;
+use crate::storage::{RawS3Options, StorageConfig};
 
 pub const DEFAULT_QUOTA_BYTES: i64 = 1_073_741_824;
 pub const DEFAULT_POOL_SIZE: u32 = 10;
@@ -44,8 +44,7 @@ pub struct RawOptions {
 #[derive(Debug, Default, Clone)]
 pub struct RawStorage {
   pub backend: String,
-  pub bucket: Option<String>,
-  pub prefix: Option<String>,
+  pub s3: RawS3Options,
 }
 
 #[derive(Debug, Clone)]
@@ -151,7 +150,7 @@ impl Config {
 fn storage_config(raw: Option<RawStorage>, root: &std::path::Path) -> Result<StorageConfig> {
   match raw {
     None => Ok(StorageConfig::Local { root: root.into() }),
-    Some(raw) => StorageConfig::parse(&raw.backend, raw.bucket, raw.prefix, root),
+    Some(raw) => StorageConfig::parse(raw.s3, &raw.backend, root),
   }
 }
 
@@ -205,8 +204,10 @@ mod tests {
     let storage = |backend: &str, bucket: Option<&str>| RawOptions {
       storage: Some(RawStorage {
         backend: backend.into(),
-        bucket: bucket.map(Into::into),
-        prefix: None,
+        s3: RawS3Options {
+          bucket: bucket.map(Into::into),
+          ..Default::default()
+        },
       }),
       ..Default::default()
     };

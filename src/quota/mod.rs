@@ -13,6 +13,7 @@ pub mod copies;
 pub mod deletions;
 pub mod limits;
 pub mod modes;
+pub mod objects;
 pub mod owner;
 pub mod projects;
 pub mod reconcile;

@@ -14,8 +14,11 @@ pub struct ProjectDrift {
   /// The project's usage counter (`quota_project_usage`) as it was.
   pub used_bytes: i64,
   pub ledger_bytes: i64,
-  /// The project's local directory, when it has one (disk sizes are filled in by the caller).
+  /// The project's directory or object prefix URL, when it has a record (stored sizes are
+  /// filled in by the caller).
   pub path: Option<String>,
+  /// The record's backend (`local`, `s3`), when it has one.
+  pub backend: Option<String>,
   pub disk_bytes: Option<i64>,
 }
 
@@ -58,11 +61,11 @@ impl UserDrift {
   }
 }
 
-/// Each project of the user: its ledger sum, its counter and its local path.
+/// Each project of the user: its ledger sum, its counter, its path and backend.
 const PROJECTS: &str = "
 SELECT coalesce(sp.project_id, l.project_id, u.project_id) AS project_id,
        coalesce(l.bytes, 0)::bigint, coalesce(u.used_bytes, 0)::bigint,
-       CASE WHEN sp.backend = 'local' THEN sp.path END
+       sp.path, sp.backend
   FROM (SELECT project_id, sum(bytes) AS bytes FROM quota_ledger
          WHERE user_id = $1 AND project_id IS NOT NULL GROUP BY project_id) l
   FULL JOIN (SELECT project_id, backend, path FROM project_storage_paths WHERE user_id = $1) sp
@@ -124,6 +127,7 @@ pub async fn reconcile_user(
       ledger_bytes: row.get(1),
       used_bytes: row.get(2),
       path: row.get(3),
+      backend: row.get(4),
       disk_bytes: None,
     })
     .collect();

@@ -86,6 +86,23 @@ pub fn relative_segments(relative: &str) -> Result<Vec<&str>, String> {
   Ok(segments)
 }
 
+/// A file's path inside a project as the library takes it (presigned uploads, moves): already
+/// normal — relative, no `.`, `..` or empty segment, nothing `validatePath` would refuse.
+pub fn file_name(raw: &str) -> crate::error::Result<String> {
+  let refused = |reason: String| {
+    crate::error::QuotaError::invalid(format!("file name {raw:?} is refused: {reason}"))
+  };
+  check_characters(raw).map_err(refused)?;
+  let segments = relative_segments(raw).map_err(refused)?;
+  let joined = segments.join("/");
+  if joined.is_empty() || joined != raw {
+    return Err(refused(
+      "give a relative path without '.', '..', empty segments or a leading slash".into(),
+    ));
+  }
+  Ok(joined)
+}
+
 fn check_segment(segment: &str) -> Result<(), String> {
   if segment.len() > MAX_SEGMENT_LEN {
     return Err(format!(
@@ -117,6 +134,24 @@ pub fn strip_base<'a>(absolute: &'a str, base: &[&str]) -> Result<String, String
 #[cfg(test)]
 mod tests {
   use super::*;
+
+  #[test]
+  fn file_names_must_already_be_normal() {
+    assert_eq!(
+      file_name("renders/frame 01.png").unwrap(),
+      "renders/frame 01.png"
+    );
+    for bad in [
+      "", "/a", "a/", "a//b", "./a", "a/./b", "a/../b", "../a", "a\\b", "%2e%2e/a", "a\u{0}b",
+      "C:a",
+    ] {
+      assert_eq!(
+        file_name(bad).unwrap_err().code(),
+        "INVALID_ARGUMENT",
+        "{bad:?}"
+      );
+    }
+  }
 
   #[test]
   fn resolves_dots_inside_and_refuses_leaving() {

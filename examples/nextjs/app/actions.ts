@@ -8,7 +8,7 @@ import { auth } from '@/lib/auth'
 import { signInAs, signOut } from '@/lib/session'
 import { deleteProjectRow, findProject, insertProject } from '@/lib/db'
 import { safeFileName } from '@/lib/files'
-import { copyProjectFiles, deleteFile, registerProject } from '@/lib/quota'
+import { abortDirectUpload, beginDirectUpload, copyProjectFiles, deleteFile, finishDirectUpload, registerProject } from '@/lib/quota'
 
 export type ActionResult = { ok: boolean; message: string } | null
 
@@ -65,12 +65,34 @@ export async function deleteFileAction(_previous: ActionResult, formData: FormDa
   const project = await ownedProject(userId, formData.get('projectId'))
   const name = safeFileName(formData.get('name'))
   if (!project || !name) return { ok: false, message: 'No such file.' }
-  try {
-    await deleteFile(userId, project.id, name)
-  } catch (error) {
-    if ((error as NodeJS.ErrnoException).code === 'ENOENT') return { ok: false, message: 'No such file.' }
-    throw error
-  }
+  if (!(await deleteFile(userId, project.id, name))) return { ok: false, message: 'No such file.' }
   revalidatePath('/')
   return { ok: true, message: `Deleted ${name}.` }
+}
+
+// Browser-direct uploads (STORAGE_BACKEND=s3): begin → the browser PUTs to the URL → finish.
+
+export async function beginDirectUploadAction(projectId: string, name: string, bytes: number) {
+  const { userId } = await auth()
+  if (!userId) return { ok: false as const, message: 'Sign in first.' }
+  const project = await ownedProject(userId, projectId)
+  if (!project) return { ok: false as const, message: 'No such project.' }
+  const file = safeFileName(name)
+  if (!file) return { ok: false as const, message: 'Use a plain file name (letters, digits, spaces, . _ - ( )).' }
+  if (!Number.isSafeInteger(bytes) || bytes < 0) return { ok: false as const, message: 'The upload must declare its size.' }
+  return beginDirectUpload(userId, project.id, file, bytes)
+}
+
+export async function finishDirectUploadAction(reservationId: string, name: string): Promise<ActionResult> {
+  const { userId } = await auth()
+  if (!userId) return { ok: false, message: 'Sign in first.' }
+  const finished = await finishDirectUpload(userId, reservationId)
+  if (!finished.ok) return finished
+  revalidatePath('/')
+  return { ok: true, message: `Uploaded ${name}.` }
+}
+
+export async function abortDirectUploadAction(reservationId: string): Promise<void> {
+  const { userId } = await auth()
+  if (userId) await abortDirectUpload(userId, reservationId)
 }

@@ -1,7 +1,7 @@
 import { formatBytes } from 'storage-quota'
 import { auth } from '@/lib/auth'
 import { listProjects } from '@/lib/db'
-import { getUsage, listFiles, projectDirectory } from '@/lib/quota'
+import { directUploads, getUsage, listFiles } from '@/lib/quota'
 import { ActionForm } from './action-form'
 import { copyProjectAction, createProjectAction, deleteFileAction, signInAction, signOutAction } from './actions'
 import { QuotaBar } from './quota-bar'
@@ -28,7 +28,7 @@ export default async function Home() {
   const [usage, projects] = await Promise.all([getUsage(userId), listProjects(userId)])
   const withFiles = await Promise.all(
     projects.map(async (project) => {
-      const files = await listFiles(await projectDirectory(userId, project.id))
+      const files = await listFiles(userId, project.id)
       // The size the quota counts for the project (getUsage), next to the files on disk.
       return { ...project, files, bytes: usage.projects.get(project.id) ?? 0 }
     }),
@@ -67,7 +67,7 @@ export default async function Home() {
               </li>
             ))}
           </ul>
-          <UploadForm projectId={project.id} />
+          <UploadForm projectId={project.id} direct={directUploads} />
           <ActionForm action={copyProjectAction} label="Copy project" testId="copy-project">
             <input type="hidden" name="projectId" value={project.id} />
           </ActionForm>

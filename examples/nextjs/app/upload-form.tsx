@@ -1,9 +1,33 @@
 'use client'
 import { useRouter } from 'next/navigation'
 import { useState, type FormEvent } from 'react'
+import { abortDirectUploadAction, beginDirectUploadAction, finishDirectUploadAction } from './actions'
 
-/** Sends the chosen file as the raw body of a PUT, so the server can stream it to disk. */
-export function UploadForm({ projectId }: { projectId: string }) {
+type Answer = { ok: boolean; message: string }
+
+/** Through the server: the file is the raw body of a PUT that the route streams to disk. */
+async function viaServer(projectId: string, file: File): Promise<Answer> {
+  const response = await fetch(`/api/projects/${projectId}/files?name=${encodeURIComponent(file.name)}`, {
+    method: 'PUT',
+    body: file,
+  })
+  return (await response.json()) as Answer
+}
+
+/** Straight to the bucket: hold the bytes, PUT to the presigned URL, then let the server charge what arrived. */
+async function direct(projectId: string, file: File): Promise<Answer> {
+  const begun = await beginDirectUploadAction(projectId, file.name, file.size)
+  if (!begun.ok) return begun
+  const response = await fetch(begun.url, { method: 'PUT', body: file }).catch(() => null)
+  if (!response?.ok) {
+    await abortDirectUploadAction(begun.reservationId)
+    return { ok: false, message: 'The upload to storage failed. Try again.' }
+  }
+  return (await finishDirectUploadAction(begun.reservationId, file.name)) ?? { ok: false, message: 'The upload failed.' }
+}
+
+/** Uploads the chosen file: through the server to disk, or (`direct`) from the browser to the bucket. */
+export function UploadForm({ projectId, direct: toBucket }: { projectId: string; direct: boolean }) {
   const router = useRouter()
   const [result, setResult] = useState<{ ok: boolean; message: string } | null>(null)
   const [pending, setPending] = useState(false)
@@ -15,11 +39,7 @@ export function UploadForm({ projectId }: { projectId: string }) {
     if (!file) return setResult({ ok: false, message: 'Choose a file first.' })
     setPending(true)
     try {
-      const response = await fetch(`/api/projects/${projectId}/files?name=${encodeURIComponent(file.name)}`, {
-        method: 'PUT',
-        body: file,
-      })
-      const answer = (await response.json()) as { ok: boolean; message: string }
+      const answer = toBucket ? await direct(projectId, file) : await viaServer(projectId, file)
       setResult(answer)
       if (answer.ok) {
         form.reset()
@@ -33,7 +53,7 @@ export function UploadForm({ projectId }: { projectId: string }) {
   }
 
   return (
-    <form onSubmit={upload} className="inline-form" data-testid="upload-form">
+    <form onSubmit={upload} className="inline-form" data-testid="upload-form" data-direct={toBucket ? 'true' : 'false'}>
       <input type="file" name="file" aria-label="File to upload" />
       <button type="submit" disabled={pending}>
         {pending ? 'Uploading…' : 'Upload'}

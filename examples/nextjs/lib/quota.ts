@@ -1,8 +1,6 @@
 // Every storage-quota call of the example lives in this file. The rest of the app gets plain
 // values back: an expected refusal is `{ ok: false, message }`, never a thrown error.
 import { randomUUID } from 'node:crypto'
-import { readdir, stat, unlink } from 'node:fs/promises'
-import { join } from 'node:path'
 import {
   createClient,
   formatBytes,
@@ -24,6 +22,14 @@ function quota(): StorageQuotaClient {
 
 /** How long an upload may take before its reserved bytes stop counting. */
 const UPLOAD_TTL_MS = 15 * 60_000
+
+/**
+ * `STORAGE_BACKEND=s3` (with `STORAGE_BUCKET` and the usual `AWS_*` variables) runs the same app
+ * on an S3-compatible bucket: the browser PUTs each file straight to the bucket with a presigned
+ * URL, and the server only reserves and commits. Otherwise files stream through the server to
+ * local disk (`STORAGE_ROOT`).
+ */
+export const directUploads = process.env.STORAGE_BACKEND === 's3'
 
 export type Refused = { ok: false; message: string }
 
@@ -73,15 +79,14 @@ export async function projectDirectory(userId: string, projectId: string): Promi
   return path
 }
 
-/** Files of a project directory (uploads in progress are hidden dot files). */
-export async function listFiles(dir: string): Promise<Array<{ name: string; bytes: number }>> {
-  const entries = await readdir(dir, { withFileTypes: true }).catch(() => [])
-  const files = []
-  for (const entry of entries) {
-    if (!entry.isFile() || entry.name.startsWith('.')) continue
-    files.push({ name: entry.name, bytes: (await stat(join(dir, entry.name))).size })
-  }
-  return files.sort((a, b) => a.name.localeCompare(b.name))
+/** A project's files, from its directory or its bucket (uploads in progress are hidden dot files). */
+export async function listFiles(userId: string, projectId: string): Promise<Array<{ name: string; bytes: number }>> {
+  await projectDirectory(userId, projectId)
+  const files = await quota().listProjectFiles(userId, projectId)
+  return files
+    .filter((file) => !file.path.includes('/') && !file.path.startsWith('.'))
+    .map((file) => ({ name: file.path, bytes: file.bytes }))
+    .sort((a, b) => a.name.localeCompare(b.name))
 }
 
 export interface PendingUpload {
@@ -128,13 +133,58 @@ export async function abortUpload(upload: PendingUpload): Promise<void> {
   await quota().cancelUpload(upload.userId, upload.reservationId)
 }
 
-/** Deletes a file and gives its bytes back. */
-export async function deleteFile(userId: string, projectId: string, name: string): Promise<{ ok: true; bytes: number }> {
-  const file = join(await projectDirectory(userId, projectId), name)
-  const { size } = await stat(file)
-  await unlink(file)
-  await quota().recordDeletion(userId, projectId, size, { deletionId: randomUUID() })
-  return { ok: true, bytes: size }
+/** Deletes a file (on disk or in the bucket) and gives its measured bytes back; `null` when there is no such file. */
+export async function deleteFile(userId: string, projectId: string, name: string): Promise<{ ok: true; bytes: number } | null> {
+  try {
+    const released = await quota().deleteProjectFile(userId, projectId, name, { deletionId: randomUUID() })
+    return { ok: true, bytes: released.releasedBytes }
+  } catch (error) {
+    if (error instanceof StorageQuotaError && error.code === 'NOT_FOUND') return null
+    throw error
+  }
+}
+
+export interface DirectUpload {
+  ok: true
+  reservationId: string
+  /** The presigned PUT URL: the browser sends the file's bytes there, expiring with the hold. */
+  url: string
+}
+
+/**
+ * s3: holds `bytes` of the quota and presigns a PUT of `name` into the project's prefix. The
+ * browser uploads straight to the bucket; `finishDirectUpload` then charges the real size.
+ */
+export async function beginDirectUpload(userId: string, projectId: string, name: string, bytes: number): Promise<DirectUpload | Refused> {
+  try {
+    await projectDirectory(userId, projectId)
+    const hold = await quota().reserveUpload(userId, projectId, bytes, { presign: true, fileName: name, ttlMs: UPLOAD_TTL_MS })
+    return { ok: true, reservationId: hold.reservationId, url: hold.uploadUrl! }
+  } catch (error) {
+    if (error instanceof StorageQuotaError && error.reason === 'FILE_EXISTS') return { ok: false, message: `A file named ${name} already exists.` }
+    return refusal(
+      error,
+      (e) => `Not enough storage: this file is ${formatBytes(bytes)} but only ${formatBytes(e.remainingBytes)} of your ${formatBytes(e.limitBytes)} is free.`,
+    )
+  }
+}
+
+/** s3: the browser's PUT is done. Charges what the bucket holds (a client that sent more than fits is refused, its object deleted). */
+export async function finishDirectUpload(userId: string, reservationId: string): Promise<{ ok: true; bytes: number } | Refused> {
+  try {
+    const settled = await quota().commitUpload(userId, reservationId)
+    return { ok: true, bytes: settled.committedBytes }
+  } catch (error) {
+    await quota().cancelUpload(userId, reservationId).catch(() => {})
+    if (error instanceof StorageQuotaError && error.reason === 'MISMATCH') return { ok: false, message: 'The upload did not arrive. Try again.' }
+    // `requestedBytes` is what the commit needed beyond the hold: the file was bigger than declared.
+    return refusal(error, (e) => `Not enough storage: the file is bigger than declared and does not fit (only ${formatBytes(e.remainingBytes)} of your ${formatBytes(e.limitBytes)} is free).`)
+  }
+}
+
+/** s3: the browser's PUT failed: give the held bytes back (the sweep deletes any partial object). */
+export async function abortDirectUpload(userId: string, reservationId: string): Promise<void> {
+  await quota().cancelUpload(userId, reservationId)
 }
 
 /**

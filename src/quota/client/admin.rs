@@ -1,6 +1,6 @@
 //! Administration: limits, usage for the UI, reconciliation and migrations.
 
-use super::{blocking, Client};
+use super::Client;
 use crate::db::migrate::{self, MigrateReport, MigrationSettings, Status};
 use crate::error::{QuotaError, Result};
 use crate::ids::{parse_bytes, ProjectId, UserId};
@@ -8,7 +8,6 @@ use crate::quota::app_table::AppTable;
 use crate::quota::backfill::{self, BackfillOptions, Progress};
 use crate::quota::limits::{self, UsageReport};
 use crate::quota::reconcile::{self, UserDrift};
-use crate::storage::local::usage::project_usage;
 
 #[derive(Debug, Clone, Default)]
 pub struct ReconcileReport {
@@ -132,33 +131,15 @@ impl Client {
     Ok(report)
   }
 
+  /// Each project's bytes counted in its own backend (the disk, or the bucket's listing).
   async fn fill_disk_sizes(&self, user: &UserId, drift: &mut UserDrift) -> Result<()> {
-    let root = self.storage_root()?.clone();
-    let user = user.clone();
-    let projects: Vec<(usize, ProjectId)> = drift
-      .projects
-      .iter()
-      .enumerate()
-      .filter(|(_, p)| p.path.is_some())
-      .map(|(i, p)| {
-        (
-          i,
-          ProjectId::parse(&p.project_id.to_string()).expect("a uuid from the database"),
-        )
-      })
-      .collect();
-    let sizes = blocking(move || {
-      projects
-        .into_iter()
-        .map(|(i, project)| {
-          let bytes = project_usage(&root, &user, &project)?.bytes;
-          Ok((i, bytes))
-        })
-        .collect::<Result<Vec<_>>>()
-    })
-    .await?;
-    for (i, bytes) in sizes {
-      drift.projects[i].disk_bytes = Some(bytes);
+    for project in drift.projects.iter_mut() {
+      let Some(backend) = project.backend.clone() else {
+        continue;
+      };
+      let id = ProjectId::parse(&project.project_id.to_string())?;
+      let bytes = self.backend_named(&backend)?.usage(user, &id).await?.bytes;
+      project.disk_bytes = Some(bytes);
     }
     Ok(())
   }

@@ -1,7 +1,11 @@
 //! `copyProject`: claim the new project, hold its size, copy into a staging directory, rename
 //! it into place, then count it. One call at a time per new project (`quota::copies`); a
 //! failing call undoes exactly what it made (its staging or renamed directory, its path
-//! record, its reservation, its claim) and nothing another call made.
+//! record, its reservation, its claim) and nothing another call made. On an object store the
+//! same claim, lock, reservation and undo hold; the files step is a server-side copy of each
+//! object into the (empty) target prefix instead of the staging directory.
+
+use std::sync::Arc;
 
 use super::{blocking, Client};
 use crate::db::pool::{Checkout, PgConnection, Pool};
@@ -14,6 +18,11 @@ use crate::quota::usage::{read_usage, Usage};
 use crate::storage::local::staging::{self, Staging};
 use crate::storage::local::tree::TreeStats;
 use crate::storage::local::usage::project_usage;
+use crate::storage::StorageBackend;
+
+/// The claim's `(dev, ino)` for a copy into an object store: no inode, but "objects may be
+/// under the target prefix", so an undo (this call's or a later one's) deletes them.
+const OBJECTS_PLACED: (u64, u64) = (0, 0);
 
 #[derive(Debug, Clone)]
 pub struct CopiedProject {
@@ -39,7 +48,10 @@ struct Job {
   user: UserId,
   source: ProjectId,
   target: ProjectId,
+  /// The local storage root (empty for an object store).
   root: std::path::PathBuf,
+  /// The object store, when the client's backend is one (then `root` is unused).
+  store: Option<Arc<dyn StorageBackend>>,
 }
 
 impl Client {
@@ -62,12 +74,18 @@ impl Client {
         "a project cannot be copied onto itself",
       ));
     }
+    let backend = self.storage_backend()?;
     let job = Job {
       user,
       source,
       target,
-      root: self.storage_root()?,
+      root: backend.local_root().map(Into::into).unwrap_or_default(),
+      store: backend.local_root().is_none().then_some(backend),
     };
+    if job.store.is_some() {
+      // Its size is read from the bucket: it must be this client's object-store project.
+      self.allocate(&job.user, &job.source).await?;
+    }
     let pool = self.pool()?;
     {
       let mut conn = pool.get().await?;
@@ -111,8 +129,13 @@ impl Client {
         return Ok(done);
       }
     }
-    let (root, user, source) = (job.root.clone(), job.user.clone(), job.source);
-    let size = blocking(move || Ok(project_usage(&root, &user, &source)?.bytes)).await?;
+    let size = match &job.store {
+      Some(store) => store.usage(&job.user, &job.source).await?.bytes,
+      None => {
+        let (root, user, source) = (job.root.clone(), job.user.clone(), job.source);
+        blocking(move || Ok(project_usage(&root, &user, &source)?.bytes)).await?
+      }
+    };
     let token = uuid::Uuid::new_v4();
     copies::insert(conn, &job.user, &job.source, &job.target, &token).await?;
     let mut made = Made::default();
@@ -146,15 +169,22 @@ impl Client {
     )
     .await?;
 
-    let (root, user, tok) = (job.root.clone(), job.user.clone(), *token);
-    let staging = blocking(move || Staging::create(&root, &user, &tok)).await?;
-    let identity = staging.identity;
-    // Dropping `staging` on failure leaves the directory for the undo, which removes it by name.
-    copies::set_identity(conn, &job.user, token, identity).await?;
-    // Marked before the rename: the undo removes the target only if it is this very directory.
-    made.placed = Some(identity);
-    let (source, target) = (job.source, job.target);
-    let stats = blocking(move || staging.fill_and_place(&source, &target)).await?;
+    let stats = match &job.store {
+      Some(store) => self.copy_objects(conn, job, store, token, made).await?,
+      None => {
+        let (root, user, tok) = (job.root.clone(), job.user.clone(), *token);
+        let staging = blocking(move || Staging::create(&root, &user, &tok)).await?;
+        let identity = staging.identity;
+        // Dropping `staging` on failure leaves the directory for the undo, which removes it by
+        // name.
+        copies::set_identity(conn, &job.user, token, identity).await?;
+        // Marked before the rename: the undo removes the target only if it is this very
+        // directory.
+        made.placed = Some(identity);
+        let (source, target) = (job.source, job.target);
+        blocking(move || staging.fill_and_place(&source, &target)).await?
+      }
+    };
 
     let (path, created) = self.allocate_on(conn, &job.user, &job.target).await?;
     if created {
@@ -181,6 +211,39 @@ impl Client {
     })
   }
 
+  /// The object-store files step: the target prefix must be empty; the claim is marked before
+  /// the first object is copied, so an undo (ours or a later call's) deletes whatever landed.
+  async fn copy_objects(
+    &self,
+    conn: &mut PgConnection,
+    job: &Job,
+    store: &Arc<dyn StorageBackend>,
+    token: &uuid::Uuid,
+    made: &mut Made,
+  ) -> Result<TreeStats> {
+    if !store.list(&job.user, &job.target).await?.is_empty() {
+      return Err(QuotaError::conflict(
+        ConflictReason::TargetNotEmpty,
+        format!(
+          "project {} already has files; copy into a new, empty project",
+          job.target
+        ),
+      ));
+    }
+    copies::set_identity(conn, &job.user, token, OBJECTS_PLACED).await?;
+    made.placed = Some(OBJECTS_PLACED);
+    let bytes = store
+      .copy_project(&job.user, &job.source, &job.target)
+      .await?;
+    let files = store.list(&job.user, &job.target).await?.len() as i64;
+    Ok(TreeStats {
+      bytes,
+      files,
+      directories: 0,
+      skipped: 0,
+    })
+  }
+
   /// What an earlier call left in the claim row. `Some` answers this call (`duplicate`);
   /// `None` means the earlier call died before counting anything and was cleaned up after.
   async fn settle_claim(
@@ -195,8 +258,13 @@ impl Client {
       let mut stats = claim.stats;
       if !claim.done {
         // Counted, then its call died before recording the outcome: record it now.
-        let (root, user, target) = (job.root.clone(), job.user.clone(), job.target);
-        let found = blocking(move || project_usage(&root, &user, &target)).await?;
+        let found = match &job.store {
+          Some(store) => store.usage(&job.user, &job.target).await?,
+          None => {
+            let (root, user, target) = (job.root.clone(), job.user.clone(), job.target);
+            blocking(move || project_usage(&root, &user, &target)).await?
+          }
+        };
         stats = TreeStats {
           bytes: claim.reservation.and_then(|(_, b)| b).unwrap_or(0),
           files: found.files,
@@ -261,15 +329,22 @@ impl Client {
       Ok(_) | Err(QuotaError::NotFound(_)) => {}
       Err(error) => return Err(error),
     }
-    let (root, owner, target, tok) = (job.root.clone(), job.user.clone(), job.target, *token);
-    blocking(move || {
-      staging::remove_staging(&root, &owner, &tok)?;
-      if let Some(identity) = made.placed {
-        staging::remove_copied(&root, &owner, &target, identity)?;
+    if let Some(store) = &job.store {
+      // Only this claim's copy can be under the prefix: it was empty, and the lock is ours.
+      if made.placed.is_some() {
+        store.remove_project(&job.user, &job.target).await?;
       }
-      Ok(())
-    })
-    .await?;
+    } else {
+      let (root, owner, target, tok) = (job.root.clone(), job.user.clone(), job.target, *token);
+      blocking(move || {
+        staging::remove_staging(&root, &owner, &tok)?;
+        if let Some(identity) = made.placed {
+          staging::remove_copied(&root, &owner, &target, identity)?;
+        }
+        Ok(())
+      })
+      .await?;
+    }
     if let Some(path_id) = made.path_record {
       if copies::drop_path(conn, &path_id).await.is_err() {
         self

@@ -1,7 +1,7 @@
 //! The quota lifecycle beyond one-step uploads: reservations, deletions and overwrites, and the
 //! project operations of the app's server actions (register, copy, remove).
 
-use super::{blocking, Client};
+use super::Client;
 use crate::error::{QuotaError, Result};
 use crate::ids::{parse_bytes, parse_upload_id, upload_key_or_new, ProjectId, UserId};
 use crate::quota::config::parse_ttl_ms;
@@ -11,7 +11,6 @@ use crate::quota::projects::ProjectStoragePath;
 use crate::quota::reservations::{self, Reservation, Settled};
 use crate::quota::usage::{self, Usage};
 use crate::rollout::Mode;
-use crate::storage::local::tree;
 
 #[derive(Debug, Clone)]
 pub struct RegisteredProject {
@@ -21,7 +20,7 @@ pub struct RegisteredProject {
   pub usage: Usage,
 }
 
-fn parse_reservation_id(raw: &str) -> Result<uuid::Uuid> {
+pub(super) fn parse_reservation_id(raw: &str) -> Result<uuid::Uuid> {
   ProjectId::parse(raw)
     .map(|id| id.uuid())
     .map_err(|_| QuotaError::invalid("reservationId must be a UUID"))
@@ -66,6 +65,9 @@ impl Client {
       .map(|b| parse_bytes("actualBytes", b))
       .transpose()?;
     let mode = self.mode_for(&owner);
+    if let Some(settled) = self.commit_presigned(&owner, &id, mode).await? {
+      return Ok(settled);
+    }
     self
       .with_conn(async |conn| {
         reservations::commit(&mut conn.0, &owner, &id, actual, mode, None).await
@@ -77,15 +79,21 @@ impl Client {
     let owner = UserId::parse(user_id)?;
     let id = parse_reservation_id(reservation_id)?;
     let mode = self.mode_for(&owner);
-    self
+    let settled = self
       .with_conn(async |conn| reservations::cancel(&mut conn.0, &owner, &id, mode).await)
-      .await
+      .await?;
+    // A presigned upload's object goes with its reservation (best effort: the sweep retries).
+    let _ = self.delete_abandoned_objects(Some((&owner, &id))).await;
+    Ok(settled)
   }
 
+  /// Marks expired reservations and deletes the objects of abandoned presigned uploads.
   pub async fn sweep_expired_reservations(&self) -> Result<u64> {
-    self
+    let swept = self
       .with_conn(async |conn| reservations::sweep_all(&mut conn.0).await)
-      .await
+      .await?;
+    self.delete_abandoned_objects(None).await?;
+    Ok(swept)
   }
 
   /// Releases a deleted file's bytes: by the upload id that recorded it, or by a byte count
@@ -215,7 +223,8 @@ impl Client {
   }
 
   /// Releases the project's bytes, cancels its pending reservations and, when `delete_files`,
-  /// removes its directory on the local backend.
+  /// deletes its files (its directory, or every object under its prefix) where its record
+  /// says they are.
   pub async fn remove_project(
     &self,
     user_id: &str,
@@ -229,9 +238,21 @@ impl Client {
       .with_conn(async |conn| deletions::remove_project(&mut conn.0, &user, &project, limit).await)
       .await?;
     if delete_files {
-      let root = self.storage_root()?.clone();
-      let (owner, gone) = (user.clone(), project);
-      blocking(move || tree::remove_project(&root, &owner, &gone)).await?;
+      let recorded = self
+        .with_conn(async |conn| {
+          Ok(
+            crate::quota::objects::project_record(&mut conn.0, &user, &project)
+              .await
+              .ok()
+              .map(|record| record.backend),
+          )
+        })
+        .await?;
+      let backend = match recorded {
+        Some(name) => self.backend_named(&name)?,
+        None => self.storage_backend()?,
+      };
+      backend.remove_project(&user, &project).await?;
       // Its files are gone: a later copy into it must copy again, not answer `duplicate`.
       self
         .with_conn(async |conn| copies::forget(&mut conn.0, &user, &project).await)

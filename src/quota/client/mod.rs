@@ -1,17 +1,24 @@
 //! A configured client: validates arguments, owns the pool and the storage root, and runs each
 //! operation on a pooled connection. Plain Rust; `napi_client.rs` only converts to and from JS.
 //! Operations are grouped by concept: uploads and paths here, the rest of the quota lifecycle
-//! in `lifecycle.rs`, administration (limits, usage, reconciliation, migrations) in `admin.rs`.
+//! in `lifecycle.rs`, `copy.rs` copyProject, administration (limits, usage, reconciliation,
+//! migrations) in `admin.rs`, which backend serves what in `backends.rs`, presigned uploads in
+//! `direct.rs`, moves between backends in `moves.rs`, a project's files in `files.rs`.
 
 mod admin;
+mod backends;
 mod copy;
+mod direct;
+mod files;
 mod lifecycle;
+mod moves;
 
 pub use admin::ReconcileReport;
 pub use copy::CopiedProject;
+pub use direct::PresignedReservation;
 pub use lifecycle::RegisteredProject;
+pub use moves::MovedProject;
 
-use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use crate::db::pool::{Checkout, Pool};
@@ -23,8 +30,8 @@ use crate::quota::config::{Config, RawOptions};
 use crate::quota::projects::{self, ProjectStoragePath};
 use crate::quota::usage::{self, QuotaCheck, RecordedUpload, Usage};
 use crate::rollout::Mode;
-use crate::storage::StorageConfig;
-use crate::storage::{self, local::LocalBackend, DiskUsage, Location, PathCheck, StorageBackend};
+use crate::storage::blocking;
+use crate::storage::{DiskUsage, Location, PathCheck, StorageBackend};
 
 /// What `recordUpload` answers, for a plain upload and for an overwrite alike.
 #[derive(Debug, Clone)]
@@ -83,6 +90,9 @@ pub struct Client {
   reads: Arc<Batcher<String, Option<Usage>>>,
   /// Opened on first allocation (the local backend creates and resolves its root then).
   backend: OnceLock<Arc<dyn StorageBackend>>,
+  /// The local disk under `storageRoot` when the configured backend is another one: the
+  /// other side of a move, opened only by one.
+  local: OnceLock<Arc<dyn StorageBackend>>,
 }
 
 impl Client {
@@ -93,6 +103,7 @@ impl Client {
       uploads: Arc::new(Batcher::new(charges_in_flight())),
       reads: Arc::new(Batcher::new(reads_in_flight())),
       backend: OnceLock::new(),
+      local: OnceLock::new(),
     })
   }
 
@@ -133,50 +144,6 @@ impl Client {
     *self.pool.lock().unwrap_or_else(|e| e.into_inner()) = PoolState::Closed;
   }
 
-  fn storage_backend(&self) -> Result<Arc<dyn StorageBackend>> {
-    if let Some(backend) = self.backend.get() {
-      return Ok(backend.clone());
-    }
-    let backend = storage::open(&self.config.storage)?;
-    Ok(self.backend.get_or_init(|| backend).clone())
-  }
-
-  /// The local backend's canonical root, for the operations that work on files on this
-  /// machine (copying, clearing, measuring project directories). `STORAGE_ERROR` on s3.
-  fn storage_root(&self) -> Result<PathBuf> {
-    let backend = self.storage_backend()?;
-    backend.local_root().map(Path::to_path_buf).ok_or_else(|| {
-      QuotaError::Storage(format!(
-        "this operation works on project files on the local disk; with the {} backend they are in the bucket (use your S3 client)",
-        backend.name()
-      ))
-    })
-  }
-
-  /// The root the migration records existing projects under: the resolved local root, or for
-  /// an object store the configured one as it is (nothing is created; README "Moving to object
-  /// storage" says how to move those records).
-  fn migration_storage_root(&self) -> Result<String> {
-    Ok(match &self.config.storage {
-      StorageConfig::Local { .. } => self.storage_root()?.to_string_lossy().into_owned(),
-      StorageConfig::S3 { .. } => self.config.storage_root.to_string_lossy().into_owned(),
-    })
-  }
-
-  /// The backend for calls that only read: the opened one, or else one that creates nothing
-  /// (a local root is resolved through symlinks if it exists, used as configured if not).
-  fn reading_backend(&self) -> Result<Arc<dyn StorageBackend>> {
-    if let Some(backend) = self.backend.get() {
-      return Ok(backend.clone());
-    }
-    match &self.config.storage {
-      StorageConfig::Local { root } => Ok(Arc::new(LocalBackend::at(
-        root.canonicalize().unwrap_or_else(|_| root.clone()),
-      ))),
-      other => storage::open(other),
-    }
-  }
-
   /// Where `projectId` of `userId` lives (or would), without touching the database or disk.
   pub fn project_path_for(&self, user_id: &str, project_id: &str) -> Result<Location> {
     let user = UserId::parse(user_id)?;
@@ -196,17 +163,18 @@ impl Client {
     if candidate.is_empty() {
       return Err(QuotaError::invalid("the path to check must not be empty"));
     }
-    let backend = self.reading_backend()?;
-    let candidate = candidate.to_owned();
-    blocking(move || backend.check_path(&user, &project, &candidate)).await
+    self
+      .reading_backend()?
+      .check_path(&user, &project, candidate)
+      .await
   }
 
-  /// Bytes and files in the project's directory, counted on disk.
+  /// Bytes and files stored for the project, counted in storage (the disk, or the bucket's
+  /// listing).
   pub async fn disk_usage(&self, user_id: &str, project_id: &str) -> Result<DiskUsage> {
     let user = UserId::parse(user_id)?;
     let project = ProjectId::parse(project_id)?;
-    let backend = self.reading_backend()?;
-    blocking(move || backend.usage(&user, &project)).await
+    self.reading_backend()?.usage(&user, &project).await
   }
 
   fn default_limit(&self) -> i64 {
@@ -393,12 +361,11 @@ impl Client {
     if record.backend != location.backend || record.path != location.path {
       return Err(QuotaError::Storage(format!(
         "project {project} is recorded at {} ({} backend), not at {} where this client's storage puts it; \
-         see README \"Moving the storage root\" and \"Moving to object storage\"",
+         move it with moveProjectStorage (README \"Object storage (s3)\"), or see \"Moving the storage root\" and \"Moving to object storage by hand\"",
         record.path, record.backend, location.path
       )));
     }
-    let (user, project) = (user.clone(), *project);
-    blocking(move || backend.prepare(&user, &project)).await?;
+    backend.prepare(user, project).await?;
     Ok((record, created))
   }
 
@@ -411,13 +378,4 @@ impl Client {
     let project = ProjectId::parse(project_id)?;
     self.allocate(&user, &project).await
   }
-}
-
-/// Filesystem work is blocking; keep it off the runtime's worker threads.
-async fn blocking<T: Send + 'static>(
-  work: impl FnOnce() -> Result<T> + Send + 'static,
-) -> Result<T> {
-  tokio::task::spawn_blocking(work)
-    .await
-    .map_err(|e| QuotaError::Internal(format!("storage work did not finish: {e}")))?
 }

@@ -1,6 +1,7 @@
 //! The local filesystem backend: `{root}/{userId}/{projectId}/`, created symlink-safe by
 //! `paths.rs`, checked and measured without following a single link.
 
+pub mod files;
 pub mod paths;
 pub mod staging;
 pub mod tree;
@@ -9,12 +10,17 @@ pub mod walk;
 
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::StreamExt;
 
 use rustix::fs::{openat, statat, AtFlags, FileType, Mode, OFlags, CWD};
 use rustix::io::Errno;
 
 use super::candidate::{check_characters, relative_segments, strip_base};
-use super::{DiskUsage, Location, PathCheck, StorageBackend};
+use super::{blocking, ByteStream, DiskUsage, Location, PathCheck, StorageBackend, StoredFile};
 use crate::error::{QuotaError, Result};
 use crate::ids::{ProjectId, UserId};
 
@@ -38,25 +44,28 @@ impl LocalBackend {
   }
 }
 
-impl StorageBackend for LocalBackend {
-  fn name(&self) -> &'static str {
-    "local"
+/// Chunk size of reads for moves between backends.
+const READ_CHUNK: usize = 1024 * 1024;
+
+impl LocalBackend {
+  /// Runs `work` with a copy of the root and the ids on the blocking pool.
+  async fn on_disk<T: Send + 'static>(
+    &self,
+    user: &UserId,
+    project: &ProjectId,
+    work: impl FnOnce(&Path, &UserId, &ProjectId) -> Result<T> + Send + 'static,
+  ) -> Result<T> {
+    let (root, user, project) = (self.root.clone(), user.clone(), *project);
+    blocking(move || work(&root, &user, &project)).await
   }
 
-  fn locate(&self, user: &UserId, project: &ProjectId) -> Result<Location> {
-    Ok(Location {
-      backend: self.name(),
-      key: super::project_key(user, project),
-      path: paths::project_path(&self.root, user, project)?,
-    })
-  }
-
-  fn prepare(&self, user: &UserId, project: &ProjectId) -> Result<()> {
-    paths::ensure_project_dir(&self.root, user, project).map(|_| ())
-  }
-
-  fn check_path(&self, user: &UserId, project: &ProjectId, candidate: &str) -> Result<PathCheck> {
-    let dir = paths::project_dir(&self.root, user, project)?;
+  fn check_path_blocking(
+    root: &Path,
+    user: &UserId,
+    project: &ProjectId,
+    candidate: &str,
+  ) -> Result<PathCheck> {
+    let dir = paths::project_dir(root, user, project)?;
     if let Err(reason) = check_characters(candidate) {
       return Ok(PathCheck::refused(reason));
     }
@@ -77,7 +86,7 @@ impl StorageBackend for LocalBackend {
       Ok(segments) => segments,
       Err(reason) => return Ok(PathCheck::refused(reason)),
     };
-    if let Some(reason) = linked_component(&self.root, user, project, &segments)? {
+    if let Some(reason) = linked_component(root, user, project, &segments)? {
       return Ok(PathCheck::refused(reason));
     }
     let relative_path = segments.join("/");
@@ -91,15 +100,179 @@ impl StorageBackend for LocalBackend {
       reason: None,
     })
   }
+}
 
-  fn usage(&self, user: &UserId, project: &ProjectId) -> Result<DiskUsage> {
-    paths::project_dir(&self.root, user, project)?;
-    usage::project_usage(&self.root, user, project)
+#[async_trait]
+impl StorageBackend for LocalBackend {
+  fn name(&self) -> &'static str {
+    "local"
+  }
+
+  fn locate(&self, user: &UserId, project: &ProjectId) -> Result<Location> {
+    Ok(Location {
+      backend: self.name(),
+      key: super::project_key(user, project),
+      path: paths::project_path(&self.root, user, project)?,
+    })
   }
 
   fn local_root(&self) -> Option<&Path> {
     Some(&self.root)
   }
+
+  async fn prepare(&self, user: &UserId, project: &ProjectId) -> Result<()> {
+    self
+      .on_disk(user, project, |root, user, project| {
+        paths::ensure_project_dir(root, user, project).map(|_| ())
+      })
+      .await
+  }
+
+  async fn check_path(
+    &self,
+    user: &UserId,
+    project: &ProjectId,
+    candidate: &str,
+  ) -> Result<PathCheck> {
+    let candidate = candidate.to_owned();
+    self
+      .on_disk(user, project, move |root, user, project| {
+        Self::check_path_blocking(root, user, project, &candidate)
+      })
+      .await
+  }
+
+  async fn usage(&self, user: &UserId, project: &ProjectId) -> Result<DiskUsage> {
+    self
+      .on_disk(user, project, |root, user, project| {
+        paths::project_dir(root, user, project)?;
+        usage::project_usage(root, user, project)
+      })
+      .await
+  }
+
+  async fn list(&self, user: &UserId, project: &ProjectId) -> Result<Vec<StoredFile>> {
+    self.on_disk(user, project, files::list).await
+  }
+
+  async fn copy_project(&self, user: &UserId, from: &ProjectId, to: &ProjectId) -> Result<i64> {
+    let to = *to;
+    self
+      .on_disk(user, from, move |root, user, source| {
+        // Through a staging directory renamed into place: nothing half-copied is ever visible.
+        staging::copy_project(root, user, source, &to, &uuid::Uuid::new_v4()).map(|s| s.bytes)
+      })
+      .await
+  }
+
+  async fn remove_project(&self, user: &UserId, project: &ProjectId) -> Result<()> {
+    self
+      .on_disk(user, project, |root, user, project| {
+        tree::remove_project(root, user, project).map(|_| ())
+      })
+      .await
+  }
+
+  async fn file_size(&self, user: &UserId, project: &ProjectId, file: &str) -> Result<Option<i64>> {
+    let file = super::candidate::file_name(file)?;
+    self
+      .on_disk(user, project, move |root, user, project| {
+        files::file_size(root, user, project, &file)
+      })
+      .await
+  }
+
+  async fn read(&self, user: &UserId, project: &ProjectId, file: &str) -> Result<ByteStream> {
+    let name = super::candidate::file_name(file)?;
+    let mut handle = self
+      .on_disk(user, project, move |root, user, project| {
+        files::open_read(root, user, project, &name)
+      })
+      .await?;
+    // A blocking reader feeding a small channel: memory stays at a few chunks per file.
+    let (sender, receiver) = tokio::sync::mpsc::channel::<Result<Bytes>>(2);
+    let shown = file.to_owned();
+    tokio::task::spawn_blocking(move || loop {
+      let mut buf = vec![0u8; READ_CHUNK];
+      let item = match files::read_chunk(&mut handle, &mut buf) {
+        Ok(0) => return,
+        Ok(n) => {
+          buf.truncate(n);
+          Ok(Bytes::from(buf))
+        }
+        Err(e) => Err(QuotaError::Storage(format!(
+          "reading {shown:?} failed: {e}"
+        ))),
+      };
+      let stop = item.is_err();
+      if sender.blocking_send(item).is_err() || stop {
+        return;
+      }
+    });
+    Ok(tokio_stream(receiver))
+  }
+
+  async fn write(
+    &self,
+    user: &UserId,
+    project: &ProjectId,
+    file: &str,
+    mut body: ByteStream,
+  ) -> Result<i64> {
+    let name = super::candidate::file_name(file)?;
+    let (sender, mut receiver) = tokio::sync::mpsc::channel::<Bytes>(2);
+    let writer = self.on_disk(user, project, move |root, user, project| {
+      let mut handle = files::open_write(root, user, project, &name)?;
+      let mut written = 0i64;
+      while let Some(chunk) = receiver.blocking_recv() {
+        files::write_all(&mut handle, &chunk)
+          .map_err(|e| QuotaError::Storage(format!("writing {name:?} failed: {e}")))?;
+        written += chunk.len() as i64;
+      }
+      handle
+        .sync_all()
+        .map_err(|e| QuotaError::Storage(format!("writing {name:?} failed: {e}")))?;
+      Ok(written)
+    });
+    let feeder = async move {
+      while let Some(chunk) = body.next().await {
+        if sender.send(chunk?).await.is_err() {
+          break; // the writer stopped: its error is the one to report
+        }
+      }
+      Ok::<(), QuotaError>(())
+    };
+    let (written, fed) = futures::join!(writer, feeder);
+    let written = written?;
+    fed?;
+    Ok(written)
+  }
+
+  async fn delete(&self, user: &UserId, project: &ProjectId, file: &str) -> Result<()> {
+    let file = super::candidate::file_name(file)?;
+    self
+      .on_disk(user, project, move |root, user, project| {
+        files::delete(root, user, project, &file)
+      })
+      .await
+  }
+
+  async fn presign_put(
+    &self,
+    _user: &UserId,
+    _project: &ProjectId,
+    _file: &str,
+    _expires_in: Duration,
+  ) -> Result<String> {
+    Err(QuotaError::Storage(
+      "presigned uploads need an object store (the s3 backend); on local disk the server writes the file".into(),
+    ))
+  }
+}
+
+/// A receiver as a stream.
+fn tokio_stream(mut receiver: tokio::sync::mpsc::Receiver<Result<Bytes>>) -> ByteStream {
+  futures::stream::poll_fn(move |cx| receiver.poll_recv(cx)).boxed()
 }
 
 /// Walks what exists of `{root}/{user}/{project}/{segments…}` without following links and

@@ -11,7 +11,7 @@ import { ProjectIdSchema } from 'storage-quota'
 import { auth } from '@/lib/auth'
 import { findProject } from '@/lib/db'
 import { safeFileName, UploadSizeError, writeCapped } from '@/lib/files'
-import { abortUpload, beginUpload, describeError, finishUpload } from '@/lib/quota'
+import { abortUpload, beginUpload, describeError, directUploads, finishUpload } from '@/lib/quota'
 
 export const runtime = 'nodejs'
 
@@ -24,6 +24,8 @@ function answer(status: number, body: Answer) {
 export async function PUT(request: NextRequest, { params }: { params: Promise<{ projectId: string }> }) {
   const { userId } = await auth()
   if (!userId) return answer(401, { ok: false, message: 'Sign in first.' })
+  // On s3 the browser uploads straight to the bucket (upload-form.tsx); nothing streams through here.
+  if (directUploads) return answer(405, { ok: false, message: 'Uploads go straight to storage: use the presigned URL.' })
   const projectId = ProjectIdSchema.safeParse((await params).projectId)
   if (!projectId.success || !(await findProject(userId, projectId.data))) {
     return answer(404, { ok: false, message: 'No such project.' })
