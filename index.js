@@ -78,7 +78,6 @@ exports.MoveProjectOptionsSchema = schemas.MoveProjectOptionsSchema
 exports.MovedProjectSchema = schemas.MovedProjectSchema
 exports.ProjectFileSchema = schemas.ProjectFileSchema
 exports.DeleteProjectFileOptionsSchema = schemas.DeleteProjectFileOptionsSchema
-exports.OwnerOptionsSchema = schemas.OwnerOptionsSchema
 exports.RecordDeletionOptionsSchema = schemas.RecordDeletionOptionsSchema
 exports.RegisterProjectOptionsSchema = schemas.RegisterProjectOptionsSchema
 exports.RemoveProjectOptionsSchema = schemas.RemoveProjectOptionsSchema
