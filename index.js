@@ -93,7 +93,6 @@ Object.defineProperty(exports, 'MoveProjectOptionsSchema', { enumerable: true, g
 Object.defineProperty(exports, 'MovedProjectSchema', { enumerable: true, get: function () { return schemas.MovedProjectSchema } })
 Object.defineProperty(exports, 'ProjectFileSchema', { enumerable: true, get: function () { return schemas.ProjectFileSchema } })
 Object.defineProperty(exports, 'DeleteProjectFileOptionsSchema', { enumerable: true, get: function () { return schemas.DeleteProjectFileOptionsSchema } })
-Object.defineProperty(exports, 'OwnerOptionsSchema', { enumerable: true, get: function () { return schemas.OwnerOptionsSchema } })
 Object.defineProperty(exports, 'RecordDeletionOptionsSchema', { enumerable: true, get: function () { return schemas.RecordDeletionOptionsSchema } })
 Object.defineProperty(exports, 'RegisterProjectOptionsSchema', { enumerable: true, get: function () { return schemas.RegisterProjectOptionsSchema } })
 Object.defineProperty(exports, 'RemoveProjectOptionsSchema', { enumerable: true, get: function () { return schemas.RemoveProjectOptionsSchema } })

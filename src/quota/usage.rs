@@ -344,6 +344,18 @@ pub fn key_reused(upload_id: &str, prior_bytes: i64) -> QuotaError {
   )
 }
 
+const KEY_RECORDED: &str =
+  "SELECT EXISTS (SELECT 1 FROM quota_ledger WHERE user_id = $1 AND idempotency_key = $2)";
+
+async fn key_recorded(conn: &mut PgConnection, user: &UserId, upload_id: &str) -> Result<bool> {
+  let statement = conn.prepared(KEY_RECORDED).await?;
+  let row = conn
+    .client
+    .query_one(&statement, &[&user.as_str(), &upload_id])
+    .await?;
+  Ok(row.get(0))
+}
+
 /// Charges `bytes` for an upload to `project`, once per `upload_id`.
 pub async fn record_upload(
   conn: &mut PgConnection,
@@ -437,7 +449,12 @@ pub async fn record_upload(
         mode,
       });
     }
-    after_uncharged(conn, user, bytes, default_limit).await?;
+    match after_uncharged(conn, user, bytes, default_limit).await {
+      // The statement's snapshot may predate a concurrent call's entry for this key (its row
+      // lock then showed that call's bytes, not its key): the key decides first, so look again.
+      Err(QuotaError::QuotaExceeded(_)) if key_recorded(conn, user, upload_id).await? => continue,
+      other => other?,
+    }
   }
   Err(contention_error("recordUpload"))
 }
