@@ -24,7 +24,7 @@ impl ConnectionConfig {
   pub fn postgres_config(&self) -> Result<(tokio_postgres::Config, TlsSettings)> {
     let url = self.database_url.as_deref().ok_or_else(|| {
       QuotaError::DbUnavailable(
-        "no database configured: pass databaseUrl to createClient() or set DATABASE_URL".into(),
+        "no database configured: set DATABASE_URL or POSTGRES_URL (the CLI also reads them from .env and .env.local, or takes --database-url URL), or pass databaseUrl to createClient()".into(),
       )
     })?;
     let tls = settings_from_url(url)?;

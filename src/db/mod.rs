@@ -5,4 +5,5 @@ pub mod config;
 mod errors;
 pub mod migrate;
 pub mod pool;
+pub mod project_source;
 pub mod tls;

@@ -22,7 +22,6 @@
 use std::collections::{HashMap, HashSet};
 
 use tokio_postgres::types::ToSql;
-use uuid::Uuid;
 
 use crate::db::pool::{PgConnection, Pool};
 use crate::error::{QuotaError, Result};
@@ -41,7 +40,8 @@ SELECT q.user_id, q.used_bytes, q.reserved_bytes, q.limit_bytes,
                 WHERE r.user_id = q.user_id AND r.status = 'pending' AND r.expires_at <= now())
   FROM user_quotas q WHERE q.user_id = ANY($1)
  ORDER BY q.user_id FOR NO KEY UPDATE OF q";
-const OWNERS: &str = "SELECT id, user_id FROM projects WHERE id = ANY($1)";
+const OWNERS: &str =
+  "SELECT p.id, p.user_id FROM unnest($1::text[]) AS x(id), storage_quota_project(x.id) p";
 const PRIORS: &str = "
 SELECT l.user_id, l.idempotency_key, coalesce(l.requested_bytes, l.bytes), l.project_id
   FROM unnest($1::text[], $2::text[]) AS k(user_id, key)
@@ -54,7 +54,7 @@ RETURNING q.user_id, q.used_bytes";
 const LEDGER: &str = "
 INSERT INTO quota_ledger (user_id, project_id, idempotency_key, kind, bytes)
 SELECT t.user_id, t.project_id, t.key, 'upload', t.bytes
-  FROM unnest($1::text[], $2::uuid[], $3::text[], $4::bigint[]) AS t(user_id, project_id, key, bytes)";
+  FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[]) AS t(user_id, project_id, key, bytes)";
 
 #[derive(Debug, Clone)]
 pub struct Upload {
@@ -119,9 +119,9 @@ async fn charge_together(
     .collect::<HashSet<_>>()
     .into_iter()
     .collect();
-  let projects: Vec<Uuid> = uploads
+  let projects: Vec<&str> = uploads
     .iter()
-    .map(|u| u.project.uuid())
+    .map(|u| u.project.as_str())
     .collect::<HashSet<_>>()
     .into_iter()
     .collect();
@@ -150,8 +150,8 @@ async fn charge_together(
       rows.insert(row.get(0), Usage::from_row(row, 1));
     }
   }
-  let owners: HashMap<Uuid, String> = owners.iter().map(|r| (r.get(0), r.get(1))).collect();
-  let mut recorded: HashMap<(String, String), (i64, Option<Uuid>)> = priors
+  let owners: HashMap<String, String> = owners.iter().map(|r| (r.get(0), r.get(1))).collect();
+  let mut recorded: HashMap<(String, String), (i64, Option<String>)> = priors
     .iter()
     .map(|r| ((r.get(0), r.get(1)), (r.get(2), r.get(3))))
     .collect();
@@ -170,7 +170,7 @@ async fn charge_together(
       if !recorded.duplicate {
         *totals.entry(upload.user.as_str()).or_default() += upload.bytes;
         new_users.push(upload.user.as_str());
-        new_projects.push(upload.project.uuid());
+        new_projects.push(upload.project.as_str());
         new_keys.push(upload.upload_id.as_str());
         new_bytes.push(upload.bytes);
       }
@@ -209,24 +209,25 @@ async fn charge_together(
 /// One upload's answer, as `usage::record_upload` decides it, against its user's usage so far.
 fn decide(
   upload: &Upload,
-  owners: &HashMap<Uuid, String>,
-  recorded: &mut HashMap<(String, String), (i64, Option<Uuid>)>,
+  owners: &HashMap<String, String>,
+  recorded: &mut HashMap<(String, String), (i64, Option<String>)>,
   usage: &mut Usage,
 ) -> Result<RecordedUpload> {
-  let project = upload.project.uuid();
+  let project = upload.project.as_str();
   let key = (upload.user.as_str().to_owned(), upload.upload_id.clone());
-  if let Some(&(prior_bytes, prior_project)) = recorded.get(&key) {
-    if prior_bytes != upload.bytes || prior_project != Some(project) {
+  if let Some((prior_bytes, prior_project)) = recorded.get(&key) {
+    let prior_bytes = *prior_bytes;
+    if prior_bytes != upload.bytes || prior_project.as_deref() != Some(project) {
       return Err(usage::key_reused(&upload.upload_id, prior_bytes));
     }
     return Ok(answer(upload, true, *usage));
   }
-  check_owner(owners.get(&project).cloned(), &upload.user, &upload.project)?;
+  check_owner(owners.get(project).cloned(), &upload.user, &upload.project)?;
   if !usage.fits(upload.bytes) {
     return Err(QuotaError::QuotaExceeded(usage.shortfall(upload.bytes)));
   }
   usage.used_bytes += upload.bytes;
-  recorded.insert(key, (upload.bytes, Some(project)));
+  recorded.insert(key, (upload.bytes, Some(project.to_owned())));
   Ok(answer(upload, false, *usage))
 }
 

@@ -133,7 +133,7 @@ macro_rules! record_upload_sql {
     concat!(
       "
 WITH owner AS (
-  SELECT p.user_id FROM projects p WHERE p.id = $2
+  SELECT p.user_id FROM storage_quota_project($2) p
 ), prior AS (
   SELECT coalesce(l.requested_bytes, l.bytes) AS bytes, l.project_id FROM quota_ledger l
    WHERE l.user_id = $1 AND l.idempotency_key = $3
@@ -330,7 +330,7 @@ pub fn contention_error(operation: &str) -> QuotaError {
 
 /// `off` mode writes nothing but still answers for the project's owner and the upload id.
 const OFF_CHECKS: &str = "
-SELECT (SELECT p.user_id FROM projects p WHERE p.id = $2) AS owner_id,
+SELECT (SELECT p.user_id FROM storage_quota_project($2) p) AS owner_id,
        l.project_id AS prior_project, coalesce(l.requested_bytes, l.bytes) AS prior_bytes
   FROM (SELECT 1) AS one
   LEFT JOIN quota_ledger l ON l.user_id = $1 AND l.idempotency_key = $3";
@@ -371,12 +371,12 @@ pub async fn record_upload(
     let statement = conn.prepared(OFF_CHECKS).await?;
     let row = conn
       .client
-      .query_one(&statement, &[&user.as_str(), &project.uuid(), &upload_id])
+      .query_one(&statement, &[&user.as_str(), &project.as_str(), &upload_id])
       .await?;
     let prior: Option<i64> = row.get("prior_bytes");
     if let Some(prior_bytes) = prior {
       if prior_bytes != bytes
-        || row.get::<_, Option<uuid::Uuid>>("prior_project") != Some(project.uuid())
+        || row.get::<_, Option<String>>("prior_project").as_deref() != Some(project.as_str())
       {
         return Err(key_reused(upload_id, prior_bytes));
       }
@@ -400,7 +400,7 @@ pub async fn record_upload(
     RECORD_UPLOAD
   };
   for _ in 0..CHARGE_ATTEMPTS {
-    let project_id = project.uuid();
+    let project_id = project.as_str();
     let result = swept_query_one(
       conn,
       user,
@@ -415,8 +415,8 @@ pub async fn record_upload(
     };
     let prior_bytes: Option<i64> = row.get("prior_bytes");
     if let Some(prior_bytes) = prior_bytes {
-      let prior_project: Option<uuid::Uuid> = row.get("prior_project");
-      if prior_bytes != bytes || prior_project != Some(project.uuid()) {
+      let prior_project: Option<String> = row.get("prior_project");
+      if prior_bytes != bytes || prior_project.as_deref() != Some(project.as_str()) {
         return Err(key_reused(upload_id, prior_bytes));
       }
       let usage = read_usage(conn, user)

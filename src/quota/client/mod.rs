@@ -177,6 +177,11 @@ impl Client {
     self.reading_backend()?.usage(&user, &project).await
   }
 
+  /// Whether the package keeps its own project registry (`projects: 'standalone'`).
+  fn standalone(&self) -> bool {
+    self.config.project_source == crate::db::project_source::ProjectSource::Standalone
+  }
+
   fn default_limit(&self) -> i64 {
     self.config.default_quota_bytes
   }
