@@ -168,6 +168,8 @@ export interface ClientOptions {
   historyRetentionDays?: number
   /** Where project paths point. Default `{ backend: 'local' }` (directories under `storageRoot`). */
   storage?: StorageOptions
+  /** Where the app's projects are. Default: the table `projects(id, user_id)`. */
+  projects?: ProjectsOptions
 }
 
 /** A project copied by `copyProject`. */
@@ -271,6 +273,12 @@ export interface ProjectDrift {
   diskBytes?: number
   /** `diskBytes − ledgerBytes`. */
   diskDriftBytes?: number
+  /** The app's row is gone: the project was deleted without `removeProject`. */
+  deleted: boolean
+  /** Bytes given back for the deleted project by this run (`fix`). */
+  releasedBytes: number
+  /** Its directory and path record were removed by this run (`fix`, local backend). */
+  removed: boolean
 }
 
 /** One file of a project, from `listProjectFiles`. */
@@ -288,6 +296,21 @@ export interface ProjectLocation {
   key: string
   /** `{storageRoot}/{userId}/{projectId}/`, or `s3://{bucket}/{prefix}/{userId}/{projectId}/`. */
   path: string
+}
+
+/**
+ * The project source as the binding receives it (the JS layer turns `'standalone'` into
+ * `{ standalone: true }`).
+ */
+export interface ProjectsOptions {
+  /** The package keeps its own registry of projects (`registerProject` adds to it). */
+  standalone?: boolean
+  /** The app's table, e.g. `invoices` or `app.invoices`. */
+  table?: string
+  /** Its id column (uuid, text, varchar, integer or bigint). Default `id`. */
+  id?: string
+  /** Its owner column (text, varchar or uuid: a user id or an organization id). Default `user_id`. */
+  owner?: string
 }
 
 /** Where a project's files live. */
@@ -349,7 +372,9 @@ export interface ReconcileReport {
   checkedUsers: number
   driftedUsers: number
   fixedUsers: number
-  /** Users with drift (all checked users when one was named or `disk` was asked for). */
+  /** Projects found deleted behind the package's back (their app row is gone). */
+  deletedProjects: number
+  /** Users with drift or deleted projects (all checked users when one was named or `disk` was asked for). */
   users: Array<UserDrift>
 }
 

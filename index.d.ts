@@ -8,7 +8,6 @@ import type {
   SkippedOwner,
   CopiedProject,
   DiskUsage,
-  PathCheck,
   ProjectLocation,
   MigrationInfo,
   MigrationStatus,
@@ -30,6 +29,17 @@ import type {
   UserDrift,
 } from './binding'
 
+/**
+ * The answer of `validatePath`: inside the project directory (with where), or refused (with
+ * why). After `if (!check.inside) return`, `check.path` is a `string`.
+ */
+export type PathCheck =
+  | { inside: true; path: string; relativePath: string }
+  | { inside: false; reason: string }
+
+/** `getUsage(userId, { projects: true })`: the usage with each project's bytes. */
+export type UsageWithProjects = Usage & { projects: ProjectUsage[] }
+
 export type {
   ProjectFile,
   BackfillProgress,
@@ -37,7 +47,6 @@ export type {
   SkippedOwner,
   CopiedProject,
   DiskUsage,
-  PathCheck,
   ProjectLocation,
   MigrationInfo,
   MigrationStatus,
@@ -81,14 +90,25 @@ export type Logger =
   | ((event: LogEvent, fields: Record<string, unknown>) => void)
   | { info?: (entry: Record<string, unknown>) => void; warn?: (entry: Record<string, unknown>) => void }
 
-export interface ClientOptions extends Omit<NativeClientOptions, 'storage'> {
+export interface ClientOptions extends Omit<NativeClientOptions, 'storage' | 'projects'> {
   /** Where project paths point. Default `{ backend: 'local' }` (directories under `storageRoot`). */
   storage?: StorageOptions
-  /** Where log events go: a function, an object with `info`/`warn`, or `false`. Default: JSON lines on stderr. */
+  /**
+   * Where the app's projects are: its table with the id and owner columns (default
+   * `{ table: 'projects', id: 'id', owner: 'user_id' }`), or `'standalone'` for the package's own
+   * registry. Default: `STORAGE_QUOTA_PROJECTS` (`standalone` or `table:id:owner`).
+   */
+  projects?: ProjectsOption
+  /** Where log events go: a function or an object with `info`/`warn` (each gets every event), or `false`. Default: warnings as JSON lines on stderr. */
   logger?: Logger | false
+  /** What the default stderr logger writes: `warn` (default: `slow_call`, `drift_found`, `shadow_refusal`) or `info` (also `quota_refused`, `limit_changed`). Default: `STORAGE_QUOTA_LOG`, then `warn`. */
+  logLevel?: 'warn' | 'info'
   /** Calls slower than this many ms are logged as `slow_call`. Default 250. */
   slowCallMs?: number
 }
+
+/** The app's project table (`name` or `schema.name`), its id column (default `id`; uuid, text, varchar, integer or bigint) and owner column (default `user_id`; text, varchar or uuid — a user id or an organization id). */
+export type ProjectsOption = 'standalone' | { table: string; id?: string; owner?: string }
 
 /**
  * Where project paths point: directories under `storageRoot` (the default), or keys under
@@ -265,6 +285,7 @@ export declare class StorageQuotaClient {
   /** Sets a user's limit; recorded in quota_limit_changes with who and why. */
   setQuotaLimit(userId: string, limitBytes: number, options?: SetQuotaLimitOptions): Promise<Usage>
   /** Usage for the UI; `{ projects: true }` adds each project's bytes. */
+  getUsage(userId: string, options: { projects: true }): Promise<UsageWithProjects>
   getUsage(userId: string, options?: { projects?: boolean }): Promise<Usage>
   /** Recomputes usage from the ledger; reports drift, fixes counters with `{ fix: true }`. */
   reconcile(userId?: string, options?: { fix?: boolean; disk?: boolean }): Promise<ReconcileReport>
@@ -309,8 +330,10 @@ export declare function listProjectFiles(userId: string, projectId: string): Pro
 export declare function deleteProjectFile(userId: string, projectId: string, fileName: string, options?: { deletionId?: string }): Promise<Released>
 export declare function moveProjectStorage(userId: string, projectId: string, options: MoveProjectOptions): Promise<MovedProject>
 export declare function setQuotaLimit(userId: string, limitBytes: number, options?: SetQuotaLimitOptions): Promise<Usage>
+export declare function getUsage(userId: string, options: { projects: true }): Promise<UsageWithProjects>
 export declare function getUsage(userId: string, options?: { projects?: boolean }): Promise<Usage>
 export declare function reconcile(userId?: string, options?: { fix?: boolean; disk?: boolean }): Promise<ReconcileReport>
+export declare function reconcile(options: { fix?: boolean; disk?: boolean }): Promise<ReconcileReport>
 export declare function projectPathFor(userId: string, projectId: string): ProjectLocation
 export declare function validatePath(userId: string, projectId: string, candidate: string): Promise<PathCheck>
 export declare function diskUsage(userId: string, projectId: string): Promise<DiskUsage>
@@ -356,6 +379,7 @@ export declare const BytesSchema: z.ZodType<number>
 export declare const UploadIdSchema: z.ZodType<string>
 export declare const RecordUploadOptionsSchema: z.ZodType<RecordUploadOptions>
 export declare const ClientOptionsSchema: z.ZodType<ClientOptions>
+export declare const ProjectsOptionSchema: z.ZodType<ProjectsOption>
 export declare const StorageOptionsSchema: z.ZodType<StorageOptions>
 export declare const CandidatePathSchema: z.ZodType<string>
 export declare const ProjectLocationSchema: z.ZodType<ProjectLocation>

@@ -5,14 +5,29 @@
 
 const { StorageQuotaClient, optionsFromEnv, parse } = require('./lib/client.js')
 const { StorageQuotaError, QuotaExceededError } = require('./lib/errors.js')
-const schemas = require('./lib/schemas.js')
+const args = require('./lib/args.js')
+
+// The Zod schemas, loaded on first use: Zod alone adds ~12 MB to a process, and calls validate
+// their arguments with lib/args.js instead. (An ESM `import` of this file reads every named
+// export, so it loads them at once; `require`, which Next.js uses for serverExternalPackages,
+// does not.)
+let zodSchemas = null
+const schemas = new Proxy(
+  {},
+  {
+    get(_, name) {
+      zodSchemas ??= require('./lib/schemas.js')
+      return zodSchemas[name]
+    },
+  },
+)
 const { formatBytes, quotaPercentage, quotaState } = require('./lib/format.js')
 
 /** A client with its own pool. Options default to the environment (see README). */
 function createClient(options) {
   // Validate before merging: spreading a hostile object (throwing getter, Proxy) would throw
   // something other than INVALID_ARGUMENT.
-  const given = parse(schemas.ClientOptionsSchema, options ?? {}, 'options')
+  const given = parse(args.ClientOptionsSchema, options ?? {}, 'options')
   return new StorageQuotaClient({ ...optionsFromEnv(), ...given })
 }
 
@@ -70,44 +85,44 @@ exports.quotaState = quotaState
 exports.StorageQuotaClient = StorageQuotaClient
 exports.StorageQuotaError = StorageQuotaError
 exports.QuotaExceededError = QuotaExceededError
-exports.BytesListSchema = schemas.BytesListSchema
-exports.ReservationIdSchema = schemas.ReservationIdSchema
-exports.ReserveUploadOptionsSchema = schemas.ReserveUploadOptionsSchema
-exports.FileNameSchema = schemas.FileNameSchema
-exports.MoveProjectOptionsSchema = schemas.MoveProjectOptionsSchema
-exports.MovedProjectSchema = schemas.MovedProjectSchema
-exports.ProjectFileSchema = schemas.ProjectFileSchema
-exports.DeleteProjectFileOptionsSchema = schemas.DeleteProjectFileOptionsSchema
-exports.OwnerOptionsSchema = schemas.OwnerOptionsSchema
-exports.RecordDeletionOptionsSchema = schemas.RecordDeletionOptionsSchema
-exports.RegisterProjectOptionsSchema = schemas.RegisterProjectOptionsSchema
-exports.RemoveProjectOptionsSchema = schemas.RemoveProjectOptionsSchema
-exports.SetQuotaLimitOptionsSchema = schemas.SetQuotaLimitOptionsSchema
-exports.GetUsageOptionsSchema = schemas.GetUsageOptionsSchema
-exports.ReconcileOptionsSchema = schemas.ReconcileOptionsSchema
-exports.StepsSchema = schemas.StepsSchema
-exports.ModeSchema = schemas.ModeSchema
-exports.ReservationSchema = schemas.ReservationSchema
-exports.ReservationStatusSchema = schemas.ReservationStatusSchema
-exports.SettledReservationSchema = schemas.SettledReservationSchema
-exports.ReleasedSchema = schemas.ReleasedSchema
-exports.QuotaStateSchema = schemas.QuotaStateSchema
-exports.UsageSchema = schemas.UsageSchema
-exports.UserIdSchema = schemas.UserIdSchema
-exports.ProjectIdSchema = schemas.ProjectIdSchema
-exports.BytesSchema = schemas.BytesSchema
-exports.UploadIdSchema = schemas.UploadIdSchema
-exports.RecordUploadOptionsSchema = schemas.RecordUploadOptionsSchema
-exports.ClientOptionsSchema = schemas.ClientOptionsSchema
-exports.StorageOptionsSchema = schemas.StorageOptionsSchema
-exports.CandidatePathSchema = schemas.CandidatePathSchema
-exports.ProjectLocationSchema = schemas.ProjectLocationSchema
-exports.PathCheckSchema = schemas.PathCheckSchema
-exports.DiskUsageSchema = schemas.DiskUsageSchema
-exports.QuotaCheckSchema = schemas.QuotaCheckSchema
-exports.RecordedUploadSchema = schemas.RecordedUploadSchema
-exports.StorageBackendSchema = schemas.StorageBackendSchema
-exports.ProjectStoragePathSchema = schemas.ProjectStoragePathSchema
-exports.UserQuotaSchema = schemas.UserQuotaSchema
-exports.SimulationJobStatusSchema = schemas.SimulationJobStatusSchema
-exports.SimulationJobSchema = schemas.SimulationJobSchema
+Object.defineProperty(exports, 'BytesListSchema', { enumerable: true, get: function () { return schemas.BytesListSchema } })
+Object.defineProperty(exports, 'ReservationIdSchema', { enumerable: true, get: function () { return schemas.ReservationIdSchema } })
+Object.defineProperty(exports, 'ReserveUploadOptionsSchema', { enumerable: true, get: function () { return schemas.ReserveUploadOptionsSchema } })
+Object.defineProperty(exports, 'FileNameSchema', { enumerable: true, get: function () { return schemas.FileNameSchema } })
+Object.defineProperty(exports, 'MoveProjectOptionsSchema', { enumerable: true, get: function () { return schemas.MoveProjectOptionsSchema } })
+Object.defineProperty(exports, 'MovedProjectSchema', { enumerable: true, get: function () { return schemas.MovedProjectSchema } })
+Object.defineProperty(exports, 'ProjectFileSchema', { enumerable: true, get: function () { return schemas.ProjectFileSchema } })
+Object.defineProperty(exports, 'DeleteProjectFileOptionsSchema', { enumerable: true, get: function () { return schemas.DeleteProjectFileOptionsSchema } })
+Object.defineProperty(exports, 'RecordDeletionOptionsSchema', { enumerable: true, get: function () { return schemas.RecordDeletionOptionsSchema } })
+Object.defineProperty(exports, 'RegisterProjectOptionsSchema', { enumerable: true, get: function () { return schemas.RegisterProjectOptionsSchema } })
+Object.defineProperty(exports, 'RemoveProjectOptionsSchema', { enumerable: true, get: function () { return schemas.RemoveProjectOptionsSchema } })
+Object.defineProperty(exports, 'SetQuotaLimitOptionsSchema', { enumerable: true, get: function () { return schemas.SetQuotaLimitOptionsSchema } })
+Object.defineProperty(exports, 'GetUsageOptionsSchema', { enumerable: true, get: function () { return schemas.GetUsageOptionsSchema } })
+Object.defineProperty(exports, 'ReconcileOptionsSchema', { enumerable: true, get: function () { return schemas.ReconcileOptionsSchema } })
+Object.defineProperty(exports, 'StepsSchema', { enumerable: true, get: function () { return schemas.StepsSchema } })
+Object.defineProperty(exports, 'ModeSchema', { enumerable: true, get: function () { return schemas.ModeSchema } })
+Object.defineProperty(exports, 'ReservationSchema', { enumerable: true, get: function () { return schemas.ReservationSchema } })
+Object.defineProperty(exports, 'ReservationStatusSchema', { enumerable: true, get: function () { return schemas.ReservationStatusSchema } })
+Object.defineProperty(exports, 'SettledReservationSchema', { enumerable: true, get: function () { return schemas.SettledReservationSchema } })
+Object.defineProperty(exports, 'ReleasedSchema', { enumerable: true, get: function () { return schemas.ReleasedSchema } })
+Object.defineProperty(exports, 'QuotaStateSchema', { enumerable: true, get: function () { return schemas.QuotaStateSchema } })
+Object.defineProperty(exports, 'UsageSchema', { enumerable: true, get: function () { return schemas.UsageSchema } })
+Object.defineProperty(exports, 'UserIdSchema', { enumerable: true, get: function () { return schemas.UserIdSchema } })
+Object.defineProperty(exports, 'ProjectIdSchema', { enumerable: true, get: function () { return schemas.ProjectIdSchema } })
+Object.defineProperty(exports, 'BytesSchema', { enumerable: true, get: function () { return schemas.BytesSchema } })
+Object.defineProperty(exports, 'UploadIdSchema', { enumerable: true, get: function () { return schemas.UploadIdSchema } })
+Object.defineProperty(exports, 'RecordUploadOptionsSchema', { enumerable: true, get: function () { return schemas.RecordUploadOptionsSchema } })
+Object.defineProperty(exports, 'ClientOptionsSchema', { enumerable: true, get: function () { return schemas.ClientOptionsSchema } })
+Object.defineProperty(exports, 'StorageOptionsSchema', { enumerable: true, get: function () { return schemas.StorageOptionsSchema } })
+Object.defineProperty(exports, 'CandidatePathSchema', { enumerable: true, get: function () { return schemas.CandidatePathSchema } })
+Object.defineProperty(exports, 'ProjectLocationSchema', { enumerable: true, get: function () { return schemas.ProjectLocationSchema } })
+Object.defineProperty(exports, 'PathCheckSchema', { enumerable: true, get: function () { return schemas.PathCheckSchema } })
+Object.defineProperty(exports, 'DiskUsageSchema', { enumerable: true, get: function () { return schemas.DiskUsageSchema } })
+Object.defineProperty(exports, 'QuotaCheckSchema', { enumerable: true, get: function () { return schemas.QuotaCheckSchema } })
+Object.defineProperty(exports, 'RecordedUploadSchema', { enumerable: true, get: function () { return schemas.RecordedUploadSchema } })
+Object.defineProperty(exports, 'StorageBackendSchema', { enumerable: true, get: function () { return schemas.StorageBackendSchema } })
+Object.defineProperty(exports, 'ProjectStoragePathSchema', { enumerable: true, get: function () { return schemas.ProjectStoragePathSchema } })
+Object.defineProperty(exports, 'UserQuotaSchema', { enumerable: true, get: function () { return schemas.UserQuotaSchema } })
+Object.defineProperty(exports, 'SimulationJobStatusSchema', { enumerable: true, get: function () { return schemas.SimulationJobStatusSchema } })
+Object.defineProperty(exports, 'SimulationJobSchema', { enumerable: true, get: function () { return schemas.SimulationJobSchema } })
+Object.defineProperty(exports, 'ProjectsOptionSchema', { enumerable: true, get: function () { return schemas.ProjectsOptionSchema } })

@@ -45,7 +45,7 @@ async function assertCovered(db, expected) {
   const { rows: perProject } = await db.query(
     `SELECT p.id, p.user_id, count(sp.id)::int AS paths, bool_and(p.storage_path_id = sp.id) AS linked,
             bool_and(sp.key = p.user_id || '/' || p.id || '/') AS keyed
-       FROM projects p LEFT JOIN project_storage_paths sp ON sp.project_id = p.id
+       FROM projects p LEFT JOIN project_storage_paths sp ON sp.project_id = p.id::text
       GROUP BY p.id, p.user_id`,
   )
   const valid = /^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$/
@@ -82,7 +82,7 @@ async function assertCovered(db, expected) {
   assert.deepEqual(invalid.rows, [], 'every foreign key validated')
   const state = await db.query(
     `SELECT p.id, p.user_id, sp.key, sp.path, q.used_bytes::text AS used
-       FROM projects p LEFT JOIN project_storage_paths sp ON sp.project_id = p.id
+       FROM projects p LEFT JOIN project_storage_paths sp ON sp.project_id = p.id::text
        LEFT JOIN user_quotas q ON q.user_id = p.user_id ORDER BY p.id`,
   )
   return state.rows

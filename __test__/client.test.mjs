@@ -24,7 +24,7 @@ test('bad arguments reject with INVALID_ARGUMENT and write nothing', async () =>
   const before = await tableCounts()
   const badBytes = [-1, 0.5, NaN, Infinity, 2 ** 53, '10', null, undefined, 10n, {}]
   const badUsers = ['', '../x', 'a b', 42, null, 'x'.repeat(200), "user'; DROP TABLE user_quotas; --"]
-  const badProjects = ['', 'not-a-uuid', '../../etc', 7, null, `${project}x`]
+  const badProjects = ['', 'not.a.uuid', '../../etc', 7, null, `${project}/x`, '-1', 'x'.repeat(129)]
   const calls = [
     ...badBytes.map((b) => () => client.checkQuota('user_valid', b)),
     ...badBytes.map((b) => () => client.recordUpload('user_valid', project, b)),
@@ -45,6 +45,11 @@ test('bad arguments reject with INVALID_ARGUMENT and write nothing', async () =>
     assert.ok(error instanceof StorageQuotaError, String(error))
     assert.equal(error.code, 'INVALID_ARGUMENT', `${call}: ${error.message}`)
     assert.ok(error.message.length > 10)
+  }
+  assert.deepEqual(await tableCounts(), before)
+  // Well-formed ids of another type or spelling are ids of no project, not errors.
+  for (const other of ['not-a-uuid', `${project}x`, project.replaceAll('-', ''), '42']) {
+    assert.equal((await rejection(client.recordUpload('user_valid', other, 1))).code, 'NOT_FOUND', other)
   }
   assert.deepEqual(await tableCounts(), before)
 })
@@ -191,4 +196,25 @@ test('the Zod schemas accept what the addon returns', async () => {
   )
   assert.equal(quota.SimulationJobSchema.parse(job.rows[0]).status, 'queued')
   await assert.rejects(db.query(`UPDATE simulation_jobs SET status = 'exploded'`), { code: '23514' })
+})
+
+test('closeDefaultClient() then a module-level call: a new default client from the environment', async () => {
+  const saved = { url: process.env.DATABASE_URL, root: process.env.STORAGE_ROOT }
+  process.env.DATABASE_URL = db.url
+  process.env.STORAGE_ROOT = db.storageRoot
+  try {
+    const first = quota.getDefaultClient()
+    assert.equal((await quota.checkQuota('user_default', 1)).allowed, true)
+    await quota.closeDefaultClient()
+    // The closed client refuses, the module functions go on with a new one.
+    assert.equal((await rejection(first.checkQuota('user_default', 1))).code, 'CLIENT_CLOSED')
+    assert.equal((await quota.checkQuota('user_default', 1)).allowed, true)
+    assert.notEqual(quota.getDefaultClient(), first)
+  } finally {
+    await quota.closeDefaultClient()
+    for (const [key, value] of [['DATABASE_URL', saved.url], ['STORAGE_ROOT', saved.root]]) {
+      if (value === undefined) delete process.env[key]
+      else process.env[key] = value
+    }
+  }
 })

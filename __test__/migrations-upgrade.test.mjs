@@ -24,7 +24,7 @@ const sha256 = (text) => createHash('sha256').update(text).digest('hex')
 async function numbers(db) {
   const quotas = await db.query('SELECT user_id, used_bytes::text, reserved_bytes::text, limit_bytes::text FROM user_quotas ORDER BY user_id')
   const paths = await db.query(
-    'SELECT p.id, sp.key, sp.path, p.storage_path_id = sp.id AS linked FROM projects p LEFT JOIN project_storage_paths sp ON sp.project_id = p.id ORDER BY p.id',
+    'SELECT p.id, sp.key, sp.path, p.storage_path_id = sp.id AS linked FROM projects p LEFT JOIN project_storage_paths sp ON sp.project_id::text = p.id::text ORDER BY p.id',
   )
   const ledger = await db.query('SELECT user_id, idempotency_key, kind, bytes::text FROM quota_ledger ORDER BY user_id, idempotency_key')
   return { quotas: quotas.rows, paths: paths.rows, ledger: ledger.rows }

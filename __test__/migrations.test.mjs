@@ -58,6 +58,7 @@ test('on an empty database: creates the schema, records it, and is idempotent', 
         'storage_quota_backfill_skipped',
         'storage_quota_meta',
         'storage_quota_migrations',
+        'storage_quota_projects',
         'user_quotas',
       ],
     )
@@ -86,7 +87,7 @@ test('on an existing app: paths and quotas for every project, rows untouched, ro
 
     const paths = await db.query(
       `SELECT p.id, p.user_id, sp.key, sp.path, sp.backend, p.storage_path_id = sp.id AS linked
-         FROM projects p JOIN project_storage_paths sp ON sp.project_id = p.id ORDER BY p.id`,
+         FROM projects p JOIN project_storage_paths sp ON sp.project_id = p.id::text ORDER BY p.id`,
     )
     assert.equal(paths.rows.length, 5, 'every existing project has a storage path')
     for (const row of paths.rows) {

@@ -1,7 +1,7 @@
 import { test, after } from 'node:test'
 import assert from 'node:assert/strict'
 import { randomUUID } from 'node:crypto'
-import { lstat, mkdtemp, readdir, stat, symlink, writeFile } from 'node:fs/promises'
+import { lstat, mkdtemp, readdir, rm, stat, symlink, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { createClient } from '../index.js'
@@ -72,10 +72,12 @@ test('ids that could leave the root are refused before anything is touched', asy
     const error = await rejection(client.allocateProjectPath(userId, project))
     assert.equal(error.code, 'INVALID_ARGUMENT', `userId ${JSON.stringify(userId)}`)
   }
-  for (const projectId of ['..', `${project}/..`, `../${project.slice(3)}`, project.replaceAll('-', ''), `{${project}}`]) {
+  for (const projectId of ['..', `${project}/..`, `../${project.slice(3)}`, `{${project}}`, `${project}.`]) {
     const error = await rejection(client.allocateProjectPath('user_safe', projectId))
     assert.equal(error.code, 'INVALID_ARGUMENT', `projectId ${JSON.stringify(projectId)}`)
   }
+  // The bare 32-digit form is a well-formed text id, but of no project: it never aliases the uuid.
+  assert.equal((await rejection(client.allocateProjectPath('user_safe', project.replaceAll('-', '')))).code, 'NOT_FOUND')
   assert.deepEqual((await readdir(db.storageRoot)).sort(), before, 'the storage root is unchanged')
   const { rows } = await db.query('SELECT count(*)::int AS n FROM project_storage_paths WHERE project_id = $1', [project])
   assert.equal(rows[0].n, 0, 'no record was written')
@@ -85,6 +87,7 @@ test('a symlink planted at {root}/{userId} is not followed', async () => {
   const user = 'user_planted'
   const project = await insertProject(db, user)
   const elsewhere = await mkdtemp(join(tmpdir(), 'sq-elsewhere-'))
+  after(() => rm(elsewhere, { recursive: true, force: true }))
   await symlink(elsewhere, join(db.storageRoot, user))
   const error = await rejection(client.allocateProjectPath(user, project))
   assert.equal(error.code, 'UNSAFE_PATH')
@@ -92,7 +95,9 @@ test('a symlink planted at {root}/{userId} is not followed', async () => {
 })
 
 test('a storage root that is a file gives a clear STORAGE_ERROR', async () => {
-  const file = join(await mkdtemp(join(tmpdir(), 'sq-rootfile-')), 'not-a-dir')
+  const scratch = await mkdtemp(join(tmpdir(), 'sq-rootfile-'))
+  after(() => rm(scratch, { recursive: true, force: true }))
+  const file = join(scratch, 'not-a-dir')
   await writeFile(file, 'x')
   const bad = createClient({ databaseUrl: db.url, storageRoot: file })
   try {
@@ -107,7 +112,9 @@ test('a storage root that is a file gives a clear STORAGE_ERROR', async () => {
 })
 
 test('a missing storage root is created', async () => {
-  const root = join(await mkdtemp(join(tmpdir(), 'sq-newroot-')), 'nested', 'root')
+  const scratch = await mkdtemp(join(tmpdir(), 'sq-newroot-'))
+  after(() => rm(scratch, { recursive: true, force: true }))
+  const root = join(scratch, 'nested', 'root')
   const fresh = createClient({ databaseUrl: db.url, storageRoot: root })
   try {
     const user = 'user_newroot'

@@ -40,11 +40,16 @@ const userIds = fc.oneof(
 )
 const projectIds = fc.oneof(
   fc.uuid(),
+  fc.bigInt({ min: 0n, max: 2n ** 63n - 1n }).map(String),
+  fc.stringMatching(/^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$/),
   fc.uuid().map((id) => id.toUpperCase()),
   fc.uuid().chain((id) => fc.nat(35).chain((i) => fc.constantFrom(...fragments).map((f) => id.slice(0, i) + f + id.slice(i + 1)))),
   hostile,
   fc.string({ unit: 'binary', maxLength: 40 }),
 )
+
+/** How the package spells a project id: uuids lower-case, other ids as given. */
+const canonical = (id) => (/^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i.test(id) ? id.toLowerCase() : id)
 
 function attempt(call) {
   try {
@@ -70,8 +75,8 @@ test('projectPathFor: every accepted id pair lies two segments under the root; t
       const { path, key } = local.ok
       const dir = path.slice(0, -1)
       assert.equal(resolve(dir), dir, 'the path is already normal: no . or .. segment')
-      assert.deepEqual(relative(root, dir).split(sep), [userId, projectId.toLowerCase()])
-      assert.equal(key, `${userId}/${projectId.toLowerCase()}/`)
+      assert.deepEqual(relative(root, dir).split(sep), [userId, canonical(projectId)])
+      assert.equal(key, `${userId}/${canonical(projectId)}/`)
       assert.equal(remote.ok.path, `s3://prop-bucket/pre/fix/${key}`)
     }),
     { numRuns: 3000 },

@@ -73,7 +73,7 @@ test('an upload that does not fit is refused with the numbers and a readable mes
   assert.equal(error.remainingBytes, free)
   assert.equal(
     error.message,
-    'Storage quota exceeded: this upload needs 12.5 MB but only 3.1 MB of your 100 MB is free',
+    'Storage quota exceeded: 12.5 MB more would not fit; only 3.1 MB of your 100 MB is free',
   )
   const ledger = await ledgerSum(user)
   assert.equal(ledger.n, 1, 'a refused upload leaves no ledger entry')

@@ -137,7 +137,7 @@ test("one user can never read, charge, release, copy or allocate another user's 
 /** Runs the secret child; returns its stdout and stderr. */
 async function runSecretChild(env, onLine) {
   const child = spawn(process.execPath, [fileURLToPath(new URL('./helpers/secret-child.mjs', import.meta.url))], {
-    env: { ...process.env, ...env },
+    env: { ...process.env, STORAGE_QUOTA_LOG: 'warn', ...env },
     stdio: ['pipe', 'pipe', 'pipe'],
   })
   let stdout = ''

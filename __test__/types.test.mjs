@@ -12,3 +12,10 @@ test('the typings compile against a server-action style usage file', async () =>
   const result = await run(process.execPath, [tsc, '-p', 'tsconfig.json'], { cwd: root }).catch((e) => e)
   assert.equal(result.code ?? 0, 0, `${result.stdout ?? ''}${result.stderr ?? ''}`)
 })
+
+test('every export of the package is defined (none re-exports a name lib/ no longer has)', async () => {
+  const { createRequire } = await import('node:module')
+  const pkg = createRequire(import.meta.url)('../index.js')
+  const missing = Object.entries(pkg).filter(([, value]) => value === undefined).map(([name]) => name)
+  assert.deepEqual(missing, [])
+})

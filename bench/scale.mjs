@@ -183,7 +183,7 @@ export async function memory({ poolSize, reps }, log) {
   try {
     await migrate(db)
     await seed(db, { users: 64 })
-    const modes = ['bare', 'addon', 'ours', 'pg', 'postgresjs']
+    const modes = ['bare', 'addon', 'ours', 'ours-zod', 'pg', 'postgresjs']
     const samples = Object.fromEntries(modes.map((m) => [m, []]))
     for (let rep = 0; rep < reps; rep++) {
       for (const mode of modes) samples[mode].push(await rssOf(mode, db.url, poolSize))
@@ -207,11 +207,12 @@ export function memoryMarkdown(result, poolSize) {
   const bare = result.bare.rss
   return table(
     ['process', 'connections open', 'RSS', 'over bare Node', 'share of pg\'s'],
-    ['bare', 'addon', 'ours', 'pg', 'postgresjs'].map((m) => [
+    ['bare', 'addon', 'ours', 'ours-zod', 'pg', 'postgresjs'].map((m) => [
       {
         bare: 'bare Node',
         addon: `storage-quota native addon alone (binding.js), poolSize ${poolSize}`,
-        ours: `storage-quota package (index.js: addon + Zod layer), poolSize ${poolSize}`,
+        ours: `storage-quota package (index.js: addon + JS layer, Zod not loaded), poolSize ${poolSize}`,
+        'ours-zod': `storage-quota package with an exported Zod schema used (loads Zod), poolSize ${poolSize}`,
         pg: `pg Pool, max ${poolSize}`,
         postgresjs: `postgres.js, max ${poolSize}`,
       }[m],

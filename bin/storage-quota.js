@@ -2,13 +2,14 @@
 'use strict'
 
 // `storage-quota migrate | backfill | rollback [steps] | status …`: migrations for deploy
-// pipelines, without app code. The URL defaults to DATABASE_URL, then POSTGRES_URL.
+// pipelines, without app code. The URL defaults to DATABASE_URL, then POSTGRES_URL, read from
+// the environment or from the app's .env files (as Next.js reads them).
 const { parseArgs } = require('node:util')
-const { createClient } = require('../index.js')
+const { loadEnvFiles } = require('../lib/env-files.js')
 const { backup } = require('./backup.js')
 const { Progress } = require('./progress.js')
 
-const USAGE = `usage: storage-quota <command> [--database-url URL] [--storage-root DIR]
+const USAGE = `usage: storage-quota <command> [--database-url URL] [--storage-root DIR] [--projects SOURCE]
 
   migrate              apply pending schema migrations, then backfill existing projects
                        (--no-backfill: schema only; --backup FILE: pg_dump the tables it changes first)
@@ -26,7 +27,13 @@ const USAGE = `usage: storage-quota <command> [--database-url URL] [--storage-ro
 The database URL defaults to DATABASE_URL, then POSTGRES_URL; the storage root to STORAGE_ROOT.
 The bucket: --bucket, --prefix, --endpoint, --region, or STORAGE_BACKEND=s3 with STORAGE_BUCKET,
 STORAGE_PREFIX and AWS_ENDPOINT_URL, AWS_REGION; credentials only from AWS_ACCESS_KEY_ID and
-AWS_SECRET_ACCESS_KEY (never on the command line, where other users could read them).`
+AWS_SECRET_ACCESS_KEY (never on the command line, where other users could read them).
+The project source: --projects, or STORAGE_QUOTA_PROJECTS. Each setting is read from the
+environment, then from .env.$NODE_ENV.local, .env.local, .env.$NODE_ENV and .env in the current
+directory (as Next.js does; NODE_ENV defaults to development), never over a variable already set.
+
+  --projects SOURCE    where the app's projects are: TABLE[:ID_COLUMN[:OWNER_COLUMN]]
+                       (default projects:id:user_id), or standalone`
 
 function databaseUrl(values) {
   return values['database-url'] || process.env.DATABASE_URL || process.env.POSTGRES_URL
@@ -106,6 +113,7 @@ async function main() {
     options: {
       'database-url': { type: 'string' },
       'storage-root': { type: 'string' },
+      projects: { type: 'string' },
       backup: { type: 'string' },
       'batch-size': { type: 'string' },
       'no-backfill': { type: 'boolean' },
@@ -124,17 +132,27 @@ async function main() {
     console.log(USAGE)
     return command || values.help ? 0 : 2
   }
+  loadEnvFiles()
+  const { createClient } = require('../index.js')
+  const { projectsFromText } = require('../lib/client.js')
   const out = (line) => console.log(line)
   const err = (line) => console.error(line)
   const batchSize = values['batch-size'] === undefined ? 2_000 : Number(values['batch-size'])
   const options = {}
   if (values['database-url']) options.databaseUrl = values['database-url']
   if (values['storage-root']) options.storageRoot = values['storage-root']
+  if (values.projects) options.projects = projectsFromText(values.projects)
   if (values.bucket) {
     options.storage = { backend: 's3', bucket: values.bucket }
     for (const key of ['prefix', 'endpoint', 'region']) if (values[key]) options.storage[key] = values[key]
   }
-  const client = createClient({ logger: false, ...options })
+  let client
+  try {
+    client = createClient({ logger: false, ...options })
+  } catch (error) {
+    console.error(`storage-quota ${command}: ${error.code ?? 'ERROR'}: ${error.message}`)
+    return 2
+  }
   try {
     if (values.backup !== undefined) {
       if (!['migrate', 'rollback'].includes(command)) throw Object.assign(new Error('--backup goes with migrate or rollback'), { code: 'INVALID_ARGUMENT' })
@@ -180,8 +198,12 @@ async function main() {
       const report = await client.reconcile(stepsArg, { fix: Boolean(values.fix) })
       for (const u of report.users) {
         out(`${u.userId}  counter ${u.usedBytes}  ledger ${u.ledgerBytes}  drift ${u.driftBytes}  reserved drift ${u.reservedDriftBytes}${u.fixed ? '  fixed' : ''}`)
+        for (const p of u.projects.filter((p) => p.deleted)) {
+          const done = p.removed ? `released ${p.releasedBytes} bytes, removed ${p.path}` : p.releasedBytes ? `released ${p.releasedBytes} bytes` : `--fix releases ${p.ledgerBytes} bytes${p.path ? ` and removes ${p.path}` : ''}`
+          out(`  project ${p.projectId} was deleted by the app: ${done}`)
+        }
       }
-      out(`checked ${report.checkedUsers} user(s), ${report.driftedUsers} drifted, ${report.fixedUsers} fixed`)
+      out(`checked ${report.checkedUsers} user(s), ${report.driftedUsers} drifted, ${report.fixedUsers} fixed, ${report.deletedProjects} deleted project(s)`)
     } else if (command === 'move') {
       const moved = await client.moveProjectStorage(stepsArg, projectArg, { to: values.to })
       const how = moved.alreadyMoved ? 'already there; source leftovers deleted' : `${moved.copiedFiles} file(s) copied`

@@ -3,7 +3,7 @@
 const { NativeClient } = require('../binding.js')
 const { StorageQuotaError, describeThrown, fromNative, fromZod } = require('./errors.js')
 const { createLogger } = require('./log.js')
-const S = require('./schemas.js')
+const S = require('./args.js')
 
 function parse(schema, value, what) {
   let failure
@@ -30,8 +30,9 @@ class StorageQuotaClient {
   #slowCallMs
 
   constructor(options = {}) {
-    const { logger, slowCallMs, ...nativeOptions } = parse(S.ClientOptionsSchema, options ?? {}, 'options')
-    this.#log = createLogger(logger)
+    const { logger, logLevel, slowCallMs, projects, ...nativeOptions } = parse(S.ClientOptionsSchema, options ?? {}, 'options')
+    if (projects !== undefined) nativeOptions.projects = projects === 'standalone' ? { standalone: true } : projects
+    this.#log = createLogger(logger, logLevel)
     this.#slowCallMs = slowCallMs ?? 250
     try {
       this.#native = new NativeClient(nativeOptions)
@@ -359,17 +360,28 @@ class StorageQuotaClient {
   }
 }
 
+/** `standalone`, or `table[:idColumn[:ownerColumn]]` (STORAGE_QUOTA_PROJECTS, --projects). */
+function projectsFromText(text) {
+  if (!text) return undefined
+  if (text === 'standalone') return 'standalone'
+  const [table, id, owner] = text.split(':')
+  return { table, ...(id ? { id } : {}), ...(owner ? { owner } : {}) }
+}
+
 /**
  * Options from the environment: DATABASE_URL (or POSTGRES_URL), STORAGE_ROOT, STORAGE_QUOTA_MODE,
- * STORAGE_QUOTA_RETENTION_DAYS,
- * and STORAGE_BACKEND=s3 with STORAGE_BUCKET and STORAGE_PREFIX.
+ * STORAGE_QUOTA_RETENTION_DAYS, STORAGE_QUOTA_PROJECTS, and STORAGE_BACKEND=s3 with
+ * STORAGE_BUCKET and STORAGE_PREFIX.
  */
+
 function optionsFromEnv(env = process.env) {
   const options = {}
   const url = env.DATABASE_URL || env.POSTGRES_URL
   if (url) options.databaseUrl = url
   if (env.STORAGE_ROOT) options.storageRoot = env.STORAGE_ROOT
   if (env.STORAGE_QUOTA_MODE) options.mode = env.STORAGE_QUOTA_MODE
+  const projects = projectsFromText(env.STORAGE_QUOTA_PROJECTS)
+  if (projects) options.projects = projects
   if (env.STORAGE_QUOTA_RETENTION_DAYS) options.historyRetentionDays = Number(env.STORAGE_QUOTA_RETENTION_DAYS)
   if (env.STORAGE_BACKEND === 's3') {
     options.storage = { backend: 's3', bucket: env.STORAGE_BUCKET ?? '' }
@@ -380,4 +392,4 @@ function optionsFromEnv(env = process.env) {
   return options
 }
 
-module.exports = { StorageQuotaClient, optionsFromEnv, parse }
+module.exports = { StorageQuotaClient, optionsFromEnv, projectsFromText, parse }

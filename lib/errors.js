@@ -70,12 +70,13 @@ function describeThrown(value) {
 
 /** A ZodError as INVALID_ARGUMENT, naming the argument and what was wrong with it. */
 function fromZod(zodError, what) {
+  // The path starts with the argument's name (`bytes`, `options.uploadId`), never empty.
   const issues = zodError.issues.map((issue) => ({
-    path: issue.path.join('.'),
+    path: [what, ...issue.path].join('.'),
     message: issue.message,
   }))
   const summary = issues
-    .map((issue) => (issue.path ? `${issue.path}: ${issue.message}` : issue.message))
+    .map((issue) => (issue.path === what ? issue.message : `${issue.path.slice(what.length + 1)}: ${issue.message}`))
     .join('; ')
   return new StorageQuotaError('INVALID_ARGUMENT', `invalid ${what}: ${summary}`, { issues })
 }

@@ -13,13 +13,30 @@ const UserIdSchema = z
   .max(128, 'userId must be at most 128 characters')
   .regex(/^[A-Za-z0-9][A-Za-z0-9_-]*$/, "userId may contain only ASCII letters, digits, '_' and '-', and must start with a letter or digit")
 
-/** Project ids: a UUID in the 36-character hyphenated form (any case). */
+/**
+ * Project ids, as the app's table has them in text: a UUID, an integer, or a text id of ASCII
+ * letters, digits, `_` and `-` (1–128 characters, starting with a letter or digit).
+ */
 const ProjectIdSchema = z
   .string()
-  .regex(/^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$/, 'projectId must be a UUID')
+  .min(1, 'projectId must not be empty')
+  .max(128, 'projectId must be at most 128 characters')
+  .regex(/^[A-Za-z0-9][A-Za-z0-9_-]*$/, "projectId must be the project's id as text: a UUID, an integer, or ASCII letters, digits, '_' and '-' starting with a letter or digit")
 
-/** A whole number of bytes from 0 to 2^53 − 1. */
-const BytesSchema = z.number().int('bytes must be a whole number').min(0, 'bytes must not be negative').max(MAX_BYTES)
+/** A whole number of bytes from 0 to 2^53 − 1. One message per value, saying what is wrong with it. */
+const BytesSchema = z.number().check((ctx) => {
+  const n = ctx.value
+  const problem = !Number.isFinite(n)
+    ? `must be a finite number of bytes, got ${n}`
+    : !Number.isInteger(n)
+      ? `must be a whole number of bytes, got ${n}`
+      : n < 0
+        ? `must not be negative, got ${n}`
+        : n > MAX_BYTES
+          ? `must be at most ${MAX_BYTES} (2^53 − 1, the largest whole number a JS number holds exactly), got ${n}`
+          : null
+  if (problem) ctx.issues.push({ code: 'custom', message: problem, input: n })
+})
 
 const UploadIdSchema = z
   .string()
@@ -30,7 +47,10 @@ const UploadIdSchema = z
 /** Sizes of a multi-file upload: 1 to 10,000 byte counts. */
 const BytesListSchema = z.array(BytesSchema).min(1, 'give at least one size').max(10_000)
 
-const ReservationIdSchema = ProjectIdSchema.describe('reservationId')
+/** Reservation ids: a UUID in the 36-character hyphenated form (any case). */
+const ReservationIdSchema = z
+  .string()
+  .regex(/^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$/, 'reservationId must be a UUID such as 3f2b8c1e-6a0d-4c7e-9b5a-2d1e0f9c8a7b')
 
 const RecordUploadOptionsSchema = z.strictObject({
   uploadId: UploadIdSchema.optional(),
@@ -100,6 +120,28 @@ const StorageOptionsSchema = z.discriminatedUnion('backend', [
   }),
 ])
 
+/** A table or column name as written unquoted in SQL (`schema.table` for the table). */
+const identifier = (what, qualified) =>
+  z
+    .string()
+    .regex(
+      qualified ? /^[A-Za-z_][A-Za-z0-9_$]{0,62}(\.[A-Za-z_][A-Za-z0-9_$]{0,62})?$/ : /^[A-Za-z_][A-Za-z0-9_$]{0,62}$/,
+      `projects.${what} must be a plain SQL identifier${qualified ? ' or schema.table' : ''}`,
+    )
+
+/**
+ * Where the app's projects are: `'standalone'` (the package keeps its own registry, filled by
+ * `registerProject`), or the app's table with its id and owner columns.
+ */
+const ProjectsOptionSchema = z.union([
+  z.literal('standalone'),
+  z.strictObject({
+    table: identifier('table', true),
+    id: identifier('id', false).optional(),
+    owner: identifier('owner', false).optional(),
+  }),
+])
+
 const ClientOptionsSchema = z.strictObject({
   databaseUrl: z.string().optional(),
   storageRoot: z.string().min(1).optional(),
@@ -118,9 +160,12 @@ const ClientOptionsSchema = z.strictObject({
   historyRetentionDays: z.number().int().min(1).max(36_500).optional(),
   /** `(event, fields) => void`, an object with `info`/`warn`, or `false` for silence. */
   logger: z.union([z.custom((v) => typeof v === 'function', 'logger must be a function'), z.literal(false), z.looseObject({})]).optional(),
+  /** The default stderr logger's threshold: `warn` (default) or `info`. */
+  logLevel: z.enum(['warn', 'info']).optional(),
   /** Calls slower than this are logged as `slow_call`. Default 250. */
   slowCallMs: z.number().min(0).optional(),
   storage: StorageOptionsSchema.optional(),
+  projects: ProjectsOptionSchema.optional(),
 })
 
 /** A path to check with `validatePath`: relative to the project directory, or absolute. */
@@ -215,12 +260,10 @@ const StorageBackendSchema = z.enum(['local', 's3'])
 const ProjectLocationSchema = z.object({ backend: StorageBackendSchema, key: z.string(), path: z.string() })
 
 /** The answer of `validatePath`. */
-const PathCheckSchema = z.object({
-  inside: z.boolean(),
-  path: z.string().optional(),
-  relativePath: z.string().optional(),
-  reason: z.string().optional(),
-})
+const PathCheckSchema = z.discriminatedUnion('inside', [
+  z.object({ inside: z.literal(true), path: z.string(), relativePath: z.string() }),
+  z.object({ inside: z.literal(false), reason: z.string() }),
+])
 
 /** The answer of `diskUsage`. */
 const DiskUsageSchema = z.object({
@@ -312,6 +355,7 @@ module.exports = {
   UploadIdSchema,
   RecordUploadOptionsSchema,
   ClientOptionsSchema,
+  ProjectsOptionSchema,
   StorageOptionsSchema,
   CandidatePathSchema,
   ProjectLocationSchema,

@@ -32,8 +32,18 @@ BEGIN
 END
 $$;
 
-ALTER TABLE projects DROP CONSTRAINT projects_storage_path_id_fkey;
-ALTER TABLE projects DROP COLUMN storage_path_id;
+-- `projects.storage_path_id` exists only when 0001 linked to `projects` (the default source);
+-- the foreign key into our table tells it apart from a column of the app's own.
+DO $$
+BEGIN
+  IF EXISTS (SELECT 1 FROM pg_constraint
+              WHERE conname = 'projects_storage_path_id_fkey'
+                AND confrelid = 'project_storage_paths'::regclass) THEN
+    ALTER TABLE projects DROP CONSTRAINT projects_storage_path_id_fkey;
+    ALTER TABLE projects DROP COLUMN storage_path_id;
+  END IF;
+END
+$$;
 
 DROP TABLE simulation_jobs;
 DROP TABLE quota_ledger;

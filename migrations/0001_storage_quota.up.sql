@@ -11,6 +11,10 @@
 -- Short locks: an app's queries queue behind a waiting lock request, so give up after 250 ms
 -- (rolling back, changing nothing) rather than make them wait longer; migrate() retries the
 -- whole file with backoff and logs each retry.
+--
+-- When storage_quota.project_source is set (the app named its own project table, or chose the
+-- standalone registry), nothing here reads or changes `projects`: migration 0006 links to the
+-- configured source instead. Unset, this file behaves as it always did.
 SET LOCAL lock_timeout = '250ms';
 SET LOCAL statement_timeout = '60s';
 
@@ -29,6 +33,9 @@ DECLARE
   owner_type text;
   id_unique boolean;
 BEGIN
+  IF coalesce(current_setting('storage_quota.project_source', true), '') <> '' THEN
+    RETURN;
+  END IF;
   IF to_regclass('projects') IS NULL THEN
     CREATE TABLE projects (
       id uuid PRIMARY KEY DEFAULT gen_random_uuid(),
@@ -176,17 +183,23 @@ CREATE TRIGGER user_quotas_limit_on_update
 -- SHARE ROW EXCLUSIVE on `projects` only until this transaction commits (milliseconds) and
 -- scans nothing. The backfill validates them at its end, in transactions of their own, under
 -- SHARE UPDATE EXCLUSIVE, which blocks no app read or write.
-ALTER TABLE project_storage_paths
-  ADD CONSTRAINT project_storage_paths_project_id_fkey FOREIGN KEY (project_id)
-  REFERENCES projects (id) ON DELETE CASCADE NOT VALID;
-ALTER TABLE simulation_jobs
-  ADD CONSTRAINT simulation_jobs_project_id_fkey FOREIGN KEY (project_id)
-  REFERENCES projects (id) ON DELETE CASCADE NOT VALID;
+DO $$
+BEGIN
+  IF coalesce(current_setting('storage_quota.project_source', true), '') = '' THEN
+    ALTER TABLE project_storage_paths
+      ADD CONSTRAINT project_storage_paths_project_id_fkey FOREIGN KEY (project_id)
+      REFERENCES projects (id) ON DELETE CASCADE NOT VALID;
+    ALTER TABLE simulation_jobs
+      ADD CONSTRAINT simulation_jobs_project_id_fkey FOREIGN KEY (project_id)
+      REFERENCES projects (id) ON DELETE CASCADE NOT VALID;
 
--- Link projects to their paths: the only change to an existing app table. A nullable column
--- without a default is a catalog change (no rewrite); ADD COLUMN's ACCESS EXCLUSIVE lasts
--- until this transaction commits, milliseconds. The backfill fills it in committed batches.
-ALTER TABLE projects ADD COLUMN storage_path_id uuid;
-ALTER TABLE projects
-  ADD CONSTRAINT projects_storage_path_id_fkey FOREIGN KEY (storage_path_id)
-  REFERENCES project_storage_paths (id) ON DELETE SET NULL NOT VALID;
+    -- Link projects to their paths: the only change to an existing app table. A nullable column
+    -- without a default is a catalog change (no rewrite); ADD COLUMN's ACCESS EXCLUSIVE lasts
+    -- until this transaction commits, milliseconds. The backfill fills it in committed batches.
+    ALTER TABLE projects ADD COLUMN storage_path_id uuid;
+    ALTER TABLE projects
+      ADD CONSTRAINT projects_storage_path_id_fkey FOREIGN KEY (storage_path_id)
+      REFERENCES project_storage_paths (id) ON DELETE SET NULL NOT VALID;
+  END IF;
+END
+$$;

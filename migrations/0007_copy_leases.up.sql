@@ -8,7 +8,7 @@ SET LOCAL statement_timeout = '60s';
 
 CREATE TABLE quota_copy_leases (
   user_id text NOT NULL,
-  project_id uuid NOT NULL,
+  project_id text NOT NULL,
   holder uuid NOT NULL,
   expires_at timestamptz NOT NULL,
   CONSTRAINT quota_copy_leases_pkey PRIMARY KEY (user_id, project_id)

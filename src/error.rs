@@ -114,7 +114,7 @@ pub type Result<T, E = QuotaError> = std::result::Result<T, E>;
 
 fn quota_exceeded_message(s: &QuotaShortfall) -> String {
   format!(
-    "Storage quota exceeded: this upload needs {} but only {} of your {} is free",
+    "Storage quota exceeded: {} more would not fit; only {} of your {} is free",
     format_bytes(s.requested_bytes),
     format_bytes(s.remaining_bytes()),
     format_bytes(s.limit_bytes)
@@ -222,7 +222,7 @@ mod tests {
     });
     assert_eq!(
       error.to_string(),
-      "Storage quota exceeded: this upload needs 12.5 MB but only 3.1 MB of your 1 GB is free"
+      "Storage quota exceeded: 12.5 MB more would not fit; only 3.1 MB of your 1 GB is free"
     );
     let payload = error.to_payload();
     assert_eq!(payload["code"], "QUOTA_EXCEEDED");

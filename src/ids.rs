@@ -42,37 +42,64 @@ impl UserId {
   }
 }
 
-/// A project id: a UUID in its canonical 36-character hyphenated form, stored lower-case.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct ProjectId(uuid::Uuid);
+/// Longest accepted project id, as for user ids.
+pub const MAX_PROJECT_ID_LEN: usize = 128;
+
+/// A project id as the app's table has it, in text: a UUID, an integer, or a text id made of
+/// ASCII letters, digits, `_` and `-` (1 to 128 characters, starting with a letter or digit) —
+/// the same allow-list as user ids, so an id is one safe path segment whatever its type.
+/// UUID-shaped ids are lower-cased (PostgreSQL prints uuids that way), so one project has one
+/// spelling.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ProjectId(String);
 
 impl ProjectId {
   pub fn parse(raw: &str) -> Result<Self> {
-    // Only the hyphenated form: uuid also accepts braces, `urn:uuid:` and 32 bare hex digits,
-    // which would give one project several spellings.
-    let well_formed = raw.len() == 36
-      && raw.bytes().enumerate().all(|(i, b)| match i {
-        8 | 13 | 18 | 23 => b == b'-',
-        _ => b.is_ascii_hexdigit(),
-      });
-    if !well_formed {
-      return Err(QuotaError::invalid(
-        "projectId must be a UUID such as 3f2b8c1e-6a0d-4c7e-9b5a-2d1e0f9c8a7b",
-      ));
+    let safe = !raw.is_empty()
+      && raw.len() <= MAX_PROJECT_ID_LEN
+      && raw.as_bytes()[0].is_ascii_alphanumeric()
+      && raw
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    if !safe {
+      return Err(QuotaError::invalid(format!(
+        "projectId must be the project's id as text: a UUID, an integer, or 1 to {MAX_PROJECT_ID_LEN} ASCII letters, digits, '_' and '-' starting with a letter or digit"
+      )));
     }
-    uuid::Uuid::parse_str(raw)
-      .map(ProjectId)
-      .map_err(|_| QuotaError::invalid("projectId must be a UUID"))
+    if is_uuid_shaped(raw) {
+      return Ok(ProjectId(raw.to_ascii_lowercase()));
+    }
+    Ok(ProjectId(raw.to_owned()))
   }
 
-  pub fn uuid(&self) -> uuid::Uuid {
-    self.0
+  pub fn as_str(&self) -> &str {
+    &self.0
   }
+}
+
+/// 36 characters, hyphens at 8, 13, 18 and 23, hex digits elsewhere.
+fn is_uuid_shaped(raw: &str) -> bool {
+  raw.len() == 36
+    && raw.bytes().enumerate().all(|(i, b)| match i {
+      8 | 13 | 18 | 23 => b == b'-',
+      _ => b.is_ascii_hexdigit(),
+    })
+}
+
+/// A UUID the package generated (reservation ids), in its hyphenated form only.
+pub fn parse_uuid(name: &str, raw: &str) -> Result<uuid::Uuid> {
+  if !is_uuid_shaped(raw) {
+    return Err(QuotaError::invalid(format!(
+      "{name} must be a UUID such as 3f2b8c1e-6a0d-4c7e-9b5a-2d1e0f9c8a7b, got {:?}",
+      raw.chars().take(64).collect::<String>()
+    )));
+  }
+  uuid::Uuid::parse_str(raw).map_err(|_| QuotaError::invalid(format!("{name} must be a UUID")))
 }
 
 impl fmt::Display for ProjectId {
   fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-    self.0.hyphenated().fmt(f)
+    f.write_str(&self.0)
   }
 }
 
@@ -182,18 +209,31 @@ mod tests {
   }
 
   #[test]
-  fn project_ids_are_canonical_uuids() {
+  fn project_ids_are_one_safe_segment_with_one_spelling() {
     let id = ProjectId::parse("3F2B8C1E-6A0D-4C7E-9B5A-2D1E0F9C8A7B").unwrap();
     assert_eq!(id.to_string(), "3f2b8c1e-6a0d-4c7e-9b5a-2d1e0f9c8a7b");
+    assert_eq!(ProjectId::parse("42").unwrap().as_str(), "42");
+    assert_eq!(
+      ProjectId::parse("9223372036854775807").unwrap().as_str(),
+      "9223372036854775807"
+    );
+    assert_eq!(ProjectId::parse("inv_Abc-1").unwrap().as_str(), "inv_Abc-1");
     for bad in [
       "",
-      "3f2b8c1e6a0d4c7e9b5a2d1e0f9c8a7b",
       "{3f2b8c1e-6a0d-4c7e-9b5a-2d1e0f9c8a7b}",
       "3f2b8c1e-6a0d-4c7e-9b5a-2d1e0f9c8a7/",
       "../../etc/passwd/aaaaaaaaaaaaaaaaaaaa",
+      "-1",
+      "_x",
+      "a.b",
     ] {
       assert!(ProjectId::parse(bad).is_err(), "accepted {bad:?}");
     }
+    assert!(ProjectId::parse(&"a".repeat(129)).is_err());
+    assert!(parse_uuid("reservationId", "not-a-uuid")
+      .unwrap_err()
+      .to_string()
+      .contains("reservationId"));
   }
 
   #[test]

@@ -8,6 +8,11 @@ import { randomBytes } from 'node:crypto'
 import { after } from 'node:test'
 import pg from 'pg'
 
+// Tests are quiet: the package's default stderr output (slow calls on a loaded machine, the
+// connections DROP DATABASE cuts at the end) is off unless STORAGE_QUOTA_LOG=warn is given.
+// Tests about logging pass their own logger, which this does not affect.
+if (!process.env.STORAGE_QUOTA_LOG) process.env.STORAGE_QUOTA_LOG = 'off'
+
 /** The versions of every migration shipped (`migrations/NNNN_*.up.sql`), in order. */
 export const MIGRATION_VERSIONS = readdirSync(new URL('../../migrations/', import.meta.url))
   .filter((name) => name.endsWith('.up.sql'))

@@ -24,6 +24,8 @@ import {
   reserveUpload,
   commitUpload,
   getUsage,
+  reconcile,
+  getDefaultClient,
   formatBytes,
   quotaState,
   type Reservation,
@@ -97,7 +99,19 @@ export async function reservedUploadAction(userId: string, projectId: string, si
   const done = await commitUpload(userId, held.reservationId, size - 1)
   const usage = await getUsage(userId, { projects: true })
   const state: 'normal' | 'nearing' | 'critical' | 'exceeded' = usage.state
-  return { status: done.status, bar: `${usage.percentUsed}% ${formatBytes(usage.usedBytes)}`, state, same: quotaState(usage.percentUsed) === state }
+  // With { projects: true } the list is there: no `?.`, no `!`.
+  const biggest = usage.projects.reduce((a, p) => Math.max(a, p.usedBytes), 0)
+  return { status: done.status, bar: `${usage.percentUsed}% ${formatBytes(usage.usedBytes)}`, state, same: quotaState(usage.percentUsed) === state, biggest }
+}
+
+// Module functions and client methods take the same overloads.
+export async function adminTasks(userId: string) {
+  await reconcile({ fix: true })
+  await reconcile(userId, { disk: true })
+  await getDefaultClient().reconcile({ fix: true })
+  const plain = await getUsage(userId)
+  // @ts-expect-error without { projects: true } the list may be absent
+  void plain.projects.length
 }
 
 // @ts-expect-error bytes are numbers
@@ -119,9 +133,11 @@ import {
 export async function saveUploadedFile(userId: string, projectId: string, fileName: string) {
   const where: ProjectLocation = projectPathFor(userId, projectId)
   const check: PathCheck = await validatePath(userId, projectId, fileName)
-  if (!check.inside) return { ok: false as const, message: check.reason ?? 'refused' }
+  if (!check.inside) return { ok: false as const, message: check.reason }
   const usage: DiskUsage = await diskUsage(userId, projectId)
-  return { ok: true as const, path: check.path, base: where.path, bytes: usage.bytes }
+  // A discriminated union: here `check.path` is a string.
+  const path: string = check.path
+  return { ok: true as const, path, base: where.path, bytes: usage.bytes }
 }
 
 const s3Storage: StorageOptions = { backend: 's3', bucket: 'acme-uploads', prefix: 'projects' }
@@ -135,3 +151,30 @@ void createClient({ storage: { backend: 's3' } })
 const pathCheckAgrees: Same<z.infer<typeof PathCheckSchema>, PathCheck> = true
 const diskUsageAgrees: Same<z.infer<typeof DiskUsageSchema>, DiskUsage> = true
 void [pathCheckAgrees, diskUsageAgrees]
+
+// Every module-level function has exactly the client method's signatures (overloads included).
+import * as pkg from 'storage-quota'
+type Client = pkg.StorageQuotaClient
+const sameSignatures: [
+  Same<typeof pkg.checkQuota, Client['checkQuota']>,
+  Same<typeof pkg.allocateProjectPath, Client['allocateProjectPath']>,
+  Same<typeof pkg.projectPathFor, Client['projectPathFor']>,
+  Same<typeof pkg.validatePath, Client['validatePath']>,
+  Same<typeof pkg.diskUsage, Client['diskUsage']>,
+  Same<typeof pkg.recordUpload, Client['recordUpload']>,
+  Same<typeof pkg.reserveUpload, Client['reserveUpload']>,
+  Same<typeof pkg.commitUpload, Client['commitUpload']>,
+  Same<typeof pkg.cancelUpload, Client['cancelUpload']>,
+  Same<typeof pkg.sweepExpiredReservations, Client['sweepExpiredReservations']>,
+  Same<typeof pkg.recordDeletion, Client['recordDeletion']>,
+  Same<typeof pkg.registerProject, Client['registerProject']>,
+  Same<typeof pkg.copyProject, Client['copyProject']>,
+  Same<typeof pkg.removeProject, Client['removeProject']>,
+  Same<typeof pkg.setQuotaLimit, Client['setQuotaLimit']>,
+  Same<typeof pkg.getUsage, Client['getUsage']>,
+  Same<typeof pkg.reconcile, Client['reconcile']>,
+  Same<typeof pkg.migrate, Client['migrate']>,
+  Same<typeof pkg.rollback, Client['rollback']>,
+  Same<typeof pkg.migrationStatus, Client['migrationStatus']>,
+] = [true, true, true, true, true, true, true, true, true, true, true, true, true, true, true, true, true, true, true, true]
+void sameSignatures

@@ -19,7 +19,7 @@ function script(op, { users, hot }) {
   if (op === 'recordUpload') {
     const sql = oneLine(RECORD_UPLOAD)
       .replaceAll('$1', ':u')
-      .replaceAll('$2', 'md5(:u)::uuid')
+      .replaceAll('$2', 'md5(:u)::uuid::text')
       .replaceAll('$3', ':k')
       .replaceAll('$4', ':b')
     const head = `${pick}\n\\set k random(1, 1000000000000000)\n\\set b 1\n`
@@ -33,7 +33,7 @@ function script(op, { users, hot }) {
     const sweep = oneLine(SWEEP_USER_SQL).replaceAll('$1', ':u')
     const reserve = oneLine(RESERVE)
       .replaceAll('$1', ':u')
-      .replaceAll('$2', 'md5(:u)::uuid')
+      .replaceAll('$2', 'md5(:u)::uuid::text')
       .replaceAll('$3', '1')
       .replaceAll('$4', ':rid::uuid')
       .replaceAll('$5', '3600000')

@@ -1,5 +1,5 @@
 // A Node process holding one driver's pool with every connection open, for the memory table:
-// `node --expose-gc rss-child.mjs <bare|ours|pg|postgresjs> <url> <poolSize>`. Reports its RSS
+// `node --expose-gc rss-child.mjs <bare|addon|ours|ours-zod|pg|postgresjs> <url> <poolSize>`. Reports its RSS
 // over IPC after a GC, then waits for the parent to count its connections and end it.
 import { createRequire } from 'node:module'
 
@@ -13,15 +13,18 @@ const SELECT = 'SELECT used_bytes, reserved_bytes, limit_bytes FROM user_quotas 
 
 async function open() {
   if (mode === 'bare') return { call: async () => {}, close: async () => {} }
-  if (mode === 'ours' || mode === 'addon') {
+  if (mode === 'ours' || mode === 'ours-zod' || mode === 'addon') {
     // `ours` is the package as apps import it (with its Zod validation layer); `addon` the
     // native binding alone (which takes a list of sizes). Checks and uploads of distinct users
     // together open every connection of the pool.
     const options = { databaseUrl: url, poolSize, applicationName: `rss-${mode}` }
+    // `ours-zod` also touches an exported Zod schema, which loads Zod (as every call did before
+    // lib/args.js): the cost an app pays when it uses the schemas itself.
+    if (mode === 'ours-zod') void require('../../index.js').UserIdSchema
     const client =
-      mode === 'ours'
-        ? require('../../index.js').createClient(options)
-        : new (require('../../binding.js').NativeClient)(options)
+      mode === 'addon'
+        ? new (require('../../binding.js').NativeClient)(options)
+        : require('../../index.js').createClient(options)
     let n = 0
     const call = () => {
       const i = n++

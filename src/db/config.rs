@@ -41,7 +41,7 @@ impl ConnectionConfig {
   pub fn postgres_config(&self) -> Result<DriverSettings> {
     let url = self.database_url.as_deref().ok_or_else(|| {
       QuotaError::DbUnavailable(
-        "no database configured: pass databaseUrl to createClient() or set DATABASE_URL".into(),
+        "no database configured: set DATABASE_URL or POSTGRES_URL (the CLI also reads them from .env and .env.local, or takes --database-url URL), or pass databaseUrl to createClient()".into(),
       )
     })?;
     let (url, pgbouncer) = take_pgbouncer_flag(url)?;

@@ -9,6 +9,7 @@ use crate::db::session::{PgConnection, Tx};
 use sha2::{Digest, Sha256};
 use tokio_postgres::error::SqlState;
 
+use crate::db::project_source::ProjectSource;
 use crate::error::{QuotaError, Result};
 
 pub struct Migration {
@@ -33,7 +34,13 @@ pub const MIGRATIONS: &[Migration] = &[
     name: "storage_quota",
     up: include_str!("../../migrations/0001_storage_quota.up.sql"),
     down: include_str!("../../migrations/0001_storage_quota.down.sql"),
-    legacy_checksums: &[LEGACY_0001_CHECKSUM],
+    // The first release, and the schema-only text of the merged backfill branch before
+    // 0001 learnt to leave `projects` alone for a configured source (same objects for the
+    // default source).
+    legacy_checksums: &[
+      LEGACY_0001_CHECKSUM,
+      "c8806ea66680c002e3a284d36ef7439944ecde2bff0868ed201e3eebb2aeb36a",
+    ],
   },
   Migration {
     version: 2,
@@ -61,6 +68,13 @@ pub const MIGRATIONS: &[Migration] = &[
     name: "batched_backfill",
     up: include_str!("../../migrations/0005_batched_backfill.up.sql"),
     down: include_str!("../../migrations/0005_batched_backfill.down.sql"),
+    legacy_checksums: &[],
+  },
+  Migration {
+    version: 6,
+    name: "project_source",
+    up: include_str!("../../migrations/0006_project_source.up.sql"),
+    down: include_str!("../../migrations/0006_project_source.down.sql"),
     legacy_checksums: &[],
   },
   Migration {
@@ -100,6 +114,7 @@ const TRACKING_TABLE: &str = "
 pub struct MigrationSettings {
   pub default_limit_bytes: i64,
   pub storage_root: String,
+  pub project_source: ProjectSource,
   /// Rollback only: let 0001's down drop recorded usage (`rollback --discard-usage`).
   pub discard_usage: bool,
 }
@@ -197,6 +212,8 @@ pub async fn migrate(
   client: &mut PgConnection,
   settings: &MigrationSettings,
 ) -> Result<MigrateReport> {
+  // Before anything changes: a configured project table that is missing or unusable is refused.
+  settings.project_source.check(&*client).await?;
   let mut report = MigrateReport::default();
   let mut attempt = 0u32;
   loop {
@@ -288,8 +305,12 @@ async fn set_settings(
       &if settings.discard_usage { "on" } else { "off" },
     ],
   )
-  .await
-  .map(|_| ())
+  .await?;
+  for (name, value) in settings.project_source.settings() {
+    tx.execute("SELECT set_config($1, $2, true)", &[&name, &value])
+      .await?;
+  }
+  Ok(())
 }
 
 /// A database that applied the first release of 0001 was backfilled inside that migration:
@@ -347,8 +368,7 @@ pub async fn rollback(
 }
 
 pub async fn status(client: &mut PgConnection) -> Result<Status> {
-  // In a transaction: behind a transaction pooler, the statements tokio-postgres prepares for
-  // these reads must stay on one server connection.
+  // In a transaction: one server connection behind a transaction pooler, one snapshot.
   let client = client.transaction().await?;
   let exists: bool = client
     .query_one(

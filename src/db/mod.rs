@@ -5,5 +5,6 @@ pub mod config;
 mod errors;
 pub mod migrate;
 pub mod pool;
+pub mod project_source;
 pub mod session;
 pub mod tls;

@@ -49,6 +49,12 @@ impl NativeClient {
           session_token: s.session_token.map(crate::storage::Secret),
         },
       }),
+      projects: options.projects.map(|p| config::RawProjects {
+        standalone: p.standalone.unwrap_or(false),
+        table: p.table,
+        id: p.id,
+        owner: p.owner,
+      }),
     })
     .map_err(|error| js_error(&env, error))?;
     Ok(NativeClient { inner })
@@ -351,6 +357,7 @@ impl NativeClient {
         checked_users: report.checked_users,
         drifted_users: report.drifted_users,
         fixed_users: report.fixed_users,
+        deleted_projects: report.deleted_projects,
         users: report.users.into_iter().map(drift_to_js).collect(),
       })
     })

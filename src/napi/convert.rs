@@ -143,6 +143,9 @@ pub(crate) fn drift_to_js(d: crate::quota::reconcile::UserDrift) -> UserDrift {
         disk_drift_bytes: p.disk_drift_bytes(),
         path: p.path,
         disk_bytes: p.disk_bytes,
+        deleted: p.deleted,
+        released_bytes: p.released_bytes,
+        removed: p.removed,
       })
       .collect(),
   }

@@ -51,6 +51,23 @@ pub struct ClientOptions {
   pub history_retention_days: Option<f64>,
   /// Where project paths point. Default `{ backend: 'local' }` (directories under `storageRoot`).
   pub storage: Option<StorageOptions>,
+  /// Where the app's projects are. Default: the table `projects(id, user_id)`.
+  pub projects: Option<ProjectsOptions>,
+}
+
+/// The project source as the binding receives it (the JS layer turns `'standalone'` into
+/// `{ standalone: true }`).
+#[napi(object)]
+#[derive(Default)]
+pub struct ProjectsOptions {
+  /// The package keeps its own registry of projects (`registerProject` adds to it).
+  pub standalone: Option<bool>,
+  /// The app's table, e.g. `invoices` or `app.invoices`.
+  pub table: Option<String>,
+  /// Its id column (uuid, text, varchar, integer or bigint). Default `id`.
+  pub id: Option<String>,
+  /// Its owner column (text, varchar or uuid: a user id or an organization id). Default `user_id`.
+  pub owner: Option<String>,
 }
 
 /// The storage backend: `{ backend: 'local' }`, or `{ backend: 's3', bucket, prefix? }` for
@@ -352,6 +369,12 @@ pub struct ProjectDrift {
   pub disk_bytes: Option<i64>,
   /// `diskBytes − ledgerBytes`.
   pub disk_drift_bytes: Option<i64>,
+  /// The app's row is gone: the project was deleted without `removeProject`.
+  pub deleted: bool,
+  /// Bytes given back for the deleted project by this run (`fix`).
+  pub released_bytes: i64,
+  /// Its directory and path record were removed by this run (`fix`, local backend).
+  pub removed: bool,
 }
 
 /// One user in a reconciliation report.
@@ -377,7 +400,9 @@ pub struct ReconcileReport {
   pub checked_users: i64,
   pub drifted_users: i64,
   pub fixed_users: i64,
-  /// Users with drift (all checked users when one was named or `disk` was asked for).
+  /// Projects found deleted behind the package's back (their app row is gone).
+  pub deleted_projects: i64,
+  /// Users with drift or deleted projects (all checked users when one was named or `disk` was asked for).
   pub users: Vec<UserDrift>,
 }
 

@@ -53,6 +53,20 @@ impl AppTable {
   /// The SQL expression of a project's baseline bytes (`p` is the app table's alias), when the
   /// app has a numeric size column.
   pub async fn size_expr(&self, db: &impl Db) -> Result<Option<String>> {
+    // Baselines come from the default source's table only: with another source configured
+    // (migration 0006), a `projects` table is not the app's project table.
+    let other_source: bool = db
+      .query_one(
+        "SELECT to_regclass('storage_quota_meta') IS NOT NULL
+            AND EXISTS (SELECT 1 FROM storage_quota_meta
+                         WHERE key = 'project_source' AND value ->> 'source' <> 'default')",
+        &[],
+      )
+      .await?
+      .get(0);
+    if other_source {
+      return Ok(None);
+    }
     let row = db
       .query_opt(
         "SELECT format_type(a.atttypid, a.atttypmod) FROM pg_attribute a

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::db::config::ConnectionConfig;
+use crate::db::project_source::ProjectSource;
 use crate::error::{QuotaError, Result};
 use crate::ids::{parse_bytes, parse_whole, MAX_BYTES};
 use crate::rollout::{Mode, Rollout};
@@ -48,6 +49,16 @@ pub struct RawOptions {
   pub reservation_ttl_ms: Option<f64>,
   pub history_retention_days: Option<f64>,
   pub storage: Option<RawStorage>,
+  pub projects: Option<RawProjects>,
+}
+
+/// The `projects` option as it arrives from JS: `standalone`, or the app's table and columns.
+#[derive(Debug, Default, Clone)]
+pub struct RawProjects {
+  pub standalone: bool,
+  pub table: Option<String>,
+  pub id: Option<String>,
+  pub owner: Option<String>,
 }
 
 /// The `storage` option as it arrives from JS.
@@ -67,6 +78,8 @@ pub struct Config {
   pub db: ConnectionConfig,
   pub rollout: Rollout,
   pub reservation_ttl_ms: i64,
+  /// Where the app's projects are (see `db::project_source`).
+  pub project_source: ProjectSource,
   /// How long settled reservations and ledger entries are kept (`pruneHistory`), in days.
   pub history_retention_days: i64,
 }
@@ -160,9 +173,27 @@ impl Config {
       None => crate::quota::retention::DEFAULT_RETENTION_DAYS,
     };
     let storage = storage_config(raw.storage, &storage_root)?;
+    let project_source = match raw.projects {
+      None => ProjectSource::Default,
+      Some(p) if p.standalone && p.table.is_none() && p.id.is_none() && p.owner.is_none() => {
+        ProjectSource::Standalone
+      }
+      Some(RawProjects {
+        standalone: false,
+        table: Some(table),
+        id,
+        owner,
+      }) => ProjectSource::table(&table, id.as_deref(), owner.as_deref())?,
+      Some(_) => {
+        return Err(QuotaError::invalid(
+          "projects must be 'standalone' or { table, id?, owner? }",
+        ))
+      }
+    };
     Ok(Config {
       rollout: Rollout { mode, percent },
       reservation_ttl_ms,
+      project_source,
       history_retention_days,
       storage_root,
       storage,

@@ -22,7 +22,7 @@ use crate::storage::local::tree::TreeStats;
 #[derive(Debug, Clone)]
 pub struct Claim {
   /// `None` only for copies made before the claim table existed.
-  pub source: Option<uuid::Uuid>,
+  pub source: Option<String>,
   /// The call's token: its reservation id and the name of its staging directory.
   pub token: uuid::Uuid,
   pub done: bool,
@@ -55,7 +55,7 @@ pub async fn try_lease(
   let row = conn
     .query_opt(
       TRY_LEASE,
-      &[&user.as_str(), &target.uuid(), holder, &ttl_ms],
+      &[&user.as_str(), &target.as_str(), holder, &ttl_ms],
     )
     .await?;
   Ok(row.is_some())
@@ -70,7 +70,7 @@ pub async fn release_lease(
   conn
     .execute(
       "DELETE FROM quota_copy_leases WHERE user_id = $1 AND project_id = $2 AND holder = $3",
-      &[&user.as_str(), &target.uuid(), holder],
+      &[&user.as_str(), &target.as_str(), holder],
     )
     .await?;
   Ok(())
@@ -89,14 +89,14 @@ pub async fn check_owners(
 ) -> Result<()> {
   let rows = conn
     .query(
-      "SELECT id, user_id FROM projects WHERE id = ANY($1)",
-      &[&vec![source.uuid(), target.uuid()]],
+      "SELECT p.id, p.user_id FROM unnest($1::text[]) AS x(id), storage_quota_project(x.id) p",
+      &[&vec![source.as_str(), target.as_str()]],
     )
     .await?;
   for project in [source, target] {
     let owner = rows
       .iter()
-      .find(|row| row.get::<_, uuid::Uuid>(0) == project.uuid())
+      .find(|row| row.get::<_, &str>(0) == project.as_str())
       .map(|row| row.get::<_, String>(1));
     check_owner(owner, user, project)?;
   }
@@ -136,7 +136,7 @@ pub async fn read(
          FROM quota_project_copies c
          LEFT JOIN quota_reservations r ON r.id = c.token AND r.user_id = c.user_id
         WHERE c.user_id = $1 AND c.project_id = $2",
-      &[&user.as_str(), &target.uuid()],
+      &[&user.as_str(), &target.as_str()],
     )
     .await?;
   Ok(row.map(|row| {
@@ -163,8 +163,8 @@ pub async fn read(
 
 /// `CONFLICT` (`KEY_REUSED`) when the new project was already copied from another source.
 pub fn same_source(claim: &Claim, source: &ProjectId, target: &ProjectId) -> Result<()> {
-  match claim.source {
-    Some(claimed) if claimed != source.uuid() => Err(QuotaError::conflict(
+  match &claim.source {
+    Some(claimed) if claimed != source.as_str() => Err(QuotaError::conflict(
       ConflictReason::KeyReused,
       format!(
         "project {target} is already a copy of project {claimed}; copy into a new project id"
@@ -185,7 +185,7 @@ pub async fn insert(
     .execute(
       "INSERT INTO quota_project_copies (user_id, project_id, source_project_id, token)
        VALUES ($1, $2, $3, $4)",
-      &[&user.as_str(), &target.uuid(), &source.uuid(), token],
+      &[&user.as_str(), &target.as_str(), &source.as_str(), token],
     )
     .await?;
   Ok(())
@@ -253,7 +253,7 @@ pub async fn forget(conn: &mut PgConnection, user: &UserId, project: &ProjectId)
   conn
     .execute(
       "DELETE FROM quota_project_copies WHERE user_id = $1 AND project_id = $2 AND status = 'done'",
-      &[&user.as_str(), &project.uuid()],
+      &[&user.as_str(), &project.as_str()],
     )
     .await?;
   Ok(())

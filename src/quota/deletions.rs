@@ -56,8 +56,8 @@ async fn lock_quota(tx: &Tx<'_>, user: &UserId) -> Result<Option<Usage>> {
 async fn check_release_owner(tx: &Tx<'_>, user: &UserId, project: &ProjectId) -> Result<()> {
   let owner: Option<String> = tx
     .query_opt(
-      "SELECT user_id FROM projects WHERE id = $1",
-      &[&project.uuid()],
+      "SELECT user_id FROM storage_quota_project($1)",
+      &[&project.as_str()],
     )
     .await?
     .map(|row| row.get(0));
@@ -70,7 +70,7 @@ async fn check_release_owner(tx: &Tx<'_>, user: &UserId, project: &ProjectId) ->
       let known: bool = tx
         .query_one(
           "SELECT EXISTS (SELECT 1 FROM quota_project_usage WHERE user_id = $1 AND project_id = $2)",
-          &[&user.as_str(), &project.uuid()],
+          &[&user.as_str(), &project.as_str()],
         )
         .await?
         .get(0);
@@ -90,7 +90,7 @@ async fn project_counted(tx: &Tx<'_>, user: &UserId, project: &ProjectId) -> Res
   Ok(
     tx.query_opt(
       "SELECT used_bytes FROM quota_project_usage WHERE user_id = $1 AND project_id = $2",
-      &[&user.as_str(), &project.uuid()],
+      &[&user.as_str(), &project.as_str()],
     )
     .await?
     .map_or(0, |row| row.get(0)),
@@ -101,7 +101,7 @@ async fn project_counted(tx: &Tx<'_>, user: &UserId, project: &ProjectId) -> Res
 struct Prior {
   /// Bytes counted (negative for a release).
   bytes: i64,
-  project: Option<uuid::Uuid>,
+  project: Option<String>,
   /// What that request asked for, when it differs from what was counted.
   requested: Option<i64>,
 }
@@ -149,7 +149,7 @@ async fn apply(
     tx.execute(
       "INSERT INTO quota_ledger (user_id, project_id, idempotency_key, kind, bytes, requested_bytes)
        VALUES ($1, $2, $3, $4, $5, $6)",
-      &[&user.as_str(), &project.uuid(), key, kind, bytes, requested],
+      &[&user.as_str(), &project.as_str(), key, kind, bytes, requested],
     )
     .await?;
   }
@@ -198,7 +198,9 @@ pub async fn record_deletion(
           "upload {upload_id:?} was never recorded for this user"
         )));
       };
-      if recorded_project != Some(project.uuid()) || bytes.is_some_and(|b| b != recorded) {
+      if recorded_project.as_deref() != Some(project.as_str())
+        || bytes.is_some_and(|b| b != recorded)
+      {
         return Err(QuotaError::conflict(
           ConflictReason::Mismatch,
           format!(
@@ -213,7 +215,7 @@ pub async fn record_deletion(
   if let Some(prior) = prior_entry(&tx, user, &key).await? {
     // The same key: the same request answers the first outcome; another one is KEY_REUSED.
     let asked = prior.requested.unwrap_or(-prior.bytes);
-    if prior.project != Some(project.uuid()) || asked != wanted {
+    if prior.project.as_deref() != Some(project.as_str()) || asked != wanted {
       return Err(QuotaError::conflict(
         ConflictReason::KeyReused,
         format!(
@@ -268,7 +270,7 @@ pub async fn record_overwrite(
   check_release_owner(&tx, user, project).await?;
   if let Some(prior_entry) = prior_entry(&tx, user, upload_id).await? {
     let prior = prior_entry.requested.unwrap_or(prior_entry.bytes);
-    if prior != bytes || prior_entry.project != Some(project.uuid()) {
+    if prior != bytes || prior_entry.project.as_deref() != Some(project.as_str()) {
       return Err(QuotaError::conflict(
         ConflictReason::KeyReused,
         format!(
@@ -330,7 +332,7 @@ pub async fn remove_project(
     .query(
       "UPDATE quota_reservations SET status = 'cancelled', settled_at = now()
         WHERE user_id = $1 AND project_id = $2 AND status = 'pending' RETURNING bytes",
-      &[&user.as_str(), &project.uuid()],
+      &[&user.as_str(), &project.as_str()],
     )
     .await?;
   let held: i64 = cancelled.iter().map(|row| row.get::<_, i64>(0)).sum();

@@ -24,7 +24,7 @@ pub fn quota_state(percent_used: f64) -> &'static str {
 
 #[derive(Debug, Clone)]
 pub struct ProjectUsage {
-  pub project_id: uuid::Uuid,
+  pub project_id: String,
   pub used_bytes: i64,
 }
 

@@ -12,7 +12,7 @@ use crate::quota::projects::ProjectStoragePath;
 #[derive(Debug, Clone)]
 pub struct ReservedObject {
   pub user_id: String,
-  pub project_id: uuid::Uuid,
+  pub project_id: String,
   pub object_key: Option<String>,
   pub status: String,
   /// The project's storage record, when it has one.
@@ -80,7 +80,7 @@ pub async fn reserved_object(
 pub struct AbandonedObject {
   pub reservation_id: uuid::Uuid,
   pub user_id: String,
-  pub project_id: uuid::Uuid,
+  pub project_id: String,
   pub object_key: String,
   pub backend: Option<String>,
   /// False when a later upload of the same object committed (or is still in flight): the
@@ -155,9 +155,8 @@ pub async fn project_record(
   let row = conn
     .query_opt(
       "SELECT p.user_id, sp.id, sp.project_id, sp.user_id, sp.backend, sp.key, sp.path, sp.created_at
-         FROM projects p LEFT JOIN project_storage_paths sp ON sp.project_id = p.id
-        WHERE p.id = $1",
-      &[&project.uuid()],
+         FROM storage_quota_project($1) p LEFT JOIN project_storage_paths sp ON sp.project_id = p.id",
+      &[&project.as_str()],
     )
     .await?
     .ok_or_else(|| QuotaError::NotFound(format!("project {project} does not exist")))?;
@@ -180,7 +179,10 @@ pub async fn project_record(
 
 /// `CONFLICT` (`UPLOAD_IN_FLIGHT`) when an upload to the project holds a live reservation.
 pub async fn refuse_in_flight(conn: &mut PgConnection, project: &ProjectId) -> Result<()> {
-  let pending: i64 = conn.query_one(IN_FLIGHT, &[&project.uuid()]).await?.get(0);
+  let pending: i64 = conn
+    .query_one(IN_FLIGHT, &[&project.as_str()])
+    .await?
+    .get(0);
   if pending > 0 {
     return Err(in_flight(project, pending));
   }
@@ -213,7 +215,7 @@ pub async fn flip_record(
     &[&user.as_str()],
   )
   .await?;
-  let pending: i64 = tx.query_one(IN_FLIGHT, &[&project.uuid()]).await?.get(0);
+  let pending: i64 = tx.query_one(IN_FLIGHT, &[&project.as_str()]).await?.get(0);
   if pending > 0 {
     return Err(in_flight(project, pending));
   }
@@ -221,7 +223,7 @@ pub async fn flip_record(
     .query_one(
       "SELECT (SELECT count(*) FROM quota_ledger WHERE project_id = $1 AND created_at >= $2)
             + (SELECT count(*) FROM quota_reservations WHERE project_id = $1 AND created_at >= $2)",
-      &[&project.uuid(), &since],
+      &[&project.as_str(), &since],
     )
     .await?
     .get(0);
@@ -237,7 +239,7 @@ pub async fn flip_record(
         WHERE project_id = $1 AND user_id = $2 AND backend = $5 AND key = $6
         RETURNING id, project_id, user_id, backend, key, path, created_at",
       &[
-        &project.uuid(),
+        &project.as_str(),
         &user.as_str(),
         &to.backend,
         &to.path,

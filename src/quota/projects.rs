@@ -11,7 +11,7 @@ use crate::storage::Location;
 #[derive(Debug, Clone)]
 pub struct ProjectStoragePath {
   pub id: uuid::Uuid,
-  pub project_id: uuid::Uuid,
+  pub project_id: String,
   pub user_id: String,
   pub backend: String,
   pub key: String,
@@ -19,19 +19,22 @@ pub struct ProjectStoragePath {
   pub created_at: DateTime<Utc>,
 }
 
-const PATH_COLUMNS: &str =
-  "sp.id, sp.project_id, sp.user_id, sp.backend, sp.key, sp.path, sp.created_at";
-
 /// The project's owner and, if it has one, its storage path: the fast path once allocated.
 const FIND_PROJECT: &str = "
 SELECT p.user_id AS owner_id, sp.id, sp.project_id, sp.user_id, sp.backend, sp.key, sp.path, sp.created_at
-  FROM projects p LEFT JOIN project_storage_paths sp ON sp.project_id = p.id
- WHERE p.id = $1";
+  FROM storage_quota_project($1) p LEFT JOIN project_storage_paths sp ON sp.project_id = p.id";
 
+/// Inserts only while the app's row still names `$2` as the owner (there is no foreign key into
+/// the app's table, which may be any table: see migration 0006). Concurrent callers for one
+/// project race on two unique keys (`project_id`, and `(backend, key)` derived from it); an
+/// arbiter-less `ON CONFLICT` turns a loss on either into "nothing inserted", and the caller
+/// reads the winner's row.
 const INSERT_PATH: &str = "
 INSERT INTO project_storage_paths AS sp (project_id, user_id, quota_id, backend, key, path)
-SELECT $1, $2, q.id, $5, $3, $4 FROM user_quotas q WHERE q.user_id = $2
-ON CONFLICT (project_id) DO NOTHING
+SELECT $1, $2, q.id, $5, $3, $4
+  FROM user_quotas q, storage_quota_project($1) p
+ WHERE q.user_id = $2 AND p.user_id = $2
+ON CONFLICT DO NOTHING
 RETURNING sp.id, sp.project_id, sp.user_id, sp.backend, sp.key, sp.path, sp.created_at";
 
 fn row_to_path(row: &tokio_postgres::Row, offset: usize) -> ProjectStoragePath {
@@ -71,33 +74,21 @@ pub async fn find_or_create(
   location: &Location,
   default_limit: i64,
 ) -> Result<(ProjectStoragePath, bool)> {
-  let row = conn.query_opt(FIND_PROJECT, &[&project.uuid()]).await?;
+  let row = conn.query_opt(FIND_PROJECT, &[&project.as_str()]).await?;
   let row = row.ok_or_else(|| QuotaError::NotFound(format!("project {project} does not exist")))?;
   check_owner(row.get(0), user, project)?;
   if row.get::<_, Option<uuid::Uuid>>(1).is_some() {
     return Ok((row_to_path(&row, 1), false));
   }
 
-  // The quota row first, committed on its own: inside the transaction below, a second caller
-  // waiting on our uncommitted quota row while we wait on its project row lock would deadlock.
+  // The quota row first, committed on its own, so the insert below never waits on another
+  // caller's uncommitted quota row.
   crate::quota::usage::ensure_quota_row(conn, user, default_limit).await?;
-  let tx = conn.transaction().await?;
-  // Lock the project row in the mode the UPDATE below needs, so concurrent allocations of one
-  // project queue here instead of deadlocking on a lock upgrade, and the owner cannot change
-  // between the check and the insert.
-  let owner: Option<String> = tx
-    .query_opt(
-      "SELECT user_id FROM projects WHERE id = $1 FOR NO KEY UPDATE",
-      &[&project.uuid()],
-    )
-    .await?
-    .map(|row| row.get(0));
-  check_owner(owner, user, project)?;
-  let created_row = tx
+  let created = conn
     .query_opt(
       INSERT_PATH,
       &[
-        &project.uuid(),
+        &project.as_str(),
         &user.as_str(),
         &location.key,
         &location.path,
@@ -105,22 +96,55 @@ pub async fn find_or_create(
       ],
     )
     .await?;
-  let created = created_row.is_some();
-  let record = match created_row {
-    Some(row) => row_to_path(&row, 0),
-    None => {
-      // Another caller created it first; its transaction has committed, so we see its row.
-      let sql =
-        format!("SELECT {PATH_COLUMNS} FROM project_storage_paths sp WHERE sp.project_id = $1");
-      let row = tx.query_one(&sql, &[&project.uuid()]).await?;
-      row_to_path(&row, 0)
-    }
-  };
+  if let Some(row) = created {
+    return Ok((row_to_path(&row, 0), true));
+  }
+  // Another caller created it first (its row is committed: ON CONFLICT waited for it), or the
+  // app's row changed owner or went away in between: read again and decide as above.
+  let row = conn.query_opt(FIND_PROJECT, &[&project.as_str()]).await?;
+  let row = row.ok_or_else(|| QuotaError::NotFound(format!("project {project} does not exist")))?;
+  check_owner(row.get(0), user, project)?;
+  if row.get::<_, Option<uuid::Uuid>>(1).is_some() {
+    return Ok((row_to_path(&row, 1), false));
+  }
+  Err(QuotaError::Internal(format!(
+    "the storage path of project {project} could neither be created nor found"
+  )))
+}
+
+/// Standalone mode: claims `project` for `user` in the package's own registry. Registering it
+/// again is harmless; another user's project stays theirs (the owner check after this says so).
+pub async fn register_standalone(
+  conn: &mut PgConnection,
+  user: &UserId,
+  project: &ProjectId,
+) -> Result<()> {
+  conn
+    .execute(
+      "INSERT INTO storage_quota_projects (id, user_id) VALUES ($1, $2) ON CONFLICT (id) DO NOTHING",
+      &[&project.as_str(), &user.as_str()],
+    )
+    .await?;
+  Ok(())
+}
+
+/// Standalone mode: forgets a removed project, and its path record with it.
+pub async fn unregister_standalone(
+  conn: &mut PgConnection,
+  user: &UserId,
+  project: &ProjectId,
+) -> Result<()> {
+  let tx = conn.transaction().await?;
   tx.execute(
-    "UPDATE projects SET storage_path_id = $1 WHERE id = $2 AND storage_path_id IS DISTINCT FROM $1",
-    &[&record.id, &project.uuid()],
+    "DELETE FROM project_storage_paths WHERE project_id = $1 AND user_id = $2",
+    &[&project.as_str(), &user.as_str()],
+  )
+  .await?;
+  tx.execute(
+    "DELETE FROM storage_quota_projects WHERE id = $1 AND user_id = $2",
+    &[&project.as_str(), &user.as_str()],
   )
   .await?;
   tx.commit().await?;
-  Ok((record, created))
+  Ok(())
 }

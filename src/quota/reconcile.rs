@@ -10,7 +10,7 @@ use crate::ids::UserId;
 
 #[derive(Debug, Clone)]
 pub struct ProjectDrift {
-  pub project_id: uuid::Uuid,
+  pub project_id: String,
   /// The project's usage counter (`quota_project_usage`) as it was.
   pub used_bytes: i64,
   pub ledger_bytes: i64,
@@ -20,6 +20,12 @@ pub struct ProjectDrift {
   /// The record's backend (`local`, `s3`), when it has one.
   pub backend: Option<String>,
   pub disk_bytes: Option<i64>,
+  /// The app's row is gone (deleted without `removeProject`) while bytes or a path record remain.
+  pub deleted: bool,
+  /// Bytes given back for a deleted project by this run (`fix`), 0 otherwise.
+  pub released_bytes: i64,
+  /// Its directory and path record were removed by this run (`fix`, local backend).
+  pub removed: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -59,13 +65,20 @@ impl UserDrift {
       || self.reserved_bytes != self.pending_reserved_bytes
       || self.projects.iter().any(|p| p.used_bytes != p.ledger_bytes)
   }
+
+  /// Projects whose app row is gone.
+  pub fn deleted_projects(&self) -> i64 {
+    self.projects.iter().filter(|p| p.deleted).count() as i64
+  }
 }
 
 /// Each project of the user: its ledger sum, its counter, its path and backend.
 const PROJECTS: &str = "
 SELECT coalesce(sp.project_id, l.project_id, u.project_id) AS project_id,
        coalesce(l.bytes, 0)::bigint, coalesce(u.used_bytes, 0)::bigint,
-       sp.path, sp.backend
+       sp.path, sp.backend,
+       (coalesce(l.bytes, 0) <> 0 OR sp.project_id IS NOT NULL)
+         AND NOT EXISTS (SELECT 1 FROM storage_quota_project(coalesce(sp.project_id, l.project_id, u.project_id))) AS deleted
   FROM (SELECT project_id, sum(bytes) AS bytes FROM quota_ledger
          WHERE user_id = $1 AND project_id IS NOT NULL GROUP BY project_id) l
   FULL JOIN (SELECT project_id, backend, path FROM project_storage_paths WHERE user_id = $1) sp
@@ -77,6 +90,27 @@ SELECT coalesce(sp.project_id, l.project_id, u.project_id) AS project_id,
 const FIX_PROJECT: &str = "
 INSERT INTO quota_project_usage AS u (user_id, project_id, used_bytes) VALUES ($1, $2, $3)
 ON CONFLICT (user_id, project_id) DO UPDATE SET used_bytes = EXCLUDED.used_bytes, updated_at = now()";
+
+/// The user's projects that hold bytes or reservations but whose app row is gone.
+const DELETED_PROJECTS: &str = "
+SELECT x.project_id FROM (
+  SELECT project_id FROM quota_project_usage WHERE user_id = $1 AND used_bytes <> 0
+  UNION
+  SELECT project_id FROM quota_reservations WHERE user_id = $1 AND status = 'pending'
+) x
+ WHERE NOT EXISTS (SELECT 1 FROM storage_quota_project(x.project_id))";
+
+/// Forgets the path record of a deleted project (its directory is gone).
+pub async fn forget_path(conn: &mut PgConnection, user: &UserId, project: &str) -> Result<()> {
+  conn
+    .execute(
+      "DELETE FROM project_storage_paths sp WHERE sp.project_id = $1 AND sp.user_id = $2
+          AND NOT EXISTS (SELECT 1 FROM storage_quota_project($1))",
+      &[&project, &user.as_str()],
+    )
+    .await?;
+  Ok(())
+}
 
 /// The users to check: one, or every user with a quota row, in pages.
 pub async fn users_after(conn: &mut PgConnection, after: &str, limit: i64) -> Result<Vec<String>> {
@@ -94,6 +128,19 @@ pub async fn reconcile_user(
   user: &UserId,
   fix: bool,
 ) -> Result<Option<UserDrift>> {
+  // Projects whose app row is gone give back what they hold, each in its own statement that
+  // locks reservation rows before the quota row (which the transaction below then holds).
+  let mut released = std::collections::HashMap::new();
+  if fix {
+    for row in conn.query(DELETED_PROJECTS, &[&user.as_str()]).await? {
+      let project: String = row.get(0);
+      let bytes: i64 = conn
+        .query_one("SELECT storage_quota_release_project($1)", &[&project])
+        .await?
+        .get(0);
+      released.insert(project, bytes);
+    }
+  }
   let tx = conn.transaction().await?;
   // Expired reservations first, inside this transaction (reservation rows before the quota row,
   // the order every other writer uses): now() is the transaction's start, so every reservation
@@ -122,12 +169,15 @@ pub async fn reconcile_user(
     .await?
     .iter()
     .map(|row| ProjectDrift {
+      released_bytes: released.get(row.get::<_, &str>(0)).copied().unwrap_or(0),
       project_id: row.get(0),
       ledger_bytes: row.get(1),
       used_bytes: row.get(2),
       path: row.get(3),
       backend: row.get(4),
       disk_bytes: None,
+      deleted: row.get(5),
+      removed: false,
     })
     .collect();
   let mut drift = UserDrift {

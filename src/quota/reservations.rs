@@ -19,7 +19,7 @@ pub use crate::quota::settle::{cancel, commit, LedgerEntry, Settled};
 pub struct Reservation {
   pub reservation_id: uuid::Uuid,
   pub user_id: String,
-  pub project_id: uuid::Uuid,
+  pub project_id: String,
   /// Bytes asked for (held too, except in `off` mode, which holds nothing).
   pub bytes: i64,
   pub expires_at: DateTime<Utc>,
@@ -38,7 +38,7 @@ macro_rules! reserve_sql {
     concat!(
       "
 WITH owner AS (
-  SELECT p.user_id FROM projects p WHERE p.id = $2
+  SELECT p.user_id FROM storage_quota_project($2) p
 ), prior AS (
   SELECT r.project_id, coalesce(r.requested_bytes, r.bytes) AS bytes, r.status, r.expires_at
     FROM quota_reservations r WHERE r.user_id = $1 AND r.id = $4
@@ -64,7 +64,7 @@ WITH owner AS (
 )
 SELECT (SELECT user_id FROM owner) AS owner_id, (SELECT expires_at FROM held) AS expires_at,
        c.used_bytes, c.reserved_bytes, c.limit_bytes,
-       p.project_id AS prior_project, p.bytes AS prior_bytes,
+       p.project_id::text AS prior_project, p.bytes AS prior_bytes,
        p.status AS prior_status, p.expires_at AS prior_expires_at
   FROM (SELECT 1) AS one LEFT JOIN charged c ON true LEFT JOIN prior p ON true"
     )
@@ -108,7 +108,7 @@ pub async fn reserve(
   };
   for _ in 0..CHARGE_ATTEMPTS {
     let ttl = ttl_ms as f64;
-    let project_id = project.uuid();
+    let project_id = project.as_str();
     let row = swept_query_one(
       conn,
       user,
@@ -124,9 +124,9 @@ pub async fn reserve(
       }
       Err(error) => return Err(error.into()),
     };
-    if let Some(prior_project) = row.get::<_, Option<uuid::Uuid>>("prior_project") {
+    if let Some(prior_project) = row.get::<_, Option<String>>("prior_project") {
       let prior_bytes: i64 = row.get("prior_bytes");
-      if prior_project != project.uuid() || prior_bytes != bytes {
+      if prior_project != project.as_str() || prior_bytes != bytes {
         return Err(QuotaError::conflict(
           ConflictReason::KeyReused,
           format!(
@@ -140,7 +140,7 @@ pub async fn reserve(
       return Ok(Reservation {
         reservation_id,
         user_id: user.as_str().to_owned(),
-        project_id: project.uuid(),
+        project_id: project.to_string(),
         bytes,
         expires_at: row.get("prior_expires_at"),
         duplicate: true,
@@ -155,7 +155,7 @@ pub async fn reserve(
       return Ok(Reservation {
         reservation_id,
         user_id: user.as_str().to_owned(),
-        project_id: project.uuid(),
+        project_id: project.to_string(),
         bytes,
         expires_at,
         duplicate: false,

@@ -12,7 +12,7 @@ use crate::rollout::Mode;
 pub struct Settled {
   pub reservation_id: uuid::Uuid,
   pub user_id: String,
-  pub project_id: uuid::Uuid,
+  pub project_id: String,
   /// Bytes the reservation held.
   pub reserved_bytes: i64,
   /// The actual size committed (cancel: 0).
@@ -64,7 +64,7 @@ WITH r AS (
       ") FROM r, charged
   RETURNING id
 )
-SELECT r.user_id, r.project_id, r.bytes, r.requested, r.status, r.committed_bytes AS prior_committed,
+SELECT r.user_id, r.project_id::text AS project_id, r.bytes, r.requested, r.status, r.committed_bytes AS prior_committed,
        r.expired, r.actual,
        (SELECT count(*) FROM settled) + (SELECT count(*) FROM entry) AS writes,
        c.used_bytes, c.reserved_bytes, c.limit_bytes
@@ -100,7 +100,7 @@ WITH r AS (
     FROM released WHERE s.user_id = $2 AND s.id = $1
   RETURNING s.id
 )
-SELECT r.user_id, r.project_id, r.bytes, r.status, (SELECT count(*) FROM settled) AS writes,
+SELECT r.user_id, r.project_id::text AS project_id, r.bytes, r.status, (SELECT count(*) FROM settled) AS writes,
        c.used_bytes, c.reserved_bytes, c.limit_bytes
   FROM (SELECT 1) AS one LEFT JOIN r ON true LEFT JOIN released c ON true";
 

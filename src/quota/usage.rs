@@ -133,7 +133,7 @@ macro_rules! record_upload_sql {
     concat!(
       "
 WITH owner AS (
-  SELECT p.user_id FROM projects p WHERE p.id = $2
+  SELECT p.user_id FROM storage_quota_project($2) p
 ), prior AS (
   SELECT coalesce(l.requested_bytes, l.bytes) AS bytes, l.project_id FROM quota_ledger l
    WHERE l.user_id = $1 AND l.idempotency_key = $3
@@ -261,8 +261,7 @@ pub async fn read_usage_or_unseeded(
   if let Some(usage) = read_usage(conn, user).await? {
     return Ok(usage);
   }
-  // In a transaction: its statements are prepared on the fly, which a transaction pooler keeps
-  // on one server connection only within a transaction.
+  // In a transaction: one server connection behind a transaction pooler.
   let tx = conn.transaction().await?;
   let used = crate::quota::seed::unseeded_used_bytes(&tx, &AppTable::default(), user).await?;
   tx.commit().await?;
@@ -322,7 +321,7 @@ pub fn contention_error(operation: &str) -> QuotaError {
 
 /// `off` mode writes nothing but still answers for the project's owner and the upload id.
 const OFF_CHECKS: &str = "
-SELECT (SELECT p.user_id FROM projects p WHERE p.id = $2) AS owner_id,
+SELECT (SELECT p.user_id FROM storage_quota_project($2) p) AS owner_id,
        l.project_id AS prior_project, coalesce(l.requested_bytes, l.bytes) AS prior_bytes
   FROM (SELECT 1) AS one
   LEFT JOIN quota_ledger l ON l.user_id = $1 AND l.idempotency_key = $3";
@@ -334,6 +333,16 @@ pub fn key_reused(upload_id: &str, prior_bytes: i64) -> QuotaError {
       "uploadId {upload_id:?} was already recorded with {prior_bytes} bytes for another project or size; use a new uploadId for a new upload"
     ),
   )
+}
+
+const KEY_RECORDED: &str =
+  "SELECT EXISTS (SELECT 1 FROM quota_ledger WHERE user_id = $1 AND idempotency_key = $2)";
+
+async fn key_recorded(conn: &mut PgConnection, user: &UserId, upload_id: &str) -> Result<bool> {
+  let row = conn
+    .query_one(KEY_RECORDED, &[&user.as_str(), &upload_id])
+    .await?;
+  Ok(row.get(0))
 }
 
 /// Charges `bytes` for an upload to `project`, once per `upload_id`.
@@ -349,12 +358,12 @@ pub async fn record_upload(
   if mode == Mode::Off {
     // Nothing is written, but the same owner and key rules apply as in the other modes.
     let row = conn
-      .query_one(OFF_CHECKS, &[&user.as_str(), &project.uuid(), &upload_id])
+      .query_one(OFF_CHECKS, &[&user.as_str(), &project.as_str(), &upload_id])
       .await?;
     let prior: Option<i64> = row.get("prior_bytes");
     if let Some(prior_bytes) = prior {
       if prior_bytes != bytes
-        || row.get::<_, Option<uuid::Uuid>>("prior_project") != Some(project.uuid())
+        || row.get::<_, Option<String>>("prior_project").as_deref() != Some(project.as_str())
       {
         return Err(key_reused(upload_id, prior_bytes));
       }
@@ -378,7 +387,7 @@ pub async fn record_upload(
     RECORD_UPLOAD
   };
   for _ in 0..CHARGE_ATTEMPTS {
-    let project_id = project.uuid();
+    let project_id = project.as_str();
     let result = swept_query_one(
       conn,
       user,
@@ -393,8 +402,8 @@ pub async fn record_upload(
     };
     let prior_bytes: Option<i64> = row.get("prior_bytes");
     if let Some(prior_bytes) = prior_bytes {
-      let prior_project: Option<uuid::Uuid> = row.get("prior_project");
-      if prior_bytes != bytes || prior_project != Some(project.uuid()) {
+      let prior_project: Option<String> = row.get("prior_project");
+      if prior_bytes != bytes || prior_project.as_deref() != Some(project.as_str()) {
         return Err(key_reused(upload_id, prior_bytes));
       }
       let usage = read_usage(conn, user)
@@ -427,7 +436,12 @@ pub async fn record_upload(
         mode,
       });
     }
-    after_uncharged(conn, user, bytes, default_limit).await?;
+    match after_uncharged(conn, user, bytes, default_limit).await {
+      // The statement's snapshot may predate a concurrent call's entry for this key (its row
+      // lock then showed that call's bytes, not its key): the key decides first, so look again.
+      Err(QuotaError::QuotaExceeded(_)) if key_recorded(conn, user, upload_id).await? => continue,
+      other => other?,
+    }
   }
   Err(contention_error("recordUpload"))
 }

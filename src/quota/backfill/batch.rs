@@ -106,10 +106,10 @@ pub(super) async fn batch(
          ), links AS (
            SELECT id, project_id FROM ins
            UNION ALL
-           SELECT sp.id, sp.project_id FROM project_storage_paths sp JOIN batch b ON b.project_id = sp.project_id
+           SELECT sp.id, sp.project_id FROM project_storage_paths sp JOIN batch b ON b.project_id::text = sp.project_id
          ), linked AS (
            UPDATE {t} p SET storage_path_id = l.id FROM links l
-            WHERE p.{id} = l.project_id AND p.storage_path_id IS DISTINCT FROM l.id
+            WHERE p.{id} = l.project_id::uuid AND p.storage_path_id IS DISTINCT FROM l.id
            RETURNING 1
          )
          SELECT (SELECT count(*) FROM ins), (SELECT count(*) FROM linked)"

@@ -2,10 +2,12 @@
 
 use super::Client;
 use crate::db::migrate::{self, MigrateReport, MigrationSettings, Status};
+use crate::db::project_source::ProjectSource;
 use crate::error::{QuotaError, Result};
 use crate::ids::{parse_bytes, ProjectId, UserId};
 use crate::quota::app_table::AppTable;
 use crate::quota::backfill::{self, BackfillOptions, Progress};
+use crate::quota::copies;
 use crate::quota::limits::{self, UsageReport};
 use crate::quota::reconcile::{self, UserDrift};
 
@@ -15,6 +17,8 @@ pub struct ReconcileReport {
   pub checked_users: i64,
   pub drifted_users: i64,
   pub fixed_users: i64,
+  /// Projects whose app row is gone (deleted without `removeProject`).
+  pub deleted_projects: i64,
 }
 
 /// Apps with at most this many projects are backfilled inside `migrate()`, in one batch.
@@ -121,14 +125,41 @@ impl Client {
         if include_disk {
           self.fill_disk_sizes(&user, &mut drift).await?;
         }
+        if fix {
+          self.remove_deleted_dirs(&user, &mut drift).await?;
+        }
         report.drifted_users += i64::from(drift.drifted());
         report.fixed_users += i64::from(drift.fixed);
-        if drift.drifted() || include_disk || only.is_some() {
+        report.deleted_projects += drift.deleted_projects();
+        if drift.drifted() || drift.deleted_projects() > 0 || include_disk || only.is_some() {
           report.users.push(drift);
         }
       }
     }
     Ok(report)
+  }
+
+  /// Removes the files (in the project's own backend) and path records of the user's deleted
+  /// projects.
+  async fn remove_deleted_dirs(&self, user: &UserId, drift: &mut UserDrift) -> Result<()> {
+    for project in drift.projects.iter_mut().filter(|p| p.deleted) {
+      let Some(backend) = project.backend.clone() else {
+        continue;
+      };
+      let id = ProjectId::parse(&project.project_id)?;
+      self
+        .backend_named(&backend)?
+        .remove_project(user, &id)
+        .await?;
+      self
+        .with_conn(async |conn| {
+          copies::forget(&mut conn.0, user, &id).await?;
+          reconcile::forget_path(&mut conn.0, user, id.as_str()).await
+        })
+        .await?;
+      project.removed = true;
+    }
+    Ok(())
   }
 
   /// Each project's bytes counted in its own backend (the disk, or the bucket's listing).
@@ -137,7 +168,7 @@ impl Client {
       let Some(backend) = project.backend.clone() else {
         continue;
       };
-      let id = ProjectId::parse(&project.project_id.to_string())?;
+      let id = ProjectId::parse(&project.project_id)?;
       let bytes = self.backend_named(&backend)?.usage(user, &id).await?.bytes;
       project.disk_bytes = Some(bytes);
     }
@@ -148,6 +179,7 @@ impl Client {
     Ok(MigrationSettings {
       default_limit_bytes: self.config.default_quota_bytes,
       storage_root: self.migration_storage_root()?,
+      project_source: self.config.project_source.clone(),
       discard_usage,
     })
   }
@@ -163,6 +195,9 @@ impl Client {
     };
     pool.schema_changed();
     let applied = applied?;
+    if self.config.project_source != ProjectSource::Default {
+      return Ok((applied, self.skip_backfill().await?));
+    }
     let mut progress = self
       .with_conn(async |conn| backfill::status(&conn.0).await)
       .await?;
@@ -213,6 +248,9 @@ impl Client {
       1,
       100_000,
     )?);
+    if self.config.project_source != ProjectSource::Default {
+      return self.skip_backfill().await;
+    }
     let options = BackfillOptions {
       batch_size,
       storage_root: self.migration_storage_root()?,
@@ -220,6 +258,25 @@ impl Client {
     };
     self
       .with_conn(async |conn| backfill::step(&mut conn.0, &AppTable::default(), &options).await)
+      .await
+  }
+
+  /// With a configured project source the backfill (written for `projects(id uuid, user_id)`,
+  /// with its `storage_path_id` link) has nothing to do: projects get their path records when
+  /// first used, and no baselines are seeded. Marked done so status and the CLI say so.
+  async fn skip_backfill(&self) -> Result<Progress> {
+    self
+      .with_conn(async |conn| {
+        conn
+          .0
+          .execute(
+            "UPDATE storage_quota_backfill SET phase = 'done', finished_at = coalesce(finished_at, now()), updated_at = now()
+              WHERE phase <> 'done'",
+            &[],
+          )
+          .await?;
+        backfill::status(&conn.0).await
+      })
       .await
   }
 

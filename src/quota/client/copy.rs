@@ -147,7 +147,7 @@ impl Client {
     let size = match &job.store {
       Some(store) => store.usage(&job.user, &job.source).await?.bytes,
       None => {
-        let (root, user, source) = (job.root.clone(), job.user.clone(), job.source);
+        let (root, user, source) = (job.root.clone(), job.user.clone(), job.source.clone());
         blocking(move || Ok(project_usage(&root, &user, &source)?.bytes)).await?
       }
     };
@@ -196,7 +196,7 @@ impl Client {
         // Marked before the rename: the undo removes the target only if it is this very
         // directory.
         made.placed = Some(identity);
-        let (source, target) = (job.source, job.target);
+        let (source, target) = (job.source.clone(), job.target.clone());
         blocking(move || staging.fill_and_place(&source, &target)).await?
       }
     };
@@ -276,7 +276,7 @@ impl Client {
         let found = match &job.store {
           Some(store) => store.usage(&job.user, &job.target).await?,
           None => {
-            let (root, user, target) = (job.root.clone(), job.user.clone(), job.target);
+            let (root, user, target) = (job.root.clone(), job.user.clone(), job.target.clone());
             blocking(move || project_usage(&root, &user, &target)).await?
           }
         };
@@ -350,7 +350,12 @@ impl Client {
         store.remove_project(&job.user, &job.target).await?;
       }
     } else {
-      let (root, owner, target, tok) = (job.root.clone(), job.user.clone(), job.target, *token);
+      let (root, owner, target, tok) = (
+        job.root.clone(),
+        job.user.clone(),
+        job.target.clone(),
+        *token,
+      );
       blocking(move || {
         staging::remove_staging(&root, &owner, &tok)?;
         if let Some(identity) = made.placed {

@@ -121,7 +121,7 @@ impl Client {
       return Ok(None);
     }
     let user = UserId::parse(&reserved.user_id)?;
-    let project = ProjectId::parse(&reserved.project_id.to_string())?;
+    let project = ProjectId::parse(&reserved.project_id)?;
     let backend = self.backend_named(reserved.backend.as_deref().unwrap_or("s3"))?;
     let size = backend
       .file_size(&user, &project, &file)
@@ -167,7 +167,7 @@ impl Client {
         };
         if object.delete {
           let user = UserId::parse(&object.user_id)?;
-          let project = ProjectId::parse(&object.project_id.to_string())?;
+          let project = ProjectId::parse(&object.project_id)?;
           backend.delete(&user, &project, &object.object_key).await?;
           deleted += 1;
         }

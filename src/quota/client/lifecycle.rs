@@ -7,7 +7,7 @@ use crate::ids::{parse_bytes, parse_upload_id, upload_key_or_new, ProjectId, Use
 use crate::quota::config::parse_ttl_ms;
 use crate::quota::copies;
 use crate::quota::deletions::{self, DeletionTarget, Overwritten, Released, RemovedProject};
-use crate::quota::projects::ProjectStoragePath;
+use crate::quota::projects::{self, ProjectStoragePath};
 use crate::quota::reservations::{self, Reservation, Settled};
 use crate::quota::usage::{self, Usage};
 use crate::rollout::Mode;
@@ -21,9 +21,7 @@ pub struct RegisteredProject {
 }
 
 pub(super) fn parse_reservation_id(raw: &str) -> Result<uuid::Uuid> {
-  ProjectId::parse(raw)
-    .map(|id| id.uuid())
-    .map_err(|_| QuotaError::invalid("reservationId must be a UUID"))
+  crate::ids::parse_uuid("reservationId", raw)
 }
 
 impl Client {
@@ -185,6 +183,11 @@ impl Client {
         return Err(QuotaError::QuotaExceeded(check.usage.shortfall(size)));
       }
     }
+    if self.standalone() {
+      self
+        .with_conn(async |conn| projects::register_standalone(&mut conn.0, &user, &project).await)
+        .await?;
+    }
     let path = self.allocate(&user, &project).await?;
     // A project that existed when its owner was seeded has its size counted as a baseline
     // already (from the app's size column): its initial size is not charged a second time.
@@ -255,6 +258,11 @@ impl Client {
       // Its files are gone: a later copy into it must copy again, not answer `duplicate`.
       self
         .with_conn(async |conn| copies::forget(&mut conn.0, &user, &project).await)
+        .await?;
+    }
+    if self.standalone() {
+      self
+        .with_conn(async |conn| projects::unregister_standalone(&mut conn.0, &user, &project).await)
         .await?;
     }
     Ok(removed)

@@ -25,7 +25,7 @@ use crate::db::pool::{Checkout, Pool};
 use crate::error::{QuotaError, Result};
 use crate::ids::{parse_bytes, upload_key_or_new, ProjectId, UserId};
 use crate::quota::batch::Batcher;
-use crate::quota::coalesce::{self, Coalescer};
+use crate::quota::coalesce;
 use crate::quota::config::{Config, RawOptions};
 use crate::quota::projects::{self, ProjectStoragePath};
 use crate::quota::usage::{self, QuotaCheck, RecordedUpload, Usage};
@@ -50,7 +50,7 @@ pub struct Uploaded {
 }
 
 /// Only for A/B runs of bench/ (BENCHMARKS.md): `STORAGE_QUOTA_BENCH_BATCH=0` sends each read
-/// on its own.
+/// and each charge on its own.
 fn batching_enabled() -> bool {
   static ENABLED: OnceLock<bool> = OnceLock::new();
   *ENABLED.get_or_init(|| std::env::var("STORAGE_QUOTA_BENCH_BATCH").as_deref() != Ok("0"))
@@ -65,6 +65,16 @@ fn reads_in_flight() -> usize {
     .unwrap_or(2)
 }
 
+/// Charge transactions in flight at once (default 2: while one waits for its commit's flush, the
+/// next batch is being decided). Only for A/B runs of bench/ (BENCHMARKS.md):
+/// `STORAGE_QUOTA_BENCH_CHARGES_IN_FLIGHT=N`.
+fn charges_in_flight() -> usize {
+  std::env::var("STORAGE_QUOTA_BENCH_CHARGES_IN_FLIGHT")
+    .ok()
+    .and_then(|v| v.parse().ok())
+    .unwrap_or(2)
+}
+
 enum PoolState {
   Unopened,
   Open(Arc<Pool>),
@@ -74,8 +84,8 @@ enum PoolState {
 pub struct Client {
   config: Config,
   pool: Mutex<PoolState>,
-  /// Concurrent uploads of one user, charged together (see `coalesce`).
-  uploads: Arc<Coalescer>,
+  /// Concurrent uploads of any users, charged in one transaction (see `coalesce`).
+  uploads: Arc<Batcher<coalesce::Upload, RecordedUpload>>,
   /// Concurrent usage reads of any users, sent as one statement (see `batch`).
   reads: Arc<Batcher<String, Option<Usage>>>,
   /// Opened on first allocation (the local backend creates and resolves its root then).
@@ -90,7 +100,7 @@ impl Client {
     Ok(Client {
       config: Config::from_options(options)?,
       pool: Mutex::new(PoolState::Unopened),
-      uploads: Arc::new(Coalescer::default()),
+      uploads: Arc::new(Batcher::new(charges_in_flight())),
       reads: Arc::new(Batcher::new(reads_in_flight())),
       backend: OnceLock::new(),
       local: OnceLock::new(),
@@ -165,6 +175,11 @@ impl Client {
     let user = UserId::parse(user_id)?;
     let project = ProjectId::parse(project_id)?;
     self.reading_backend()?.usage(&user, &project).await
+  }
+
+  /// Whether the package keeps its own project registry (`projects: 'standalone'`).
+  fn standalone(&self) -> bool {
+    self.config.project_source == crate::db::project_source::ProjectSource::Standalone
   }
 
   fn default_limit(&self) -> i64 {
@@ -299,9 +314,27 @@ impl Client {
         bytes,
         upload_id,
       };
+      let pool = self.pool()?;
+      if !batching_enabled() {
+        let mut conn = pool.get().await?;
+        let (user, project) = (&upload.user, &upload.project);
+        return usage::record_upload(
+          &mut conn.0,
+          user,
+          project,
+          bytes,
+          &upload.upload_id,
+          limit,
+          mode,
+        )
+        .await;
+      }
       return self
         .uploads
-        .record_upload(self.pool()?, upload, limit)
+        .call(upload, move |uploads| {
+          let pool = pool.clone();
+          async move { coalesce::record_uploads(&pool, uploads, limit).await }
+        })
         .await;
     }
     self

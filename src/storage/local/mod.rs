@@ -55,7 +55,7 @@ impl LocalBackend {
     project: &ProjectId,
     work: impl FnOnce(&Path, &UserId, &ProjectId) -> Result<T> + Send + 'static,
   ) -> Result<T> {
-    let (root, user, project) = (self.root.clone(), user.clone(), *project);
+    let (root, user, project) = (self.root.clone(), user.clone(), project.clone());
     blocking(move || work(&root, &user, &project)).await
   }
 
@@ -156,7 +156,7 @@ impl StorageBackend for LocalBackend {
   }
 
   async fn copy_project(&self, user: &UserId, from: &ProjectId, to: &ProjectId) -> Result<i64> {
-    let to = *to;
+    let to = to.clone();
     self
       .on_disk(user, from, move |root, user, source| {
         // Through a staging directory renamed into place: nothing half-copied is ever visible.

@@ -1,0 +1,351 @@
+// recordUpload calls of many users at once are charged in one transaction (src/quota/coalesce.rs).
+// Every caller must get exactly the answer a serial run of the same calls gives: checked by
+// replaying the calls one by one on the same starting data, in an order consistent with the
+// answers (calls of one user are decided in the order they reached the batch, which the test
+// cannot pick, so it is read back from the answers; calls of different users do not interact).
+// Mixed in: users without a quota row, users with an expired reservation, duplicate and
+// conflicting upload ids, sizes over the limit, foreign and missing projects.
+import { test, after } from 'node:test'
+import assert from 'node:assert/strict'
+import { randomUUID } from 'node:crypto'
+import fc from 'fast-check'
+import pg from 'pg'
+import { createClient } from '../index.js'
+import { createTestDatabase, insertProject } from './helpers/db.mjs'
+
+const MB = 1024 * 1024
+const DEFAULT_LIMIT = 8 * MB
+const db = await createTestDatabase('group')
+const client = createClient({ databaseUrl: db.url, storageRoot: db.storageRoot, defaultQuotaBytes: DEFAULT_LIMIT, poolSize: 4, logger: false })
+await client.migrate()
+after(() => client.close())
+
+const USERS = 6
+const userId = (i) => `user_group_${i}`
+const projects = []
+for (let i = 0; i < USERS; i++) projects.push([await insertProject(db, userId(i), 'a'), await insertProject(db, userId(i), 'b')])
+const MISSING = randomUUID()
+
+/** Starting data: per user no quota row, or one with a limit, used bytes (with their ledger entry) and maybe an expired reservation. */
+async function seed(rows) {
+  const sql = ['BEGIN', 'DELETE FROM quota_ledger', 'DELETE FROM quota_project_usage', 'DELETE FROM quota_reservations', 'DELETE FROM user_quotas']
+  for (const [i, row] of rows.entries()) {
+    if (!row) continue
+    // Inserted under a limit that fits, then lowered (the database guard lets a limit go down):
+    // an expired reservation may hold more than the limit leaves.
+    sql.push(
+      `INSERT INTO user_quotas (user_id, limit_bytes, used_bytes, reserved_bytes)
+       VALUES ('${userId(i)}', ${Math.max(row.limit, row.used + row.expired)}, ${row.used}, ${row.expired})`,
+      `UPDATE user_quotas SET limit_bytes = ${row.limit} WHERE user_id = '${userId(i)}'`,
+    )
+    if (row.used > 0) {
+      sql.push(
+        `INSERT INTO quota_ledger (user_id, project_id, idempotency_key, kind, bytes) VALUES ('${userId(i)}', '${projects[i][0]}', 'seed', 'upload', ${row.used})`,
+      )
+    }
+    if (row.expired > 0) {
+      sql.push(
+        `INSERT INTO quota_reservations (id, user_id, project_id, bytes, expires_at, status)
+         VALUES (gen_random_uuid(), '${userId(i)}', '${projects[i][1]}', ${row.expired}, now() - interval '1 minute', 'pending')`,
+      )
+    }
+  }
+  sql.push('COMMIT')
+  await db.query(sql.join(';\n'))
+}
+
+const quotaRow = fc.option(
+  fc.record({ limit: fc.integer({ min: 2, max: 10 }), used: fc.integer({ min: 0, max: 2 }), expired: fc.constantFrom(0, 0, 3) }).map((r) => ({
+    limit: r.limit * MB,
+    used: r.used * MB,
+    expired: r.expired * MB,
+  })),
+  { nil: null },
+)
+const call = fc.record({
+  user: fc.integer({ min: 0, max: USERS - 1 }),
+  // Mostly the user's own projects; sometimes another user's or one that does not exist.
+  project: fc.constantFrom('a', 'a', 'b', 'b', 'foreign', 'missing'),
+  // Few keys, so ids repeat: duplicates, and conflicts when the size or project differs.
+  key: fc.integer({ min: 0, max: 5 }),
+  bytes: fc.constantFrom(1, 1, 2, 3, 7).map((n) => n * MB),
+})
+
+const projectOf = (c) =>
+  ({ a: projects[c.user][0], b: projects[c.user][1], foreign: projects[(c.user + 1) % USERS][0], missing: MISSING })[c.project]
+
+async function run(c) {
+  try {
+    return { ok: await client.recordUpload(userId(c.user), projectOf(c), c.bytes, { uploadId: `k${c.key}` }) }
+  } catch (error) {
+    return { error: { ...error, code: error.code, message: error.message } }
+  }
+}
+
+/** What one call does to its user's state, as the README rules say (key, then owner, then limit). */
+function step(state, c) {
+  const project = projectOf(c)
+  const prior = state.keys.get(c.key)
+  if (prior) {
+    if (prior.bytes !== c.bytes || prior.project !== project) return { code: 'CONFLICT', state }
+    return { duplicate: true, used: state.used, state }
+  }
+  if (c.project === 'missing') return { code: 'NOT_FOUND', state }
+  if (c.project === 'foreign') return { code: 'FORBIDDEN', state }
+  if (state.used + state.reserved + c.bytes > state.limit) return { code: 'QUOTA_EXCEEDED', used: state.used, state }
+  const keys = new Map(state.keys).set(c.key, { bytes: c.bytes, project })
+  return { duplicate: false, used: state.used + c.bytes, state: { ...state, used: state.used + c.bytes, keys } }
+}
+
+function matches(predicted, answer) {
+  if (predicted.code) return answer.error?.code === predicted.code && (predicted.used === undefined || answer.error.usedBytes === predicted.used)
+  return answer.ok?.duplicate === predicted.duplicate && answer.ok.usedBytes === predicted.used
+}
+
+/** An order of one user's calls in which each answer is what a serial run would give (depth-first). */
+function orderFor(state, pending, calls, answers) {
+  if (pending.length === 0) return []
+  for (const [n, i] of pending.entries()) {
+    const predicted = step(state, calls[i])
+    if (!matches(predicted, answers[i])) continue
+    const rest = orderFor(predicted.state, pending.filter((_, m) => m !== n), calls, answers)
+    if (rest) return [i, ...rest]
+  }
+  return null
+}
+
+async function checkInvariants() {
+  const { rows } = await db.query(
+    `SELECT q.user_id, q.used_bytes::float8 AS used, q.limit_bytes::float8 AS limit,
+            (SELECT coalesce(sum(bytes), 0)::float8 FROM quota_ledger l WHERE l.user_id = q.user_id) AS ledger
+       FROM user_quotas q`,
+  )
+  for (const row of rows) {
+    assert.equal(row.used, row.ledger, `${row.user_id}: used_bytes is the ledger's sum`)
+    assert.ok(row.used <= row.limit, `${row.user_id}: used_bytes ${row.used} within the limit ${row.limit}`)
+  }
+}
+
+test('concurrent recordUpload calls across users answer exactly as the same calls one by one', async () => {
+  let batched = 0
+  await fc.assert(
+    fc.asyncProperty(fc.array(quotaRow, { minLength: USERS, maxLength: USERS }), fc.array(call, { minLength: 1, maxLength: 60 }), async (rows, calls) => {
+      await seed(rows)
+      const start = []
+      for (let u = 0; u < USERS; u++) start.push(await client.checkQuota(userId(u), 0))
+      const { rows: [before] } = await db.query('SELECT txid_current()::text::bigint AS xid')
+      const together = await Promise.all(calls.map(run))
+      const { rows: [txs] } = await db.query(
+        `SELECT count(DISTINCT xmin::text)::int AS commits, count(*)::int AS entries FROM quota_ledger WHERE idempotency_key <> 'seed' AND xmin::text::bigint > $1`,
+        [before.xid],
+      )
+      if (txs.commits < txs.entries) batched++
+      await checkInvariants()
+
+      const order = []
+      for (let u = 0; u < USERS; u++) {
+        const mine = calls.flatMap((c, i) => (c.user === u ? [i] : []))
+        const state = { used: start[u].usedBytes, reserved: start[u].reservedBytes, limit: start[u].limitBytes, keys: new Map() }
+        const found = orderFor(state, mine, calls, together)
+        assert.ok(found, `user ${u}: no serial order explains the answers ${JSON.stringify(mine.map((i) => [calls[i], together[i]]))}`)
+        order.push(...found)
+      }
+
+      await seed(rows)
+      const oneByOne = new Array(calls.length)
+      for (const i of order) oneByOne[i] = await run(calls[i])
+      assert.deepEqual(together, oneByOne)
+      await checkInvariants()
+    }),
+    { numRuns: 30 },
+  )
+  assert.ok(batched > 0, 'some calls were charged together in one commit')
+})
+
+test('a batch with a refused, a conflicting and a foreign call: the neighbours are charged, in one commit', async () => {
+  await seed([
+    { limit: 10 * MB, used: 0, expired: 0 },
+    { limit: 10 * MB, used: 0, expired: 0 },
+    { limit: 10 * MB, used: 0, expired: 0 },
+  ])
+  await client.recordUpload(userId(2), projects[2][0], 1 * MB, { uploadId: 'taken' })
+  // Enough calls that most queue behind the first and go out together.
+  const calls = []
+  for (let round = 0; round < 10; round++) {
+    calls.push(
+      client.recordUpload(userId(0), projects[0][0], 100, { uploadId: `ok0-${round}` }),
+      client.recordUpload(userId(1), projects[1][0], 100, { uploadId: `ok1-${round}` }),
+      client.recordUpload(userId(0), projects[0][0], 20 * MB, { uploadId: `big-${round}` }),
+      client.recordUpload(userId(2), projects[2][0], 2 * MB, { uploadId: 'taken' }),
+      client.recordUpload(userId(1), projects[0][0], 100, { uploadId: `foreign-${round}` }),
+    )
+  }
+  const answers = await Promise.allSettled(calls)
+  const codes = answers.map((a) => (a.status === 'fulfilled' ? 'ok' : a.reason.code))
+  assert.deepEqual(codes, Array.from({ length: 10 }, () => ['ok', 'ok', 'QUOTA_EXCEEDED', 'CONFLICT', 'FORBIDDEN']).flat())
+  assert.equal(answers[3].reason.reason, 'KEY_REUSED')
+  assert.equal(answers[2].reason.requestedBytes, 20 * MB)
+  assert.equal(answers[2].reason.limitBytes, 10 * MB)
+  const { rows } = await db.query(
+    `SELECT count(*)::int AS entries, count(DISTINCT xmin::text)::int AS commits FROM quota_ledger WHERE idempotency_key LIKE 'ok%'`,
+  )
+  assert.equal(rows[0].entries, 20)
+  assert.ok(rows[0].commits < rows[0].entries, `charges of two users shared commits (${rows[0].commits} for ${rows[0].entries})`)
+  await checkInvariants()
+})
+
+async function untilLockWaiters(n) {
+  for (;;) {
+    const { rows } = await db.query(
+      `SELECT count(*)::int AS n FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'`,
+    )
+    if (rows[0].n >= n) return
+    await new Promise((resolve) => setImmediate(resolve))
+  }
+}
+
+async function holdRow(user) {
+  const other = new pg.Client({ connectionString: db.url })
+  await other.connect()
+  await other.query('BEGIN')
+  await other.query('SELECT 1 FROM user_quotas WHERE user_id = $1 FOR UPDATE', [user])
+  let open = true
+  return {
+    async release() {
+      if (!open) return
+      open = false
+      await other.query('COMMIT')
+      await other.end()
+    },
+  }
+}
+
+/** Whether another transaction holds the user's quota row. */
+async function locked(user) {
+  const other = new pg.Client({ connectionString: db.url })
+  await other.connect()
+  try {
+    await other.query('BEGIN')
+    await other.query('SELECT 1 FROM user_quotas WHERE user_id = $1 FOR UPDATE NOWAIT', [user])
+    return false
+  } catch (error) {
+    if (error.code === '55P03') return true
+    throw error
+  } finally {
+    await other.end()
+  }
+}
+
+test('a batch locks its users\' rows in ascending user_id order, whatever order the calls came in', async () => {
+  await seed([])
+  const [a, b, c, x] = ['user_lock_a', 'user_lock_b', 'user_lock_c', 'user_lock_x']
+  const project = {}
+  for (const user of [a, b, c, x]) {
+    project[user] = await insertProject(db, user)
+    await client.recordUpload(user, project[user], 1, { uploadId: 'first' })
+  }
+  const heldB = await holdRow(b)
+  const heldX = await holdRow(x)
+  let first
+  let queued = []
+  try {
+    // Both charge slots busy, waiting on the held rows, so the next calls queue into one batch.
+    first = client.recordUpload(b, project[b], 1, { uploadId: 'b1' })
+    await untilLockWaiters(1)
+    const second = client.recordUpload(x, project[x], 1, { uploadId: 'x1' })
+    await untilLockWaiters(2)
+    queued = [c, a, b].map((user) => client.recordUpload(user, project[user], 1, { uploadId: 'queued' }))
+    await db.query('SELECT 1') // one round trip: the queued calls have reached the queue
+    await heldX.release()
+    await second
+    // The batch [c, a, b] now waits for b's row: it must hold a's (before b) and not yet c's.
+    await untilLockWaiters(2)
+    assert.equal(await locked(a), true, 'a (before b) is locked by the waiting batch')
+    assert.equal(await locked(c), false, 'c (after b) is not locked while the batch waits for b')
+  } finally {
+    await heldX.release().catch(() => {})
+    await heldB.release().catch(() => {})
+  }
+  const answers = await Promise.all([first, ...queued])
+  assert.deepEqual(answers.map((r) => r.duplicate), [false, false, false, false])
+  await checkInvariants()
+})
+
+test('a batch that fails as a whole (a unique key taken behind its back) is answered call by call', async () => {
+  await seed([])
+  const [a, b, c, x] = ['user_lock_a', 'user_lock_b', 'user_lock_c', 'user_lock_x']
+  const project = {}
+  for (const user of [a, b, c, x]) {
+    const { rows } = await db.query('SELECT id FROM projects WHERE user_id = $1', [user])
+    project[user] = rows[0].id
+    await client.recordUpload(user, project[user], 1, { uploadId: 'first' })
+  }
+  // Another writer's ledger entry for a's key, not yet committed: the batch does not see it,
+  // waits on the unique key, then fails with a unique violation when it commits.
+  const app = new pg.Client({ connectionString: db.url })
+  await app.connect()
+  await app.query('BEGIN')
+  await app.query(`INSERT INTO quota_ledger (user_id, project_id, idempotency_key, kind, bytes) VALUES ($1, $2, 'clash', 'upload', 5)`, [
+    a,
+    project[a],
+  ])
+  const heldB = await holdRow(b)
+  const heldX = await holdRow(x)
+  let first
+  let queued = []
+  try {
+    first = client.recordUpload(b, project[b], 1, { uploadId: 'b1' })
+    await untilLockWaiters(1)
+    const second = client.recordUpload(x, project[x], 1, { uploadId: 'x1' })
+    await untilLockWaiters(2)
+    queued = [
+      client.recordUpload(a, project[a], 5, { uploadId: 'clash' }),
+      client.recordUpload(c, project[c], 7, { uploadId: 'neighbour' }),
+    ]
+    await db.query('SELECT 1') // one round trip: the queued calls have reached the queue
+    await heldX.release()
+    await second
+    await untilLockWaiters(2) // the batch waits for the other writer's key
+    await app.query('COMMIT')
+  } finally {
+    await app.end().catch(() => {})
+    await heldX.release().catch(() => {})
+    await heldB.release().catch(() => {})
+  }
+  await first
+  const [clash, neighbour] = await Promise.all(queued)
+  assert.equal(clash.duplicate, true, 'the key was recorded (by the other writer): a duplicate, nothing charged')
+  assert.equal(neighbour.duplicate, false)
+  assert.equal(neighbour.usedBytes, 1 + 7, 'the neighbour charged once, after its batch was rolled back')
+  const { rows } = await db.query(`SELECT count(*)::int AS n FROM quota_ledger WHERE user_id = $1 AND idempotency_key = 'neighbour'`, [c])
+  assert.equal(rows[0].n, 1)
+})
+
+test('a call whose key is recorded by another writer while it waits for the row is KEY_REUSED, not QUOTA_EXCEEDED', async () => {
+  await seed([])
+  const user = 'user_key_race'
+  const project = await insertProject(db, user)
+  await client.setQuotaLimit(user, 9 * MB)
+  // Another writer (another app instance) charges 3 MB under key k: the row is locked when our
+  // call's statement starts, so its snapshot has no entry for k; once the row is free it shows
+  // 3 MB more, and 7 MB no longer fit. Run one after the other, the key decides first.
+  const app = new pg.Client({ connectionString: db.url })
+  await app.connect()
+  try {
+    await app.query('BEGIN')
+    await app.query('UPDATE user_quotas SET used_bytes = used_bytes + $2 WHERE user_id = $1', [user, 3 * MB])
+    await app.query(`INSERT INTO quota_ledger (user_id, project_id, idempotency_key, kind, bytes) VALUES ($1, $2, 'k', 'upload', $3)`, [
+      user,
+      project,
+      3 * MB,
+    ])
+    const call = client.recordUpload(user, project, 7 * MB, { uploadId: 'k' }).catch((e) => e)
+    await untilLockWaiters(1)
+    await app.query('COMMIT')
+    const error = await call
+    assert.equal(error.code, 'CONFLICT', `${error.code}: ${error.message}`)
+    assert.equal(error.reason, 'KEY_REUSED')
+  } finally {
+    await app.end()
+  }
+})

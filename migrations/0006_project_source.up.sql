@@ -1,0 +1,213 @@
+-- storage-quota 0006: projects from any table the app names (uuid, text, integer or bigint ids;
+-- text or uuid owners, users or organizations), or from a registry of our own (standalone).
+--
+-- Settings (SET LOCAL by migrate(), like 0001's):
+--   storage_quota.project_source         '' (default: projects(id, user_id)), 'table' or 'standalone'
+--   storage_quota.projects_table         the app's table, `name` or `schema.name`
+--   storage_quota.projects_id_column     its id column
+--   storage_quota.projects_owner_column  its owner column
+-- Every statement of the package reads projects through storage_quota_project(id text), made
+-- here from those settings, so the package's own SQL is the same for every app. There is no
+-- foreign key into the app's table: a project deleted behind our back is found by reconcile()
+-- (or released at once by the trigger recipe in the README).
+
+SET LOCAL lock_timeout = '5s';
+SET LOCAL statement_timeout = '60s';
+
+-- Projects are named by their id as text in our tables. A uuid's text is its canonical
+-- lower-case form, which is how the package spells uuid ids, so existing rows keep matching.
+ALTER TABLE project_storage_paths DROP CONSTRAINT IF EXISTS project_storage_paths_project_id_fkey;
+ALTER TABLE simulation_jobs DROP CONSTRAINT IF EXISTS simulation_jobs_project_id_fkey;
+-- These rewrite each table under ACCESS EXCLUSIVE (the package's own tables, never the app's):
+-- uploads wait for the rewrite: 11 s for 1,000,000 ledger rows on the 2-core test machine
+-- (docs/migrations.md).
+-- squawk-ignore changing-column-type
+ALTER TABLE project_storage_paths ALTER COLUMN project_id TYPE text USING project_id::text;
+-- squawk-ignore changing-column-type
+ALTER TABLE quota_ledger ALTER COLUMN project_id TYPE text USING project_id::text;
+-- squawk-ignore changing-column-type
+ALTER TABLE quota_reservations ALTER COLUMN project_id TYPE text USING project_id::text;
+-- squawk-ignore changing-column-type
+ALTER TABLE simulation_jobs ALTER COLUMN project_id TYPE text USING project_id::text;
+-- squawk-ignore changing-column-type
+ALTER TABLE quota_project_usage ALTER COLUMN project_id TYPE text USING project_id::text;
+-- squawk-ignore changing-column-type
+ALTER TABLE quota_project_copies ALTER COLUMN project_id TYPE text USING project_id::text;
+-- squawk-ignore changing-column-type
+ALTER TABLE quota_project_copies ALTER COLUMN source_project_id TYPE text USING source_project_id::text;
+
+-- A key is still two safe segments; the second is now any project id (see src/ids.rs).
+ALTER TABLE project_storage_paths DROP CONSTRAINT project_storage_paths_key_check;
+ALTER TABLE project_storage_paths ADD CONSTRAINT project_storage_paths_key_check
+  CHECK (key ~ '^[A-Za-z0-9][A-Za-z0-9_-]{0,127}/[A-Za-z0-9][A-Za-z0-9_-]{0,127}/$') NOT VALID;
+-- The table is locked by the DROP above until commit; VALIDATE is one scan under that lock.
+-- squawk-ignore constraint-missing-not-valid
+ALTER TABLE project_storage_paths VALIDATE CONSTRAINT project_storage_paths_key_check;
+
+-- Releasing a deleted project's pending reservations finds them by project. The table was
+-- just rewritten under ACCESS EXCLUSIVE, which CONCURRENTLY could not avoid anyway.
+-- squawk-ignore require-concurrent-index-creation
+CREATE INDEX quota_reservations_pending_project_idx
+  ON quota_reservations (project_id) WHERE status = 'pending';
+
+-- The standalone registry: projects the app registers with registerProject, nothing else.
+CREATE TABLE storage_quota_projects (
+  id text PRIMARY KEY,
+  user_id text NOT NULL,
+  created_at timestamptz NOT NULL DEFAULT now(),
+  CONSTRAINT storage_quota_projects_id_check CHECK (id ~ '^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$'),
+  CONSTRAINT storage_quota_projects_user_id_check CHECK (user_id ~ '^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$')
+);
+-- A table created in this transaction: nobody else can be reading it.
+-- squawk-ignore require-concurrent-index-creation
+CREATE INDEX storage_quota_projects_user_id_idx ON storage_quota_projects (user_id);
+
+-- Gives back everything a project holds: its pending reservations and its counted bytes, per
+-- user, in the lock order of every writer (reservation rows, then the quota row). Used for
+-- projects whose row is gone, by reconcile() and by the trigger below. Returns bytes released.
+CREATE FUNCTION storage_quota_release_project(project text) RETURNS bigint
+LANGUAGE plpgsql AS $fn$
+DECLARE
+  owner text;
+  held bigint;
+  counted bigint;
+  released bigint := 0;
+BEGIN
+  FOR owner IN
+    SELECT r.user_id FROM quota_reservations r WHERE r.project_id = project AND r.status = 'pending'
+    UNION
+    SELECT l.user_id FROM quota_ledger l WHERE l.project_id = project
+    ORDER BY 1
+  LOOP
+    WITH cancelled AS (
+      UPDATE quota_reservations r SET status = 'cancelled', settled_at = now()
+       WHERE r.project_id = project AND r.user_id = owner AND r.status = 'pending'
+      RETURNING r.bytes
+    )
+    SELECT coalesce(sum(bytes), 0)::bigint INTO held FROM cancelled;
+    PERFORM 1 FROM user_quotas q WHERE q.user_id = owner FOR NO KEY UPDATE;
+    SELECT coalesce(sum(l.bytes), 0)::bigint INTO counted
+      FROM quota_ledger l WHERE l.user_id = owner AND l.project_id = project;
+    counted := greatest(counted, 0);
+    IF counted > 0 THEN
+      INSERT INTO quota_ledger (user_id, project_id, idempotency_key, kind, bytes)
+      VALUES (owner, project, 'orphan ' || gen_random_uuid(), 'removal', -counted);
+    END IF;
+    IF counted > 0 OR held > 0 THEN
+      UPDATE user_quotas q
+         SET used_bytes = greatest(q.used_bytes - counted, 0),
+             reserved_bytes = greatest(q.reserved_bytes - held, 0),
+             updated_at = now()
+       WHERE q.user_id = owner;
+    END IF;
+    released := released + counted;
+  END LOOP;
+  RETURN released;
+END
+$fn$;
+
+-- For apps that want a deletion released at once (README, "Deleted behind our back"):
+--   CREATE TRIGGER invoices_storage_quota AFTER DELETE ON invoices
+--     FOR EACH ROW EXECUTE FUNCTION storage_quota_project_deleted('id');
+-- The argument names the id column; the files stay until reconcile({ fix: true }).
+CREATE FUNCTION storage_quota_project_deleted() RETURNS trigger
+LANGUAGE plpgsql AS $fn$
+BEGIN
+  PERFORM storage_quota_release_project(to_jsonb(OLD) ->> TG_ARGV[0]);
+  RETURN NULL;
+END
+$fn$;
+
+-- The lookup every statement uses, over the configured source. It is a plain SQL function
+-- (STABLE, not STRICT), so PostgreSQL inlines it into the caller's query: the comparison below
+-- is then an index lookup on the app's id column. The text id is converted to the column's type
+-- only when it has that type's one spelling; anything else matches no row instead of failing.
+DO $$
+DECLARE
+  source text := coalesce(current_setting('storage_quota.project_source', true), '');
+  tbl text := coalesce(nullif(current_setting('storage_quota.projects_table', true), ''), 'projects');
+  id_col text := coalesce(nullif(current_setting('storage_quota.projects_id_column', true), ''), 'id');
+  owner_col text := coalesce(nullif(current_setting('storage_quota.projects_owner_column', true), ''), 'user_id');
+  rel regclass;
+  qualified text;
+  id_type text;
+  owner_type text;
+  id_unique boolean;
+  id_match text;
+  described text;
+BEGIN
+  IF source = 'standalone' THEN
+    tbl := 'storage_quota_projects';
+    id_col := 'id';
+    owner_col := 'user_id';
+    described := 'standalone';
+  ELSIF source = '' THEN
+    described := 'projects(id, user_id)';
+  ELSE
+    described := format('%s(%s, %s)', tbl, id_col, owner_col);
+  END IF;
+
+  rel := to_regclass(tbl);
+  IF rel IS NULL THEN
+    RAISE EXCEPTION 'storage-quota cannot read projects from %: there is no table "%"', described, tbl
+      USING ERRCODE = 'SQ002',
+            HINT = 'storage-quota never creates the app''s table. Name yours (projects option, --projects) or use standalone. Nothing was changed.';
+  END IF;
+  SELECT format('%I.%I', n.nspname, c.relname) INTO qualified
+    FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = rel;
+  SELECT format_type(a.atttypid, NULL) INTO id_type
+    FROM pg_attribute a WHERE a.attrelid = rel AND a.attname = id_col AND a.attnum > 0 AND NOT a.attisdropped;
+  SELECT format_type(a.atttypid, NULL) INTO owner_type
+    FROM pg_attribute a WHERE a.attrelid = rel AND a.attname = owner_col AND a.attnum > 0 AND NOT a.attisdropped;
+  SELECT EXISTS (
+    SELECT 1 FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0]
+     WHERE i.indrelid = rel AND i.indisunique AND i.indnkeyatts = 1 AND i.indpred IS NULL AND a.attname = id_col
+  ) INTO id_unique;
+  IF id_type IS NULL OR id_type NOT IN ('uuid', 'text', 'character varying', 'integer', 'bigint', 'smallint') THEN
+    RAISE EXCEPTION 'storage-quota cannot read projects from %: column "%" is %', described, id_col, coalesce(id_type, 'missing')
+      USING ERRCODE = 'SQ002', HINT = 'Ids of type uuid, text, varchar, integer, bigint or smallint are supported. Nothing was changed.';
+  END IF;
+  IF owner_type IS NULL OR owner_type NOT IN ('text', 'character varying', 'uuid', 'integer', 'bigint') THEN
+    RAISE EXCEPTION 'storage-quota cannot read projects from %: column "%" is %', described, owner_col, coalesce(owner_type, 'missing')
+      USING ERRCODE = 'SQ002', HINT = 'Owners of type text, varchar, uuid, integer or bigint are supported. Nothing was changed.';
+  END IF;
+  IF NOT id_unique THEN
+    RAISE EXCEPTION 'storage-quota cannot read projects from %: "%" has no primary key or unique index', described, id_col
+      USING ERRCODE = 'SQ002', HINT = 'Add one first. Nothing was changed.';
+  END IF;
+
+  id_match := CASE
+    WHEN id_type = 'uuid' THEN
+      $m$(CASE WHEN $1 ~ '^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$' THEN $1 END)::uuid$m$
+    WHEN id_type IN ('integer', 'bigint', 'smallint') THEN
+      $m$(CASE WHEN $1 ~ '^(0|[1-9][0-9]{0,18})$' THEN CASE WHEN $1::numeric <= 9223372036854775807 THEN $1 END END)::bigint$m$
+    ELSE '$1'
+  END;
+  EXECUTE format($f$
+    CREATE FUNCTION storage_quota_project(project_id text) RETURNS TABLE (id text, user_id text)
+    LANGUAGE sql STABLE PARALLEL SAFE AS $body$
+      SELECT p.%2$I::text, p.%3$I::text FROM %1$s p WHERE p.%2$I = %4$s
+    $body$
+  $f$, qualified, id_col, owner_col, id_match);
+
+  INSERT INTO storage_quota_meta (key, value) VALUES ('project_source', jsonb_build_object(
+    'describe', described, 'source', coalesce(nullif(source, ''), 'default'),
+    'table', qualified, 'id', id_col, 'owner', owner_col, 'idType', id_type, 'ownerType', owner_type));
+
+  -- The default source keeps `projects.storage_path_id` (0001) up to date, as before.
+  IF source = '' AND EXISTS (SELECT 1 FROM pg_constraint
+                              WHERE conname = 'projects_storage_path_id_fkey'
+                                AND confrelid = 'project_storage_paths'::regclass) THEN
+    CREATE FUNCTION storage_quota_link_project_path() RETURNS trigger
+    LANGUAGE plpgsql AS $fn$
+    BEGIN
+      UPDATE projects SET storage_path_id = NEW.id
+       WHERE id = NEW.project_id::uuid AND storage_path_id IS DISTINCT FROM NEW.id;
+      RETURN NULL;
+    END
+    $fn$;
+    CREATE TRIGGER project_storage_paths_link_project AFTER INSERT ON project_storage_paths
+      FOR EACH ROW EXECUTE FUNCTION storage_quota_link_project_path();
+  END IF;
+END
+$$;
