@@ -122,8 +122,27 @@ export interface ClientOptions {
   storageRoot?: string
   /** Quota of a user who has no quota row yet, in bytes. Default 1 GiB (1073741824). */
   defaultQuotaBytes?: number
-  /** Most connections this client opens. Default 10. */
+  /**
+   * Most connections this client opens. Default 10. Serverless functions: 1 or 2 (each
+   * instance is a process of its own); see docs/scaling.md.
+   */
   poolSize?: number
+  /**
+   * Connections kept open while idle, opened when the client is first used. Default 0: none
+   * until a call needs one, and none left behind by a function that went quiet.
+   */
+  minConnections?: number
+  /** An idle connection is closed after this many ms; 0 keeps it. Default 30000. */
+  idleTimeoutMs?: number
+  /** A connection is closed after this many ms (when next idle); 0: no limit. Default 1800000. */
+  maxLifetimeMs?: number
+  /**
+   * `false` sends every statement unnamed (no prepared statements kept on a connection), sets
+   * `statement_timeout` per transaction instead of at login, and pipelines nothing across
+   * transactions: what a pooler in transaction mode (PgBouncer, Supavisor, Neon's pooled URL)
+   * needs. `?pgbouncer=true` in the URL does the same. Default `true` (direct connections).
+   */
+  statementCache?: boolean
   /** Longest wait for a new connection, or for a free one from the pool, in ms. Default 5000. */
   connectTimeoutMs?: number
   /** PostgreSQL `statement_timeout` for this client's connections, in ms. Default 10000. */

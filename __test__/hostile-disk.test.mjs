@@ -303,7 +303,7 @@ test('a connection cut in the middle of a copy: the target shows nothing until c
   const { project: source, total } = await projectWithFiles(user, files)
   const name = `sq-cut-copy-${randomBytes(3).toString('hex')}`
   const cutting = createClient({ ...options, applicationName: name })
-  const admin = new pg.Client({ connectionString: db.url })
+  const admin = new pg.Client({ connectionString: db.directUrl })
   await admin.connect()
   try {
     const target = await insertProject(db, user)

@@ -10,7 +10,7 @@ const run = promisify(execFile)
 const fixture = await readFile(new URL('./fixtures/existing-app.sql', import.meta.url), 'utf8')
 
 async function schemaDump(db) {
-  const { stdout } = await run('pg_dump', ['--schema-only', '--no-owner', '--no-privileges', db.url])
+  const { stdout } = await run('pg_dump', ['--schema-only', '--no-owner', '--no-privileges', db.directUrl])
   // pg_dump prints a random \restrict token since 15.14; it is not part of the schema.
   return stdout.replace(/^\\(un)?restrict .*$/gm, '')
 }
@@ -47,6 +47,7 @@ test('on an empty database: creates the schema, records it, and is idempotent', 
       [
         'project_storage_paths',
         'projects',
+        'quota_copy_leases',
         'quota_ledger',
         'quota_limit_changes',
         'quota_project_copies',

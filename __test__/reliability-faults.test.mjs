@@ -252,7 +252,7 @@ test('pool exhaustion is DB_TIMEOUT within connectTimeoutMs; the blocked call th
   await client.migrate()
   const project = await insertProject(db, 'user_pool')
   await db.query(`INSERT INTO user_quotas (user_id, limit_bytes) VALUES ('user_pool', 1000)`)
-  const lock = await lockQuotaRow(db.url, 'user_pool')
+  const lock = await lockQuotaRow(db.directUrl, 'user_pool')
   // Holds the only connection, waiting for the row lock.
   const blocked = timed(client.recordUpload('user_pool', project, 10, { uploadId: 'held' }))
   await sleep(150)
@@ -272,7 +272,7 @@ test('statementTimeoutMs cancels a blocked statement with DB_TIMEOUT and writes 
   await client.migrate()
   const project = await insertProject(db, 'user_stmt')
   await db.query(`INSERT INTO user_quotas (user_id, limit_bytes) VALUES ('user_stmt', 1000)`)
-  const lock = await lockQuotaRow(db.url, 'user_stmt')
+  const lock = await lockQuotaRow(db.directUrl, 'user_stmt')
   const { error, ms } = await timed(client.recordUpload('user_stmt', project, 10, { uploadId: 'slow' }))
   await lock.release()
   assert.equal(error?.code, 'DB_TIMEOUT', String(error))
@@ -293,7 +293,7 @@ test('closing the client while calls are in flight settles every one of them', a
   const project = await insertProject(db, 'user_close')
   await db.query(`INSERT INTO user_quotas (user_id, limit_bytes) VALUES ('user_close', 1000000)`)
   const client = createClient({ databaseUrl: db.url, storageRoot: db.storageRoot, poolSize: 3, statementTimeoutMs: 5000 })
-  const lock = await lockQuotaRow(db.url, 'user_close')
+  const lock = await lockQuotaRow(db.directUrl, 'user_close')
   const calls = []
   for (let i = 0; i < 150; i++) {
     if (i % 3 === 0) calls.push(client.checkQuota('user_close', i))
@@ -331,7 +331,7 @@ test('a connection cut mid-call fails that call only; the immediate retry with t
   await client.migrate()
   const project = await insertProject(db, 'user_cut')
   await db.query(`INSERT INTO user_quotas (user_id, limit_bytes) VALUES ('user_cut', 1000000)`)
-  const admin = new pg.Client({ connectionString: db.url })
+  const admin = new pg.Client({ connectionString: db.directUrl })
   admin.on('error', () => {})
   await admin.connect()
   const CUTS = 10

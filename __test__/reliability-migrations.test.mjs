@@ -16,7 +16,7 @@ const CLI = fileURLToPath(new URL('../bin/storage-quota.js', import.meta.url))
 const fixture = await readFile(new URL('./fixtures/existing-app.sql', import.meta.url), 'utf8')
 
 async function schemaDump(db) {
-  const { stdout } = await run('pg_dump', ['--schema-only', '--no-owner', '--no-privileges', db.url])
+  const { stdout } = await run('pg_dump', ['--schema-only', '--no-owner', '--no-privileges', db.directUrl])
   return stdout.replace(/^\\(un)?restrict .*$/gm, '')
 }
 

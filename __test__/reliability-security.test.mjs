@@ -156,7 +156,8 @@ async function runSecretChild(env, onLine) {
 test('connection strings and passwords never appear in errors or logs, through failures and a lost connection', async () => {
   const db = await createTestDatabase('rel_sec_secret')
   const password = 'Hunter2-s3cret-pw'
-  const good = new URL(db.url)
+  // Direct: the child's connection is cut by application_name, which a pooler does not pass on.
+  const good = new URL(db.directUrl)
   good.username = 'postgres'
   good.password = password
   const setup = createClient({ databaseUrl: db.url, storageRoot: db.storageRoot })
@@ -168,7 +169,7 @@ test('connection strings and passwords never appear in errors or logs, through f
   const wrong = new URL(own.url)
   wrong.password = `${password}-wrong`
 
-  const admin = new pg.Client({ connectionString: db.url })
+  const admin = new pg.Client({ connectionString: db.directUrl })
   admin.on('error', () => {})
   await admin.connect()
   after(() => admin.end())

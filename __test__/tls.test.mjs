@@ -4,12 +4,13 @@ import { createClient } from '../index.js'
 import { createTestDatabase, rejection } from './helpers/db.mjs'
 
 const db = await createTestDatabase('tls')
-const setup = createClient({ databaseUrl: db.url, storageRoot: db.storageRoot, logger: false })
+// TLS between the addon and PostgreSQL itself: never through the test pooler.
+const setup = createClient({ databaseUrl: db.directUrl, storageRoot: db.storageRoot, logger: false })
 await setup.migrate()
 after(() => setup.close())
 
 const serverHasTls = (await db.query('SHOW ssl')).rows[0].ssl === 'on'
-const withParams = (params) => `${db.url}${db.url.includes('?') ? '&' : '?'}${params}`
+const withParams = (params) => `${db.directUrl}${db.directUrl.includes('?') ? '&' : '?'}${params}`
 
 async function sessionUsesTls(applicationName) {
   const { rows } = await db.query(
@@ -21,7 +22,7 @@ async function sessionUsesTls(applicationName) {
 }
 
 test('without sslmode the connection is plain TCP, like node-postgres', async () => {
-  const client = createClient({ databaseUrl: db.url, applicationName: 'sq-tls-plain', logger: false })
+  const client = createClient({ databaseUrl: db.directUrl, applicationName: 'sq-tls-plain', logger: false })
   try {
     await client.checkQuota('user_a', 1)
     assert.equal(await sessionUsesTls('sq-tls-plain'), false)

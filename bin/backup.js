@@ -14,6 +14,7 @@ const TABLES = [
   'quota_reservations',
   'quota_limit_changes',
   'quota_project_copies',
+  'quota_copy_leases',
   'simulation_jobs',
   'storage_quota_meta',
   'storage_quota_migrations',
@@ -39,6 +40,8 @@ function backup(databaseUrl, file) {
   const env = { ...process.env }
   if (url.password) env.PGPASSWORD = decodeURIComponent(url.password)
   url.password = ''
+  // Prisma's pooler flag (see docs/scaling.md) is ours, not libpq's: pg_dump refuses it.
+  url.searchParams.delete('pgbouncer')
   const args = ['--format=custom', `--file=${file}`, ...TABLES.map((t) => `--table=public.${t}`), `--dbname=${url}`]
   return new Promise((resolve, reject) => {
     const child = spawn(process.env.STORAGE_QUOTA_PG_DUMP || 'pg_dump', args, { env, stdio: ['ignore', 'ignore', 'pipe'] })

@@ -28,6 +28,38 @@ function urlFor(database) {
   return url.toString()
 }
 
+/**
+ * `STORAGE_QUOTA_TEST_POOLER=transaction` (or `session`): the URL a test database hands out
+ * (`db.url`, what the tests give the addon) goes through a PgBouncer of this test file's own,
+ * with `?pgbouncer=true`; `db.query` stays direct. CI runs the suites a second time this way.
+ */
+export const TEST_POOLER = process.env.STORAGE_QUOTA_TEST_POOLER || null
+let bouncer
+async function pooledUrlFor(database) {
+  if (!TEST_POOLER) return urlFor(database)
+  if (!['transaction', 'session'].includes(TEST_POOLER)) {
+    throw new Error(`STORAGE_QUOTA_TEST_POOLER must be transaction or session, got ${TEST_POOLER}`)
+  }
+  if (!bouncer) {
+    const { startPgBouncer } = await import('./pgbouncer.mjs')
+    const admin = new URL(ADMIN_URL)
+    bouncer = startPgBouncer({
+      server: {
+        host: admin.hostname,
+        port: Number(admin.port || 5432),
+        user: decodeURIComponent(admin.username || 'postgres'),
+        password: admin.password ? decodeURIComponent(admin.password) : undefined,
+      },
+      poolMode: TEST_POOLER,
+      // Session mode pins a server connection per client connection: room for every test's pools.
+      defaultPoolSize: TEST_POOLER === 'session' ? 60 : 12,
+      tag: `pgb-${TEST_POOLER}`,
+      untilExit: true,
+    })
+  }
+  return (await bouncer).url(database)
+}
+
 async function admin(sql) {
   const client = new pg.Client({ connectionString: ADMIN_URL })
   await client.connect()
@@ -46,8 +78,9 @@ async function admin(sql) {
 export async function createTestDatabase(tag) {
   const name = `sq_test_${tag}_${randomBytes(4).toString('hex')}`
   await admin(`CREATE DATABASE ${name}`)
-  const url = urlFor(name)
-  const pool = new pg.Pool({ connectionString: url, max: 4 })
+  const directUrl = urlFor(name)
+  const url = await pooledUrlFor(name)
+  const pool = new pg.Pool({ connectionString: directUrl, max: 4 })
   // DROP DATABASE … WITH (FORCE) at the end terminates whatever is still connected; an idle
   // client of this pool being cut then is expected, not an uncaught error.
   pool.on('error', () => {})
@@ -55,6 +88,8 @@ export async function createTestDatabase(tag) {
   const db = {
     name,
     url,
+    /** The database without the test pooler (same as `url` when there is none). */
+    directUrl,
     storageRoot,
     query: (sql, params) => pool.query(sql, params),
     async drop() {

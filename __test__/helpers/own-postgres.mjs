@@ -24,7 +24,7 @@ const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms))
  * `{ url, password, port, query(sql, params), restart({ downMs }), stop() }`; stopped when
  * the test file ends. The password is in `url` on purpose (tests check it never leaks).
  */
-export async function startOwnPostgres(tag) {
+export async function startOwnPostgres(tag, { postgresFlags = [] } = {}) {
   const base = await mkdtemp(join(tmpdir(), `sq-own-pg-${tag}-`))
   await chmod(base, 0o755)
   const port = await freePort()
@@ -37,6 +37,7 @@ export async function startOwnPostgres(tag) {
     port,
     persistent: true,
     createPostgresUser: true,
+    postgresFlags,
     onLog: (message) => {
       log = (log + message).slice(-20000)
     },

@@ -142,6 +142,9 @@ export async function saveUploadedFile(userId: string, projectId: string, fileNa
 
 const s3Storage: StorageOptions = { backend: 's3', bucket: 'acme-uploads', prefix: 'projects' }
 void createClient({ storage: s3Storage }).close()
+// README "Behind a connection pooler" and docs/scaling.md: the pool options.
+void createClient({ poolSize: 2, idleTimeoutMs: 10_000 }).close()
+void createClient({ minConnections: 0, maxLifetimeMs: 1_800_000, statementCache: false }).close()
 // @ts-expect-error the s3 backend needs a bucket
 void createClient({ storage: { backend: 's3' } })
 

@@ -122,6 +122,19 @@ export const CONTENDERS = {
     }
   },
 
+  /** pg with unnamed statements, as it must be configured behind a transaction pooler. */
+  async pgunnamed({ url, poolSize }) {
+    const pg = require('pg')
+    const pool = new pg.Pool({ connectionString: url, max: poolSize, application_name: 'bench-pg-unnamed' })
+    const q = async (text, _name, values) => (await pool.query(text, values)).rows
+    return {
+      checkQuota: (user, bytes) => checkQuotaWith(q, user, bytes),
+      recordUpload: (user, project, bytes, uploadId) => recordUploadWith(q, user, project, bytes, uploadId),
+      reserveCommit: (user, project, bytes) => reserveCommitWith(q, user, project, bytes),
+      close: () => pool.end(),
+    }
+  },
+
   async postgresjs({ url, poolSize }) {
     const postgres = require('postgres')
     const sql = postgres(url, {

@@ -13,20 +13,40 @@ pub struct ConnectionConfig {
   /// constructor throwing, so importing a module that creates a client never breaks a build.
   pub database_url: Option<String>,
   pub pool_size: u32,
+  /// Connections kept open even when idle (0: none, the pool empties when idle).
+  pub min_connections: u32,
+  /// An idle connection is closed after this long (`None`: kept).
+  pub idle_timeout: Option<Duration>,
+  /// A connection is closed after this long, idle or not, once returned (`None`: kept).
+  pub max_lifetime: Option<Duration>,
   pub connect_timeout: Duration,
   pub statement_timeout: Duration,
   pub application_name: String,
+  /// `false`: pooler mode even without `?pgbouncer=true` in the URL (see `session`).
+  pub statement_cache: bool,
+}
+
+/// What `postgres_config` makes of a `ConnectionConfig` (its `Debug` hides the password).
+#[derive(Debug)]
+pub struct DriverSettings {
+  pub config: tokio_postgres::Config,
+  pub tls: TlsSettings,
+  /// Behind a transaction pooler: unnamed statements, no startup options (see `session`).
+  pub pooler: bool,
 }
 
 impl ConnectionConfig {
   /// The driver configuration. Parse errors are reported without echoing the URL, which may
   /// hold a password.
-  pub fn postgres_config(&self) -> Result<(tokio_postgres::Config, TlsSettings)> {
+  pub fn postgres_config(&self) -> Result<DriverSettings> {
     let url = self.database_url.as_deref().ok_or_else(|| {
       QuotaError::DbUnavailable(
         "no database configured: set DATABASE_URL or POSTGRES_URL (the CLI also reads them from .env and .env.local, or takes --database-url URL), or pass databaseUrl to createClient()".into(),
       )
     })?;
+    let (url, pgbouncer) = take_pgbouncer_flag(url)?;
+    let url = url.as_str();
+    let pooler = pgbouncer || !self.statement_cache;
     let tls = settings_from_url(url)?;
     let mut config: tokio_postgres::Config = tls.url.parse().map_err(|_| {
       QuotaError::DbUnavailable(
@@ -36,14 +56,50 @@ impl ConnectionConfig {
     config.connect_timeout(self.connect_timeout);
     config.application_name(&self.application_name);
     // Every statement of ours is short; a stuck one must not hold a pooled connection forever.
+    // Poolers refuse startup options (PgBouncer: "unsupported startup parameter: options");
+    // there each transaction sets it (`session`).
     let timeout_ms = self.statement_timeout.as_millis();
-    config.options(format!("-c statement_timeout={timeout_ms}"));
+    if !pooler {
+      config.options(format!("-c statement_timeout={timeout_ms}"));
+    }
     // Plain TCP unless the string asks for TLS (tokio-postgres alone would default to prefer).
     if url.contains("://") || !url.contains("sslmode") {
       config.ssl_mode(tls.ssl_mode());
     }
-    Ok((config, tls))
+    Ok(DriverSettings {
+      config,
+      tls,
+      pooler,
+    })
   }
+}
+
+/// Reads and removes `pgbouncer=true|false` from a URL's query (Prisma's name for "behind a
+/// transaction pooler"; tokio-postgres would refuse the unknown parameter).
+fn take_pgbouncer_flag(url: &str) -> Result<(String, bool)> {
+  let Some((base, query)) = url.split_once('?') else {
+    return Ok((url.to_owned(), false));
+  };
+  let mut flag = false;
+  let mut kept = Vec::new();
+  for pair in query.split('&').filter(|p| !p.is_empty()) {
+    match pair.split_once('=').unwrap_or((pair, "")) {
+      ("pgbouncer", "true" | "1") => flag = true,
+      ("pgbouncer", "false" | "0") => flag = false,
+      ("pgbouncer", _) => {
+        return Err(QuotaError::DbUnavailable(
+          "the pgbouncer URL parameter must be true or false".into(),
+        ))
+      }
+      _ => kept.push(pair),
+    }
+  }
+  let url = if kept.is_empty() {
+    base.to_owned()
+  } else {
+    format!("{base}?{}", kept.join("&"))
+  };
+  Ok((url, flag))
 }
 
 /// `host:port/database` of a driver config, for messages. Never includes user or password.
@@ -71,5 +127,20 @@ mod tests {
     let config: tokio_postgres::Config =
       "postgres://me:s3cret@db.example:6543/app".parse().unwrap();
     assert_eq!(describe_target(&config), "db.example:6543/app");
+  }
+
+  #[test]
+  fn pgbouncer_flag_is_read_and_removed() {
+    let (url, flag) =
+      take_pgbouncer_flag("postgres://u@db:6543/app?sslmode=require&pgbouncer=true").unwrap();
+    assert!(flag);
+    assert_eq!(url, "postgres://u@db:6543/app?sslmode=require");
+    assert!(
+      !take_pgbouncer_flag("postgres://u@db/app?pgbouncer=false")
+        .unwrap()
+        .1
+    );
+    assert!(!take_pgbouncer_flag("postgres://u@db/app").unwrap().1);
+    assert!(take_pgbouncer_flag("postgres://u@db/app?pgbouncer=maybe").is_err());
   }
 }

@@ -5,9 +5,9 @@
 //! (`crate::quota::backfill`), so a migration holds its locks for milliseconds. One that cannot
 //! get a lock within its short `lock_timeout` is rolled back and retried with backoff.
 
+use crate::db::session::{PgConnection, Tx};
 use sha2::{Digest, Sha256};
 use tokio_postgres::error::SqlState;
-use tokio_postgres::{Client, Transaction};
 
 use crate::db::project_source::ProjectSource;
 use crate::error::{QuotaError, Result};
@@ -75,6 +75,13 @@ pub const MIGRATIONS: &[Migration] = &[
     name: "project_source",
     up: include_str!("../../migrations/0006_project_source.up.sql"),
     down: include_str!("../../migrations/0006_project_source.down.sql"),
+    legacy_checksums: &[],
+  },
+  Migration {
+    version: 7,
+    name: "copy_leases",
+    up: include_str!("../../migrations/0007_copy_leases.up.sql"),
+    down: include_str!("../../migrations/0007_copy_leases.down.sql"),
     legacy_checksums: &[],
   },
   Migration {
@@ -154,7 +161,7 @@ fn hex(bytes: &[u8]) -> String {
 
 /// Takes the lock, makes sure the tracking table exists and returns what is applied,
 /// refusing a database whose recorded checksums differ from ours.
-async fn lock_and_read(tx: &Transaction<'_>) -> Result<Vec<(i32, String)>> {
+async fn lock_and_read(tx: &Tx<'_>) -> Result<Vec<(i32, String)>> {
   tx.batch_execute("SET LOCAL lock_timeout = '60s'").await?;
   tx.execute("SELECT pg_advisory_xact_lock($1)", &[&LOCK_KEY])
     .await?;
@@ -201,7 +208,10 @@ fn failed(migration: &Migration, direction: &str, error: tokio_postgres::Error) 
 
 /// Applies every pending migration, one transaction each. A migration that gives up on a lock
 /// (SQLSTATE 55P03, its short `lock_timeout`) changed nothing: it is tried again after a pause.
-pub async fn migrate(client: &mut Client, settings: &MigrationSettings) -> Result<MigrateReport> {
+pub async fn migrate(
+  client: &mut PgConnection,
+  settings: &MigrationSettings,
+) -> Result<MigrateReport> {
   // Before anything changes: a configured project table that is missing or unusable is refused.
   settings.project_source.check(&*client).await?;
   let mut report = MigrateReport::default();
@@ -245,7 +255,7 @@ fn backoff_ms(attempt: u32) -> u64 {
 /// One transaction: the next pending migration, applied and recorded. `Ok(None)` when none is
 /// pending. On any failure the transaction is rolled back (dropped).
 async fn apply_next(
-  client: &mut Client,
+  client: &mut PgConnection,
   settings: &MigrationSettings,
 ) -> std::result::Result<Option<i32>, Failure> {
   let tx = client
@@ -284,7 +294,7 @@ async fn apply_next(
 }
 
 async fn set_settings(
-  tx: &Transaction<'_>,
+  tx: &Tx<'_>,
   settings: &MigrationSettings,
 ) -> std::result::Result<(), tokio_postgres::Error> {
   tx.execute(
@@ -305,9 +315,7 @@ async fn set_settings(
 
 /// A database that applied the first release of 0001 was backfilled inside that migration:
 /// its backfill starts finished (projects created since get their paths lazily, as before).
-async fn mark_legacy_backfill_done(
-  tx: &Transaction<'_>,
-) -> std::result::Result<(), tokio_postgres::Error> {
+async fn mark_legacy_backfill_done(tx: &Tx<'_>) -> std::result::Result<(), tokio_postgres::Error> {
   tx.execute(
     "UPDATE storage_quota_backfill SET phase = 'done', started_at = now(), updated_at = now(), finished_at = now()
       WHERE EXISTS (SELECT 1 FROM storage_quota_migrations WHERE version = 1 AND checksum = $1)",
@@ -320,7 +328,7 @@ async fn mark_legacy_backfill_done(
 /// Reverts the `steps` most recent migrations, newest first, one transaction each.
 /// Returns the versions reverted. The tracking table goes with the last one.
 pub async fn rollback(
-  client: &mut Client,
+  client: &mut PgConnection,
   steps: u32,
   settings: &MigrationSettings,
 ) -> Result<Vec<i32>> {
@@ -359,7 +367,9 @@ pub async fn rollback(
   Ok(reverted)
 }
 
-pub async fn status(client: &Client) -> Result<Status> {
+pub async fn status(client: &mut PgConnection) -> Result<Status> {
+  // In a transaction: one server connection behind a transaction pooler, one snapshot.
+  let client = client.transaction().await?;
   let exists: bool = client
     .query_one(
       "SELECT to_regclass('storage_quota_migrations') IS NOT NULL",
@@ -402,6 +412,7 @@ pub async fn status(client: &Client) -> Result<Status> {
       applied_at: None,
     })
     .collect();
+  client.commit().await?;
   Ok(Status {
     applied: recorded,
     pending,

@@ -6,4 +6,5 @@ mod errors;
 pub mod migrate;
 pub mod pool;
 pub mod project_source;
+pub mod session;
 pub mod tls;

@@ -6,27 +6,20 @@
 //! - a failed connection attempt fails the calls waiting for one at once with `DB_UNAVAILABLE`
 //!   (bb8 alone would keep them waiting until the timeout and then say only "timed out").
 
-use std::collections::HashMap;
 use std::pin::pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use bb8::{ManageConnection, PooledConnection, QueueStrategy, RunError};
 use tokio::sync::Notify;
-use tokio_postgres::{Client, GenericClient, Statement};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
 use crate::db::config::{describe_target, ConnectionConfig};
+pub use crate::db::session::PgConnection;
+use crate::db::session::Sending;
 use crate::error::{QuotaError, Result};
 use crate::log;
-
-/// One pooled connection and the statements already prepared on it.
-pub struct PgConnection {
-  pub client: Client,
-  statements: HashMap<&'static str, Statement>,
-  /// `LOST_EPOCH` when this connection was last known to work.
-  checked_epoch: u64,
-}
 
 /// Bumped whenever a call sees its connection cut by the server or the network. The cut
 /// connection's task may not have noticed the closed socket yet when the next call checks it
@@ -37,38 +30,6 @@ static LOST_EPOCH: AtomicU64 = AtomicU64::new(0);
 /// Called by the error mapping when a statement failed because the connection was lost.
 pub fn connection_lost() {
   LOST_EPOCH.fetch_add(1, Ordering::AcqRel);
-}
-
-impl PgConnection {
-  /// The prepared form of `sql`, prepared on first use over `on` (the connection itself or a
-  /// transaction on it).
-  pub async fn statement(
-    statements: &mut HashMap<&'static str, Statement>,
-    on: &impl GenericClient,
-    sql: &'static str,
-  ) -> Result<Statement> {
-    if let Some(statement) = statements.get(sql) {
-      return Ok(statement.clone());
-    }
-    let statement = on.prepare(sql).await?;
-    statements.insert(sql, statement.clone());
-    Ok(statement)
-  }
-
-  /// Prepared statement on the connection itself (no transaction).
-  pub async fn prepared(&mut self, sql: &'static str) -> Result<Statement> {
-    Self::statement(&mut self.statements, &self.client, sql).await
-  }
-
-  /// Splits the connection so a transaction and the statement cache can be used together.
-  pub fn parts(&mut self) -> (&mut Client, &mut HashMap<&'static str, Statement>) {
-    (&mut self.client, &mut self.statements)
-  }
-
-  /// Forget prepared statements (after a migration changed the tables they refer to).
-  pub fn forget_statements(&mut self) {
-    self.statements.clear();
-  }
 }
 
 /// Shared between the manager and its error sink: the last connection failure, and a signal
@@ -96,6 +57,7 @@ pub struct Manager {
   target: String,
   failures: Arc<ConnectFailures>,
   generation: Arc<std::sync::atomic::AtomicU64>,
+  sending: Arc<Sending>,
 }
 
 impl ManageConnection for Manager {
@@ -109,10 +71,16 @@ impl ManageConnection for Manager {
       .connect(self.tls.clone())
       .await
       .map_err(|error| {
+        let cause = connect_cause(&error);
+        // PgBouncer's answer to the `options` we send a direct connection.
+        let hint = if cause.contains("unsupported startup parameter") {
+          "; behind PgBouncer or another pooler, add ?pgbouncer=true to the URL (or pass statementCache: false)"
+        } else {
+          ""
+        };
         let failure = QuotaError::DbUnavailable(format!(
-          "could not connect to PostgreSQL at {}: {}",
-          self.target,
-          connect_cause(&error)
+          "could not connect to PostgreSQL at {}: {cause}{hint}",
+          self.target
         ));
         self.failures.record(failure.to_string());
         failure
@@ -132,21 +100,21 @@ impl ManageConnection for Manager {
         );
       }
     });
-    let connection = PgConnection {
+    let connection = PgConnection::new(
       client,
-      statements: HashMap::new(),
-      checked_epoch: LOST_EPOCH.load(Ordering::Acquire),
-    };
+      self.sending.clone(),
+      LOST_EPOCH.load(Ordering::Acquire),
+    );
     Ok((connection, generation))
   }
 
   async fn is_valid(&self, conn: &mut Self::Connection) -> Result<()> {
-    conn.0.client.simple_query("").await?;
+    conn.0.ping().await?;
     Ok(())
   }
 
   fn has_broken(&self, conn: &mut Self::Connection) -> bool {
-    conn.0.client.is_closed()
+    conn.0.is_broken()
   }
 }
 
@@ -164,6 +132,7 @@ pub struct Pool {
   pool: bb8::Pool<Manager>,
   failures: Arc<ConnectFailures>,
   generation: Arc<std::sync::atomic::AtomicU64>,
+  sending: Arc<Sending>,
   target: String,
   pool_size: u32,
   acquire_timeout_ms: u128,
@@ -176,29 +145,44 @@ impl Pool {
   /// Builds the pool without connecting; connections open on first use. Must run inside the
   /// tokio runtime (bb8 spawns its reaper there).
   pub fn new(config: &ConnectionConfig) -> Result<Self> {
-    let (pg_config, tls) = config.postgres_config()?;
-    let target = describe_target(&pg_config);
+    let settings = config.postgres_config()?;
+    let target = describe_target(&settings.config);
     let failures = Arc::new(ConnectFailures::default());
     let generation = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let sending = Arc::new(Sending::new(settings.pooler, config.statement_timeout));
     let manager = Manager {
-      config: pg_config,
-      tls: tls.connector()?,
+      config: settings.config,
+      tls: settings.tls.connector()?,
       target: target.clone(),
       failures: failures.clone(),
       generation: generation.clone(),
+      sending: sending.clone(),
     };
-    let pool = bb8::Pool::builder()
+    let mut builder = bb8::Pool::builder()
       .max_size(config.pool_size)
-      .min_idle(None)
+      .min_idle((config.min_connections > 0).then_some(config.min_connections))
+      .idle_timeout(config.idle_timeout)
+      .max_lifetime(config.max_lifetime)
       .test_on_check_out(false)
       .queue_strategy(QueueStrategy::Lifo)
       .retry_connection(false)
-      .connection_timeout(config.connect_timeout)
-      .build_unchecked(manager);
+      .connection_timeout(config.connect_timeout);
+    // bb8 closes idle and old connections when its reaper runs (every 30 s by default): often
+    // enough that an idle timeout of a few seconds is kept to within half of it.
+    let shortest = [config.idle_timeout, config.max_lifetime]
+      .into_iter()
+      .flatten()
+      .min();
+    if let Some(shortest) = shortest {
+      let rate = (shortest / 2).clamp(Duration::from_millis(100), Duration::from_secs(30));
+      builder = builder.reaper_rate(rate);
+    }
+    let pool = builder.build_unchecked(manager);
     Ok(Pool {
       pool,
       failures,
       generation,
+      sending,
       target,
       pool_size: config.pool_size,
       acquire_timeout_ms: config.connect_timeout.as_millis(),
@@ -214,7 +198,7 @@ impl Pool {
     // discards it. Bounded: at most every pooled connection once, then a fresh one.
     for _ in 0..self.pool_size {
       let mut checkout = self.get_one().await?;
-      if checkout.0.client.is_closed() {
+      if checkout.0.is_broken() {
         continue;
       }
       let epoch = LOST_EPOCH.load(Ordering::Acquire);
@@ -222,7 +206,7 @@ impl Pool {
         return Ok(checkout);
       }
       // A connection was cut since this one last worked: make sure it still does.
-      let probe = checkout.0.client.simple_query("");
+      let probe = checkout.0.ping();
       if let Ok(Ok(_)) = tokio::time::timeout(self.connect_timeout, probe).await {
         checkout.0.checked_epoch = epoch;
         return Ok(checkout);
@@ -273,5 +257,16 @@ impl Pool {
     self
       .generation
       .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+    self.sending.schema_changed();
+  }
+
+  /// Behind a transaction pooler (see `session`).
+  pub fn pooler(&self) -> bool {
+    self.sending.unnamed()
+  }
+
+  /// Connections open now (idle or in use).
+  pub fn open_connections(&self) -> u32 {
+    self.pool.state().connections
   }
 }

@@ -4,7 +4,7 @@
 //! stays the same whatever the app's table looks like. This file checks the configuration
 //! (names) and, before any migration runs, the database (the table and its column types).
 
-use tokio_postgres::GenericClient;
+use crate::db::session::Db;
 
 use crate::error::{QuotaError, Result};
 
@@ -99,7 +99,7 @@ impl ProjectSource {
   /// Run before any migration: a configured table that is missing, or whose columns cannot be
   /// used, is refused here, with nothing changed. Also refuses a database whose recorded source
   /// (migration 0006) differs from an explicitly configured one.
-  pub async fn check<C: GenericClient>(&self, client: &C) -> Result<()> {
+  pub async fn check<C: Db>(&self, client: &C) -> Result<()> {
     let has_meta: bool = client
       .query_one("SELECT to_regclass('storage_quota_meta') IS NOT NULL", &[])
       .await?
@@ -190,7 +190,7 @@ impl ProjectSource {
 /// not next to an existing app's tables, where it would be a look-alike of the app's real
 /// project table that every call then finds empty. Tables of extensions and of storage-quota
 /// itself do not count.
-async fn check_default<C: GenericClient>(client: &C) -> Result<()> {
+async fn check_default<C: Db>(client: &C) -> Result<()> {
   let row = client
     .query_one(
       "SELECT to_regclass('projects') IS NOT NULL OR to_regclass('user_quotas') IS NOT NULL,

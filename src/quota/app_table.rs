@@ -2,7 +2,7 @@
 //! name of an app table or column used by that code comes from here, so a configurable project
 //! source (another table name, id or owner column) plugs in at one place.
 
-use tokio_postgres::GenericClient;
+use crate::db::session::Db;
 
 use crate::error::{QuotaError, Result};
 
@@ -52,7 +52,7 @@ impl AppTable {
 
   /// The SQL expression of a project's baseline bytes (`p` is the app table's alias), when the
   /// app has a numeric size column.
-  pub async fn size_expr(&self, db: &impl GenericClient) -> Result<Option<String>> {
+  pub async fn size_expr(&self, db: &impl Db) -> Result<Option<String>> {
     // Baselines come from the default source's table only: with another source configured
     // (migration 0006), a `projects` table is not the app's project table.
     let other_source: bool = db
@@ -82,12 +82,12 @@ impl AppTable {
   }
 
   /// Whether an index leads with the owner column (what seeding a user looks projects up by).
-  pub async fn has_owner_index(&self, db: &impl GenericClient) -> Result<bool> {
+  pub async fn has_owner_index(&self, db: &impl Db) -> Result<bool> {
     self.has_index_on(db, &self.owner).await
   }
 
   /// Whether a valid, non-partial index leads with `column`.
-  pub async fn has_index_on(&self, db: &impl GenericClient, column: &str) -> Result<bool> {
+  pub async fn has_index_on(&self, db: &impl Db, column: &str) -> Result<bool> {
     let row = db
       .query_one(
         "SELECT EXISTS (
@@ -100,7 +100,7 @@ impl AppTable {
   }
 
   /// Refuses when the table is missing, before anything is read or written.
-  pub async fn check_exists(&self, db: &impl GenericClient) -> Result<()> {
+  pub async fn check_exists(&self, db: &impl Db) -> Result<()> {
     let row = db
       .query_one("SELECT to_regclass($1) IS NOT NULL", &[&self.t()])
       .await?;

@@ -128,19 +128,15 @@ async fn charge_together(
   let key_users: Vec<&str> = uploads.iter().map(|u| u.user.as_str()).collect();
   let keys: Vec<&str> = uploads.iter().map(|u| u.upload_id.as_str()).collect();
 
-  let (client, statements) = conn.parts();
-  let tx = client.transaction().await?;
-  let lock = PgConnection::statement(statements, &tx, LOCK_QUOTAS).await?;
-  let owners = PgConnection::statement(statements, &tx, OWNERS).await?;
-  let priors = PgConnection::statement(statements, &tx, PRIORS).await?;
+  let tx = conn.transaction().await?;
   // Pipelined; PostgreSQL runs them in order, so both reads see the state after the locks.
   let lock_params: [&(dyn ToSql + Sync); 1] = [&users];
   let owner_params: [&(dyn ToSql + Sync); 1] = [&projects];
   let prior_params: [&(dyn ToSql + Sync); 2] = [&key_users, &keys];
   let (locked, owners, priors) = tokio::try_join!(
-    tx.query(&lock, &lock_params),
-    tx.query(&owners, &owner_params),
-    tx.query(&priors, &prior_params),
+    tx.query(LOCK_QUOTAS, &lock_params),
+    tx.query(OWNERS, &owner_params),
+    tx.query(PRIORS, &prior_params),
   )?;
 
   let mut rows: HashMap<String, Usage> = HashMap::new();
@@ -180,14 +176,12 @@ async fn charge_together(
 
   if !new_keys.is_empty() {
     let (charged_users, charged_bytes): (Vec<&str>, Vec<i64>) = totals.into_iter().unzip();
-    let charge = PgConnection::statement(statements, &tx, CHARGE).await?;
-    let ledger = PgConnection::statement(statements, &tx, LEDGER).await?;
     let charge_params: [&(dyn ToSql + Sync); 2] = [&charged_users, &charged_bytes];
     let ledger_params: [&(dyn ToSql + Sync); 4] =
       [&new_users, &new_projects, &new_keys, &new_bytes];
     let (after, _) = tokio::try_join!(
-      tx.query(&charge, &charge_params),
-      tx.execute(&ledger, &ledger_params),
+      tx.query(CHARGE, &charge_params),
+      tx.execute(LEDGER, &ledger_params),
     )?;
     // The rows are locked, so each must now hold exactly what was decided; anything else rolls
     // the whole batch back (and `Batcher` answers each call alone).

@@ -15,6 +15,12 @@ pub const DEFAULT_QUOTA_BYTES: i64 = 1_073_741_824;
 pub const DEFAULT_POOL_SIZE: u32 = 10;
 pub const DEFAULT_CONNECT_TIMEOUT_MS: u32 = 5_000;
 pub const DEFAULT_STATEMENT_TIMEOUT_MS: u32 = 10_000;
+/// An idle connection is closed after 30 s: a container keeps the ones it uses, a serverless
+/// function that goes quiet gives its connections back (to the pooler, or to PostgreSQL).
+pub const DEFAULT_IDLE_TIMEOUT_MS: u32 = 30_000;
+/// Connections are renewed after 30 minutes (a failover, a pooler's `server_lifetime`, a DNS
+/// change are picked up without a restart).
+pub const DEFAULT_MAX_LIFETIME_MS: u32 = 30 * 60_000;
 pub const DEFAULT_APPLICATION_NAME: &str = "storage-quota";
 pub const DEFAULT_RESERVATION_TTL_MS: i64 = 60 * 60 * 1000;
 /// Longest reservation: a week. Longer holds are leaks, not uploads.
@@ -31,6 +37,10 @@ pub struct RawOptions {
   /// Numbers arrive as JS numbers and are checked here: napi's own `u32` conversion would
   /// wrap -1 to 4294967295 and truncate 1.5 to 1 without a word.
   pub pool_size: Option<f64>,
+  pub min_connections: Option<f64>,
+  pub idle_timeout_ms: Option<f64>,
+  pub max_lifetime_ms: Option<f64>,
+  pub statement_cache: Option<bool>,
   pub connect_timeout_ms: Option<f64>,
   pub statement_timeout_ms: Option<f64>,
   pub application_name: Option<String>,
@@ -98,6 +108,28 @@ impl Config {
       Some(value) => parse_whole("poolSize", value, 1, 1000)?,
       None => DEFAULT_POOL_SIZE,
     };
+    let min_connections = match raw.min_connections {
+      Some(value) => parse_whole("minConnections", value, 0, pool_size)?,
+      None => 0,
+    };
+    // 0 means "never": no idle timeout, no lifetime limit.
+    let optional_ms = |name: &str, value: Option<f64>, default: u32| -> Result<Option<Duration>> {
+      let ms = match value {
+        Some(value) => parse_whole(name, value, 0, MAX_TIMEOUT_MS)?,
+        None => default,
+      };
+      Ok((ms > 0).then(|| Duration::from_millis(ms.into())))
+    };
+    let idle_timeout = optional_ms(
+      "idleTimeoutMs",
+      raw.idle_timeout_ms,
+      DEFAULT_IDLE_TIMEOUT_MS,
+    )?;
+    let max_lifetime = optional_ms(
+      "maxLifetimeMs",
+      raw.max_lifetime_ms,
+      DEFAULT_MAX_LIFETIME_MS,
+    )?;
     let connect_timeout_ms = match raw.connect_timeout_ms {
       Some(value) => parse_whole("connectTimeoutMs", value, 1, MAX_TIMEOUT_MS)?,
       None => DEFAULT_CONNECT_TIMEOUT_MS,
@@ -169,9 +201,13 @@ impl Config {
       db: ConnectionConfig {
         database_url: raw.database_url.filter(|url| !url.trim().is_empty()),
         pool_size,
+        min_connections,
+        idle_timeout,
+        max_lifetime,
         connect_timeout: Duration::from_millis(connect_timeout_ms.into()),
         statement_timeout: Duration::from_millis(statement_timeout_ms.into()),
         application_name,
+        statement_cache: raw.statement_cache.unwrap_or(true),
       },
     })
   }
@@ -222,6 +258,15 @@ mod tests {
     }));
     assert!(bad(RawOptions {
       statement_timeout_ms: Some(1.5),
+      ..Default::default()
+    }));
+    assert!(bad(RawOptions {
+      pool_size: Some(4.0),
+      min_connections: Some(5.0),
+      ..Default::default()
+    }));
+    assert!(bad(RawOptions {
+      idle_timeout_ms: Some(-1.0),
       ..Default::default()
     }));
     assert!(bad(RawOptions {

@@ -8,7 +8,9 @@
 //! with its connection: clean up after it by its token, then copy). The lock lives with the
 //! session, so a crashed process or a cut connection releases it at once; and a call's
 //! deciding writes (commit, done) go through the session that holds the lock, so a call that
-//! lost its lock can no longer make them.
+//! lost its lock can no longer make them. Behind a transaction pooler (no sessions to hold a
+//! lock) the lock is a lease row instead (`try_lease`), given back at the end or taken over once
+//! expired after the reservation TTL.
 
 use crate::db::pool::PgConnection;
 use crate::error::{ConflictReason, QuotaError, Result};
@@ -31,6 +33,49 @@ pub struct Claim {
   pub reservation: Option<(String, Option<i64>)>,
 }
 
+/// Behind a transaction pooler a session lock would stay with whichever server connection took
+/// it (and holding a transaction open instead pins a server for the whole copy: copies waiting
+/// for a server while holding one deadlock the pooler), so the lock is a lease row there, taken
+/// over once expired.
+const TRY_LEASE: &str = "
+INSERT INTO quota_copy_leases (user_id, project_id, holder, expires_at)
+VALUES ($1, $2, $3, now() + $4::bigint * interval '1 millisecond')
+ON CONFLICT (user_id, project_id) DO UPDATE
+   SET holder = EXCLUDED.holder, expires_at = EXCLUDED.expires_at
+ WHERE quota_copy_leases.expires_at < now()
+RETURNING holder";
+
+pub async fn try_lease(
+  conn: &mut PgConnection,
+  user: &UserId,
+  target: &ProjectId,
+  holder: &uuid::Uuid,
+  ttl_ms: i64,
+) -> Result<bool> {
+  let row = conn
+    .query_opt(
+      TRY_LEASE,
+      &[&user.as_str(), &target.as_str(), holder, &ttl_ms],
+    )
+    .await?;
+  Ok(row.is_some())
+}
+
+pub async fn release_lease(
+  conn: &mut PgConnection,
+  user: &UserId,
+  target: &ProjectId,
+  holder: &uuid::Uuid,
+) -> Result<()> {
+  conn
+    .execute(
+      "DELETE FROM quota_copy_leases WHERE user_id = $1 AND project_id = $2 AND holder = $3",
+      &[&user.as_str(), &target.as_str(), holder],
+    )
+    .await?;
+  Ok(())
+}
+
 fn lock_key(user: &UserId, target: &ProjectId) -> String {
   format!("storage-quota copy {user}/{target}")
 }
@@ -43,7 +88,6 @@ pub async fn check_owners(
   target: &ProjectId,
 ) -> Result<()> {
   let rows = conn
-    .client
     .query(
       "SELECT p.id, p.user_id FROM unnest($1::text[]) AS x(id), storage_quota_project(x.id) p",
       &[&vec![source.as_str(), target.as_str()]],
@@ -62,7 +106,6 @@ pub async fn check_owners(
 /// Takes the (user, new project) lock for this session if no other session holds it.
 pub async fn try_lock(conn: &mut PgConnection, user: &UserId, target: &ProjectId) -> Result<bool> {
   let row = conn
-    .client
     .query_one(
       "SELECT pg_try_advisory_lock(hashtextextended($1, 0))",
       &[&lock_key(user, target)],
@@ -73,7 +116,6 @@ pub async fn try_lock(conn: &mut PgConnection, user: &UserId, target: &ProjectId
 
 pub async fn unlock(conn: &mut PgConnection, user: &UserId, target: &ProjectId) -> Result<()> {
   conn
-    .client
     .execute(
       "SELECT pg_advisory_unlock(hashtextextended($1, 0))",
       &[&lock_key(user, target)],
@@ -88,7 +130,6 @@ pub async fn read(
   target: &ProjectId,
 ) -> Result<Option<Claim>> {
   let row = conn
-    .client
     .query_opt(
       "SELECT c.source_project_id, c.token, c.status = 'done', c.copied_bytes, c.files, c.skipped,
               c.dir_dev, c.dir_ino, r.status, r.committed_bytes
@@ -141,7 +182,6 @@ pub async fn insert(
   token: &uuid::Uuid,
 ) -> Result<()> {
   conn
-    .client
     .execute(
       "INSERT INTO quota_project_copies (user_id, project_id, source_project_id, token)
        VALUES ($1, $2, $3, $4)",
@@ -159,7 +199,6 @@ pub async fn set_identity(
   identity: (u64, u64),
 ) -> Result<()> {
   conn
-    .client
     .execute(
       "UPDATE quota_project_copies SET dir_dev = $3, dir_ino = $4 WHERE user_id = $1 AND token = $2",
       &[
@@ -181,7 +220,6 @@ pub async fn finish(
   stats: &TreeStats,
 ) -> Result<()> {
   conn
-    .client
     .execute(
       "UPDATE quota_project_copies
           SET status = 'done', copied_bytes = $3, files = $4, skipped = $5, settled_at = now()
@@ -201,7 +239,6 @@ pub async fn finish(
 /// Drops the call's claim (only its own, by token), after a failure was undone.
 pub async fn release(conn: &mut PgConnection, user: &UserId, token: &uuid::Uuid) -> Result<()> {
   conn
-    .client
     .execute(
       "DELETE FROM quota_project_copies WHERE user_id = $1 AND token = $2 AND status = 'copying'",
       &[&user.as_str(), token],
@@ -214,7 +251,6 @@ pub async fn release(conn: &mut PgConnection, user: &UserId, token: &uuid::Uuid)
 /// later copy into it copies again instead of answering `duplicate`.
 pub async fn forget(conn: &mut PgConnection, user: &UserId, project: &ProjectId) -> Result<()> {
   conn
-    .client
     .execute(
       "DELETE FROM quota_project_copies WHERE user_id = $1 AND project_id = $2 AND status = 'done'",
       &[&user.as_str(), &project.as_str()],
@@ -226,7 +262,6 @@ pub async fn forget(conn: &mut PgConnection, user: &UserId, project: &ProjectId)
 /// Deletes a path record this call created, when its copy is undone.
 pub async fn drop_path(conn: &mut PgConnection, path_id: &uuid::Uuid) -> Result<()> {
   conn
-    .client
     .execute(
       "DELETE FROM project_storage_paths WHERE id = $1",
       &[path_id],

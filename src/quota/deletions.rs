@@ -3,7 +3,7 @@
 //! every charge of that user and reads the ledger as it is after them. Releases always succeed
 //! for bytes that were counted, even over quota, and never take usage below zero.
 
-use tokio_postgres::Transaction;
+use crate::db::session::Tx;
 
 use crate::db::pool::PgConnection;
 use crate::error::{ConflictReason, QuotaError, Result};
@@ -43,7 +43,7 @@ pub struct RemovedProject {
 const LOCK_QUOTA: &str =
   "SELECT used_bytes, reserved_bytes, limit_bytes FROM user_quotas WHERE user_id = $1 FOR UPDATE";
 
-async fn lock_quota(tx: &Transaction<'_>, user: &UserId) -> Result<Option<Usage>> {
+async fn lock_quota(tx: &Tx<'_>, user: &UserId) -> Result<Option<Usage>> {
   Ok(
     tx.query_opt(LOCK_QUOTA, &[&user.as_str()])
       .await?
@@ -53,11 +53,7 @@ async fn lock_quota(tx: &Transaction<'_>, user: &UserId) -> Result<Option<Usage>
 
 /// The project's owner check for releases: its row, or — once the app deleted the row — the
 /// user's own ledger entries for it.
-async fn check_release_owner(
-  tx: &Transaction<'_>,
-  user: &UserId,
-  project: &ProjectId,
-) -> Result<()> {
+async fn check_release_owner(tx: &Tx<'_>, user: &UserId, project: &ProjectId) -> Result<()> {
   let owner: Option<String> = tx
     .query_opt(
       "SELECT user_id FROM storage_quota_project($1)",
@@ -90,7 +86,7 @@ async fn check_release_owner(
 }
 
 /// What the project has counted: its counter (kept with every ledger entry, migration 0003).
-async fn project_counted(tx: &Transaction<'_>, user: &UserId, project: &ProjectId) -> Result<i64> {
+async fn project_counted(tx: &Tx<'_>, user: &UserId, project: &ProjectId) -> Result<i64> {
   Ok(
     tx.query_opt(
       "SELECT used_bytes FROM quota_project_usage WHERE user_id = $1 AND project_id = $2",
@@ -110,7 +106,7 @@ struct Prior {
   requested: Option<i64>,
 }
 
-async fn prior_entry(tx: &Transaction<'_>, user: &UserId, key: &str) -> Result<Option<Prior>> {
+async fn prior_entry(tx: &Tx<'_>, user: &UserId, key: &str) -> Result<Option<Prior>> {
   Ok(
     tx.query_opt(
       "SELECT bytes, project_id, requested_bytes FROM quota_ledger WHERE user_id = $1 AND idempotency_key = $2",
@@ -131,7 +127,7 @@ type Entry<'a> = (&'a str, &'a str, i64, i64);
 /// Applies `delta` to used_bytes and writes the ledger entries, returning the new usage.
 /// `allow_over_limit` lifts the database guard for this transaction (shadow mode only).
 async fn apply(
-  tx: &Transaction<'_>,
+  tx: &Tx<'_>,
   user: &UserId,
   project: &ProjectId,
   delta: i64,
@@ -179,7 +175,7 @@ pub async fn record_deletion(
   target: DeletionTarget<'_>,
   default_limit: i64,
 ) -> Result<Released> {
-  let tx = conn.client.transaction().await?;
+  let tx = conn.transaction().await?;
   let Some(usage) = lock_quota(&tx, user).await? else {
     check_release_owner(&tx, user, project).await?;
     // Nothing was ever counted for this user.
@@ -267,7 +263,7 @@ pub async fn record_overwrite(
   mode: Mode,
 ) -> Result<Overwritten> {
   crate::quota::usage::ensure_quota_row(conn, user, default_limit).await?;
-  let tx = conn.client.transaction().await?;
+  let tx = conn.transaction().await?;
   let usage = lock_quota(&tx, user)
     .await?
     .ok_or_else(|| QuotaError::Internal("quota row missing after it was ensured".into()))?;
@@ -330,7 +326,7 @@ pub async fn remove_project(
   project: &ProjectId,
   default_limit: i64,
 ) -> Result<RemovedProject> {
-  let tx = conn.client.transaction().await?;
+  let tx = conn.transaction().await?;
   // Reservations first (their rows, then the quota row), the order commit and cancel use.
   let cancelled = tx
     .query(

@@ -76,8 +76,7 @@ pub async fn get_usage(
   let usage = crate::quota::usage::read_usage_or_unseeded(conn, user, default_limit).await?;
   let mut projects = Vec::new();
   if with_projects {
-    let statement = conn.prepared(PROJECT_USAGE).await?;
-    for row in conn.client.query(&statement, &[&user.as_str()]).await? {
+    for row in conn.query(PROJECT_USAGE, &[&user.as_str()]).await? {
       projects.push(ProjectUsage {
         project_id: row.get(0),
         used_bytes: row.get(1),
@@ -96,7 +95,7 @@ pub async fn set_quota_limit(
   changed_by: Option<&str>,
   reason: Option<&str>,
 ) -> Result<UsageReport> {
-  let tx = conn.client.transaction().await?;
+  let tx = conn.transaction().await?;
   let old: Option<i64> = tx
     .query_opt(
       "SELECT limit_bytes FROM user_quotas WHERE user_id = $1 FOR UPDATE",

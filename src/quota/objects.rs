@@ -28,7 +28,6 @@ pub async fn attach_object(
   object_key: &str,
 ) -> Result<()> {
   let row = conn
-    .client
     .query_one(
       "WITH set AS (
          UPDATE quota_reservations SET object_key = $2
@@ -59,7 +58,6 @@ pub async fn reserved_object(
   reservation: &uuid::Uuid,
 ) -> Result<Option<ReservedObject>> {
   let row = conn
-    .client
     .query_opt(
       "SELECT r.user_id, r.project_id, r.object_key, r.status, sp.backend
          FROM quota_reservations r
@@ -111,7 +109,7 @@ pub async fn abandoned_objects(
   only: Option<(&UserId, &uuid::Uuid)>,
 ) -> Result<Vec<AbandonedObject>> {
   let (id, user) = (only.map(|o| *o.1), only.map(|o| o.0.as_str()));
-  let rows = conn.client.query(ABANDONED, &[&id, &user]).await?;
+  let rows = conn.query(ABANDONED, &[&id, &user]).await?;
   Ok(
     rows
       .iter()
@@ -134,7 +132,6 @@ pub async fn forget_object(
   reservation: &uuid::Uuid,
 ) -> Result<()> {
   conn
-    .client
     .execute(
       "UPDATE quota_reservations SET object_key = NULL
         WHERE user_id = $2 AND id = $1 AND status <> 'committed'",
@@ -156,7 +153,6 @@ pub async fn project_record(
   project: &ProjectId,
 ) -> Result<ProjectStoragePath> {
   let row = conn
-    .client
     .query_opt(
       "SELECT p.user_id, sp.id, sp.project_id, sp.user_id, sp.backend, sp.key, sp.path, sp.created_at
          FROM storage_quota_project($1) p LEFT JOIN project_storage_paths sp ON sp.project_id = p.id",
@@ -184,7 +180,6 @@ pub async fn project_record(
 /// `CONFLICT` (`UPLOAD_IN_FLIGHT`) when an upload to the project holds a live reservation.
 pub async fn refuse_in_flight(conn: &mut PgConnection, project: &ProjectId) -> Result<()> {
   let pending: i64 = conn
-    .client
     .query_one(IN_FLIGHT, &[&project.as_str()])
     .await?
     .get(0);
@@ -213,7 +208,7 @@ pub async fn flip_record(
   to: &crate::storage::Location,
   since: chrono::DateTime<chrono::Utc>,
 ) -> Result<ProjectStoragePath> {
-  let tx = conn.client.transaction().await?;
+  let tx = conn.transaction().await?;
   // The quota row first, like every charge: no upload of this user settles meanwhile.
   tx.execute(
     "SELECT 1 FROM user_quotas WHERE user_id = $1 FOR UPDATE",

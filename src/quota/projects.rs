@@ -74,8 +74,7 @@ pub async fn find_or_create(
   location: &Location,
   default_limit: i64,
 ) -> Result<(ProjectStoragePath, bool)> {
-  let find = conn.prepared(FIND_PROJECT).await?;
-  let row = conn.client.query_opt(&find, &[&project.as_str()]).await?;
+  let row = conn.query_opt(FIND_PROJECT, &[&project.as_str()]).await?;
   let row = row.ok_or_else(|| QuotaError::NotFound(format!("project {project} does not exist")))?;
   check_owner(row.get(0), user, project)?;
   if row.get::<_, Option<uuid::Uuid>>(1).is_some() {
@@ -85,11 +84,9 @@ pub async fn find_or_create(
   // The quota row first, committed on its own, so the insert below never waits on another
   // caller's uncommitted quota row.
   crate::quota::usage::ensure_quota_row(conn, user, default_limit).await?;
-  let insert = conn.prepared(INSERT_PATH).await?;
   let created = conn
-    .client
     .query_opt(
-      &insert,
+      INSERT_PATH,
       &[
         &project.as_str(),
         &user.as_str(),
@@ -104,7 +101,7 @@ pub async fn find_or_create(
   }
   // Another caller created it first (its row is committed: ON CONFLICT waited for it), or the
   // app's row changed owner or went away in between: read again and decide as above.
-  let row = conn.client.query_opt(&find, &[&project.as_str()]).await?;
+  let row = conn.query_opt(FIND_PROJECT, &[&project.as_str()]).await?;
   let row = row.ok_or_else(|| QuotaError::NotFound(format!("project {project} does not exist")))?;
   check_owner(row.get(0), user, project)?;
   if row.get::<_, Option<uuid::Uuid>>(1).is_some() {
@@ -123,7 +120,6 @@ pub async fn register_standalone(
   project: &ProjectId,
 ) -> Result<()> {
   conn
-    .client
     .execute(
       "INSERT INTO storage_quota_projects (id, user_id) VALUES ($1, $2) ON CONFLICT (id) DO NOTHING",
       &[&project.as_str(), &user.as_str()],
@@ -138,7 +134,7 @@ pub async fn unregister_standalone(
   user: &UserId,
   project: &ProjectId,
 ) -> Result<()> {
-  let tx = conn.client.transaction().await?;
+  let tx = conn.transaction().await?;
   tx.execute(
     "DELETE FROM project_storage_paths WHERE project_id = $1 AND user_id = $2",
     &[&project.as_str(), &user.as_str()],

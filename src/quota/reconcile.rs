@@ -103,7 +103,6 @@ SELECT x.project_id FROM (
 /// Forgets the path record of a deleted project (its directory is gone).
 pub async fn forget_path(conn: &mut PgConnection, user: &UserId, project: &str) -> Result<()> {
   conn
-    .client
     .execute(
       "DELETE FROM project_storage_paths sp WHERE sp.project_id = $1 AND sp.user_id = $2
           AND NOT EXISTS (SELECT 1 FROM storage_quota_project($1))",
@@ -116,7 +115,6 @@ pub async fn forget_path(conn: &mut PgConnection, user: &UserId, project: &str) 
 /// The users to check: one, or every user with a quota row, in pages.
 pub async fn users_after(conn: &mut PgConnection, after: &str, limit: i64) -> Result<Vec<String>> {
   let rows = conn
-    .client
     .query(
       "SELECT user_id FROM user_quotas WHERE user_id > $1 ORDER BY user_id LIMIT $2",
       &[&after, &limit],
@@ -134,21 +132,16 @@ pub async fn reconcile_user(
   // locks reservation rows before the quota row (which the transaction below then holds).
   let mut released = std::collections::HashMap::new();
   if fix {
-    for row in conn
-      .client
-      .query(DELETED_PROJECTS, &[&user.as_str()])
-      .await?
-    {
+    for row in conn.query(DELETED_PROJECTS, &[&user.as_str()]).await? {
       let project: String = row.get(0);
       let bytes: i64 = conn
-        .client
         .query_one("SELECT storage_quota_release_project($1)", &[&project])
         .await?
         .get(0);
       released.insert(project, bytes);
     }
   }
-  let tx = conn.client.transaction().await?;
+  let tx = conn.transaction().await?;
   // Expired reservations first, inside this transaction (reservation rows before the quota row,
   // the order every other writer uses): now() is the transaction's start, so every reservation
   // still pending below is one the counter must hold — none can be given back twice.

@@ -176,7 +176,7 @@ pub async fn reserve(
 pub async fn sweep_all(conn: &mut PgConnection) -> Result<u64> {
   let mut swept = 0;
   loop {
-    let users = conn.client.query(USERS_WITH_EXPIRED, &[]).await?;
+    let users = conn.query(USERS_WITH_EXPIRED, &[]).await?;
     if users.is_empty() {
       return Ok(swept);
     }

@@ -57,20 +57,14 @@ pub async fn prune_history(conn: &mut PgConnection, days: i64) -> Result<Pruned>
   let days = i32::try_from(days).unwrap_or(i32::MAX);
   let mut pruned = Pruned::default();
   loop {
-    let n = conn
-      .client
-      .execute(PRUNE_RESERVATIONS, &[&days, &BATCH])
-      .await?;
+    let n = conn.execute(PRUNE_RESERVATIONS, &[&days, &BATCH]).await?;
     pruned.reservations += n as i64;
     if (n as i64) < BATCH {
       break;
     }
   }
   loop {
-    let users = conn
-      .client
-      .query(USERS_WITH_OLD_ENTRIES, &[&days, &BATCH])
-      .await?;
+    let users = conn.query(USERS_WITH_OLD_ENTRIES, &[&days, &BATCH]).await?;
     if users.is_empty() {
       return Ok(pruned);
     }
@@ -78,7 +72,6 @@ pub async fn prune_history(conn: &mut PgConnection, days: i64) -> Result<Pruned>
       let user: String = row.get(0);
       loop {
         let folded: i64 = conn
-          .client
           .query_one(FOLD_USER, &[&user, &days, &BATCH])
           .await?
           .get(0);

@@ -7,7 +7,7 @@
 //! Until then, reads of a user without a quota row add what seeding would count, so every
 //! number is right at any point of a backfill.
 
-use tokio_postgres::{GenericClient, Transaction};
+use crate::db::session::{Db, Tx};
 
 use crate::db::pool::PgConnection;
 use crate::error::Result;
@@ -25,7 +25,7 @@ pub struct Seeded {
 /// sorted order (every other writer locks one quota row at a time, so this cannot deadlock
 /// with them).
 pub async fn seed_owners(
-  tx: &Transaction<'_>,
+  tx: &Tx<'_>,
   app: &AppTable,
   size_expr: Option<&str>,
   owners: &[String],
@@ -114,14 +114,16 @@ pub async fn ensure_seeded(
   user: &UserId,
   default_limit: i64,
 ) -> Result<()> {
-  let statement = conn
-    .prepared("SELECT seeded FROM user_quotas WHERE user_id = $1")
+  let row = conn
+    .query_opt(
+      "SELECT seeded FROM user_quotas WHERE user_id = $1",
+      &[&user.as_str()],
+    )
     .await?;
-  let row = conn.client.query_opt(&statement, &[&user.as_str()]).await?;
   if row.is_some_and(|row| row.get::<_, bool>(0)) {
     return Ok(());
   }
-  let tx = conn.client.transaction().await?;
+  let tx = conn.transaction().await?;
   let size = app.size_expr(&tx).await?;
   seed_owners(
     &tx,
@@ -137,11 +139,7 @@ pub async fn ensure_seeded(
 
 /// The bytes a user without a quota row has used: the baselines seeding would count now.
 /// Reads only.
-pub async fn unseeded_used_bytes(
-  db: &impl GenericClient,
-  app: &AppTable,
-  user: &UserId,
-) -> Result<i64> {
+pub async fn unseeded_used_bytes(db: &impl Db, app: &AppTable, user: &UserId) -> Result<i64> {
   Ok(match app.size_expr(db).await? {
     None => 0,
     Some(size) => {

@@ -142,11 +142,9 @@ pub async fn commit(
     Mode::Shadow => COMMIT_SHADOW,
     Mode::Off => COMMIT_OFF,
   };
-  let statement = conn.prepared(sql).await?;
   let row = conn
-    .client
     .query_one(
-      &statement,
+      sql,
       &[id, &actual_bytes, &owner.as_str(), &entry.key, &entry.kind],
     )
     .await?;
@@ -234,11 +232,7 @@ pub async fn cancel(
   id: &uuid::Uuid,
   mode: Mode,
 ) -> Result<Settled> {
-  let statement = conn.prepared(CANCEL).await?;
-  let row = conn
-    .client
-    .query_one(&statement, &[id, &owner.as_str()])
-    .await?;
+  let row = conn.query_one(CANCEL, &[id, &owner.as_str()]).await?;
   if row.get::<_, Option<String>>("user_id").is_none() {
     return Err(not_found(id));
   }

@@ -170,8 +170,7 @@ const RECORD_UPLOAD_SHADOW: &str =
   record_upload_sql!("set_config('storage_quota.allow_over_limit', 'on', true) = 'on'");
 
 pub async fn read_usage(conn: &mut PgConnection, user: &UserId) -> Result<Option<Usage>> {
-  let statement = conn.prepared(SELECT_USAGE).await?;
-  let row = conn.client.query_opt(&statement, &[&user.as_str()]).await?;
+  let row = conn.query_opt(SELECT_USAGE, &[&user.as_str()]).await?;
   Ok(row.map(|row| Usage::from_row(&row, 0)))
 }
 
@@ -230,8 +229,7 @@ pub async fn read_usages(
   conn: &mut PgConnection,
   users: &[String],
 ) -> Result<Vec<Result<Option<Usage>>>> {
-  let statement = conn.prepared(SELECT_USAGES).await?;
-  let rows = conn.client.query(&statement, &[&users]).await?;
+  let rows = conn.query(SELECT_USAGES, &[&users]).await?;
   Ok(
     rows
       .iter()
@@ -263,8 +261,10 @@ pub async fn read_usage_or_unseeded(
   if let Some(usage) = read_usage(conn, user).await? {
     return Ok(usage);
   }
-  let used =
-    crate::quota::seed::unseeded_used_bytes(&conn.client, &AppTable::default(), user).await?;
+  // In a transaction: one server connection behind a transaction pooler.
+  let tx = conn.transaction().await?;
+  let used = crate::quota::seed::unseeded_used_bytes(&tx, &AppTable::default(), user).await?;
+  tx.commit().await?;
   Ok(Usage {
     used_bytes: used,
     ..Usage::empty(default_limit)
@@ -273,8 +273,7 @@ pub async fn read_usage_or_unseeded(
 
 /// Gives back the user's expired reservations.
 pub async fn sweep_user(conn: &mut PgConnection, user: &UserId) -> Result<u64> {
-  let statement = conn.prepared(SWEEP_USER_SQL).await?;
-  Ok(conn.client.execute(&statement, &[&user.as_str()]).await?)
+  Ok(conn.execute(SWEEP_USER_SQL, &[&user.as_str()]).await?)
 }
 
 /// Runs the user's sweep and then `sql`, sent back to back on one connection (tokio-postgres
@@ -286,19 +285,11 @@ pub async fn swept_query_one(
   sql: &'static str,
   params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
 ) -> std::result::Result<tokio_postgres::Row, tokio_postgres::Error> {
-  let sweep = match conn.prepared(SWEEP_USER_SQL).await {
-    Ok(statement) => statement,
-    Err(_) => return conn.client.query_one(sql, params).await,
-  };
-  let statement = match conn.prepared(sql).await {
-    Ok(statement) => statement,
-    Err(_) => return conn.client.query_one(sql, params).await,
-  };
   let user_id = user.as_str();
   let sweep_params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&user_id];
   let (_, result) = tokio::join!(
-    conn.client.execute(&sweep, &sweep_params),
-    conn.client.query_one(&statement, params)
+    conn.execute(SWEEP_USER_SQL, &sweep_params),
+    conn.query_one(sql, params)
   );
   result
 }
@@ -348,10 +339,8 @@ const KEY_RECORDED: &str =
   "SELECT EXISTS (SELECT 1 FROM quota_ledger WHERE user_id = $1 AND idempotency_key = $2)";
 
 async fn key_recorded(conn: &mut PgConnection, user: &UserId, upload_id: &str) -> Result<bool> {
-  let statement = conn.prepared(KEY_RECORDED).await?;
   let row = conn
-    .client
-    .query_one(&statement, &[&user.as_str(), &upload_id])
+    .query_one(KEY_RECORDED, &[&user.as_str(), &upload_id])
     .await?;
   Ok(row.get(0))
 }
@@ -368,10 +357,8 @@ pub async fn record_upload(
 ) -> Result<RecordedUpload> {
   if mode == Mode::Off {
     // Nothing is written, but the same owner and key rules apply as in the other modes.
-    let statement = conn.prepared(OFF_CHECKS).await?;
     let row = conn
-      .client
-      .query_one(&statement, &[&user.as_str(), &project.as_str(), &upload_id])
+      .query_one(OFF_CHECKS, &[&user.as_str(), &project.as_str(), &upload_id])
       .await?;
     let prior: Option<i64> = row.get("prior_bytes");
     if let Some(prior_bytes) = prior {

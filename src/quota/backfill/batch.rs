@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use tokio_postgres::Transaction;
+use crate::db::session::Tx;
 
 use super::{BackfillOptions, BATCH_LOCK_TIMEOUT, MAX_CATCHUP_ROUNDS};
 use crate::ids::UserId;
@@ -12,7 +12,7 @@ use crate::quota::seed::seed_owners;
 /// One batch in the caller's transaction: the next projects by id (or, in catch-up, projects
 /// still without a path), their owners seeded, their paths recorded and linked, progress saved.
 pub(super) async fn batch(
-  tx: &Transaction<'_>,
+  tx: &Tx<'_>,
   app: &AppTable,
   size: Option<&str>,
   options: &BackfillOptions,

@@ -14,7 +14,6 @@
 use std::time::Duration;
 
 use tokio_postgres::error::SqlState;
-use tokio_postgres::Client;
 
 use crate::db::pool::PgConnection;
 use crate::error::{QuotaError, Result};
@@ -97,7 +96,7 @@ fn progress_from(row: &tokio_postgres::Row) -> Progress {
 }
 
 /// Where the backfill is, with the owners it skipped.
-pub async fn status(client: &Client) -> Result<Progress> {
+pub async fn status(client: &PgConnection) -> Result<Progress> {
   let row = client
     .query_one(
       &format!("SELECT {STATE_COLUMNS} FROM storage_quota_backfill"),
@@ -109,7 +108,7 @@ pub async fn status(client: &Client) -> Result<Progress> {
   Ok(progress)
 }
 
-async fn fill_skipped(client: &Client, progress: &mut Progress) -> Result<()> {
+async fn fill_skipped(client: &PgConnection, progress: &mut Progress) -> Result<()> {
   let rows = client
     .query(
       "SELECT owner, projects, count(*) OVER () FROM storage_quota_backfill_skipped
@@ -119,6 +118,58 @@ async fn fill_skipped(client: &Client, progress: &mut Progress) -> Result<()> {
     .await?;
   progress.skipped_owner_count = rows.first().map(|r| r.get(2)).unwrap_or(0);
   progress.skipped_owners = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+  Ok(())
+}
+
+/// Behind a transaction pooler a session advisory lock stays with whichever server connection
+/// took it (its unlock may reach another), so there the lock is a lease row.
+const PREPARE_LEASE: &str = "
+INSERT INTO quota_copy_leases (user_id, project_id, holder, expires_at)
+VALUES ('storage-quota backfill', '00000000-0000-0000-0000-000000000000', $1, now() + interval '10 minutes')
+ON CONFLICT (user_id, project_id) DO UPDATE
+   SET holder = EXCLUDED.holder, expires_at = EXCLUDED.expires_at
+ WHERE quota_copy_leases.expires_at < now()
+RETURNING holder";
+
+/// The prepare lock: a session advisory lock directly, a lease behind a pooler (its holder).
+async fn lock_prepare(client: &PgConnection) -> Result<Option<uuid::Uuid>> {
+  if !client.pooler() {
+    client
+      .execute("SELECT pg_advisory_lock($1)", &[&PREPARE_LOCK_KEY])
+      .await?;
+    return Ok(None);
+  }
+  let holder = uuid::Uuid::new_v4();
+  let deadline = std::time::Instant::now() + Duration::from_secs(600);
+  let mut backoff = Duration::from_millis(2);
+  while client.query_opt(PREPARE_LEASE, &[&holder]).await?.is_none() {
+    if std::time::Instant::now() + backoff > deadline {
+      return Err(QuotaError::DbTimeout(
+        "another backfill has been preparing for 10 minutes".into(),
+      ));
+    }
+    tokio::time::sleep(backoff).await;
+    backoff = (backoff * 2).min(Duration::from_millis(100));
+  }
+  Ok(Some(holder))
+}
+
+async fn unlock_prepare(client: &PgConnection, holder: Option<uuid::Uuid>) -> Result<()> {
+  match holder {
+    None => {
+      client
+        .execute("SELECT pg_advisory_unlock($1)", &[&PREPARE_LOCK_KEY])
+        .await?;
+    }
+    Some(holder) => {
+      client
+        .execute(
+          "DELETE FROM quota_copy_leases WHERE user_id = 'storage-quota backfill' AND holder = $1",
+          &[&holder],
+        )
+        .await?;
+    }
+  }
   Ok(())
 }
 
@@ -132,7 +183,7 @@ pub async fn step(
   if !(1..=100_000).contains(&options.batch_size) {
     return Err(QuotaError::invalid("batchSize must be from 1 to 100000"));
   }
-  let client = &mut conn.client;
+  let client = conn;
   let state = status(client).await?;
   if state.done {
     return Ok(state);
@@ -148,17 +199,13 @@ pub async fn step(
   let mut notes = Vec::new();
   if state.started_at.is_none() {
     // One process prepares; one started meanwhile finds it done once it gets the lock.
-    client
-      .execute("SELECT pg_advisory_lock($1)", &[&PREPARE_LOCK_KEY])
-      .await?;
+    let holder = lock_prepare(client).await?;
     let prepared = match status(client).await {
       Ok(now) if now.started_at.is_some() => Ok(()),
       Ok(_) => prepare(client, app, options, &mut notes).await,
       Err(error) => Err(error),
     };
-    client
-      .execute("SELECT pg_advisory_unlock($1)", &[&PREPARE_LOCK_KEY])
-      .await?;
+    unlock_prepare(client, holder).await?;
     prepared?;
   }
   let mut lock_retries = 0;

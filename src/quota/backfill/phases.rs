@@ -1,8 +1,7 @@
 //! The backfill's first call (preparation) and its last phase (validating foreign keys).
 
-use tokio_postgres::Client;
-
 use super::{BackfillOptions, OWNER_INDEX, PATH_INDEX};
+use crate::db::pool::PgConnection;
 use crate::error::Result;
 use crate::quota::app_table::AppTable;
 
@@ -21,7 +20,7 @@ fn constraints(app: &AppTable) -> [(String, &'static str); 3] {
 /// First call: the app table must exist, seeding needs an owner index, and the total makes a
 /// progress bar. Then the root is fixed for every later batch.
 pub(super) async fn prepare(
-  client: &mut Client,
+  client: &mut PgConnection,
   app: &AppTable,
   options: &BackfillOptions,
   notes: &mut Vec<String>,
@@ -69,12 +68,12 @@ pub(super) async fn prepare(
 /// Validates the next NOT VALID foreign key, or finishes. VALIDATE takes SHARE UPDATE EXCLUSIVE,
 /// which no app read or write conflicts with, so it may wait for its lock without holding up
 /// the app (autovacuum yields to it).
-pub(super) async fn validate_next(client: &mut Client, app: &AppTable) -> Result<()> {
+pub(super) async fn validate_next(client: &mut PgConnection, app: &AppTable) -> Result<()> {
   for (table, constraint) in constraints(app) {
     let valid: Option<bool> = client
       .query_opt(
         "SELECT convalidated FROM pg_constraint WHERE conname = $1 AND conrelid = to_regclass($2)",
-        &[&constraint, &table],
+        &[&constraint, &table.as_str()],
       )
       .await?
       .map(|r| r.get(0));
@@ -108,7 +107,7 @@ const PATH_INDEX_INLINE_ROWS: i64 = 10_000;
 /// and a concurrent build waits for every open transaction, so it would deadlock with them. So a
 /// small table gets a plain build (milliseconds under a short `lock_timeout`); a larger one is
 /// left to the operator, and the note says how.
-async fn path_index(client: &mut Client, app: &AppTable) -> Result<String> {
+async fn path_index(client: &mut PgConnection, app: &AppTable) -> Result<String> {
   let manual = format!(
     "{} has no index on storage_path_id (path deletes scan it): run CREATE INDEX CONCURRENTLY IF NOT EXISTS {PATH_INDEX} ON {} (storage_path_id)",
     app.table,

@@ -191,7 +191,7 @@ impl Client {
     let pool = self.pool()?;
     let applied = {
       let mut conn = pool.get().await?;
-      migrate::migrate(&mut conn.0.client, &settings).await
+      migrate::migrate(&mut conn.0, &settings).await
     };
     pool.schema_changed();
     let applied = applied?;
@@ -199,7 +199,7 @@ impl Client {
       return Ok((applied, self.skip_backfill().await?));
     }
     let mut progress = self
-      .with_conn(async |conn| backfill::status(&conn.0.client).await)
+      .with_conn(async |conn| backfill::status(&conn.0).await)
       .await?;
     // A small app (an empty one, a test database) is backfilled right here: a few batches of
     // milliseconds. A large one is left to `storage-quota backfill`, so boot stays fast.
@@ -221,7 +221,7 @@ impl Client {
           app.t(),
           INLINE_BATCH + 1
         );
-        let n: i64 = conn.0.client.query_one(&sql, &[]).await?.get(0);
+        let n: i64 = conn.0.query_one(&sql, &[]).await?.get(0);
         Ok(n <= INLINE_BATCH)
       })
       .await
@@ -234,7 +234,7 @@ impl Client {
     let pool = self.pool()?;
     let reverted = {
       let mut conn = pool.get().await?;
-      migrate::rollback(&mut conn.0.client, steps, &settings).await
+      migrate::rollback(&mut conn.0, steps, &settings).await
     };
     pool.schema_changed();
     reverted
@@ -269,27 +269,26 @@ impl Client {
       .with_conn(async |conn| {
         conn
           .0
-          .client
           .execute(
             "UPDATE storage_quota_backfill SET phase = 'done', finished_at = coalesce(finished_at, now()), updated_at = now()
               WHERE phase <> 'done'",
             &[],
           )
           .await?;
-        backfill::status(&conn.0.client).await
+        backfill::status(&conn.0).await
       })
       .await
   }
 
   pub async fn backfill_status(&self) -> Result<Progress> {
     self
-      .with_conn(async |conn| backfill::status(&conn.0.client).await)
+      .with_conn(async |conn| backfill::status(&conn.0).await)
       .await
   }
 
   pub async fn migration_status(&self) -> Result<Status> {
     self
-      .with_conn(async |conn| migrate::status(&conn.0.client).await)
+      .with_conn(async |conn| migrate::status(&mut conn.0).await)
       .await
   }
 }

@@ -91,27 +91,42 @@ impl Client {
       let mut conn = pool.get().await?;
       copies::check_owners(&mut conn.0, &job.user, &job.source, &job.target).await?;
     }
-    let mut conn = self.lock_target(&pool, &job).await?;
+    let (mut conn, held) = self.lock_target(&pool, &job).await?;
     let conn = &mut conn.0;
     let result = self.copy_locked(conn, &job).await;
     // A cut connection took the lock with it; otherwise give it back.
-    let _ = copies::unlock(conn, &job.user, &job.target).await;
+    match held {
+      Some(holder) => drop(copies::release_lease(conn, &job.user, &job.target, &holder).await),
+      None => drop(copies::unlock(conn, &job.user, &job.target).await),
+    }
     result
   }
 
   /// A connection holding the (user, new project) lock. Another call holding it is waited for
   /// by polling with backoff, holding no connection in between, at most the reservation TTL
   /// (a copy taking longer has outlived its reservation anyway).
-  async fn lock_target<'p>(&self, pool: &'p Pool, job: &Job) -> Result<Checkout<'p>> {
+  async fn lock_target<'p>(
+    &self,
+    pool: &'p Pool,
+    job: &Job,
+  ) -> Result<(Checkout<'p>, Option<uuid::Uuid>)> {
     let deadline = std::time::Instant::now()
       + std::time::Duration::from_millis(self.config.reservation_ttl_ms as u64);
     let mut backoff = std::time::Duration::from_millis(2);
     loop {
-      let mut conn = pool.get().await?;
-      if copies::try_lock(&mut conn.0, &job.user, &job.target).await? {
-        return Ok(conn);
+      if pool.pooler() {
+        let holder = uuid::Uuid::new_v4();
+        let mut conn = pool.get().await?;
+        let ttl = self.config.reservation_ttl_ms;
+        if copies::try_lease(&mut conn.0, &job.user, &job.target, &holder, ttl).await? {
+          return Ok((conn, Some(holder)));
+        }
+      } else {
+        let mut conn = pool.get().await?;
+        if copies::try_lock(&mut conn.0, &job.user, &job.target).await? {
+          return Ok((conn, None));
+        }
       }
-      drop(conn);
       if std::time::Instant::now() + backoff > deadline {
         return Err(QuotaError::DbTimeout(format!(
           "another copy into project {} has been running for longer than the reservation TTL",

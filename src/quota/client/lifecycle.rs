@@ -195,7 +195,6 @@ impl Client {
       .with_conn(async |conn| {
         let row = conn
           .0
-          .client
           .query_opt(
             "SELECT 1 FROM quota_ledger WHERE user_id = $1 AND idempotency_key = $2",
             &[&user.as_str(), &format!("baseline {project}")],

@@ -73,7 +73,7 @@ impl Client {
     let since = self
       .with_conn(async |conn| {
         objects::refuse_in_flight(&mut conn.0, &project).await?;
-        Ok(conn.0.client.query_one("SELECT now()", &[]).await?.get(0))
+        Ok(conn.0.query_one("SELECT now()", &[]).await?.get(0))
       })
       .await?;
 

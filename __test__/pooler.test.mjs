@@ -1,0 +1,222 @@
+// Behind PgBouncer (Debian's 1.18: no prepared-statement support, refuses unknown startup
+// parameters) in transaction and session mode, with the pooler's default settings.
+process.env.STORAGE_QUOTA_LOG = 'off' // the restarts below log connection_lost by design
+import { test, after } from 'node:test'
+import assert from 'node:assert/strict'
+import { writeFile } from 'node:fs/promises'
+import { join } from 'node:path'
+import pg from 'pg'
+import { createClient } from '../index.js'
+import { ADMIN_URL, createTestDatabase, insertProject, quotaCounters, rejection } from './helpers/db.mjs'
+import { startPgBouncer } from './helpers/pgbouncer.mjs'
+
+const MB = 1024 * 1024
+const admin = new URL(ADMIN_URL)
+const server = { host: admin.hostname, port: Number(admin.port || 5432), user: decodeURIComponent(admin.username || 'postgres') }
+const db = await createTestDatabase('pooler')
+const transaction = await startPgBouncer({ server, poolMode: 'transaction', defaultPoolSize: 4, tag: 'pgb-tx' })
+const session = await startPgBouncer({ server, poolMode: 'session', defaultPoolSize: 8, tag: 'pgb-session' })
+
+const clients = []
+function client(url, options = {}) {
+  const c = createClient({ databaseUrl: url, storageRoot: db.storageRoot, defaultQuotaBytes: 100 * MB, logger: false, ...options })
+  clients.push(c)
+  return c
+}
+after(() => Promise.all(clients.map((c) => c.close())))
+
+await client(db.url).migrate()
+
+/** 640 calls at once from one client: uploads, checks, reservations, commits, cancels, deletions. */
+async function mixedLoad(quota, tag) {
+  const users = Array.from({ length: 8 }, (_, i) => `pool_${tag}_${i}`)
+  const projects = await Promise.all(users.map((user) => insertProject(db, user)))
+  const calls = []
+  for (let i = 0; i < 640; i++) {
+    const u = i % users.length
+    const [user, project] = [users[u], projects[u]]
+    switch (i % 5) {
+      case 0:
+        calls.push(quota.recordUpload(user, project, 1000, { uploadId: `${tag}-up-${i}` }))
+        break
+      case 1:
+        calls.push(quota.checkQuota(user, 5000))
+        break
+      case 2:
+        calls.push(quota.reserveUpload(user, project, 700).then((r) => quota.commitUpload(user, r.reservationId, 500)))
+        break
+      case 3:
+        calls.push(quota.reserveUpload(user, project, 300).then((r) => quota.cancelUpload(user, r.reservationId)))
+        break
+      default:
+        calls.push(
+          quota
+            .recordUpload(user, project, 200, { uploadId: `${tag}-del-${i}` })
+            .then(() => quota.recordDeletion(user, project, 200, { deletionId: `${tag}-gone-${i}` })),
+        )
+    }
+  }
+  const results = await Promise.allSettled(calls)
+  const failed = results.filter((r) => r.status === 'rejected').map((r) => `${r.reason.code}: ${r.reason.message}`)
+  assert.deepEqual(failed.slice(0, 3), [], `${failed.length} of 640 calls failed`)
+  for (const user of users) {
+    const counters = await quotaCounters(db, user)
+    // 16 uploads of 1000 and 16 commits of 500 per user; reservations all settled.
+    assert.deepEqual(counters, { used: 16 * 1000 + 16 * 500, reserved: 0, ledger: 16 * 1000 + 16 * 500 }, user)
+  }
+}
+
+test('transaction mode with ?pgbouncer=true: 640 concurrent calls all succeed and count exactly', async () => {
+  await mixedLoad(client(transaction.url(db.name)), 'tx')
+})
+
+test('transaction mode with statementCache: false, the same', async () => {
+  await mixedLoad(client(transaction.url(db.name, { pooler: false }), { statementCache: false, poolSize: 16 }), 'nocache')
+})
+
+test('session mode with ?pgbouncer=true', async () => {
+  await mixedLoad(client(session.url(db.name), { poolSize: 6 }), 'session')
+})
+
+test('migrations, status, reconcile, usage and project paths through the transaction pooler', async () => {
+  const quota = client(transaction.url(db.name))
+  assert.deepEqual((await quota.migrate()).applied, [])
+  const status = await quota.migrationStatus()
+  assert.equal(status.pending.length, 0)
+  const user = 'pool_admin'
+  const project = await insertProject(db, user)
+  const allocated = await quota.allocateProjectPath(user, project)
+  assert.deepEqual(await quota.allocateProjectPath(user, project), allocated)
+  await quota.recordUpload(user, project, 4 * MB, { uploadId: 'a' })
+  await quota.setQuotaLimit(user, 50 * MB)
+  const usage = await quota.getUsage(user, { projects: true })
+  assert.equal(usage.usedBytes, 4 * MB)
+  assert.equal(usage.projects.length, 1)
+  const report = await quota.reconcile(user)
+  assert.deepEqual([report.checkedUsers, report.driftedUsers], [1, 0])
+  assert.equal((await quota.sweepExpiredReservations()).users, 0)
+})
+
+test('copyProject through the transaction pooler: concurrent copies into one project copy once, and no lock is left behind', async () => {
+  const quota = client(transaction.url(db.name), { poolSize: 4 })
+  const user = 'pool_copy'
+  const [source, ...targets] = await Promise.all(Array.from({ length: 4 }, (_, i) => insertProject(db, user, `p${i}`)))
+  const { path } = await quota.allocateProjectPath(user, source)
+  await writeFile(join(path, 'a.bin'), Buffer.alloc(3000, 1))
+  for (const target of targets) {
+    const copies = await Promise.all(Array.from({ length: 6 }, () => quota.copyProject(user, source, target)))
+    assert.deepEqual(copies.map((c) => c.copiedBytes), copies.map(() => 3000))
+    assert.equal(copies.filter((c) => !c.duplicate).length, 1, 'copied once, the others answered duplicate')
+  }
+  assert.equal((await quotaCounters(db, user)).used, 9000)
+  // A session-level advisory lock taken through a transaction pooler stays with whichever server
+  // connection ran it, and later copies into that project would wait for it for the whole TTL.
+  const { rows } = await db.query(`SELECT count(*)::int AS n FROM pg_locks WHERE locktype = 'advisory' AND database = (SELECT oid FROM pg_database WHERE datname = current_database())`)
+  assert.equal(rows[0].n, 0, 'advisory locks left on server connections')
+  assert.equal((await db.query('SELECT count(*)::int AS n FROM quota_copy_leases')).rows[0].n, 0, 'leases given back')
+})
+
+test('without pooler mode, PgBouncer refuses the login and the error says what to do', async () => {
+  const error = await rejection(client(transaction.url(db.name, { pooler: false })).checkQuota('pool_x', 1))
+  assert.equal(error.code, 'DB_UNAVAILABLE')
+  assert.match(error.message, /unsupported startup parameter: options/)
+  assert.match(error.message, /pgbouncer=true/)
+})
+
+test('named prepared statements are what breaks behind a transaction pooler, and pooler mode sends none', async () => {
+  // A pooler told to let the login through: the statement cache alone then fails most calls.
+  const lax = await startPgBouncer({ server, poolMode: 'transaction', defaultPoolSize: 4, extra: 'ignore_startup_parameters = options', tag: 'pgb-lax' })
+  try {
+    const cached = client(lax.url(db.name, { pooler: false }), { poolSize: 16 })
+    const user = 'pool_lax'
+    const project = await insertProject(db, user)
+    let failures = []
+    // Whether a statement lands on the server that prepared it depends on timing: a few rounds.
+    for (let round = 0; round < 30 && failures.length === 0; round++) {
+      const results = await Promise.allSettled(
+        Array.from({ length: 200 }, (_, i) =>
+          i % 2 ? cached.checkQuota(user, 1) : cached.recordUpload(user, project, 1, { uploadId: `lax-${round}-${i}` }),
+        ),
+      )
+      failures = results.filter((r) => r.status === 'rejected').map((r) => r.reason.message)
+    }
+    assert.ok(failures.length > 0, 'named statements through a transaction pooler should have failed')
+    assert.match(failures[0], /prepared statement "s\d+" (does not exist|already exists)/)
+    await mixedLoad(client(lax.url(db.name)), 'lax')
+  } finally {
+    await lax.stop()
+  }
+})
+
+test('pooler mode: statementTimeoutMs cancels a blocked statement, and the SET LOCAL does not leak to other clients', async () => {
+  const user = 'pool_timeout'
+  const project = await insertProject(db, user)
+  const quota = client(transaction.url(db.name), { statementTimeoutMs: 300 })
+  await quota.recordUpload(user, project, 1000, { uploadId: 'first' })
+  const blocker = new pg.Client({ connectionString: db.directUrl })
+  await blocker.connect()
+  try {
+    await blocker.query('BEGIN')
+    await blocker.query('SELECT 1 FROM user_quotas WHERE user_id = $1 FOR UPDATE', [user])
+    const blocked = await Promise.allSettled([
+      quota.recordUpload(user, project, 1000, { uploadId: 'blocked' }),
+      quota.recordDeletion(user, project, 10, { deletionId: 'blocked-del' }),
+    ])
+    for (const r of blocked) {
+      assert.equal(r.status, 'rejected')
+      assert.equal(r.reason.code, 'DB_TIMEOUT', r.reason.message)
+    }
+  } finally {
+    await blocker.query('ROLLBACK')
+    await blocker.end()
+  }
+  // Server connections the client used are shared through the pooler: none keeps the timeout.
+  const others = await Promise.all(
+    Array.from({ length: 4 }, async () => {
+      const other = new pg.Client({ connectionString: transaction.url(db.name, { pooler: false }) })
+      await other.connect()
+      return other
+    }),
+  )
+  try {
+    const seen = await Promise.all(others.map((o) => o.query('SHOW statement_timeout')))
+    assert.deepEqual(
+      seen.map((r) => r.rows[0].statement_timeout),
+      others.map(() => '0'),
+    )
+  } finally {
+    await Promise.all(others.map((o) => o.end()))
+  }
+  assert.equal((await quotaCounters(db, user)).used, 1000, 'nothing written by the cancelled calls')
+})
+
+test('max_client_conn reached: DB_UNAVAILABLE with the pooler\'s own message', async () => {
+  const tight = await startPgBouncer({ server, poolMode: 'transaction', maxClientConn: 2, tag: 'pgb-tight' })
+  const holders = []
+  try {
+    for (let i = 0; i < 2; i++) {
+      const holder = new pg.Client({ connectionString: tight.url(db.name, { pooler: false }) })
+      await holder.connect()
+      holders.push(holder)
+    }
+    const error = await rejection(client(tight.url(db.name)).checkQuota('pool_full', 1))
+    assert.equal(error.code, 'DB_UNAVAILABLE')
+    assert.match(error.message, /no more connections allowed \(max_client_conn\)/)
+  } finally {
+    await Promise.all(holders.map((h) => h.end()))
+    await tight.stop()
+  }
+})
+
+test('a pooler restart mid-use: the next calls reconnect', async () => {
+  const bouncer = await startPgBouncer({ server, poolMode: 'transaction', tag: 'pgb-restart' })
+  const quota = client(bouncer.url(db.name))
+  const user = 'pool_restart'
+  const project = await insertProject(db, user)
+  await Promise.all(Array.from({ length: 8 }, (_, i) => quota.recordUpload(user, project, 10, { uploadId: `before-${i}` })))
+  await bouncer.restart()
+  // The pooled connections were cut while idle: they are replaced, not handed out to fail.
+  await Promise.all(Array.from({ length: 8 }, (_, i) => quota.recordUpload(user, project, 10, { uploadId: `after-${i}` })))
+  assert.deepEqual(await quotaCounters(db, user), { used: 160, reserved: 0, ledger: 160 })
+  await bouncer.stop()
+})
