@@ -224,11 +224,18 @@ SELECT q.used_bytes,
   LEFT JOIN user_quotas q ON q.user_id = u.user_id
  ORDER BY u.n";
 
-/// The usage of each of `users` (`None`: no quota row yet), in order, in one round trip.
+/// The usage of each of `users` (`None`: no quota row yet), in order, in one round trip. A
+/// lone user takes the single-user statement: sent alone, the array statement cost the database
+/// about 4× the CPU of `SELECT_USAGE` for the same index lookup (BENCHMARKS.md; most likely
+/// because a prepared statement over an array keeps being planned anew).
 pub async fn read_usages(
   conn: &mut PgConnection,
   users: &[String],
 ) -> Result<Vec<Result<Option<Usage>>>> {
+  if let [user] = users {
+    let row = conn.query_opt(SELECT_USAGE, &[user]).await?;
+    return Ok(vec![Ok(row.map(|row| Usage::from_row(&row, 0)))]);
+  }
   let rows = conn.query(SELECT_USAGES, &[&users]).await?;
   Ok(
     rows
