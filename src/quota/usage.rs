@@ -268,6 +268,16 @@ pub async fn read_usage_or_unseeded(
   if let Some(usage) = read_usage(conn, user).await? {
     return Ok(usage);
   }
+  unseeded_usage(conn, user, default_limit).await
+}
+
+/// The usage of a user already read to have no quota row: the default limit, and the
+/// baselines their projects will be seeded with. Reads only.
+pub async fn unseeded_usage(
+  conn: &mut PgConnection,
+  user: &UserId,
+  default_limit: i64,
+) -> Result<Usage> {
   // In a transaction: one server connection behind a transaction pooler.
   let tx = conn.transaction().await?;
   let used = crate::quota::seed::unseeded_used_bytes(&tx, &AppTable::default(), user).await?;

@@ -217,11 +217,12 @@ impl Client {
     let mode = self.mode_for(&user);
     let usage = match self.read_usage_batched(&user).await? {
       Some(usage) => usage,
-      // No quota row yet: the default limit, and the baselines seeding will count.
+      // No quota row when read: the default limit, and the baselines seeding will count (the
+      // read just made says there is no row; reading it again would cost a round trip).
       None => {
         let limit = self.default_limit();
         self
-          .with_conn(async |conn| usage::read_usage_or_unseeded(&mut conn.0, &user, limit).await)
+          .with_conn(async |conn| usage::unseeded_usage(&mut conn.0, &user, limit).await)
           .await?
       }
     };
