@@ -42,7 +42,8 @@ test('no connection before the first call; idle ones close after idleTimeoutMs, 
   assert.deepEqual(await backends(lazy.name), [], 'creating a client connects nothing')
   await Promise.all([burst(lazy.quota), burst(kept.quota)])
   assert.ok((await backends(lazy.name)).length >= 1)
-  assert.ok((await backends(kept.name)).length >= 2)
+  // bb8 opens minConnections in the background; a batched burst may itself need only one.
+  assert.ok((await until(() => backends(kept.name), (pids) => pids.length >= 2)).length >= 2, 'minConnections opened')
   assert.deepEqual(await until(() => backends(lazy.name), (pids) => pids.length === 0), [], 'the idle pool emptied')
   assert.equal((await until(() => backends(kept.name), (pids) => pids.length === 2)).length, 2, 'minConnections stay open')
   // And the emptied pool serves the next call at once.
