@@ -2,7 +2,8 @@
 // test's own: a charge is one statement (one transaction, also behind a pooler), the sweep of
 // expired reservations goes out only when the user has one and then in the charge's transaction,
 // and a call alone takes the single-user statement, not the batch's (BENCHMARKS.md: the array
-// statements cost more when sent for one user, and a lone call must not wait for a batch).
+// statements cost more when sent for one user, and a lone call must not wait for a batch), while
+// reads made at the same moment share one.
 import { test, after } from 'node:test'
 import assert from 'node:assert/strict'
 import { randomUUID } from 'node:crypto'
@@ -112,13 +113,30 @@ for (const [mode, suffix] of [
     await own.query('SELECT pg_stat_statements_reset()')
     for (let i = 0; i < 3; i++) {
       await quota.checkQuota(user, 10)
+      await quota.getUsage(user)
       await quota.recordUpload(user, project, 10, { uploadId: `lone${i}` })
     }
     const rows = await sent()
     const log = rows.map((r) => `${r.calls}× ${r.query}`).join('\n---\n')
-    assert.equal(callsOf(rows, BATCH_READ), 0, `a lone checkQuota went through the batch:\n${log}`)
+    assert.equal(callsOf(rows, BATCH_READ), 0, `a lone read went through the batch:\n${log}`)
     assert.equal(callsOf(rows, BATCH_LOCK), 0, `a lone recordUpload went through the batch:\n${log}`)
-    assert.equal(callsOf(rows, SINGLE_READ), 3, log)
+    assert.equal(callsOf(rows, SINGLE_READ), 6, log)
     assert.equal(callsOf(rows, RECORD), 3, log)
+  })
+
+  test(`${mode}: concurrent getUsage calls of many users share statements`, async () => {
+    const { quota } = await setup('many')
+    const users = Array.from({ length: 40 }, (_, i) => `hot_${tag}_many_${i}`)
+    await own.query(
+      `INSERT INTO user_quotas (user_id, limit_bytes) SELECT u, 1000 FROM unnest($1::text[]) u ON CONFLICT DO NOTHING`,
+      [users],
+    )
+    await own.query('SELECT pg_stat_statements_reset()')
+    const reports = await Promise.all(users.map((u) => quota.getUsage(u)))
+    assert.deepEqual(new Set(reports.map((r) => r.limitBytes)), new Set([1000]))
+    const rows = await sent()
+    const log = rows.map((r) => `${r.calls}× ${r.query}`).join('\n---\n')
+    assert.ok(callsOf(rows, BATCH_READ) >= 1, `40 reads at once and not one batch:\n${log}`)
+    assert.ok(callsOf(rows, BATCH_READ) + callsOf(rows, SINGLE_READ) < 40, log)
   })
 }

@@ -215,18 +215,21 @@ impl Client {
       ));
     }
     let mode = self.mode_for(&user);
-    let usage = match self.read_usage_batched(&user).await? {
-      Some(usage) => usage,
-      // No quota row when read: the default limit, and the baselines seeding will count (the
-      // read just made says there is no row; reading it again would cost a round trip).
-      None => {
-        let limit = self.default_limit();
-        self
-          .with_conn(async |conn| usage::unseeded_usage(&mut conn.0, &user, limit).await)
-          .await?
-      }
-    };
+    let usage = self.read_usage_or_unseeded(&user).await?;
     Ok(usage::decide_check(usage, &sizes, mode))
+  }
+
+  /// The user's usage, read with the other reads in flight; for a user without a quota row, the
+  /// default limit and the baselines seeding will count (the read just made says there is no
+  /// row; reading it again would cost a round trip).
+  async fn read_usage_or_unseeded(&self, user: &UserId) -> Result<Usage> {
+    if let Some(usage) = self.read_usage_batched(user).await? {
+      return Ok(usage);
+    }
+    let limit = self.default_limit();
+    self
+      .with_conn(async |conn| usage::unseeded_usage(&mut conn.0, user, limit).await)
+      .await
   }
 
   /// The user's usage (`None`: no quota row yet), read together with the other users' reads in
