@@ -136,12 +136,7 @@ pub async fn reserve(
     if let Some(prior_project) = row.get::<_, Option<String>>("prior_project") {
       let prior_bytes: i64 = row.get("prior_bytes");
       if prior_project != project.as_str() || prior_bytes != bytes {
-        return Err(QuotaError::conflict(
-          ConflictReason::KeyReused,
-          format!(
-            "reservation {reservation_id} was made before for another project or size; use a new reservationId"
-          ),
-        ));
+        return Err(key_reused(&reservation_id));
       }
       let usage = read_usage(conn, user)
         .await?
@@ -183,6 +178,16 @@ pub async fn reserve(
     after_uncharged(conn, user, bytes, default_limit).await?;
   }
   Err(contention_error("reserveUpload"))
+}
+
+/// A reservation id used before for another project or size.
+pub fn key_reused(id: &uuid::Uuid) -> QuotaError {
+  QuotaError::conflict(
+    ConflictReason::KeyReused,
+    format!(
+      "reservation {id} was made before for another project or size; use a new reservationId"
+    ),
+  )
 }
 
 /// Gives back every expired reservation, user by user. Returns how many users were swept.
