@@ -88,7 +88,7 @@ export declare class NativeClient {
 
 /** Where the backfill of existing projects is (see `storage-quota backfill`). */
 export interface BackfillProgress {
-  /** `scan` (projects by id), `catchup` (projects added meanwhile), `validate` (foreign keys), `done`. */
+  /** `scan` (projects by owner), `validate` (foreign keys), `done`; `catchup` only in a state left by an earlier version. */
   phase: 'scan' | 'catchup' | 'validate' | 'done'
   done: boolean
   scanned: number

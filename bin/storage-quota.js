@@ -43,7 +43,7 @@ function printSummary(out, p, ms) {
   const n = (x) => Number(x).toLocaleString('en-US')
   out(
     `backfill ${p.done ? 'done' : `stopped (phase ${p.phase}; run \`storage-quota backfill\` to resume)`}: ` +
-      `${n(p.scanned)} projects scanned, ${n(p.pathsCreated)} paths recorded, ${n(p.baselines)} baselines, ` +
+      `${n(p.scanned)} projects scanned, ${n(p.baselines)} baselines, ` +
       `${n(p.usersSeeded)} users seeded, ${n(p.skippedProjects)} projects skipped` +
       (ms === undefined ? '' : ` in ${(ms / 1000).toFixed(1)} s`),
   )
@@ -86,7 +86,7 @@ async function runBackfill(client, batchSize, out, err) {
       onProgress(p) {
         if (p.storageRoot && !notes.has('root')) {
           notes.add('root')
-          bar.log(`recording project paths under ${p.storageRoot}`)
+          bar.log(`project paths go under ${p.storageRoot} (each recorded on its first use)`)
         }
         for (const note of p.notes) bar.log(`note: ${note}`)
         if (p.lockRetries) {

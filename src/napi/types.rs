@@ -456,7 +456,7 @@ pub struct SkippedOwner {
 /// Where the backfill of existing projects is (see `storage-quota backfill`).
 #[napi(object)]
 pub struct BackfillProgress {
-  /// `scan` (projects by id), `catchup` (projects added meanwhile), `validate` (foreign keys), `done`.
+  /// `scan` (projects by owner), `validate` (foreign keys), `done`; `catchup` only in a state left by an earlier version.
   #[napi(ts_type = "'scan' | 'catchup' | 'validate' | 'done'")]
   pub phase: String,
   pub done: bool,

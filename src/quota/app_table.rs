@@ -17,6 +17,8 @@ pub struct AppTable {
   /// The column the app keeps each project's size in, counted as its baseline usage when the
   /// column exists and is numeric; ignored otherwise.
   pub size: String,
+  /// The owner column's SQL type (`text`, `uuid`, …): the backfill's cursor is cast to it.
+  pub owner_type: String,
 }
 
 impl Default for AppTable {
@@ -26,6 +28,7 @@ impl Default for AppTable {
       id: "id".into(),
       owner: "user_id".into(),
       size: "size_bytes".into(),
+      owner_type: "text".into(),
     }
   }
 }
@@ -48,6 +51,12 @@ impl AppTable {
   }
   pub fn owner_col(&self) -> String {
     quote(&self.owner)
+  }
+
+  /// Parameter `$n` (text) as a value of the owner column's type, for comparisons the owner
+  /// index serves.
+  pub fn owner_param(&self, n: usize) -> String {
+    format!("CAST(${n}::text AS {})", self.owner_type)
   }
 
   /// The SQL expression of a project's baseline bytes (`p` is the app table's alias), when the

@@ -1,5 +1,6 @@
 //! Seeding users: a user's existing projects' sizes (the app's `size_bytes`) are counted as
-//! `baseline` ledger entries exactly once, in the transaction that marks the user seeded, under
+//! one `baseline` ledger entry with each project's share (and each project's counter) exactly
+//! once, in the transaction that marks the user seeded, under
 //! a lock on their quota row. Whichever comes first does it: the backfill (for the owners of a
 //! batch), or the first call that needs the user's quota row. Projects created after that are
 //! counted by the calls that record their bytes, never by a baseline.
@@ -66,7 +67,7 @@ pub async fn seed_owners(
     });
   };
   // Seeding may put an owner over the default limit (like a downgrade): the guard is lifted
-  // for this transaction only. Zero-byte projects need no entry. The lateral join looks each
+  // for this transaction only. Zero-byte projects need no share. The lateral join looks each
   // owner up by the owner index, whatever the planner thinks of a long array.
   tx.execute(
     "SELECT set_config('storage_quota.allow_over_limit', 'on', true)",
@@ -74,23 +75,18 @@ pub async fn seed_owners(
   )
   .await?;
   let sql = format!(
-    "WITH entries AS (
-       INSERT INTO quota_ledger (user_id, project_id, idempotency_key, kind, bytes)
-       SELECT p.{owner}, p.{id}, 'baseline ' || p.{id}::text, 'baseline', {size}
+    "WITH src AS (
+       SELECT o.owner AS user_id, p.{id}::text AS project_id, {size} AS bytes
          FROM unnest($1::text[]) AS o(owner)
          CROSS JOIN LATERAL (SELECT * FROM {table} p WHERE p.{owner} = o.owner) AS p
         WHERE {size} > 0
-       ON CONFLICT (user_id, idempotency_key) DO NOTHING
-       RETURNING user_id, bytes
-     ), sums AS (
-       SELECT user_id, sum(bytes)::bigint AS total FROM entries GROUP BY user_id
-     ), marked AS (
-       UPDATE user_quotas q SET used_bytes = q.used_bytes + coalesce(s.total, 0), seeded = true, updated_at = now()
-         FROM unnest($1::text[]) AS u(user_id) LEFT JOIN sums s ON s.user_id = u.user_id
+     ), {BASELINE_WRITES}, marked AS (
+       UPDATE user_quotas q SET used_bytes = q.used_bytes + coalesce(e.bytes, 0), seeded = true, updated_at = now()
+         FROM unnest($1::text[]) AS u(user_id) LEFT JOIN entries e ON e.user_id = u.user_id
         WHERE q.user_id = u.user_id
        RETURNING 1
      )
-     SELECT (SELECT count(*) FROM entries), (SELECT count(*) FROM marked)",
+     SELECT (SELECT count(*) FROM counters), (SELECT count(*) FROM marked)",
     owner = app.owner_col(),
     id = app.id_col(),
     table = app.t(),
@@ -106,6 +102,26 @@ pub async fn seed_owners(
     users: row.get::<_, i64>(1) as u64,
   })
 }
+
+/// The baseline of the owners in `src(user_id, project_id, bytes)` (projects with bytes > 0):
+/// one ledger entry per owner with each project's share (migration 0009), and each project's
+/// counter. Only owners in `ledger_owners` are counted (`entries` returns them with their bytes).
+/// Text spliced into a `WITH` after a `src` CTE.
+pub(crate) const BASELINE_WRITES: &str = "totals AS (
+       SELECT user_id, sum(bytes)::bigint AS total, jsonb_object_agg(project_id, bytes) AS shares
+         FROM src GROUP BY user_id
+     ), entries AS (
+       INSERT INTO quota_ledger (user_id, idempotency_key, kind, bytes, baseline_projects)
+       SELECT user_id, 'baseline', 'baseline', total, shares FROM totals
+       ON CONFLICT (user_id, idempotency_key) DO NOTHING
+       RETURNING user_id, bytes
+     ), counters AS (
+       INSERT INTO quota_project_usage AS u (user_id, project_id, used_bytes)
+       SELECT s.user_id, s.project_id, s.bytes FROM src s JOIN entries e ON e.user_id = s.user_id
+       ON CONFLICT (user_id, project_id)
+       DO UPDATE SET used_bytes = u.used_bytes + EXCLUDED.used_bytes, updated_at = now()
+       RETURNING 1
+     )";
 
 /// Makes sure `user` has a quota row and is seeded. One round trip when both hold.
 pub async fn ensure_seeded(
