@@ -170,7 +170,7 @@ async function main() {
       out(result.applied.length ? `applied: ${result.applied.join(', ')}` : 'already up to date')
       if (result.lockRetries) out(`lock waits given up on and retried: ${result.lockRetries}`)
       if (result.backfill.done) {
-        if (result.backfill.scanned > 0) out(`recorded project paths under ${result.backfill.storageRoot}`)
+        if (result.backfill.scanned > 0) out(`project paths go under ${result.backfill.storageRoot} (each recorded on its first use)`)
         if (result.applied.length) printWarnings(err, result.backfill)
         if (result.backfill.scanned > 0) printSummary(out, result.backfill)
         return 0
