@@ -156,7 +156,7 @@ test('backfill while the app inserts, updates, deletes, charges and reads: each 
       }
     })()
     // The whole backfill with the app writing throughout.
-    let done = await client.backfill({ batchSize: 500 })
+    let done = await client.backfill({ batchSize: 100 })
     stop = true
     await app
     // Owners the app created behind the cursor are seeded on first use; a second run is a no-op.

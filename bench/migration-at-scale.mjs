@@ -19,7 +19,7 @@ const { createClient } = require('../index.js')
 const { values } = parseArgs({
   options: {
     projects: { type: 'string', default: '100000,1000000' },
-    'batch-size': { type: 'string', default: '10000' },
+    'batch-size': { type: 'string', default: '10000' }, // the package's default
     baseline: { type: 'boolean', default: false },
     // Stop the backfill after this many seconds (0: run it to the end) and report its rate.
     'backfill-seconds': { type: 'string', default: '0' },

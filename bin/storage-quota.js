@@ -137,7 +137,7 @@ async function main() {
   const { projectsFromText } = require('../lib/client.js')
   const out = (line) => console.log(line)
   const err = (line) => console.error(line)
-  const batchSize = values['batch-size'] === undefined ? 2_000 : Number(values['batch-size'])
+  const batchSize = values['batch-size'] === undefined ? 10_000 : Number(values['batch-size'])
   const options = {}
   if (values['database-url']) options.databaseUrl = values['database-url']
   if (values['storage-root']) options.storageRoot = values['storage-root']

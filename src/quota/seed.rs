@@ -78,7 +78,7 @@ pub async fn seed_owners(
     "WITH src AS (
        SELECT o.owner AS user_id, p.{id}::text AS project_id, {size} AS bytes
          FROM unnest($1::text[]) AS o(owner)
-         CROSS JOIN LATERAL (SELECT * FROM {table} p WHERE p.{owner} = o.owner) AS p
+         CROSS JOIN LATERAL (SELECT * FROM {table} p WHERE p.{owner} = {owner_value}) AS p
         WHERE {size} > 0
      ), {BASELINE_WRITES}, marked AS (
        UPDATE user_quotas q SET used_bytes = q.used_bytes + coalesce(e.bytes, 0), seeded = true, updated_at = now()
@@ -88,6 +88,7 @@ pub async fn seed_owners(
      )
      SELECT (SELECT count(*) FROM counters), (SELECT count(*) FROM marked)",
     owner = app.owner_col(),
+    owner_value = app.as_owner("o.owner"),
     id = app.id_col(),
     table = app.t(),
   );
@@ -123,10 +124,10 @@ pub(crate) const BASELINE_WRITES: &str = "totals AS (
        RETURNING 1
      )";
 
-/// Makes sure `user` has a quota row and is seeded. One round trip when both hold.
+/// Makes sure `user` has a quota row and is seeded, from the recorded project source. One round
+/// trip when both hold.
 pub async fn ensure_seeded(
   conn: &mut PgConnection,
-  app: &AppTable,
   user: &UserId,
   default_limit: i64,
 ) -> Result<()> {
@@ -140,6 +141,7 @@ pub async fn ensure_seeded(
     return Ok(());
   }
   let tx = conn.transaction().await?;
+  let app = &AppTable::load(&tx).await?;
   let size = app.size_expr(&tx).await?;
   seed_owners(
     &tx,
@@ -160,9 +162,10 @@ pub async fn unseeded_used_bytes(db: &impl Db, app: &AppTable, user: &UserId) ->
     None => 0,
     Some(size) => {
       let sql = format!(
-        "SELECT coalesce(sum({size}), 0)::bigint FROM {table} p WHERE p.{owner} = $1",
+        "SELECT coalesce(sum({size}), 0)::bigint FROM {table} p WHERE p.{owner} = {user}",
         table = app.t(),
         owner = app.owner_col(),
+        user = app.owner_param(1),
       );
       db.query_one(&sql, &[&user.as_str()]).await?.get(0)
     }

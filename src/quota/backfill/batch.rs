@@ -52,15 +52,15 @@ pub(super) async fn batch(
   };
   // The last owner of the next `batch_size` projects: the batch ends with all of theirs.
   let upper: Option<String> = tx
-    .query_one(
+    .query_opt(
       &format!(
-        "SELECT max(o)::text FROM (SELECT p.{owner} AS o FROM {t} p WHERE {lower}
-          ORDER BY p.{owner} LIMIT $2) s"
+        "SELECT o::text FROM (SELECT p.{owner} AS o FROM {t} p WHERE {lower}
+          ORDER BY p.{owner} LIMIT $2) s ORDER BY o DESC LIMIT 1"
       ),
       &[&cursor, &options.batch_size],
     )
     .await?
-    .get(0);
+    .map(|row| row.get(0));
   let Some(upper) = upper else {
     // Past the last owner. Projects without one are reported, then the scan is over.
     let orphans: i64 = tx
