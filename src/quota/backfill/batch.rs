@@ -11,7 +11,7 @@ use crate::db::session::Tx;
 
 use super::{BackfillOptions, BATCH_LOCK_TIMEOUT};
 use crate::quota::app_table::{AppTable, VALID_OWNER_REGEX};
-use crate::quota::seed::{seed_owners, BASELINE_WRITES};
+use crate::quota::seed::{baseline_writes, seed_owners};
 
 /// Projects without an owner, reported as skipped under this name.
 const NO_OWNER: &str = "(no owner)";
@@ -113,7 +113,7 @@ pub(super) async fn batch(
      ), src AS (
        SELECT s.user_id, s.project_id, s.bytes FROM scanned s JOIN quotas q ON q.user_id = s.user_id
         WHERE s.bytes > 0
-     ), {BASELINE_WRITES}, skipped AS (
+     ), {writes}, skipped AS (
        INSERT INTO storage_quota_backfill_skipped AS k (owner, projects)
        SELECT user_id, projects FROM owners WHERE NOT valid
        ON CONFLICT (owner) DO UPDATE SET projects = k.projects + EXCLUDED.projects
@@ -124,6 +124,7 @@ pub(super) async fn batch(
             ARRAY(SELECT o.user_id FROM owners o WHERE o.valid
                    AND NOT EXISTS (SELECT 1 FROM quotas q WHERE q.user_id = o.user_id))",
     id = app.id_col(),
+    writes = baseline_writes(true),
   );
   let row = tx
     .query_one(&sql, &[&cursor, &upper, &options.default_limit])
