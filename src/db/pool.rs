@@ -55,6 +55,7 @@ pub struct Manager {
   config: tokio_postgres::Config,
   tls: MakeRustlsConnect,
   target: String,
+  connect_timeout: Duration,
   failures: Arc<ConnectFailures>,
   generation: Arc<std::sync::atomic::AtomicU64>,
   sending: Arc<Sending>,
@@ -66,11 +67,21 @@ impl ManageConnection for Manager {
 
   async fn connect(&self) -> Result<Self::Connection> {
     let generation = self.generation.load(std::sync::atomic::Ordering::Acquire);
-    let (client, connection) = self
-      .config
-      .connect(self.tls.clone())
-      .await
-      .map_err(|error| {
+    // The whole of it (TCP, TLS, startup and authentication) within `connectTimeoutMs`:
+    // `Config::connect_timeout` bounds only the TCP connect, and an attempt stuck after it (a
+    // server or pooler that accepts and never answers) would hold one of the pool's places
+    // for good.
+    let attempt = self.config.connect(self.tls.clone());
+    let Ok(connected) = tokio::time::timeout(self.connect_timeout, attempt).await else {
+      let failure = QuotaError::DbUnavailable(format!(
+        "could not connect to PostgreSQL at {}: no answer within {} ms",
+        self.target,
+        self.connect_timeout.as_millis()
+      ));
+      self.failures.record(failure.to_string());
+      return Err(failure);
+    };
+    let (client, connection) = connected.map_err(|error| {
         let cause = connect_cause(&error);
         // PgBouncer's answer to the `options` we send a direct connection.
         let hint = if cause.contains("unsupported startup parameter") {
@@ -154,6 +165,7 @@ impl Pool {
       config: settings.config,
       tls: settings.tls.connector()?,
       target: target.clone(),
+      connect_timeout: config.connect_timeout,
       failures: failures.clone(),
       generation: generation.clone(),
       sending: sending.clone(),
