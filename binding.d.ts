@@ -94,7 +94,12 @@ export interface BackfillProgress {
   scanned: number
   /** Projects in the app table when the backfill started (absent before its first step). */
   totalProjects?: number
+  /**
+   * Path records written by the backfill: 0 since paths come on first use (kept for callers
+   * that read it; earlier versions recorded one per project).
+   */
   pathsCreated: number
+  /** Projects whose size was counted as part of their owner's baseline. */
   baselines: number
   usersSeeded: number
   skippedProjects: number

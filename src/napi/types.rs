@@ -463,7 +463,10 @@ pub struct BackfillProgress {
   pub scanned: i64,
   /// Projects in the app table when the backfill started (absent before its first step).
   pub total_projects: Option<i64>,
+  /// Path records written by the backfill: 0 since paths come on first use (kept for callers
+  /// that read it; earlier versions recorded one per project).
   pub paths_created: i64,
+  /// Projects whose size was counted as part of their owner's baseline.
   pub baselines: i64,
   pub users_seeded: i64,
   pub skipped_projects: i64,
