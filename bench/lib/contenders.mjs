@@ -96,7 +96,8 @@ async function checkQuotaWith(q, user, bytes) {
 
 export const CONTENDERS = {
   async ours({ url, poolSize, applicationName = 'bench-ours', minConnections }) {
-    const { createClient } = require('../../index.js')
+    // STORAGE_QUOTA_BENCH_PACKAGE=/other/checkout/index.js: A/B of the JS layer in one run.
+    const { createClient } = require(process.env.STORAGE_QUOTA_BENCH_PACKAGE ?? '../../index.js')
     const client = createClient({ databaseUrl: url, poolSize, applicationName, minConnections })
     return {
       checkQuota: (user, bytes) => client.checkQuota(user, bytes),
