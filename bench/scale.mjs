@@ -183,7 +183,7 @@ function rssOf(name, url, poolSize, rounds) {
 }
 
 export const MEMORY_MODES = ['bare', 'addon', 'ours', 'ours-zod', 'pg', 'postgresjs']
-const MEMORY_FIELDS = ['rss', 'anon', 'file', 'threads', 'heapUsed', 'external', 'connections', 'calls']
+const MEMORY_FIELDS = ['rss', 'anon', 'file', 'threads', 'heapUsed', 'v8Physical', 'external', 'connections', 'calls']
 
 /**
  * Memory of a Node process with each driver's pool open, after every contender served the same
