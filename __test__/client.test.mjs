@@ -1,6 +1,6 @@
 import { test, after } from 'node:test'
 import assert from 'node:assert/strict'
-import { createServer } from 'node:net'
+import { connect, createServer } from 'node:net'
 import * as quota from '../index.js'
 import { createTestDatabase, insertProject, rejection } from './helpers/db.mjs'
 
@@ -111,6 +111,50 @@ test('an unreachable server is DB_UNAVAILABLE within the connect timeout, withou
   await hanging.close()
   for (const socket of sockets) socket.destroy()
   silent.close()
+})
+
+test('a connection attempt the server never answers gives its place in the pool back', async () => {
+  // In front of PostgreSQL: the first connection is accepted and never answered (a pooler or
+  // server that hangs after the TCP handshake); every later one is passed through.
+  const upstream = new URL(db.url)
+  const sockets = new Set()
+  let accepted = 0
+  let gaveUp
+  const givenUp = new Promise((resolve) => (gaveUp = resolve))
+  const proxy = createServer((socket) => {
+    sockets.add(socket)
+    socket.on('error', () => {})
+    if (accepted++ === 0) {
+      socket.resume() // read (and drop) what the client sends, so its FIN is seen
+      socket.on('end', gaveUp)
+      return
+    }
+    const server = connect(Number(upstream.port || 5432), upstream.hostname)
+    sockets.add(server)
+    server.on('error', () => socket.destroy())
+    socket.on('close', () => server.destroy())
+    server.on('close', () => socket.destroy())
+    socket.pipe(server).pipe(socket)
+  })
+  await new Promise((resolve) => proxy.listen(0, '127.0.0.1', resolve))
+  const through = new URL(db.url)
+  through.host = `127.0.0.1:${proxy.address().port}`
+  const one = createClient({ databaseUrl: through.toString(), storageRoot: db.storageRoot, poolSize: 1, connectTimeoutMs: 300, logger: false })
+  try {
+    const error = await rejection(one.checkQuota('user_slot', 1))
+    assert.equal(error.code, 'DB_UNAVAILABLE')
+    // The client abandons the attempt that hangs (it closes that socket)…
+    const guard = new Promise((_, reject) => setTimeout(() => reject(new Error('the hung attempt was never abandoned')), 5000).unref())
+    await Promise.race([givenUp, guard])
+    // …so the pool's only place is free again: the next call connects and answers.
+    const answer = await one.checkQuota('user_slot', 1)
+    assert.equal(answer.allowed, true)
+    assert.equal(accepted, 2)
+  } finally {
+    await one.close()
+    for (const socket of sockets) socket.destroy()
+    await new Promise((resolve) => proxy.close(resolve))
+  }
 })
 
 test('a malformed or missing URL is DB_UNAVAILABLE on the first call, not a throw at creation', async () => {

@@ -55,12 +55,47 @@ function runInstance(instance, plan, onProgress) {
   child.stdout.on('data', (c) => (output += c))
   child.stderr.on('data', (c) => (output += c))
   let report
+  const dumps = []
   child.on('message', (message) => {
+    if (message.pending) dumps.push(message.pending)
     if (message.progress) onProgress()
     if (message.done || message.failed) report = message
   })
   const exited = new Promise((resolve) => child.on('exit', (code, signal) => resolve({ code, signal, report, output })))
-  return { child, exited }
+  return { child, exited, dumps }
+}
+
+/**
+ * A watchdog for the load below: when nothing has moved for `quietMs` (no progress report, no
+ * outage begun or ended) it rejects with what each instance is still waiting on, the outage in
+ * progress and both servers' last log lines, so a hang is a failure that says where it is.
+ */
+function watchdog({ quietMs, lastActivity, workers, describe }) {
+  let timer
+  const fired = new Promise((_, reject) => {
+    timer = setInterval(async () => {
+      if (Date.now() - lastActivity() < quietMs) return
+      clearInterval(timer)
+      for (const { child } of workers) if (child.connected) child.send('dump')
+      const answered = Promise.all(
+        workers.map(({ dumps, child }) =>
+          new Promise((resolve) => {
+            const check = setInterval(() => {
+              if (dumps.length || !child.connected) resolve(clearInterval(check))
+            }, 50)
+          }),
+        ),
+      )
+      await Promise.race([answered, new Promise((resolve) => setTimeout(resolve, 5000))])
+      const pending = workers.map(({ dumps, child }, i) => {
+        const state = child.exitCode === null && child.signalCode === null ? 'running' : `exited ${child.exitCode ?? child.signalCode}`
+        return `instance ${i} (${state}): ${JSON.stringify(dumps.at(-1) ?? 'no answer').slice(0, 2000)}`
+      })
+      reject(new Error(`nothing moved for ${quietMs} ms\n${describe()}\n${pending.join('\n')}`))
+    }, 1000)
+  })
+  fired.catch(() => {})
+  return { fired, stop: () => clearInterval(timer) }
 }
 
 test('4 processes × 64 callers through PgBouncer, pooler and database restarted mid-load: one truth', { timeout: 240_000 }, async () => {
@@ -100,23 +135,30 @@ test('4 processes × 64 callers through PgBouncer, pooler and database restarted
 
   const total = INSTANCES * CALLERS * ROUNDS
   let progress = 0
+  let lastActivity = Date.now()
+  let current = 'none'
   const outages = []
   const workers = []
   const broadcast = (message) => workers.forEach(({ child }) => child.connected && child.send(message))
   async function outage(label, act) {
     broadcast('down')
+    current = label
+    lastActivity = Date.now()
     try {
       await act()
       outages.push({ label, atProgress: progress })
     } catch (error) {
       outages.push({ label, error: String(error) })
     } finally {
+      current = 'none'
+      lastActivity = Date.now()
       broadcast('up')
     }
   }
   let chain = Promise.resolve()
   const onProgress = () => {
     progress++
+    lastActivity = Date.now()
     if (progress % 16 === 0) sample()
     if (progress === Math.floor(total * 0.25)) chain = chain.then(() => outage('pgbouncer restart', () => bouncer.restart()))
     if (progress === Math.floor(total * 0.5)) {
@@ -132,8 +174,25 @@ test('4 processes × 64 callers through PgBouncer, pooler and database restarted
     const reservationIds = Array.from({ length: CALLERS * ROUNDS }, () => randomUUID())
     workers.push(runInstance(instance, { users, projects, templates, copyTargets, rounds: ROUNDS, reservationIds }, onProgress))
   }
-  const ends = await Promise.all(workers.map((w) => w.exited))
-  await chain
+  const dog = watchdog({
+    quietMs: 60_000,
+    lastActivity: () => lastActivity,
+    workers,
+    describe: () =>
+      [
+        `progress ${progress}/${total}; outage in progress: ${current}; done: ${JSON.stringify(outages)}`,
+        `postgres log (tail):\n${own.log().slice(-3000)}`,
+        `pgbouncer log (tail):\n${bouncer.log().slice(-3000)}`,
+      ].join('\n'),
+  })
+  let ends
+  try {
+    ends = await Promise.race([Promise.all(workers.map((w) => w.exited)), dog.fired])
+    await Promise.race([chain, dog.fired])
+  } finally {
+    dog.stop()
+    for (const { child } of workers) if (child.exitCode === null) child.kill('SIGKILL')
+  }
 
   // No process crashed; every call settled as it should.
   for (const [i, end] of ends.entries()) {
@@ -148,7 +207,7 @@ test('4 processes × 64 callers through PgBouncer, pooler and database restarted
   assert.ok(outages.every((o) => o.atProgress < total), 'both outages happened while callers were still working')
   const retries = ends.reduce((n, e) => n + e.report.done.stats.retries, 0)
   const refused = ends.reduce((n, e) => n + e.report.done.stats.refused, 0)
-  if (process.env.MANY_DEBUG) console.error({ retries, refused, samples: samples.taken, calls: ends.reduce((n, e) => n + e.report.done.stats.calls, 0) })
+  if (process.env.MANY_DEBUG) console.error({ retries, refused, samples: samples.taken, calls: ends.reduce((n, e) => n + e.report.done.stats.calls, 0) }, ends.map((e) => e.report.done.stats.retriedWhileUp))
   assert.ok(retries > 0, 'the outages failed some calls (else they did not happen under load)')
   assert.ok(refused > 0, 'the limit was reached (else it was never tested)')
 

@@ -11,6 +11,7 @@ const quota = createClient({ databaseUrl, storageRoot, poolSize: 4, logger: fals
 let down = false
 let upWaiters = []
 process.on('message', (message) => {
+  if (message === 'dump') process.send({ pending: [...pending.values()].map((p) => `${p.label} attempt ${p.attempt}`) })
   if (message === 'down') down = true
   if (message === 'up') {
     down = false
@@ -19,23 +20,39 @@ process.on('message', (message) => {
 })
 
 const TRANSIENT = new Set(['DB_UNAVAILABLE', 'DB_TIMEOUT'])
-const stats = { calls: 0, retries: 0, refused: 0 }
+const stats = { calls: 0, retries: 0, refused: 0, retriedWhileUp: {} }
+/** The calls not settled yet, for the parent's watchdog: what a stuck instance is waiting on. */
+const pending = new Map()
+let nextCall = 0
 const outcome = { uploads: {}, refusedUploads: [], errors: [] }
 
 /** Runs `call` until it settles; transient failures during an outage wait for the parent's 'up'. */
-async function settle(call) {
-  for (let attempt = 0; attempt < 2000; attempt++) {
-    stats.calls++
-    try {
-      return { value: await call(attempt) }
-    } catch (error) {
-      if (!TRANSIENT.has(error.code)) return { error }
-      stats.retries++
-      if (down) await new Promise((resolve) => upWaiters.push(resolve))
-      else await new Promise((resolve) => setImmediate(resolve))
+async function settle(label, call) {
+  const id = nextCall++
+  const entry = { label, attempt: 0 }
+  pending.set(id, entry)
+  try {
+    for (let attempt = 0; attempt < 2000; attempt++) {
+      entry.attempt = attempt
+      stats.calls++
+      try {
+        return { value: await call(attempt) }
+      } catch (error) {
+        if (!TRANSIENT.has(error.code)) return { error }
+        stats.retries++
+        if (!down) {
+          const what = `${error.code}: ${String(error.message).slice(0, 80)}`
+          stats.retriedWhileUp[what] = (stats.retriedWhileUp[what] ?? 0) + 1
+        }
+        entry.label = `${label} (last: ${error.code})`
+        if (down) await new Promise((resolve) => upWaiters.push(resolve))
+        else await new Promise((resolve) => setImmediate(resolve))
+      }
     }
+    throw new Error('a call did not settle after 2000 attempts')
+  } finally {
+    pending.delete(id)
   }
-  throw new Error('a call did not settle after 2000 attempts')
 }
 
 function note(label, result, allowed = []) {
@@ -53,26 +70,26 @@ async function caller(index) {
   for (let i = 0; i < plan.rounds; i++) {
     const size = 100 + ((index * 7919 + i * 104729) % 1900)
 
-    const upload = await settle(() => quota.recordUpload(user, project, size, { uploadId: key('up', i) }))
+    const upload = await settle(`recordUpload ${key('up', i)}`, () => quota.recordUpload(user, project, size, { uploadId: key('up', i) }))
     note('recordUpload', upload, ['QUOTA_EXCEEDED'])
     if (upload.value) outcome.uploads[key('up', i)] = size
     else outcome.refusedUploads.push(key('up', i))
 
     const reservationId = plan.reservationIds[index * plan.rounds + i]
-    const held = await settle(() => quota.reserveUpload(user, project, size, { reservationId, ttlMs: 600_000 }))
+    const held = await settle(`reserveUpload ${reservationId}`, () => quota.reserveUpload(user, project, size, { reservationId, ttlMs: 600_000 }))
     note('reserveUpload', held, ['QUOTA_EXCEEDED'])
     if (held.value) {
       // A commit whose reply was lost answers duplicate: true on the retry.
-      const committed = await settle(() => quota.commitUpload(user, reservationId, size - 50))
+      const committed = await settle(`commitUpload ${reservationId}`, () => quota.commitUpload(user, reservationId, size - 50))
       note('commitUpload', committed)
     }
 
-    note('checkQuota', await settle(() => quota.checkQuota(user, size)))
+    note('checkQuota', await settle(`checkQuota ${user}`, () => quota.checkQuota(user, size)))
 
-    const doomed = await settle(() => quota.recordUpload(user, project, 64, { uploadId: key('gone', i) }))
+    const doomed = await settle(`recordUpload ${key('gone', i)}`, () => quota.recordUpload(user, project, 64, { uploadId: key('gone', i) }))
     note('recordUpload', doomed, ['QUOTA_EXCEEDED'])
     if (doomed.value) {
-      const deleted = await settle(() => quota.recordDeletion(user, project, 64, { deletionId: key('del', i) }))
+      const deleted = await settle(`recordDeletion ${key('del', i)}`, () => quota.recordDeletion(user, project, 64, { deletionId: key('del', i) }))
       note('recordDeletion', deleted)
       if (deleted.error) outcome.uploads[key('gone', i)] = 64
     } else {
@@ -81,7 +98,7 @@ async function caller(index) {
     process.send({ progress: 1 })
   }
   const target = copyTargets[plan.instance * 64 + index]
-  const copied = await settle(() => quota.copyProject(user, templates[u], target))
+  const copied = await settle(`copyProject ${target}`, () => quota.copyProject(user, templates[u], target))
   // A copy whose files landed before the connection was cut cannot count them again.
   note('copyProject', copied, ['QUOTA_EXCEEDED', 'CONFLICT'])
 }

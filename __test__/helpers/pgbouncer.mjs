@@ -4,20 +4,13 @@
 import { spawn } from 'node:child_process'
 import { existsSync, rmSync } from 'node:fs'
 import { chmod, chown, mkdtemp, rm, writeFile } from 'node:fs/promises'
-import { connect, createServer } from 'node:net'
+import { connect } from 'node:net'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { after } from 'node:test'
+import { serverPort } from './ports.mjs'
 
 const BINARY = process.env.PGBOUNCER_BIN ?? ['/usr/sbin/pgbouncer', '/usr/bin/pgbouncer'].find(existsSync) ?? 'pgbouncer'
-
-async function freePort() {
-  const server = createServer()
-  await new Promise((resolve) => server.listen(0, '127.0.0.1', resolve))
-  const { port } = server.address()
-  await new Promise((resolve) => server.close(resolve))
-  return port
-}
 
 /** Resolves once something accepts TCP connections on `port`, or rejects when `exited` does. */
 async function listening(port, exited, log) {
@@ -73,7 +66,7 @@ export async function startPgBouncer({
     await chown(dir, uid, gid)
   }
   await chmod(dir, 0o755)
-  const port = await freePort()
+  const port = await serverPort()
   const serverPassword = server.password ? ` password=${server.password}` : ''
   const ini = join(dir, 'pgbouncer.ini')
   await writeFile(join(dir, 'userlist.txt'), `"${server.user ?? 'postgres'}" ""\n`)

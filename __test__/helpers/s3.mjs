@@ -4,8 +4,8 @@
 // SigV4 signature and expiry itself.
 import { spawn, spawnSync } from 'node:child_process'
 import { createHash, createHmac, randomBytes } from 'node:crypto'
-import { createServer } from 'node:net'
 import { after } from 'node:test'
+import { serverPort } from './ports.mjs'
 
 export const ACCESS_KEY_ID = 'AKIATESTSTORAGEQUOTA'
 export const SECRET_ACCESS_KEY = 'test-secret-never-logged-9f8e7d6c5b4a'
@@ -21,21 +21,13 @@ const READER = {
   authorization: `AWS4-HMAC-SHA256 Credential=${ACCESS_KEY_ID}/20260101/${REGION}/s3/aws4_request, SignedHeaders=host, Signature=0`,
 }
 
-async function freePort() {
-  const server = createServer()
-  await new Promise((resolve) => server.listen(0, '127.0.0.1', resolve))
-  const { port } = server.address()
-  await new Promise((resolve) => server.close(resolve))
-  return port
-}
-
 /**
  * Starts moto on 127.0.0.1 and creates `bucket`. Returns `{ endpoint, bucket, storage(prefix),
  * objects(prefix), get(key), put(key, body) }`; `objects` lists keys with sizes straight from the
  * server, for checks that do not go through the library.
  */
 export async function startS3(bucket = `sq-test-${randomBytes(4).toString('hex')}`) {
-  const port = await freePort()
+  const port = await serverPort()
   const child = spawn(MOTO[0], [...MOTO[1], '-H', '127.0.0.1', '-p', String(port)], { stdio: 'ignore' })
   const exited = new Promise((resolve) => child.once('exit', resolve))
   after(async () => {

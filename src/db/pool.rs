@@ -9,7 +9,7 @@
 use std::pin::pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bb8::{ManageConnection, PooledConnection, QueueStrategy, RunError};
 use tokio::sync::Notify;
@@ -32,22 +32,29 @@ pub fn connection_lost() {
   LOST_EPOCH.fetch_add(1, Ordering::AcqRel);
 }
 
-/// Shared between the manager and its error sink: the last connection failure, and a signal
-/// for the calls waiting on a connection.
+/// Shared between the manager and its error sink: the last connection failure (with when its
+/// attempt began), and a signal for the calls waiting on a connection.
 #[derive(Debug, Default)]
 struct ConnectFailures {
-  last: Mutex<Option<String>>,
+  last: Mutex<Option<(String, Instant)>>,
   notify: Notify,
 }
 
 impl ConnectFailures {
-  fn record(&self, message: String) {
-    *self.last.lock().unwrap_or_else(|e| e.into_inner()) = Some(message);
+  fn record(&self, message: String, began: Instant) {
+    *self.last.lock().unwrap_or_else(|e| e.into_inner()) = Some((message, began));
     self.notify.notify_waiters();
   }
 
   fn last(&self) -> Option<String> {
-    self.last.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    let last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+    last.as_ref().map(|(message, _)| message.clone())
+  }
+
+  /// Whether the last failed attempt began at or after `since`.
+  fn failed_since(&self, since: Instant) -> bool {
+    let last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+    last.as_ref().is_some_and(|(_, began)| *began >= since)
   }
 }
 
@@ -55,6 +62,7 @@ pub struct Manager {
   config: tokio_postgres::Config,
   tls: MakeRustlsConnect,
   target: String,
+  connect_timeout: Duration,
   failures: Arc<ConnectFailures>,
   generation: Arc<std::sync::atomic::AtomicU64>,
   sending: Arc<Sending>,
@@ -66,11 +74,22 @@ impl ManageConnection for Manager {
 
   async fn connect(&self) -> Result<Self::Connection> {
     let generation = self.generation.load(std::sync::atomic::Ordering::Acquire);
-    let (client, connection) = self
-      .config
-      .connect(self.tls.clone())
-      .await
-      .map_err(|error| {
+    let began = Instant::now();
+    // The whole of it (TCP, TLS, startup and authentication) within `connectTimeoutMs`:
+    // `Config::connect_timeout` bounds only the TCP connect, and an attempt stuck after it (a
+    // server or pooler that accepts and never answers) would hold one of the pool's places
+    // for good.
+    let attempt = self.config.connect(self.tls.clone());
+    let Ok(connected) = tokio::time::timeout(self.connect_timeout, attempt).await else {
+      let failure = QuotaError::DbUnavailable(format!(
+        "could not connect to PostgreSQL at {}: no answer within {} ms",
+        self.target,
+        self.connect_timeout.as_millis()
+      ));
+      self.failures.record(failure.to_string(), began);
+      return Err(failure);
+    };
+    let (client, connection) = connected.map_err(|error| {
         let cause = connect_cause(&error);
         // PgBouncer's answer to the `options` we send a direct connection.
         let hint = if cause.contains("unsupported startup parameter") {
@@ -82,7 +101,7 @@ impl ManageConnection for Manager {
           "could not connect to PostgreSQL at {}: {cause}{hint}",
           self.target
         ));
-        self.failures.record(failure.to_string());
+        self.failures.record(failure.to_string(), began);
         failure
       })?;
     let target = self.target.clone();
@@ -154,6 +173,7 @@ impl Pool {
       config: settings.config,
       tls: settings.tls.connector()?,
       target: target.clone(),
+      connect_timeout: config.connect_timeout,
       failures: failures.clone(),
       generation: generation.clone(),
       sending: sending.clone(),
@@ -216,12 +236,25 @@ impl Pool {
   }
 
   async fn get_one(&self) -> Result<Checkout<'_>> {
-    let mut failed = pin!(self.failures.notify.notified());
-    failed.as_mut().enable();
-    let result = tokio::select! {
-      biased;
-      result = self.pool.get() => result,
-      _ = failed => return Err(self.unavailable()),
+    // Fails fast on an attempt to connect that failed while this call waited, but only one
+    // that began after the call did: an older attempt (one that hung until its timeout, say)
+    // says nothing about the connection this call would get, so the call asks the pool again.
+    let began = Instant::now();
+    let deadline = tokio::time::Instant::from_std(began + self.connect_timeout);
+    let result = loop {
+      let mut failed = pin!(self.failures.notify.notified());
+      failed.as_mut().enable();
+      tokio::select! {
+        biased;
+        result = tokio::time::timeout_at(deadline, self.pool.get()) => {
+          break result.unwrap_or(Err(RunError::TimedOut));
+        }
+        _ = failed => {
+          if self.failures.failed_since(began) {
+            return Err(self.unavailable());
+          }
+        }
+      }
     };
     let mut checkout = match result {
       Ok(checkout) => checkout,
