@@ -326,7 +326,6 @@ class StorageQuotaClient {
     this.#native.close()
   }
 
-  /** A call that charges a user: refusals and shadow-mode would-be refusals are logged. */
   /** A charge (`userId` given): also logs its refusal, or its shadow-mode would-be refusal. */
   #charged(operation, userId, run) {
     return this.#call(operation, run, userId)
