@@ -291,7 +291,7 @@ class StorageQuotaClient {
    * batches. Resolves to the last progress (`done: false` when stopped).
    */
   async backfill(options = {}) {
-    const { batchSize = 2_000, onProgress, signal } = parse(S.BackfillOptionsSchema, options ?? {}, 'options')
+    const { batchSize = 10_000, onProgress, signal } = parse(S.BackfillOptionsSchema, options ?? {}, 'options')
     let progress = await this.#call('backfillStatus', (n) => n.backfillStatus())
     while (!progress.done && !signal?.aborted) {
       progress = await this.#call('backfill', (n) => n.backfillStep(batchSize))
