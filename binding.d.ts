@@ -88,13 +88,18 @@ export declare class NativeClient {
 
 /** Where the backfill of existing projects is (see `storage-quota backfill`). */
 export interface BackfillProgress {
-  /** `scan` (projects by id), `catchup` (projects added meanwhile), `validate` (foreign keys), `done`. */
+  /** `scan` (projects by owner), `validate` (foreign keys), `done`; `catchup` only in a state left by an earlier version. */
   phase: 'scan' | 'catchup' | 'validate' | 'done'
   done: boolean
   scanned: number
   /** Projects in the app table when the backfill started (absent before its first step). */
   totalProjects?: number
+  /**
+   * Path records written by the backfill: 0 since paths come on first use (kept for callers
+   * that read it; earlier versions recorded one per project).
+   */
   pathsCreated: number
+  /** Projects whose size was counted as part of their owner's baseline. */
   baselines: number
   usersSeeded: number
   skippedProjects: number

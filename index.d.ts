@@ -70,7 +70,7 @@ export type {
 export type QuotaMode = 'enforce' | 'shadow' | 'off'
 
 export interface BackfillOptions {
-  /** Projects per committed batch (1 to 100,000; default 2,000). */
+  /** Projects per committed batch (1 to 100,000; default 10,000). */
   batchSize?: number
   /** Called after every batch with where the backfill is. */
   onProgress?: (progress: BackfillProgress) => void

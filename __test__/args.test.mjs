@@ -34,7 +34,7 @@ const value = fc.letrec((tie) => ({
   object: fc.dictionary(fc.constantFrom(...keys), tie('any'), { maxKeys: 4 }),
 })).any
 
-const names = Object.keys(args)
+const names = Object.keys(args).filter((name) => name.endsWith('Schema'))
 
 test('every validator of lib/args.js has its Zod schema, with the same option keys', () => {
   for (const name of names) {

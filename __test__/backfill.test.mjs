@@ -42,6 +42,7 @@ async function expectedUsage(db, charged = new Map()) {
 
 /** The end state the backfill guarantees, checked in full; returns it for comparisons. */
 async function assertCovered(db, expected) {
+  // Paths come on first use: a project has at most one record, linked, under its owner's key.
   const { rows: perProject } = await db.query(
     `SELECT p.id, p.user_id, count(sp.id)::int AS paths, bool_and(p.storage_path_id = sp.id) AS linked,
             bool_and(sp.key = p.user_id || '/' || p.id || '/') AS keyed
@@ -51,9 +52,11 @@ async function assertCovered(db, expected) {
   const valid = /^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$/
   for (const row of perProject) {
     if (valid.test(row.user_id ?? '')) {
-      assert.equal(row.paths, 1, `project ${row.id} has ${row.paths} path records`)
-      assert.equal(row.linked, true, `project ${row.id} is not linked to its path`)
-      assert.equal(row.keyed, true)
+      assert.ok(row.paths <= 1, `project ${row.id} has ${row.paths} path records`)
+      if (row.paths === 1) {
+        assert.equal(row.linked, true, `project ${row.id} is not linked to its path`)
+        assert.equal(row.keyed, true)
+      }
     } else {
       assert.equal(row.paths, 0, `project ${row.id} of owner ${row.user_id} got a path`)
     }
@@ -71,24 +74,44 @@ async function assertCovered(db, expected) {
   for (const [user, bytes] of expected) {
     if (bytes > 0) assert.ok(quotas.some((q) => q.user_id === user), `${user} has no quota row`)
   }
-  const baselines = await db.query(
-    `SELECT count(*)::int AS n, count(DISTINCT idempotency_key)::int AS keys FROM quota_ledger WHERE kind = 'baseline'`,
+  // Every sized project of a usable owner has exactly one baseline share, of its size.
+  const { rows: shares } = await db.query(
+    `SELECT o.id::text AS id, o.user_id, greatest(o.size_bytes, 0)::float8 AS size, count(s.key)::int AS n,
+            sum(s.value::bigint)::float8 AS bytes
+       FROM original o
+       LEFT JOIN (SELECT l.user_id, e.key, e.value FROM quota_ledger l
+                   CROSS JOIN LATERAL jsonb_each_text(l.baseline_projects) e WHERE l.kind = 'baseline') s
+         ON s.user_id = o.user_id AND s.key = o.id::text
+      WHERE o.size_bytes > 0 AND o.user_id ~ '^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$'
+      GROUP BY o.id, o.user_id, o.size_bytes`,
   )
-  const sized = await db.query(
-    `SELECT count(*)::int AS n FROM original WHERE size_bytes > 0 AND user_id ~ '^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$'`,
+  for (const s of shares) {
+    assert.equal(s.n, 1, `project ${s.id} has ${s.n} baseline shares`)
+    assert.equal(s.bytes, s.size, `project ${s.id}: share ${s.bytes} vs size ${s.size}`)
+  }
+  const extra = await db.query(
+    `SELECT count(*)::int AS n FROM quota_ledger l CROSS JOIN LATERAL jsonb_object_keys(l.baseline_projects) k`,
   )
-  assert.deepEqual(baselines.rows[0], { n: sized.rows[0].n, keys: sized.rows[0].n }, 'one baseline per sized project')
+  assert.equal(extra.rows[0].n, shares.length, 'no baseline share for any other project')
+  // Every project counter equals its ledger (its entries and its baseline share).
+  const drift = await db.query(
+    `SELECT u.user_id, u.project_id, u.used_bytes::float8 AS counter,
+            storage_quota_project_ledger_bytes(u.user_id, u.project_id)::float8 AS ledger
+       FROM quota_project_usage u WHERE u.used_bytes <> storage_quota_project_ledger_bytes(u.user_id, u.project_id)`,
+  )
+  assert.deepEqual(drift.rows, [], 'project counters equal their ledger')
   const invalid = await db.query(`SELECT conname FROM pg_constraint WHERE NOT convalidated`)
   assert.deepEqual(invalid.rows, [], 'every foreign key validated')
   const state = await db.query(
-    `SELECT p.id, p.user_id, sp.key, sp.path, q.used_bytes::text AS used
+    `SELECT p.id, p.user_id, sp.key, sp.path, q.used_bytes::text AS used,
+            (SELECT u.used_bytes::text FROM quota_project_usage u WHERE u.user_id = p.user_id AND u.project_id = p.id::text) AS project_used
        FROM projects p LEFT JOIN project_storage_paths sp ON sp.project_id = p.id::text
        LEFT JOIN user_quotas q ON q.user_id = p.user_id ORDER BY p.id`,
   )
   return state.rows
 }
 
-test('backfill while the app inserts, updates, deletes, charges and reads: every project one path, every number right throughout', async () => {
+test('backfill while the app inserts, updates, deletes, charges and reads: each owner seeded once, every number right throughout', async () => {
   const db = await appDatabase('bf_live')
   const client = createClient({ databaseUrl: db.url, storageRoot: db.storageRoot, defaultQuotaBytes: TB, logger: false })
   try {
@@ -132,21 +155,12 @@ test('backfill while the app inserts, updates, deletes, charges and reads: every
         if (check.usedBytes !== (expected.get(user) ?? 0)) mismatches.push({ user, read: check.usedBytes, expected: expected.get(user) })
       }
     })()
-    // Run the scan with the app writing; stop the app before the catch-up so that every project
-    // it inserted exists when the backfill looks for stragglers.
-    const controller = new AbortController()
-    const phases = new Set()
-    await client.backfill({
-      batchSize: 500,
-      signal: controller.signal,
-      onProgress(p) {
-        phases.add(p.phase)
-        if (p.phase !== 'scan') controller.abort()
-      },
-    })
+    // The whole backfill with the app writing throughout.
+    let done = await client.backfill({ batchSize: 100 })
     stop = true
     await app
-    const done = await client.backfill({ batchSize: 500 })
+    // Owners the app created behind the cursor are seeded on first use; a second run is a no-op.
+    done = await client.backfill({ batchSize: 500 })
     assert.equal(done.done, true)
     assert.ok(inserted >= 20 && uploads >= 10 && reads >= 20, `the app kept working: ${inserted} inserts, ${uploads} uploads, ${reads} reads`)
     assert.deepEqual(mismatches, [], 'every read during the backfill saw the right usage')
@@ -159,6 +173,12 @@ test('backfill while the app inserts, updates, deletes, charges and reads: every
     // Every counter equals its ledger (checked above for all); reconcile agrees for the users
     // charged during the backfill (all 3,000 would take long on a debug build).
     for (const user of charged.keys()) assert.equal((await client.reconcile(user)).driftedUsers, 0)
+    // Paths on first use: one record per project however often it is asked for.
+    const some = (await db.query(`SELECT id::text, user_id FROM original WHERE user_id ~ '^user_' ORDER BY id LIMIT 50`)).rows
+    await Promise.all(some.flatMap((p) => [client.allocateProjectPath(p.user_id, p.id), client.allocateProjectPath(p.user_id, p.id)]))
+    await assertCovered(db, await expectedUsage(db, charged))
+    const recorded = await db.query(`SELECT count(*)::int AS n FROM project_storage_paths WHERE project_id = ANY($1)`, [some.map((p) => p.id)])
+    assert.equal(recorded.rows[0].n, 50)
   } finally {
     await client.close()
   }
@@ -202,16 +222,16 @@ test('a backfill killed mid-run (SIGKILL) resumes to exactly the end state of an
   const killed = await outcome
   assert.equal(killed.signal, 'SIGKILL')
   const mid = await crashed.query(
-    `SELECT phase, scanned::int, (SELECT count(*)::int FROM project_storage_paths) AS paths FROM storage_quota_backfill`,
+    `SELECT phase, scanned::int, (SELECT count(*)::int FROM user_quotas) AS users FROM storage_quota_backfill`,
   )
   assert.equal(mid.rows[0].phase, 'scan', 'killed before the end')
-  assert.ok(mid.rows[0].paths < PROJECTS - 12)
+  assert.ok(mid.rows[0].users < 3000)
 
   const resumed = await finished(cli(crashed, ['backfill', '--batch-size', '300']))
   assert.equal(resumed.code, 0, resumed.stderr)
-  assert.match(resumed.stdout, /backfill done: \d[\d,]* projects scanned, [\d,]+ paths recorded, [\d,]+ baselines, [\d,]+ users seeded, 12 projects skipped in [\d.]+ s/)
+  assert.match(resumed.stdout, /backfill done: \d[\d,]* projects scanned, [\d,]+ baselines, [\d,]+ users seeded, 12 projects skipped in [\d.]+ s/)
   // Not a terminal: plain progress lines, the root being recorded, the skipped owners by name.
-  assert.match(resumed.stderr, new RegExp(`recording project paths under ${crashed.storageRoot}`))
+  assert.match(resumed.stderr, new RegExp(`project paths go under ${crashed.storageRoot}`))
   assert.match(resumed.stderr, /^backfill: 100\.0% {2}[\d,]+\/[\d,]+ done {2}[\d,]+\/s {2}ETA 0:00$/m)
   assert.match(resumed.stderr, /warning: 12 project\(s\) of 3 owner\(s\) whose ids cannot be used for paths .*"bad\|owner0" \(4\)/)
   assert.doesNotMatch(resumed.stderr, /\r|\x1b/, 'no terminal control characters in a log')
@@ -236,8 +256,8 @@ test('two backfills started at once take turns: each project once, every number 
   assert.equal(a.code, 0, a.stderr)
   assert.equal(b.code, 0, b.stderr)
   await assertCovered(db, await expectedUsage(db))
-  const state = await db.query('SELECT skipped_projects::int, paths_created::int FROM storage_quota_backfill')
-  assert.deepEqual(state.rows[0], { skipped_projects: 12, paths_created: PROJECTS - 12 }, 'no batch counted twice')
+  const state = await db.query('SELECT skipped_projects::int, scanned::int, users_seeded::int FROM storage_quota_backfill')
+  assert.deepEqual(state.rows[0], { skipped_projects: 12, scanned: PROJECTS, users_seeded: 3000 }, 'no batch counted twice')
 })
 
 test('until the backfill reaches a user, reads count their projects; the first charge seeds them exactly once', async () => {
@@ -272,6 +292,43 @@ test('until the backfill reaches a user, reads count their projects; the first c
     assert.equal(done.done, true)
     assert.equal((await client.getUsage(user)).usedBytes, expected.get(user) + 510, 'the backfill did not count them again')
     assert.equal((await client.getUsage(fresh)).usedBytes, expected.get(fresh) + 700)
+  } finally {
+    await client.close()
+  }
+})
+
+test('a backfilled project gives its baseline back exactly once: removeProject, a retry, the delete trigger, reconcile', async () => {
+  const db = await appDatabase('bf_release')
+  const client = createClient({ databaseUrl: db.url, storageRoot: db.storageRoot, defaultQuotaBytes: TB, logger: false })
+  try {
+    await client.migrate()
+    assert.equal((await client.backfill({ batchSize: 4000 })).done, true)
+    const expected = await expectedUsage(db)
+    const sized = `SELECT id::text, size_bytes::float8 AS size FROM original WHERE user_id = $1 AND size_bytes > 0 ORDER BY id`
+    // removeProject, twice: the share once.
+    const [a, b] = (await db.query(sized, ['user_7'])).rows
+    const first = await client.removeProject('user_7', a.id)
+    assert.equal(first.usedBytes, expected.get('user_7') - a.size)
+    const again = await client.removeProject('user_7', a.id)
+    assert.equal(again.usedBytes, expected.get('user_7') - a.size)
+    // The app deletes a project behind our back, with the README's trigger: its share comes back.
+    await db.query(`CREATE TRIGGER projects_storage_quota AFTER DELETE ON projects FOR EACH ROW EXECUTE FUNCTION storage_quota_project_deleted('id')`)
+    await db.query('DELETE FROM projects WHERE id = $1', [b.id])
+    assert.equal((await client.getUsage('user_7')).usedBytes, expected.get('user_7') - a.size - b.size)
+    // Without the trigger: reconcile finds the deleted project and gives its share back, once.
+    const [c] = (await db.query(sized, ['user_8'])).rows
+    await db.query('DROP TRIGGER projects_storage_quota ON projects')
+    await db.query('DELETE FROM projects WHERE id = $1', [c.id])
+    await client.reconcile('user_8', { fix: true })
+    await client.reconcile('user_8', { fix: true })
+    assert.equal((await client.getUsage('user_8')).usedBytes, expected.get('user_8') - c.size)
+    for (const user of ['user_7', 'user_8', 'user_9']) assert.equal((await client.reconcile(user)).driftedUsers, 0, user)
+    // pruneHistory keeps the baseline entry (one per user, with every project's share).
+    await db.query(`UPDATE quota_ledger SET created_at = now() - interval '1000 days'`)
+    await client.pruneHistory()
+    for (const user of ['user_7', 'user_9']) assert.equal((await client.reconcile(user)).driftedUsers, 0, user)
+    const share = await db.query(`SELECT count(*)::int AS n FROM quota_ledger WHERE user_id = 'user_9' AND baseline_projects IS NOT NULL`)
+    assert.equal(share.rows[0].n, 1)
   } finally {
     await client.close()
   }

@@ -26,7 +26,16 @@ async function numbers(db) {
   const paths = await db.query(
     'SELECT p.id, sp.key, sp.path, p.storage_path_id = sp.id AS linked FROM projects p LEFT JOIN project_storage_paths sp ON sp.project_id::text = p.id::text ORDER BY p.id',
   )
-  const ledger = await db.query('SELECT user_id, idempotency_key, kind, bytes::text FROM quota_ledger ORDER BY user_id, idempotency_key')
+  // Per user and project: entries, and shares of a baseline entry (0009; one entry per project before it).
+  const ledger = await db.query(`
+    SELECT user_id, project, sum(bytes)::text AS bytes FROM (
+      SELECT l.user_id, coalesce(l.project_id::text, '') AS project, l.bytes FROM quota_ledger l
+       WHERE jsonb_typeof(to_jsonb(l) -> 'baseline_projects') IS DISTINCT FROM 'object'
+      UNION ALL
+      SELECT l.user_id, e.key, e.value::bigint FROM quota_ledger l
+       CROSS JOIN LATERAL jsonb_each_text(CASE WHEN jsonb_typeof(to_jsonb(l) -> 'baseline_projects') = 'object'
+                                               THEN to_jsonb(l) -> 'baseline_projects' ELSE '{}' END) e) x
+     GROUP BY 1, 2 ORDER BY 1, 2`)
   return { quotas: quotas.rows, paths: paths.rows, ledger: ledger.rows }
 }
 
@@ -131,7 +140,7 @@ test('migrate --backup: pg_dump of the tables it changes before any change; a cl
   assert.equal(done.code, 0, done.stderr)
   assert.match(done.stdout, /backup: .* written to /)
   assert.match(done.stdout, new RegExp(`applied: ${MIGRATION_VERSIONS.join(', ')}`))
-  assert.match(done.stdout, /backfill done: 6 projects scanned, 5 paths recorded/)
+  assert.match(done.stdout, /backfill done: 6 projects scanned, 4 baselines, 3 users seeded, 1 projects skipped/)
   assert.match(done.stderr, /warning: 1 project\(s\) of 1 owner\(s\) whose ids cannot be used for paths .*"auth0\|5f7c8ec7" \(1\)/)
   assert.ok((await stat(file)).size > 0)
   const { stdout: listing } = await run('pg_restore', ['--list', file])

@@ -75,7 +75,7 @@ test('on an empty database: creates the schema, records it, and is idempotent', 
   }
 })
 
-test('on an existing app: paths and quotas for every project, rows untouched, rollback exact', async () => {
+test('on an existing app: quotas for every owner, paths on first use, rows untouched, rollback exact', async () => {
   const db = await createTestDatabase('mig_app')
   await db.query(fixture)
   const schemaBefore = await schemaDump(db)
@@ -85,6 +85,14 @@ test('on an existing app: paths and quotas for every project, rows untouched, ro
     await client.migrate()
     const schemaUp = await schemaDump(db)
 
+    // Paths come on first use, one per project however often asked.
+    const noPaths = await db.query('SELECT count(*)::int AS n FROM project_storage_paths')
+    assert.equal(noPaths.rows[0].n, 0, 'the backfill records no path')
+    const owned = (await db.query('SELECT id::text, user_id FROM projects ORDER BY id')).rows
+    for (const p of owned) {
+      await client.allocateProjectPath(p.user_id, p.id)
+      await client.allocateProjectPath(p.user_id, p.id)
+    }
     const paths = await db.query(
       `SELECT p.id, p.user_id, sp.key, sp.path, sp.backend, p.storage_path_id = sp.id AS linked
          FROM projects p JOIN project_storage_paths sp ON sp.project_id = p.id::text ORDER BY p.id`,
@@ -118,8 +126,8 @@ test('on an existing app: paths and quotas for every project, rows untouched, ro
 
     await client.migrate()
     assert.equal(await schemaDump(db), schemaUp, 'up → down → up gives the same schema')
-    const again = await db.query('SELECT count(*)::int AS n FROM project_storage_paths')
-    assert.equal(again.rows[0].n, 5)
+    const again = await db.query('SELECT count(*)::int AS n FROM user_quotas WHERE seeded')
+    assert.equal(again.rows[0].n, 3)
     assert.deepEqual(await appRows(db), rowsBefore, 'up → down → up keeps every app row')
     await client.rollback(MIGRATION_VERSIONS.length)
     assert.equal(await schemaDump(db), schemaBefore, 'migrate → rollback → migrate → rollback is stable')
@@ -153,8 +161,8 @@ test('two clients migrating at once apply the set once', async () => {
   try {
     const results = await Promise.all(clients.map((c) => c.migrate()))
     assert.deepEqual(results.flatMap((r) => r.applied).sort((a, b) => a - b), MIGRATION_VERSIONS)
-    const paths = await db.query('SELECT count(*)::int AS n FROM project_storage_paths')
-    assert.equal(paths.rows[0].n, 5)
+    const seeded = await db.query('SELECT count(*)::int AS n, sum(used_bytes)::float8 AS used FROM user_quotas WHERE seeded')
+    assert.deepEqual(seeded.rows[0], { n: 3, used: 10485760 + 52428800 + 734003200 + 1610612736 }, 'each owner seeded once')
   } finally {
     await Promise.all(clients.map((c) => c.close()))
   }

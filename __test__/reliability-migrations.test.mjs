@@ -56,8 +56,8 @@ test('three `storage-quota migrate` processes at once end with one applied set; 
     `SELECT (SELECT count(*) FROM project_storage_paths)::int AS paths, (SELECT count(*) FROM user_quotas)::int AS quotas,
             (SELECT count(*) FROM quota_ledger)::int AS ledger`,
   )
-  // One fixture project has no size: no baseline entry (nothing to count).
-  assert.deepEqual(counts.rows[0], { paths: 5, quotas: 3, ledger: 4 }, 'the backfill ran once')
+  // One baseline entry per owner with sized projects; paths come on first use.
+  assert.deepEqual(counts.rows[0], { paths: 0, quotas: 3, ledger: 3 }, 'the backfill ran once')
 
   const { stdout } = await cli(db, 'rollback', String(MIGRATION_VERSIONS.length))
   assert.match(stdout, new RegExp(`reverted: ${[...MIGRATION_VERSIONS].reverse().join(', ')}`))
@@ -91,34 +91,34 @@ test('0001 failing half-way (a name already taken by the app) leaves the databas
   assert.deepEqual((await client.migrationStatus()).applied, [])
 })
 
-test('a backfill batch failing (an app trigger refuses the link update) writes nothing of it; the schema stays; the backfill resumes once the app allows it', async () => {
+test('a backfill batch failing (a size it cannot count) writes nothing of it; the schema stays; the backfill resumes once the app fixes it', async () => {
   const { db, client, error, rowsBefore } = await failingMigration(
     'rel_mig_last',
-    `CREATE FUNCTION app_refuse() RETURNS trigger LANGUAGE plpgsql AS $$
-     BEGIN RAISE EXCEPTION 'app rule: projects are read-only today'; END $$;
-     CREATE TRIGGER app_refuse BEFORE UPDATE ON projects FOR EACH ROW EXECUTE FUNCTION app_refuse();`,
+    `ALTER TABLE projects ALTER COLUMN size_bytes TYPE numeric;
+     UPDATE projects SET size_bytes = 10000000000000000000 WHERE id = '0b6f1f0e-1c2d-4e5f-8a9b-0c1d2e3f4a55';`,
   )
   assert.equal(error.code, 'DB_ERROR')
-  assert.match(error.message, /app rule: projects are read-only today/)
+  assert.match(error.message, /bigint out of range/)
   // The schema migrations committed, each on its own; the failed batch left no trace.
   assert.deepEqual((await client.migrationStatus()).applied.map((m) => m.version), MIGRATION_VERSIONS)
   const counts = await db.query(
     `SELECT (SELECT count(*) FROM project_storage_paths)::int AS paths, (SELECT count(*) FROM user_quotas)::int AS quotas,
-            (SELECT count(*) FROM quota_ledger)::int AS ledger, (SELECT scanned::int FROM storage_quota_backfill) AS scanned`,
+            (SELECT count(*) FROM quota_ledger)::int AS ledger, (SELECT count(*) FROM quota_project_usage)::int AS counters,
+            (SELECT scanned::int FROM storage_quota_backfill) AS scanned`,
   )
-  assert.deepEqual(counts.rows[0], { paths: 0, quotas: 0, ledger: 0, scanned: 0 })
+  assert.deepEqual(counts.rows[0], { paths: 0, quotas: 0, ledger: 0, counters: 0, scanned: 0 })
   const { projects } = await allRows(db)
   assert.deepEqual(
     projects.map((r) => JSON.parse(r)).map(({ storage_path_id, ...row }) => (assert.equal(storage_path_id, null), JSON.stringify(row))),
     rowsBefore.projects,
     'app rows untouched',
   )
-  await db.query('DROP TRIGGER app_refuse ON projects')
+  await db.query(`UPDATE projects SET size_bytes = 1610612736 WHERE id = '0b6f1f0e-1c2d-4e5f-8a9b-0c1d2e3f4a55'`)
   const done = await client.backfill()
   assert.equal(done.done, true)
-  assert.equal(done.pathsCreated, 5)
-  const linked = await db.query('SELECT count(*)::int AS n FROM projects WHERE storage_path_id IS NOT NULL')
-  assert.equal(linked.rows[0].n, 5)
+  assert.deepEqual([done.scanned, done.usersSeeded, done.baselines], [5, 3, 4])
+  const used = await db.query('SELECT sum(used_bytes)::float8 AS used FROM user_quotas')
+  assert.equal(used.rows[0].used, 10485760 + 52428800 + 734003200 + 1610612736)
 })
 
 test('a later migration failing leaves the earlier one applied and intact', async () => {

@@ -19,7 +19,7 @@ const { createClient } = require('../index.js')
 const { values } = parseArgs({
   options: {
     projects: { type: 'string', default: '100000,1000000' },
-    'batch-size': { type: 'string', default: '2000' },
+    'batch-size': { type: 'string', default: '10000' }, // the package's default
     baseline: { type: 'boolean', default: false },
     // Stop the backfill after this many seconds (0: run it to the end) and report its rate.
     'backfill-seconds': { type: 'string', default: '0' },
@@ -163,8 +163,12 @@ async function measure(projects) {
     result.app = app.snapshot()
     const check = await query(
       db,
-      `SELECT (SELECT count(*) FROM projects WHERE storage_path_id IS NULL)::int AS unlinked,
-              (SELECT count(*) FROM project_storage_paths)::int AS paths, (SELECT count(*) FROM user_quotas)::int AS users`,
+      `SELECT (SELECT count(*) FROM user_quotas)::int AS users,
+              (SELECT count(*) FROM user_quotas WHERE NOT seeded)::int AS unseeded,
+              (SELECT sum(used_bytes) FROM user_quotas)::text AS used,
+              (SELECT sum(size_bytes) FROM projects WHERE size_bytes > 0)::text AS sizes,
+              (SELECT count(*) FROM quota_project_usage)::int AS counters,
+              (SELECT count(*) FROM project_storage_paths)::int AS paths`,
     )
     result.check = check.rows[0]
     log(`backfill: ${result.scanned} projects in ${(result.backfillMs / 1000).toFixed(1)} s (${Math.round(result.rate)}/s); app max waits ${JSON.stringify(result.app)}; ${JSON.stringify(result.check)}`)

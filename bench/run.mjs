@@ -7,12 +7,13 @@
 //   node bench/run.mjs [--quick] [--only=throughput,scale,migration,memory]
 //                      [--reps=N] [--duration=ms] [--warmup=ms] [--ops=checkQuota,recordUpload,reserveCommit]
 //                      [--concurrency=1,16,64] [--contenders=ours,pg,postgresjs,pgbench]
+//                      [--rounds=20,200] [--memory-modes=bare,addon,ours,ours-zod,pg,postgresjs]
 import { mkdir, writeFile } from 'node:fs/promises'
 import os from 'node:os'
 import { execFileSync } from 'node:child_process'
 import { admin, dropAll } from './lib/db.mjs'
 import { throughput, throughputMarkdown } from './throughput.mjs'
-import { memory, memoryMarkdown, migrationTime, plansMarkdown, scaleLatency, scaleMarkdown } from './scale.mjs'
+import { MEMORY_MODES, memory, memoryMarkdown, migrationTime, plansMarkdown, scaleLatency, scaleMarkdown } from './scale.mjs'
 
 const args = Object.fromEntries(
   process.argv.slice(2).map((a) => {
@@ -90,8 +91,15 @@ try {
     )
   }
   if (only.includes('memory')) {
-    raw.memory = await memory({ poolSize: settings.poolSize, reps: quick ? 1 : 3 }, log)
-    sections.push(`### Memory (RSS after GC, median of ${quick ? 1 : 3})\n\n${memoryMarkdown(raw.memory, settings.poolSize)}`)
+    const reps = Number(args.reps ?? (quick ? 1 : 3))
+    const rounds = list(args.rounds, ['20']).map(Number)
+    const modes = list(args['memory-modes'], MEMORY_MODES)
+    raw.memory = []
+    for (const r of rounds) {
+      const result = await memory({ poolSize: settings.poolSize, reps, rounds: r, modes }, log)
+      raw.memory.push(result)
+      sections.push(`### Memory after ${r} rounds (RSS after GC, median of ${reps})\n\n${memoryMarkdown(result, settings.poolSize)}`)
+    }
   }
 } finally {
   await dropAll()

@@ -1,5 +1,6 @@
 // Scale: latency with few vs. many users, migration time on an existing app, memory per driver.
 import { fork } from 'node:child_process'
+import os from 'node:os'
 import { Worker } from './lib/workers.mjs'
 import { createDatabase, dropDatabase, migrate, query, seed } from './lib/db.mjs'
 import { fmtMs, fmtOps, median, table } from './lib/stats.mjs'
@@ -153,14 +154,18 @@ export async function migrationTime({ projects, projectsPerUser }, log) {
   }
 }
 
-function rssOf(mode, url, poolSize) {
+function rssOf(name, url, poolSize, rounds) {
+  // `name` is a mode, optionally with environment for A/B runs: `addon@MALLOC_ARENA_MAX=1`.
+  const [mode, ...assignments] = name.split('@')
+  const env = { ...process.env, ...Object.fromEntries(assignments.map((a) => a.split('='))) }
   return new Promise((resolve, reject) => {
-    const child = fork(new URL('./lib/rss-child.mjs', import.meta.url), [mode, url, String(poolSize)], {
+    const child = fork(new URL('./lib/rss-child.mjs', import.meta.url), [mode, url, String(poolSize), String(rounds)], {
+      env,
       execArgv: ['--expose-gc'],
       stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
     })
     child.on('error', reject)
-    child.on('exit', (code) => code !== 0 && reject(new Error(`rss child ${mode} exited ${code}`)))
+    child.on('exit', (code) => code !== 0 && reject(new Error(`rss child ${name} exited ${code}`)))
     child.once('message', async (message) => {
       let connections = 0
       if (mode !== 'bare') {
@@ -177,49 +182,77 @@ function rssOf(mode, url, poolSize) {
   })
 }
 
-/** RSS of a Node process with each driver's pool open (every connection in use once). */
-export async function memory({ poolSize, reps }, log) {
+export const MEMORY_MODES = ['bare', 'addon', 'ours', 'ours-zod', 'pg', 'postgresjs']
+const MEMORY_FIELDS = ['rss', 'anon', 'file', 'threads', 'heapUsed', 'v8Physical', 'external', 'connections', 'calls']
+
+/**
+ * Memory of a Node process with each driver's pool open, after every contender served the same
+ * calls (`rounds` rounds of poolSize × 4 concurrent checkQuota/recordUpload, see
+ * lib/rss-child.mjs). The modes run interleaved, one fresh process each, `reps` times; every
+ * field is the median over the repetitions. A sample whose pool did not open all `poolSize`
+ * connections is reported (column "connections open"), not hidden.
+ */
+export async function memory({ poolSize, reps, rounds = 20, modes = MEMORY_MODES }, log) {
   const db = await createDatabase('rss')
   try {
     await migrate(db)
     await seed(db, { users: 64 })
-    const modes = ['bare', 'addon', 'ours', 'ours-zod', 'pg', 'postgresjs']
     const samples = Object.fromEntries(modes.map((m) => [m, []]))
+    const load = []
     for (let rep = 0; rep < reps; rep++) {
-      for (const mode of modes) samples[mode].push(await rssOf(mode, db.url, poolSize))
-    }
-    const result = {}
-    for (const mode of modes) {
-      result[mode] = {
-        rss: median(samples[mode].map((s) => s.rss)),
-        connections: median(samples[mode].map((s) => s.connections)),
+      for (const mode of modes) {
+        load.push(os.loadavg()[0])
+        samples[mode].push(await rssOf(mode, db.url, poolSize, rounds))
       }
     }
-    log(`memory: ` + modes.map((m) => `${m} ${(result[m].rss / 2 ** 20).toFixed(1)} MB`).join(', '))
+    const result = { rounds, reps, load: { min: Math.min(...load), max: Math.max(...load) }, modes: {} }
+    for (const mode of modes) {
+      result.modes[mode] = Object.fromEntries(MEMORY_FIELDS.map((f) => [f, median(samples[mode].map((s) => s[f]))]))
+      result.modes[mode].samples = samples[mode].map((s) => s.rss)
+    }
+    log(`memory (${rounds} rounds): ` + modes.map((m) => `${m} ${(result.modes[m].rss / 2 ** 20).toFixed(1)} MB`).join(', '))
     return result
   } finally {
     await dropDatabase(db)
   }
 }
 
+const MODE_NAMES = {
+  bare: () => 'bare Node',
+  addon: (n) => `storage-quota native addon alone (binding.js), poolSize ${n}`,
+  ours: (n) => `storage-quota package (index.js: addon + JS layer, Zod not loaded), poolSize ${n}`,
+  'ours-zod': (n) => `storage-quota package with an exported Zod schema used (loads Zod), poolSize ${n}`,
+  pg: (n) => `pg Pool, max ${n}`,
+  postgresjs: (n) => `postgres.js, max ${n}`,
+}
+
 export function memoryMarkdown(result, poolSize) {
   const mb = (b) => `${(b / 2 ** 20).toFixed(1)} MB`
-  const bare = result.bare.rss
-  return table(
-    ['process', 'connections open', 'RSS', 'over bare Node', 'share of pg\'s'],
-    ['bare', 'addon', 'ours', 'ours-zod', 'pg', 'postgresjs'].map((m) => [
-      {
-        bare: 'bare Node',
-        addon: `storage-quota native addon alone (binding.js), poolSize ${poolSize}`,
-        ours: `storage-quota package (index.js: addon + JS layer, Zod not loaded), poolSize ${poolSize}`,
-        'ours-zod': `storage-quota package with an exported Zod schema used (loads Zod), poolSize ${poolSize}`,
-        pg: `pg Pool, max ${poolSize}`,
-        postgresjs: `postgres.js, max ${poolSize}`,
-      }[m],
-      result[m].connections,
-      mb(result[m].rss),
-      m === 'bare' ? '–' : `+${mb(result[m].rss - bare)}`,
-      m === 'bare' ? '–' : `${(((result[m].rss - bare) / (result.pg.rss - bare)) * 100).toFixed(0)} %`,
-    ]),
+  const modes = Object.keys(result.modes)
+  const bare = result.modes.bare?.rss
+  const pg = result.modes.pg?.rss
+  const over = (m, f) => (m === 'bare' || !result.modes.bare ? '–' : `+${mb(result.modes[m][f] - result.modes.bare[f])}`)
+  const rows = modes.map((m) => {
+    const r = result.modes[m]
+    const [mode, ...env] = m.split('@')
+    return [
+      MODE_NAMES[mode](poolSize) + (env.length ? ` with ${env.map((e) => `\`${e}\``).join(' ')}` : ''),
+      r.connections,
+      r.calls,
+      r.threads,
+      mb(r.rss),
+      m === 'bare' || bare === undefined ? '–' : `+${mb(r.rss - bare)}`,
+      over(m, 'anon'),
+      over(m, 'file'),
+      m === 'bare' || bare === undefined || pg === undefined ? '–' : `${(((r.rss - bare) / (pg - bare)) * 100).toFixed(0)} %`,
+    ]
+  })
+  return (
+    table(
+      ['process', 'connections open', 'calls served', 'threads', 'RSS', 'over bare Node', 'anonymous', 'file-backed', "share of pg's"],
+      rows,
+    ) +
+    `\n\n${result.rounds} rounds of ${poolSize * 4} concurrent calls per process; median of ${result.reps}; ` +
+    `load average (1 min) ${result.load.min.toFixed(2)}–${result.load.max.toFixed(2)} while it ran.`
   )
 }

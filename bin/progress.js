@@ -35,7 +35,7 @@ class Progress {
     const left = Math.max(total - p.scanned, 0)
     const eta = p.phase === 'scan' && rate > 0 ? duration(left / rate) : p.done ? '0:00' : '?'
     const share = total > 0 ? Math.min(p.scanned / total, 1) : p.done ? 1 : 0
-    const phase = { scan: 'projects', catchup: 'catch-up (projects added meanwhile)', validate: 'validating foreign keys', done: 'done' }[p.phase]
+    const phase = { scan: 'projects', catchup: 'projects', validate: 'validating foreign keys', done: 'done' }[p.phase]
     return { share, text: `${n(p.scanned)}/${n(total)} ${phase}  ${n(Math.round(rate))}/s  ETA ${eta}` }
   }
 

@@ -43,7 +43,7 @@ function printSummary(out, p, ms) {
   const n = (x) => Number(x).toLocaleString('en-US')
   out(
     `backfill ${p.done ? 'done' : `stopped (phase ${p.phase}; run \`storage-quota backfill\` to resume)`}: ` +
-      `${n(p.scanned)} projects scanned, ${n(p.pathsCreated)} paths recorded, ${n(p.baselines)} baselines, ` +
+      `${n(p.scanned)} projects scanned, ${n(p.baselines)} baselines, ` +
       `${n(p.usersSeeded)} users seeded, ${n(p.skippedProjects)} projects skipped` +
       (ms === undefined ? '' : ` in ${(ms / 1000).toFixed(1)} s`),
   )
@@ -86,7 +86,7 @@ async function runBackfill(client, batchSize, out, err) {
       onProgress(p) {
         if (p.storageRoot && !notes.has('root')) {
           notes.add('root')
-          bar.log(`recording project paths under ${p.storageRoot}`)
+          bar.log(`project paths go under ${p.storageRoot} (each recorded on its first use)`)
         }
         for (const note of p.notes) bar.log(`note: ${note}`)
         if (p.lockRetries) {
@@ -137,7 +137,7 @@ async function main() {
   const { projectsFromText } = require('../lib/client.js')
   const out = (line) => console.log(line)
   const err = (line) => console.error(line)
-  const batchSize = values['batch-size'] === undefined ? 2_000 : Number(values['batch-size'])
+  const batchSize = values['batch-size'] === undefined ? 10_000 : Number(values['batch-size'])
   const options = {}
   if (values['database-url']) options.databaseUrl = values['database-url']
   if (values['storage-root']) options.storageRoot = values['storage-root']
@@ -170,7 +170,7 @@ async function main() {
       out(result.applied.length ? `applied: ${result.applied.join(', ')}` : 'already up to date')
       if (result.lockRetries) out(`lock waits given up on and retried: ${result.lockRetries}`)
       if (result.backfill.done) {
-        if (result.backfill.scanned > 0) out(`recorded project paths under ${result.backfill.storageRoot}`)
+        if (result.backfill.scanned > 0) out(`project paths go under ${result.backfill.storageRoot} (each recorded on its first use)`)
         if (result.applied.length) printWarnings(err, result.backfill)
         if (result.backfill.scanned > 0) printSummary(out, result.backfill)
         return 0

@@ -29,15 +29,31 @@ function kind(value) {
   return typeof value
 }
 
+/** `field.check(value)` at `path` + `key`: the longer path is built only when it fails. */
+function checkAt(field, value, path, key) {
+  try {
+    return field.check(value, NO_PATH)
+  } catch (error) {
+    if (error instanceof Issue) error.path = [...path, key, ...error.path]
+    throw error
+  }
+}
+
 const expected = (path, type, value) => new Issue(path, `Invalid input: expected ${type}, received ${kind(value)}`)
 
-/** A validator from `check(value, path)`, which returns the value to use or throws an Issue. */
+/** The path of a top-level argument; nested paths are built only for an Issue. */
+const NO_PATH = Object.freeze([])
+
+/**
+ * A validator from `check(value, path)`, which returns the value to use or throws an Issue.
+ * lib/client.js calls `check` itself (no result object per call); `safeParse` is Zod's shape.
+ */
 function validator(check) {
   return {
     check,
     safeParse(value) {
       try {
-        return { success: true, data: check(value, []) }
+        return { success: true, data: check(value, NO_PATH) }
       } catch (error) {
         if (!(error instanceof Issue)) throw error
         return { success: false, error: { issues: [{ path: error.path, message: error.message }] } }
@@ -81,15 +97,16 @@ function oneOf(values) {
 
 /** An object with only these keys, each optional; returns a fresh object read once. */
 function options(shape) {
+  const fields = Object.entries(shape)
   const v = validator((value, path) => {
     if (typeof value !== 'object' || value === null || Array.isArray(value)) throw expected(path, 'object', value)
     for (const key of Object.keys(value)) {
       if (!Object.hasOwn(shape, key)) throw new Issue(path, `Unrecognized key: "${key}"`)
     }
     const out = {}
-    for (const [key, field] of Object.entries(shape)) {
+    for (const [key, field] of fields) {
       const given = value[key]
-      if (given !== undefined) out[key] = field.check(given, [...path, key])
+      if (given !== undefined) out[key] = checkAt(field, given, path, key)
       else if (key in value) out[key] = undefined // as Zod: a key given as undefined stays
     }
     return out
@@ -125,7 +142,7 @@ const UploadIdSchema = string({ min: 1, max: 200, regex: /^[\x21-\x7e]+$/, regex
 const BytesListSchema = validator((value, path) => {
   if (!Array.isArray(value)) throw expected(path, 'array', value)
   const out = []
-  for (let i = 0; i < value.length; i++) out.push(BytesSchema.check(value[i], [...path, i]))
+  for (let i = 0; i < value.length; i++) out.push(checkAt(BytesSchema, value[i], path, i))
   if (out.length < 1) throw new Issue(path, 'give at least one size')
   if (out.length > 10_000) throw new Issue(path, 'Too big: expected array to have <=10000 items')
   return out
@@ -246,6 +263,8 @@ const ClientOptionsSchema = options({
 })
 
 module.exports = {
+  Issue,
+  NO_PATH,
   UserIdSchema,
   ProjectIdSchema,
   BytesSchema,

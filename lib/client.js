@@ -8,10 +8,9 @@ const S = require('./args.js')
 function parse(schema, value, what) {
   let failure
   try {
-    const result = schema.safeParse(value)
-    if (result.success) return result.data
-    failure = fromZod(result.error, what)
+    return schema.check(value, S.NO_PATH)
   } catch (error) {
+    if (error instanceof S.Issue) throw fromZod({ issues: [{ path: error.path, message: error.message }] }, what)
     // A getter or Proxy trap that throws while Zod reads the value (or describes it in an
     // issue's message): still the caller's bad input.
     failure = new StorageQuotaError('INVALID_ARGUMENT', `invalid ${what}: reading it threw (${describeThrown(error)})`)
@@ -292,7 +291,7 @@ class StorageQuotaClient {
    * batches. Resolves to the last progress (`done: false` when stopped).
    */
   async backfill(options = {}) {
-    const { batchSize = 2_000, onProgress, signal } = parse(S.BackfillOptionsSchema, options ?? {}, 'options')
+    const { batchSize = 10_000, onProgress, signal } = parse(S.BackfillOptionsSchema, options ?? {}, 'options')
     let progress = await this.#call('backfillStatus', (n) => n.backfillStatus())
     while (!progress.done && !signal?.aborted) {
       progress = await this.#call('backfill', (n) => n.backfillStep(batchSize))
@@ -327,37 +326,42 @@ class StorageQuotaClient {
     this.#native.close()
   }
 
-  /** A call that charges a user: refusals and shadow-mode would-be refusals are logged. */
-  async #charged(operation, userId, run) {
-    try {
-      const result = await this.#call(operation, run)
-      if (result.wouldRefuse && result.mode === 'shadow') this.#log('shadow_refusal', { operation, userId })
-      return result
-    } catch (error) {
-      if (error.code === 'QUOTA_EXCEEDED') {
-        this.#log('quota_refused', {
-          operation,
-          userId,
-          requestedBytes: error.requestedBytes,
-          remainingBytes: error.remainingBytes,
-          limitBytes: error.limitBytes,
-        })
-      }
-      throw error
-    }
+  /** A charge (`userId` given): also logs its refusal, or its shadow-mode would-be refusal. */
+  #charged(operation, userId, run) {
+    return this.#call(operation, run, userId)
   }
 
-  async #call(operation, run) {
+  // One async frame per call, and the argument checks' results are not wrapped in objects:
+  // what a call leaves for V8's young generation to collect is what grows its committed size.
+  async #call(operation, run, chargedUser) {
     const started = performance.now()
+    let result
+    let failure = null
     try {
-      return await run(this.#native)
+      result = await run(this.#native)
     } catch (error) {
-      throw fromNative(error)
-    } finally {
-      const ms = performance.now() - started
-      if (ms > this.#slowCallMs) this.#log('slow_call', { operation, ms: Math.round(ms) })
+      failure = fromNative(error)
     }
+    const ms = performance.now() - started
+    if (ms > this.#slowCallMs) this.#log('slow_call', { operation, ms: Math.round(ms) })
+    if (failure !== null) {
+      if (chargedUser !== undefined && failure.code === 'QUOTA_EXCEEDED') {
+        this.#log('quota_refused', {
+          operation,
+          userId: chargedUser,
+          requestedBytes: failure.requestedBytes,
+          remainingBytes: failure.remainingBytes,
+          limitBytes: failure.limitBytes,
+        })
+      }
+      throw failure
+    }
+    if (chargedUser !== undefined && result.wouldRefuse && result.mode === 'shadow') {
+      this.#log('shadow_refusal', { operation, userId: chargedUser })
+    }
+    return result
   }
+
 }
 
 /** `standalone`, or `table[:idColumn[:ownerColumn]]` (STORAGE_QUOTA_PROJECTS, --projects). */

@@ -101,9 +101,10 @@ async function checkQuotaWith(q, user, bytes) {
 }
 
 export const CONTENDERS = {
-  async ours({ url, poolSize }) {
-    const { createClient } = require('../../index.js')
-    const client = createClient({ databaseUrl: url, poolSize, applicationName: 'bench-ours' })
+  async ours({ url, poolSize, applicationName = 'bench-ours', minConnections }) {
+    // STORAGE_QUOTA_BENCH_PACKAGE=/other/checkout/index.js: A/B of the JS layer in one run.
+    const { createClient } = require(process.env.STORAGE_QUOTA_BENCH_PACKAGE ?? '../../index.js')
+    const client = createClient({ databaseUrl: url, poolSize, applicationName, minConnections })
     return {
       checkQuota: (user, bytes) => client.checkQuota(user, bytes),
       recordUpload: (user, project, bytes, uploadId) => client.recordUpload(user, project, bytes, { uploadId }),
@@ -115,9 +116,9 @@ export const CONTENDERS = {
     }
   },
 
-  async pg({ url, poolSize }) {
+  async pg({ url, poolSize, applicationName = 'bench-pg' }) {
     const pg = require('pg')
-    const pool = new pg.Pool({ connectionString: url, max: poolSize, application_name: 'bench-pg' })
+    const pool = new pg.Pool({ connectionString: url, max: poolSize, application_name: applicationName })
     // A named query is prepared once per connection by node-postgres.
     const q = async (text, name, values) => (await pool.query({ name, text, values })).rows
     return {
@@ -141,13 +142,13 @@ export const CONTENDERS = {
     }
   },
 
-  async postgresjs({ url, poolSize }) {
+  async postgresjs({ url, poolSize, applicationName = 'bench-postgresjs' }) {
     const postgres = require('postgres')
     const sql = postgres(url, {
       max: poolSize,
       prepare: true,
       onnotice: () => {},
-      connection: { application_name: 'bench-postgresjs' },
+      connection: { application_name: applicationName },
     })
     const q = (text, _name, values) => sql.unsafe(text, values, { prepare: true })
     return {

@@ -1,62 +1,86 @@
 // A Node process holding one driver's pool with every connection open, for the memory table:
-// `node --expose-gc rss-child.mjs <bare|addon|ours|ours-zod|pg|postgresjs> <url> <poolSize>`. Reports its RSS
-// over IPC after a GC, then waits for the parent to count its connections and end it.
+// `node --expose-gc rss-child.mjs <bare|addon|ours|ours-zod|pg|postgresjs> <url> <poolSize> [rounds]`.
+// Every contender serves the same calls: `rounds` rounds of `poolSize × 4` concurrent calls,
+// checkQuota and recordUpload alternating over 64 users, with the logic of ./contenders.mjs
+// (the same SQL for pg and postgres.js). Reports its memory over IPC after a GC, then waits
+// for the parent to count its connections and end it (run alone, it prints the report).
+import { readFileSync } from 'node:fs'
 import { createRequire } from 'node:module'
+import v8 from 'node:v8'
 
+import { CONTENDERS } from './contenders.mjs'
 import { projectId, userId } from './sql.mjs'
 
 const require = createRequire(import.meta.url)
-const [mode, url, poolSizeArg] = process.argv.slice(2)
+const [mode, url, poolSizeArg, roundsArg] = process.argv.slice(2)
 const poolSize = Number(poolSizeArg)
-const user = '1000001'
-const SELECT = 'SELECT used_bytes, reserved_bytes, limit_bytes FROM user_quotas WHERE user_id = $1'
+const rounds = Number(roundsArg ?? 20)
+const applicationName = `rss-${mode}`
 
 async function open() {
-  if (mode === 'bare') return { call: async () => {}, close: async () => {} }
-  if (mode === 'ours' || mode === 'ours-zod' || mode === 'addon') {
-    // `ours` is the package as apps import it (with its Zod validation layer); `addon` the
-    // native binding alone (which takes a list of sizes). Checks and uploads of distinct users
-    // together open every connection of the pool.
-    const options = { databaseUrl: url, poolSize, applicationName: `rss-${mode}` }
-    // `ours-zod` also touches an exported Zod schema, which loads Zod (as every call did before
-    // lib/args.js): the cost an app pays when it uses the schemas itself.
-    if (mode === 'ours-zod') void require('../../index.js').UserIdSchema
-    const client =
-      mode === 'addon'
-        ? new (require('../../binding.js').NativeClient)(options)
-        : require('../../index.js').createClient(options)
-    let n = 0
-    const call = () => {
-      const i = n++
-      if (i % 2 === 0) return client.checkQuota(user, mode === 'addon' ? [1] : 1)
-      const u = userId(1 + ((i >> 1) % 64))
-      return client.recordUpload(u, projectId(u), 1, { uploadId: `rss-${process.pid}-${i}` })
+  if (mode === 'bare') return { checkQuota: async () => {}, recordUpload: async () => {}, close: async () => {} }
+  if (mode === 'addon') {
+    // The native binding alone (it takes a list of sizes and validates in Rust only).
+    const client = new (require('../../binding.js').NativeClient)({ databaseUrl: url, poolSize, minConnections: poolSize, applicationName })
+    return {
+      checkQuota: (user, bytes) => client.checkQuota(user, [bytes]),
+      recordUpload: (user, project, bytes, uploadId) => client.recordUpload(user, project, bytes, { uploadId }),
+      close: () => client.close(),
     }
-    return { call, close: async () => client.close() }
   }
-  if (mode === 'pg') {
-    const pg = require('pg')
-    const pool = new pg.Pool({ connectionString: url, max: poolSize, application_name: 'rss-pg' })
-    return { call: () => pool.query({ name: 'sq_select_usage', text: SELECT, values: [user] }), close: () => pool.end() }
+  // `ours-zod` also touches an exported Zod schema, which loads Zod: the cost an app pays when
+  // it uses the schemas itself.
+  if (mode === 'ours-zod') void require('../../index.js').UserIdSchema
+  const contender = mode === 'ours-zod' ? 'ours' : mode
+  // Our pool sends concurrent calls of different users together, so a few connections serve
+  // them all: `minConnections` opens the other ones, as pg and postgres.js open theirs.
+  const minConnections = contender === 'ours' ? poolSize : undefined
+  return CONTENDERS[contender]({ url, poolSize, applicationName, minConnections })
+}
+
+/** Resident memory split as the kernel counts it, and the process's thread count. */
+function breakdown() {
+  const kb = (text, field) => Number(new RegExp(`^${field}:\\s+(\\d+) kB`, 'm').exec(text)?.[1] ?? NaN) * 1024
+  const rollup = readFileSync('/proc/self/smaps_rollup', 'utf8')
+  const status = readFileSync('/proc/self/status', 'utf8')
+  const usage = process.memoryUsage()
+  return {
+    rss: usage.rss,
+    anon: kb(rollup, 'Anonymous'),
+    file: kb(rollup, 'Rss') - kb(rollup, 'Anonymous'),
+    threads: Number(/^Threads:\s+(\d+)/m.exec(status)[1]),
+    heapUsed: usage.heapUsed,
+    v8Physical: v8.getHeapStatistics().total_physical_size,
+    external: usage.external,
   }
-  if (mode === 'postgresjs') {
-    const postgres = require('postgres')
-    const sql = postgres(url, { max: poolSize, connection: { application_name: 'rss-postgresjs' } })
-    return { call: () => sql.unsafe(SELECT, [user], { prepare: true }), close: () => sql.end({ timeout: 5 }) }
-  }
-  throw new Error(`unknown mode ${mode}`)
 }
 
 const driver = await open()
+let n = 0
+const call = () => {
+  const i = n++
+  const u = userId(1 + ((i >> 1) % 64))
+  if (i % 2 === 0) return driver.checkQuota(u, 1)
+  return driver.recordUpload(u, projectId(u), 1, `rss-${process.pid}-${i}`)
+}
 // Enough concurrent calls, for long enough, that every pooled connection opens and is used.
-for (let round = 0; round < 20; round++) {
-  await Promise.all(Array.from({ length: poolSize * 4 }, () => driver.call()))
+for (let round = 0; round < rounds; round++) {
+  await Promise.all(Array.from({ length: poolSize * 4 }, call))
 }
 globalThis.gc?.()
 await new Promise((resolve) => setTimeout(resolve, 300))
 globalThis.gc?.()
-process.send({ rss: process.memoryUsage().rss, heapUsed: process.memoryUsage().heapUsed })
-process.on('message', async () => {
+const report = { calls: n, ...breakdown() }
+if (process.send) {
+  process.send(report)
+  process.on('message', async () => {
+    await driver.close()
+    process.exit(0)
+  })
+} else {
+  // Run on its own (under a profiler such as heaptrack): print the report, wait
+  // RSS_CHILD_HOLD_MS (to inspect /proc/PID), then close.
+  console.log(JSON.stringify({ pid: process.pid, ...report }))
+  await new Promise((resolve) => setTimeout(resolve, Number(process.env.RSS_CHILD_HOLD_MS ?? 0)))
   await driver.close()
-  process.exit(0)
-})
+}

@@ -91,6 +91,13 @@ pub const MIGRATIONS: &[Migration] = &[
     down: include_str!("../../migrations/0008_object_uploads.down.sql"),
     legacy_checksums: &[],
   },
+  Migration {
+    version: 9,
+    name: "baseline_totals",
+    up: include_str!("../../migrations/0009_baseline_totals.up.sql"),
+    down: include_str!("../../migrations/0009_baseline_totals.down.sql"),
+    legacy_checksums: &[],
+  },
 ];
 
 /// How often a migration whose lock was not granted within its `lock_timeout` is tried again,

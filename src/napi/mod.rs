@@ -6,5 +6,6 @@
 mod client;
 mod convert;
 mod error;
+mod runtime;
 mod storage;
 mod types;

@@ -456,14 +456,17 @@ pub struct SkippedOwner {
 /// Where the backfill of existing projects is (see `storage-quota backfill`).
 #[napi(object)]
 pub struct BackfillProgress {
-  /// `scan` (projects by id), `catchup` (projects added meanwhile), `validate` (foreign keys), `done`.
+  /// `scan` (projects by owner), `validate` (foreign keys), `done`; `catchup` only in a state left by an earlier version.
   #[napi(ts_type = "'scan' | 'catchup' | 'validate' | 'done'")]
   pub phase: String,
   pub done: bool,
   pub scanned: i64,
   /// Projects in the app table when the backfill started (absent before its first step).
   pub total_projects: Option<i64>,
+  /// Path records written by the backfill: 0 since paths come on first use (kept for callers
+  /// that read it; earlier versions recorded one per project).
   pub paths_created: i64,
+  /// Projects whose size was counted as part of their owner's baseline.
   pub baselines: i64,
   pub users_seeded: i64,
   pub skipped_projects: i64,

@@ -17,6 +17,10 @@ pub struct AppTable {
   /// The column the app keeps each project's size in, counted as its baseline usage when the
   /// column exists and is numeric; ignored otherwise.
   pub size: String,
+  /// The owner column's SQL type (`text`, `uuid`, …): the backfill's cursor is cast to it.
+  pub owner_type: String,
+  /// The table as SQL (`"public"."invoices"`), when read from the recorded project source.
+  pub relation: Option<String>,
 }
 
 impl Default for AppTable {
@@ -26,6 +30,8 @@ impl Default for AppTable {
       id: "id".into(),
       owner: "user_id".into(),
       size: "size_bytes".into(),
+      owner_type: "text".into(),
+      relation: None,
     }
   }
 }
@@ -40,8 +46,46 @@ pub fn quote(name: &str) -> String {
 pub const VALID_OWNER_REGEX: &str = "^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$";
 
 impl AppTable {
+  /// The project source migration 0006 recorded (`storage_quota_meta`): the default
+  /// `projects(id, user_id)` or the app's configured table, with its owner column's type. The
+  /// size column is `size_bytes` on either, counted when it exists and is numeric.
+  pub async fn load(db: &impl Db) -> Result<AppTable> {
+    let row = db
+      .query_opt(
+        "SELECT value ->> 'table', value ->> 'id', value ->> 'owner', value ->> 'ownerType',
+                value ->> 'source' = 'default'
+           FROM storage_quota_meta WHERE key = 'project_source'",
+        &[],
+      )
+      .await?;
+    let Some(row) = row else {
+      return Ok(AppTable::default());
+    };
+    let (relation, id, owner, owner_type): (String, String, String, Option<String>) =
+      (row.get(0), row.get(1), row.get(2), row.get(3));
+    if row.get::<_, Option<bool>>(4) == Some(true) {
+      return Ok(AppTable::default());
+    }
+    Ok(AppTable {
+      table: relation.clone(),
+      id,
+      owner,
+      owner_type: match owner_type.as_deref() {
+        Some(kind @ ("uuid" | "integer" | "bigint")) => kind.into(),
+        _ => "text".into(),
+      },
+      relation: Some(relation),
+      ..AppTable::default()
+    })
+  }
+
+  /// Whether this is the default source (`projects`, with its `storage_path_id` link).
+  pub fn is_default(&self) -> bool {
+    self.relation.is_none()
+  }
+
   pub fn t(&self) -> String {
-    quote(&self.table)
+    self.relation.clone().unwrap_or_else(|| quote(&self.table))
   }
   pub fn id_col(&self) -> String {
     quote(&self.id)
@@ -50,23 +94,30 @@ impl AppTable {
     quote(&self.owner)
   }
 
+  /// Parameter `$n` (text) as a value of the owner column's type, for comparisons the owner
+  /// index serves.
+  pub fn owner_param(&self, n: usize) -> String {
+    self.as_owner(&format!("${n}::text"))
+  }
+
+  /// A text expression as a value of the owner column's type; a text that is not one of that
+  /// type's values (a user id that is not a uuid, for a uuid column) becomes NULL, matching no
+  /// row, instead of failing.
+  pub fn as_owner(&self, text: &str) -> String {
+    match self.owner_type.as_str() {
+      "uuid" => format!(
+        "(CASE WHEN {text} ~ '^[0-9a-f]{{8}}-[0-9a-f]{{4}}-[0-9a-f]{{4}}-[0-9a-f]{{4}}-[0-9a-f]{{12}}$' THEN {text} END)::uuid"
+      ),
+      // Digits that always fit the type.
+      "integer" => format!("(CASE WHEN {text} ~ '^(0|[1-9][0-9]{{0,8}})$' THEN {text} END)::integer"),
+      "bigint" => format!("(CASE WHEN {text} ~ '^(0|[1-9][0-9]{{0,17}})$' THEN {text} END)::bigint"),
+      _ => format!("{text}::text"),
+    }
+  }
+
   /// The SQL expression of a project's baseline bytes (`p` is the app table's alias), when the
   /// app has a numeric size column.
   pub async fn size_expr(&self, db: &impl Db) -> Result<Option<String>> {
-    // Baselines come from the default source's table only: with another source configured
-    // (migration 0006), a `projects` table is not the app's project table.
-    let other_source: bool = db
-      .query_one(
-        "SELECT to_regclass('storage_quota_meta') IS NOT NULL
-            AND EXISTS (SELECT 1 FROM storage_quota_meta
-                         WHERE key = 'project_source' AND value ->> 'source' <> 'default')",
-        &[],
-      )
-      .await?
-      .get(0);
-    if other_source {
-      return Ok(None);
-    }
     let row = db
       .query_opt(
         "SELECT format_type(a.atttypid, a.atttypmod) FROM pg_attribute a

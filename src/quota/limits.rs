@@ -100,7 +100,7 @@ pub async fn set_quota_limit(
     .map(|row| row.get(0));
   if old.is_none() {
     // A new row is seeded like any other (its projects' baselines counted once).
-    let app = AppTable::default();
+    let app = AppTable::load(&tx).await?;
     let size = app.size_expr(&tx).await?;
     seed::seed_owners(
       &tx,

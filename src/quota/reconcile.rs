@@ -79,8 +79,14 @@ SELECT coalesce(sp.project_id, l.project_id, u.project_id) AS project_id,
        sp.path, sp.backend,
        (coalesce(l.bytes, 0) <> 0 OR sp.project_id IS NOT NULL)
          AND NOT EXISTS (SELECT 1 FROM storage_quota_project(coalesce(sp.project_id, l.project_id, u.project_id))) AS deleted
-  FROM (SELECT project_id, sum(bytes) AS bytes FROM quota_ledger
-         WHERE user_id = $1 AND project_id IS NOT NULL GROUP BY project_id) l
+  FROM (SELECT project_id, sum(bytes) AS bytes FROM (
+          SELECT project_id, bytes FROM quota_ledger WHERE user_id = $1 AND project_id IS NOT NULL
+          UNION ALL
+          -- Each project's share of the user's baseline entry (migration 0009).
+          SELECT share.key, share.value::bigint FROM quota_ledger b
+           CROSS JOIN LATERAL jsonb_each_text(b.baseline_projects) AS share
+           WHERE b.user_id = $1 AND b.baseline_projects IS NOT NULL) entries
+         GROUP BY project_id) l
   FULL JOIN (SELECT project_id, backend, path FROM project_storage_paths WHERE user_id = $1) sp
     ON sp.project_id = l.project_id
   FULL JOIN (SELECT project_id, used_bytes FROM quota_project_usage WHERE user_id = $1) u
@@ -135,7 +141,10 @@ pub async fn reconcile_user(
     for row in conn.query(DELETED_PROJECTS, &[&user.as_str()]).await? {
       let project: String = row.get(0);
       let bytes: i64 = conn
-        .query_one("SELECT storage_quota_release_project($1)", &[&project])
+        .query_one(
+          "SELECT storage_quota_release_project($1, $2)",
+          &[&project, &user.as_str()],
+        )
         .await?
         .get(0);
       released.insert(project, bytes);

@@ -23,9 +23,11 @@ const USERS_WITH_OLD_ENTRIES: &str = "
 SELECT DISTINCT user_id FROM (
   SELECT user_id FROM quota_ledger
    WHERE created_at < now() - make_interval(days => $1::int) AND idempotency_key NOT LIKE 'carry %'
+     AND baseline_projects IS NULL
    LIMIT $2) old";
 
-/// One user's old entries folded into their carry entries, in one statement: the deleted
+/// One user's old entries folded into their carry entries, in one statement (a baseline entry
+/// stays: it is one per user and keeps each project's share): the deleted
 /// bytes and the carried bytes are the same rows' sum, so no total ever changes. Carry entries
 /// are `adjustment`s the project counters skip (their bytes were counted when first written).
 const FOLD_USER: &str = "
@@ -33,7 +35,7 @@ WITH old AS (
   DELETE FROM quota_ledger WHERE id = ANY (ARRAY(
     SELECT id FROM quota_ledger
      WHERE user_id = $1 AND created_at < now() - make_interval(days => $2::int)
-       AND idempotency_key NOT LIKE 'carry %'
+       AND idempotency_key NOT LIKE 'carry %' AND baseline_projects IS NULL
      LIMIT $3))
   RETURNING project_id, bytes
 ), sums AS (

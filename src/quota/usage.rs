@@ -271,7 +271,7 @@ pub async fn ensure_quota_row(
   user: &UserId,
   default_limit: i64,
 ) -> Result<()> {
-  crate::quota::seed::ensure_seeded(conn, &AppTable::default(), user, default_limit).await
+  crate::quota::seed::ensure_seeded(conn, user, default_limit).await
 }
 
 /// The user's usage; for a user without a quota row, the default limit and the baselines their
@@ -296,7 +296,8 @@ pub async fn unseeded_usage(
 ) -> Result<Usage> {
   // In a transaction: one server connection behind a transaction pooler.
   let tx = conn.transaction().await?;
-  let used = crate::quota::seed::unseeded_used_bytes(&tx, &AppTable::default(), user).await?;
+  let app = AppTable::load(&tx).await?;
+  let used = crate::quota::seed::unseeded_used_bytes(&tx, &app, user).await?;
   tx.commit().await?;
   Ok(Usage {
     used_bytes: used,

@@ -1,34 +1,39 @@
-//! One batch of the backfill's scan or catch-up, in the caller's transaction.
-
-use std::collections::BTreeMap;
+//! One batch of the backfill's scan, in the caller's transaction.
+//!
+//! The scan walks the app's table in owner order (the owner index), a batch being every
+//! project of the next owners up to about `batch_size` projects: an owner is always seeded in
+//! one batch with all of their projects, so the batch can write their quota rows already
+//! seeded, their baseline entries and their project counters in one statement, each row once
+//! and in index order. Path records are not written: a project gets its path on first use
+//! (`allocateProjectPath`, or any call that needs it), as every project created later does.
 
 use crate::db::session::Tx;
 
-use super::{BackfillOptions, BATCH_LOCK_TIMEOUT, MAX_CATCHUP_ROUNDS};
-use crate::ids::UserId;
+use super::{BackfillOptions, BATCH_LOCK_TIMEOUT};
 use crate::quota::app_table::{AppTable, VALID_OWNER_REGEX};
-use crate::quota::seed::seed_owners;
+use crate::quota::seed::{baseline_writes, seed_owners};
 
-/// One batch in the caller's transaction: the next projects by id (or, in catch-up, projects
-/// still without a path), their owners seeded, their paths recorded and linked, progress saved.
+/// Projects without an owner, reported as skipped under this name.
+const NO_OWNER: &str = "(no owner)";
+
+/// One batch in the caller's transaction: the next owners' projects, those owners seeded
+/// (quota row, baseline, project counters), progress saved.
 pub(super) async fn batch(
   tx: &Tx<'_>,
   app: &AppTable,
   size: Option<&str>,
   options: &BackfillOptions,
-  catchup: bool,
 ) -> std::result::Result<(), tokio_postgres::Error> {
   // The state row first, waiting as long as it takes: a second backfill process queues here
   // and then continues from the cursor this one leaves.
   let state = tx
     .query_one(
-      "SELECT cursor, catchup_rounds, phase FROM storage_quota_backfill FOR UPDATE",
+      "SELECT cursor, phase FROM storage_quota_backfill FOR UPDATE",
       &[],
     )
     .await?;
   let cursor: Option<String> = state.get(0);
-  let rounds: i64 = state.get(1);
-  if state.get::<_, &str>(2) != if catchup { "catchup" } else { "scan" } {
+  if state.get::<_, &str>(1) != "scan" {
     return Ok(()); // another backfill process moved on meanwhile
   }
   // Without waiting for the WAL flush at commit: a crash may lose the last batches, whose
@@ -37,130 +42,116 @@ pub(super) async fn batch(
     "SET LOCAL lock_timeout = '{BATCH_LOCK_TIMEOUT}'; SET LOCAL synchronous_commit = off"
   ))
   .await?;
-  let (t, id, owner) = (app.t(), app.id_col(), app.owner_col());
-  let rows = if catchup {
-    tx.query(
+  let (t, owner) = (app.t(), app.owner_col());
+  let after = app.owner_param(1);
+  let lower = if cursor.is_some() {
+    format!("p.{owner} > {after}")
+  } else {
+    // `$1` (NULL here) is bound either way, so both forms take the same parameters.
+    format!("p.{owner} IS NOT NULL AND $1::text IS NULL")
+  };
+  // The last owner of the next `batch_size` projects: the batch ends with all of theirs.
+  let upper: Option<String> = tx
+    .query_opt(
       &format!(
-        "SELECT p.{id}, p.{owner}::text FROM {t} p
-          WHERE p.storage_path_id IS NULL AND p.{owner}::text ~ '{VALID_OWNER_REGEX}'
-          LIMIT $1"
-      ),
-      &[&options.batch_size],
-    )
-    .await?
-  } else if let Some(cursor) = cursor.as_deref().and_then(|c| c.parse::<uuid::Uuid>().ok()) {
-    tx.query(
-      &format!(
-        "SELECT p.{id}, p.{owner}::text FROM {t} p WHERE p.{id} > $1
-          ORDER BY p.{id} LIMIT $2"
+        "SELECT o::text FROM (SELECT p.{owner} AS o FROM {t} p WHERE {lower}
+          ORDER BY p.{owner} LIMIT $2) s ORDER BY o DESC LIMIT 1"
       ),
       &[&cursor, &options.batch_size],
     )
     .await?
-  } else {
-    tx.query(
-      &format!("SELECT p.{id}, p.{owner}::text FROM {t} p ORDER BY p.{id} LIMIT $1"),
-      &[&options.batch_size],
-    )
-    .await?
-  };
-
-  let mut ids = Vec::with_capacity(rows.len());
-  let mut owners = Vec::with_capacity(rows.len());
-  let mut skipped: BTreeMap<String, i64> = BTreeMap::new();
-  for row in &rows {
-    let project: uuid::Uuid = row.get(0);
-    let owner: Option<String> = row.get(1);
-    match owner.filter(|o| UserId::parse(o).is_ok()) {
-      Some(owner) => {
-        ids.push(project);
-        owners.push(owner);
-      }
-      None => {
-        let name: Option<String> = row.get(1);
-        *skipped
-          .entry(name.unwrap_or_else(|| "(no owner)".into()))
-          .or_default() += 1;
-      }
+    .map(|row| row.get(0));
+  let Some(upper) = upper else {
+    // Past the last owner. Projects without one are reported, then the scan is over.
+    let orphans: i64 = tx
+      .query_one(
+        &format!("SELECT count(*) FROM {t} p WHERE p.{owner} IS NULL"),
+        &[],
+      )
+      .await?
+      .get(0);
+    if orphans > 0 {
+      tx.execute(
+        "INSERT INTO storage_quota_backfill_skipped (owner, projects) VALUES ($1, $2)
+         ON CONFLICT (owner) DO UPDATE SET projects = EXCLUDED.projects",
+        &[&NO_OWNER, &orphans],
+      )
+      .await?;
     }
-  }
-  let mut distinct = owners.clone();
-  distinct.sort_unstable();
-  distinct.dedup();
-  let seeded = seed_owners(tx, app, size, &distinct, options.default_limit).await?;
-  let linked = tx
-    .query_one(
-      &format!(
-        "WITH batch AS (
-           SELECT b.project_id, b.user_id FROM unnest($1::uuid[], $2::text[]) AS b(project_id, user_id)
-             JOIN {t} p ON p.{id} = b.project_id
-              FOR KEY SHARE OF p
-         ), ins AS (
-           INSERT INTO project_storage_paths AS sp (project_id, user_id, quota_id, backend, key, path)
-           SELECT b.project_id, b.user_id, q.id, 'local',
-                  b.user_id || '/' || b.project_id::text || '/',
-                  $3 || '/' || b.user_id || '/' || b.project_id::text || '/'
-             FROM batch b JOIN user_quotas q ON q.user_id = b.user_id
-           ON CONFLICT DO NOTHING
-           RETURNING sp.id, sp.project_id
-         ), links AS (
-           SELECT id, project_id FROM ins
-           UNION ALL
-           SELECT sp.id, sp.project_id FROM project_storage_paths sp JOIN batch b ON b.project_id::text = sp.project_id
-         ), linked AS (
-           UPDATE {t} p SET storage_path_id = l.id FROM links l
-            WHERE p.{id} = l.project_id::uuid AND p.storage_path_id IS DISTINCT FROM l.id
-           RETURNING 1
-         )
-         SELECT (SELECT count(*) FROM ins), (SELECT count(*) FROM linked)"
-      ),
-      &[&ids, &owners, &options.storage_root.trim_end_matches('/')],
-    )
-    .await?;
-  let paths: i64 = linked.get(0);
-
-  let (skipped_owners, skipped_counts): (Vec<String>, Vec<i64>) = skipped.into_iter().unzip();
-  let skipped_total: i64 = skipped_counts.iter().sum();
-  if !skipped_owners.is_empty() {
     tx.execute(
-      "INSERT INTO storage_quota_backfill_skipped AS s (owner, projects)
-       SELECT * FROM unnest($1::text[], $2::bigint[])
-       ON CONFLICT (owner) DO UPDATE SET projects = s.projects + EXCLUDED.projects",
-      &[&skipped_owners, &skipped_counts],
+      "UPDATE storage_quota_backfill
+          SET phase = 'validate', scanned = scanned + $1, skipped_projects = skipped_projects + $1,
+              updated_at = now()",
+      &[&orphans],
     )
     .await?;
+    return Ok(());
+  };
+
+  // Owners seen here for the first time get their quota row already seeded; the guard is
+  // lifted for this transaction (seeding may start an owner over the default limit).
+  tx.execute(
+    "SELECT set_config('storage_quota.allow_over_limit', 'on', true)",
+    &[],
+  )
+  .await?;
+  let size = size.unwrap_or("0::bigint");
+  let upto = app.owner_param(2);
+  let sql = format!(
+    "WITH scanned AS (
+       SELECT p.{owner}::text AS user_id, p.{id}::text AS project_id, {size} AS bytes
+         FROM {t} p WHERE {lower} AND p.{owner} <= {upto}
+     ), owners AS (
+       SELECT user_id, count(*) AS projects, user_id ~ '{VALID_OWNER_REGEX}' AS valid,
+              coalesce(sum(bytes) FILTER (WHERE bytes > 0), 0)::bigint AS total
+         FROM scanned GROUP BY user_id
+     ), quotas AS (
+       INSERT INTO user_quotas (user_id, limit_bytes, used_bytes, seeded)
+       SELECT user_id, $3, total, true FROM owners WHERE valid ORDER BY user_id
+       ON CONFLICT (user_id) DO NOTHING
+       RETURNING user_id
+     ), src AS (
+       SELECT s.user_id, s.project_id, s.bytes FROM scanned s JOIN quotas q ON q.user_id = s.user_id
+        WHERE s.bytes > 0
+     ), {writes}, skipped AS (
+       INSERT INTO storage_quota_backfill_skipped AS k (owner, projects)
+       SELECT user_id, projects FROM owners WHERE NOT valid
+       ON CONFLICT (owner) DO UPDATE SET projects = k.projects + EXCLUDED.projects
+     )
+     SELECT (SELECT count(*) FROM scanned), (SELECT count(*) FROM quotas),
+            (SELECT count(*) FROM counters),
+            (SELECT coalesce(sum(projects), 0)::bigint FROM owners WHERE NOT valid),
+            ARRAY(SELECT o.user_id FROM owners o WHERE o.valid
+                   AND NOT EXISTS (SELECT 1 FROM quotas q WHERE q.user_id = o.user_id))",
+    id = app.id_col(),
+    writes = baseline_writes(true),
+  );
+  let row = tx
+    .query_one(&sql, &[&cursor, &upper, &options.default_limit])
+    .await?;
+  tx.execute(
+    "SELECT set_config('storage_quota.allow_over_limit', '', true)",
+    &[],
+  )
+  .await?;
+  let scanned: i64 = row.get(0);
+  let mut users: i64 = row.get(1);
+  let mut baselines: i64 = row.get(2);
+  let skipped: i64 = row.get(3);
+  // Owners who had a quota row already (seeded by their first call, or by an earlier release's
+  // migration): seeded here only if that has not happened, under their row lock.
+  let known: Vec<String> = row.get(4);
+  if !known.is_empty() {
+    let seeded = seed_owners(tx, app, Some(size), &known, options.default_limit).await?;
+    users += seeded.users as i64;
+    baselines += seeded.baselines as i64;
   }
-  let full = rows.len() as i64 == options.batch_size;
-  let next_phase = match (catchup, full) {
-    (false, true) => "scan",
-    (false, false) => "catchup",
-    (true, true) if rounds + 1 < MAX_CATCHUP_ROUNDS => "catchup",
-    (true, _) => "validate",
-  };
-  let last: Option<String> = if catchup {
-    cursor
-  } else {
-    rows
-      .last()
-      .map(|r| r.get::<_, uuid::Uuid>(0).to_string())
-      .or(cursor)
-  };
   tx.execute(
     "UPDATE storage_quota_backfill
-        SET cursor = $1, phase = $2, scanned = scanned + $3, paths_created = paths_created + $4,
-            baselines = baselines + $5, users_seeded = users_seeded + $6,
-            skipped_projects = skipped_projects + $7,
-            catchup_rounds = catchup_rounds + $8, updated_at = now()",
-    &[
-      &last,
-      &next_phase,
-      &(rows.len() as i64),
-      &paths,
-      &(seeded.baselines as i64),
-      &(seeded.users as i64),
-      &skipped_total,
-      &i64::from(catchup),
-    ],
+        SET cursor = $1, scanned = scanned + $2, baselines = baselines + $3,
+            users_seeded = users_seeded + $4, skipped_projects = skipped_projects + $5,
+            updated_at = now()",
+    &[&upper, &scanned, &baselines, &users, &skipped],
   )
   .await?;
   Ok(())

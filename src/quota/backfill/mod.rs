@@ -1,15 +1,17 @@
 //! The backfill: what migration 0001 implies for an app's existing projects — quota rows and
-//! baseline usage for their owners (`seed`), a storage path record per project, and
-//! `projects.storage_path_id` — done in committed keyset batches outside any migration, then
-//! the foreign keys into `projects` validated. Each call of [`step`] does one unit of work in
-//! its own transaction and records where it got to in `storage_quota_backfill`, so a crash or a
-//! Ctrl-C loses at most the batch in flight and the next call resumes there.
+//! baseline usage for their owners (`seed`) — done in committed keyset batches (in owner
+//! order) outside any migration, then the foreign keys into `projects` validated. Path records
+//! (and `projects.storage_path_id`) are not written here: every project gets its record on
+//! first use, the way projects created later do. Each call of [`step`] does one unit of work
+//! in its own transaction and records where it got to in `storage_quota_backfill`, so a crash
+//! or a Ctrl-C loses at most the batch in flight and the next call resumes there.
 //!
-//! Safe while the app writes: a batch reads its projects without locking them and locks them
-//! only in its last statement (`KEY SHARE`, skipping any the app deleted meanwhile: an app
-//! DELETE of one waits), which records their paths and links them (an app UPDATE of one waits);
-//! every write is idempotent (`ON CONFLICT DO NOTHING`, seeding once per user under the quota
-//! row lock), and projects inserted behind the cursor meanwhile are found by a catch-up pass.
+//! Safe while the app writes: a batch reads projects without locking any app row and writes
+//! only storage-quota's tables; an owner is seeded once, by whichever comes first (a batch or
+//! their first call), decided by the unique quota row and, for rows that exist already, under
+//! its lock. A project the app creates after its owner was seeded is counted by the calls that
+//! record its bytes; one created before is in its owner's baseline; an owner first seen behind
+//! the cursor is seeded on first use. Until then reads add what seeding would count.
 
 use std::time::Duration;
 
@@ -35,7 +37,7 @@ pub struct BackfillOptions {
 
 #[derive(Debug, Clone, Default)]
 pub struct Progress {
-  /// `scan`, `catchup`, `validate` or `done`.
+  /// `scan`, `validate` or `done` (`catchup`, of earlier versions, goes on to `validate`).
   pub phase: String,
   pub done: bool,
   /// Projects looked at so far (scan and catch-up).
@@ -63,9 +65,6 @@ pub struct Progress {
 /// the batch wait no longer than that plus the batch itself.
 const BATCH_LOCK_TIMEOUT: &str = "500ms";
 const BATCH_ATTEMPTS: u32 = 8;
-/// Catch-up batches at most: projects inserted behind the cursor while the backfill ran.
-/// Later ones are covered as every new project is, by allocation on first use.
-const MAX_CATCHUP_ROUNDS: i64 = 20;
 /// Created (concurrently) when the app has no index leading with the owner column: seeding
 /// looks projects up by owner. Dropped by 0005's down migration.
 const OWNER_INDEX: &str = "storage_quota_projects_owner_idx";
@@ -174,7 +173,7 @@ async fn unlock_prepare(client: &PgConnection, holder: Option<uuid::Uuid>) -> Re
 }
 
 /// One unit of work: the first call prepares (owner index, project count), then one batch per
-/// call through `scan` and `catchup`, then one constraint per call in `validate`.
+/// call through `scan`, then one constraint per call in `validate`.
 pub async fn step(
   conn: &mut PgConnection,
   app: &AppTable,
@@ -211,13 +210,22 @@ pub async fn step(
   let mut lock_retries = 0;
   match state.phase.as_str() {
     "validate" => validate_next(client, app).await?,
-    phase => {
-      let catchup = phase == "catchup";
+    // Left by an earlier version, which recorded paths and then looked for stragglers: paths
+    // come on first use now.
+    "catchup" => {
+      client
+        .execute(
+          "UPDATE storage_quota_backfill SET phase = 'validate', updated_at = now() WHERE phase = 'catchup'",
+          &[],
+        )
+        .await?;
+    }
+    _ => {
       let size = app.size_expr(&*client).await?;
       let mut attempt = 0;
       loop {
         let tx = client.transaction().await?;
-        match batch(&tx, app, size.as_deref(), options, catchup).await {
+        match batch(&tx, app, size.as_deref(), options).await {
           Ok(()) => {
             tx.commit().await?;
             break;
@@ -253,7 +261,5 @@ fn retryable(error: &tokio_postgres::Error) -> bool {
     Some(c) if *c == SqlState::LOCK_NOT_AVAILABLE
       || *c == SqlState::T_R_DEADLOCK_DETECTED
       || *c == SqlState::T_R_SERIALIZATION_FAILURE
-      // A project of the batch deleted by the app after the batch read it.
-      || *c == SqlState::FOREIGN_KEY_VIOLATION
   )
 }

@@ -46,7 +46,7 @@ pub(super) async fn prepare(
       app.table, app.owner
     ));
   }
-  if !app.has_index_on(&*client, "storage_path_id").await? {
+  if app.is_default() && !app.has_index_on(&*client, "storage_path_id").await? {
     notes.push(path_index(client, app).await?);
   }
   let tx = client.transaction().await?;

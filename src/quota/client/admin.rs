@@ -202,7 +202,7 @@ impl Client {
     };
     pool.schema_changed();
     let applied = applied?;
-    if self.config.project_source != ProjectSource::Default {
+    if self.config.project_source == ProjectSource::Standalone {
       return Ok((applied, self.skip_backfill().await?));
     }
     let mut progress = self
@@ -220,9 +220,9 @@ impl Client {
 
   /// Whether the app table holds at most `INLINE_BATCH` projects (reads at most one more row).
   async fn app_is_small(&self) -> Result<bool> {
-    let app = AppTable::default();
     self
       .with_conn(async |conn| {
+        let app = AppTable::load(&conn.0).await?;
         let sql = format!(
           "SELECT count(*) FROM (SELECT 1 FROM {} LIMIT {}) AS head",
           app.t(),
@@ -255,7 +255,7 @@ impl Client {
       1,
       100_000,
     )?);
-    if self.config.project_source != ProjectSource::Default {
+    if self.config.project_source == ProjectSource::Standalone {
       return self.skip_backfill().await;
     }
     let options = BackfillOptions {
@@ -264,13 +264,16 @@ impl Client {
       default_limit: self.config.default_quota_bytes,
     };
     self
-      .with_conn(async |conn| backfill::step(&mut conn.0, &AppTable::default(), &options).await)
+      .with_conn(async |conn| {
+        let app = AppTable::load(&conn.0).await?;
+        backfill::step(&mut conn.0, &app, &options).await
+      })
       .await
   }
 
-  /// With a configured project source the backfill (written for `projects(id uuid, user_id)`,
-  /// with its `storage_path_id` link) has nothing to do: projects get their path records when
-  /// first used, and no baselines are seeded. Marked done so status and the CLI say so.
+  /// The standalone registry holds only projects registered through the package, counted as
+  /// they are registered: the backfill has nothing to do. Marked done so status and the CLI
+  /// say so.
   async fn skip_backfill(&self) -> Result<Progress> {
     self
       .with_conn(async |conn| {

@@ -214,8 +214,10 @@ impl Client {
         let row = conn
           .0
           .query_opt(
-            "SELECT 1 FROM quota_ledger WHERE user_id = $1 AND idempotency_key = $2",
-            &[&user.as_str(), &format!("baseline {project}")],
+            // Per project (earlier versions), or a share of the user's entry (0009).
+            "SELECT 1 FROM quota_ledger WHERE user_id = $1
+               AND (idempotency_key = $2 OR idempotency_key = 'baseline' AND baseline_projects ? $3)",
+            &[&user.as_str(), &format!("baseline {project}"), &project.as_str()],
           )
           .await?;
         Ok(row.is_some())
