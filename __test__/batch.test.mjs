@@ -1,4 +1,4 @@
-// checkQuota calls of many users at once go out as one statement per batch (src/quota/batch.rs);
+// checkQuota and getUsage calls of many users at once go out as one statement per batch (src/quota/batch.rs);
 // every caller must still get exactly the answer it would get alone. Checked against a serial
 // replay of the same calls on the same data, with users who have no row, users over their limit
 // and expired reservations that must not count.
@@ -52,15 +52,18 @@ const quotaRow = fc.option(
 const call = fc.record({
   user: fc.integer({ min: 0, max: USERS - 1 }),
   sizes: fc.array(fc.integer({ min: 0, max: 60 }).map((n) => n * MB), { minLength: 1, maxLength: 3 }),
+  // getUsage reads go in the same batches as checkQuota's.
+  usage: fc.boolean(),
 })
+const ask = (c) => (c.usage ? client.getUsage(userId(c.user)) : client.checkQuota(userId(c.user), c.sizes))
 
-test('concurrent checkQuota calls across users answer exactly as the same calls one by one', async () => {
+test('concurrent checkQuota and getUsage calls across users answer exactly as the same calls one by one', async () => {
   await fc.assert(
     fc.asyncProperty(fc.array(quotaRow, { minLength: USERS, maxLength: USERS }), fc.array(call, { minLength: 1, maxLength: 120 }), async (rows, calls) => {
       await seed(rows)
-      const together = await Promise.all(calls.map((c) => client.checkQuota(userId(c.user), c.sizes)))
+      const together = await Promise.all(calls.map(ask))
       const oneByOne = []
-      for (const c of calls) oneByOne.push(await client.checkQuota(userId(c.user), c.sizes))
+      for (const c of calls) oneByOne.push(await ask(c))
       assert.deepEqual(together, oneByOne)
     }),
     { numRuns: 25 },

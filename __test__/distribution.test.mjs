@@ -21,7 +21,7 @@ const NOT_PINNED = [
   // allocateProjectPath's lookup by project id (the project's owner is what it checks): a
   // multi-shard read on Citus until it also filters sp.user_id.
   /FROM storage_quota_project\(\$1\) p LEFT JOIN project_storage_paths sp ON sp.project_id = p.id$/,
-  // checkQuota calls batched across users (one statement for many users, by design): a
+  // checkQuota and getUsage calls batched across users (one statement for many users, by design): a
   // multi-shard read on Citus, one round trip instead of one per user.
   /FROM unnest\(\$1::text\[\]\) WITH ORDINALITY AS u\(user_id, n\)/,
 ]

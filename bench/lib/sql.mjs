@@ -35,7 +35,7 @@ const source = readFileSync(QUOTA_RS, 'utf8')
 export const SELECT_USAGE = rustConst(source, 'SELECT_USAGE')
 export const ENSURE_QUOTA_ROW_SQL = rustConst(source, 'ENSURE_QUOTA_ROW_SQL')
 export const RECORD_UPLOAD = rustConst(source, 'RECORD_UPLOAD')
-/** Present once reservations exist: run (pipelined, by the addon) before each charge. */
+/** Sent only when a charge answers `expired_pending` (the user has expired reservations). */
 export const SWEEP_USER_SQL = rustConst(source, 'SWEEP_USER_SQL', { optional: true })
 
 // Reservations: the statements of src/quota/reservations.rs and settle.rs, for reserveUpload + commitUpload.

@@ -136,7 +136,15 @@ where
     return vec![Err(whole)];
   }
   let mut answers = Vec::with_capacity(count);
+  // Once one call alone finds the database unreachable, the rest are answered so at once: sent
+  // one after another they would each wait out the connect timeout (the callers retry, as after
+  // any call that lost its connection).
+  let mut unreachable: Option<QuotaError> = None;
   for request in requests {
+    if let Some(error) = &unreachable {
+      answers.push(Err(same_outage(error)));
+      continue;
+    }
     let mut one = match run(vec![request]).await {
       Ok(one) if one.len() == 1 => one,
       Ok(_) => vec![Err(QuotaError::Internal(
@@ -144,9 +152,26 @@ where
       ))],
       Err(error) => vec![Err(error)],
     };
-    answers.push(one.remove(0));
+    let answer = one.remove(0);
+    if let Err(error) = &answer {
+      if matches!(
+        error,
+        QuotaError::DbUnavailable(_) | QuotaError::DbTimeout(_)
+      ) {
+        unreachable = Some(same_outage(error));
+      }
+    }
+    answers.push(answer);
   }
   answers
+}
+
+/// The same outage error again, for another caller.
+fn same_outage(error: &QuotaError) -> QuotaError {
+  match error {
+    QuotaError::DbTimeout(message) => QuotaError::DbTimeout(message.clone()),
+    other => QuotaError::DbUnavailable(other.to_string()),
+  }
 }
 
 /// Runs its closure when dropped: hands the queue on however the leading call ends.
@@ -308,6 +333,27 @@ mod tests {
     assert_eq!(answers[2].as_ref().unwrap(), &4);
     // 1 alone, the batch of 3 that failed whole, then 3 alone.
     assert_eq!(sent.load(Ordering::SeqCst), 5);
+  }
+
+  #[tokio::test]
+  async fn an_unreachable_database_fails_the_rest_of_a_failed_batch_at_once() {
+    let sent = Arc::new(Mutex::new(Vec::new()));
+    let run = {
+      let sent = sent.clone();
+      move |requests: Vec<i64>| {
+        let sent = sent.clone();
+        async move {
+          sent.lock().unwrap().push(requests.len());
+          Err::<Vec<Result<i64>>, _>(QuotaError::DbUnavailable("connection refused".into()))
+        }
+      }
+    };
+    let answers = send(&run, vec![1, 2, 3, 4]).await;
+    assert!(answers
+      .iter()
+      .all(|a| a.as_ref().unwrap_err().code() == "DB_UNAVAILABLE"));
+    // The batch, then one call alone; the other three were not sent again.
+    assert_eq!(*sent.lock().unwrap(), vec![4, 1]);
   }
 
   #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -34,13 +34,13 @@ use crate::rollout::Mode;
 /// so every batch takes them by ascending user_id, and single-row writers take one only, so no
 /// two transactions can wait on each other in a cycle. Also says whether a user has expired
 /// reservations still counted in `reserved_bytes`.
-const LOCK_QUOTAS: &str = "
+pub(crate) const LOCK_QUOTAS: &str = "
 SELECT q.user_id, q.used_bytes, q.reserved_bytes, q.limit_bytes,
        EXISTS (SELECT 1 FROM quota_reservations r
                 WHERE r.user_id = q.user_id AND r.status = 'pending' AND r.expires_at <= now())
   FROM user_quotas q WHERE q.user_id = ANY($1)
  ORDER BY q.user_id FOR NO KEY UPDATE OF q";
-const OWNERS: &str =
+pub(crate) const OWNERS: &str =
   "SELECT p.id, p.user_id FROM unnest($1::text[]) AS x(id), storage_quota_project(x.id) p";
 const PRIORS: &str = "
 SELECT l.user_id, l.idempotency_key, coalesce(l.requested_bytes, l.bytes), l.project_id

@@ -67,23 +67,18 @@ SELECT coalesce(sp.project_id, u.project_id), coalesce(u.used_bytes, 0)::bigint
     ON u.project_id = sp.project_id
  ORDER BY 1";
 
-pub async fn get_usage(
-  conn: &mut PgConnection,
-  user: &UserId,
-  default_limit: i64,
-  with_projects: bool,
-) -> Result<UsageReport> {
-  let usage = crate::quota::usage::read_usage_or_unseeded(conn, user, default_limit).await?;
-  let mut projects = Vec::new();
-  if with_projects {
-    for row in conn.query(PROJECT_USAGE, &[&user.as_str()]).await? {
-      projects.push(ProjectUsage {
+/// Each of the user's projects with its counted bytes, by project id.
+pub async fn project_usage(conn: &mut PgConnection, user: &UserId) -> Result<Vec<ProjectUsage>> {
+  let rows = conn.query(PROJECT_USAGE, &[&user.as_str()]).await?;
+  Ok(
+    rows
+      .iter()
+      .map(|row| ProjectUsage {
         project_id: row.get(0),
         used_bytes: row.get(1),
-      });
-    }
-  }
-  Ok(report(usage, projects))
+      })
+      .collect(),
+  )
 }
 
 /// Sets the user's limit (creating the row if needed) and records who changed it and why.

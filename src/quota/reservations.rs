@@ -9,7 +9,7 @@ use crate::error::{ConflictReason, QuotaError, Result};
 use crate::ids::{ProjectId, UserId};
 use crate::quota::owner::check_owner;
 use crate::quota::usage::{
-  after_uncharged, contention_error, read_usage, swept_query_one, Usage, CHARGE_ATTEMPTS,
+  after_uncharged, charge_query_one, contention_error, read_usage, Usage, CHARGE_ATTEMPTS,
 };
 use crate::rollout::Mode;
 
@@ -31,7 +31,8 @@ pub struct Reservation {
 }
 
 /// `$3` the bytes asked for; `$held` what is held (the same, or 0 in `off` mode); `$limit` the
-/// enforcement clause. A reservation id is the user's own key (the primary key is
+/// enforcement clause. Holds nothing while the user has expired reservations still counted
+/// (`usage::EXPIRED_PENDING`: the caller sweeps them with the next attempt). A reservation id is the user's own key (the primary key is
 /// `(user_id, id)`), so another user's ids are never seen.
 macro_rules! reserve_sql {
   ($limit:literal, $held:literal) => {
@@ -42,6 +43,9 @@ WITH owner AS (
 ), prior AS (
   SELECT r.project_id, coalesce(r.requested_bytes, r.bytes) AS bytes, r.status, r.expires_at
     FROM quota_reservations r WHERE r.user_id = $1 AND r.id = $4
+), stale AS (
+  SELECT EXISTS (SELECT 1 FROM quota_reservations r \
+  WHERE r.user_id = $1 AND r.status = 'pending' AND r.expires_at <= now()) AS pending
 ), charged AS (
   UPDATE user_quotas q SET reserved_bytes = q.reserved_bytes + ",
       $held,
@@ -49,6 +53,7 @@ WITH owner AS (
    WHERE q.user_id = $1
      AND NOT EXISTS (SELECT 1 FROM prior)
      AND EXISTS (SELECT 1 FROM owner WHERE owner.user_id = $1)
+     AND NOT (SELECT pending FROM stale)
      AND ",
       $limit,
       "
@@ -65,7 +70,8 @@ WITH owner AS (
 SELECT (SELECT user_id FROM owner) AS owner_id, (SELECT expires_at FROM held) AS expires_at,
        c.used_bytes, c.reserved_bytes, c.limit_bytes,
        p.project_id::text AS prior_project, p.bytes AS prior_bytes,
-       p.status AS prior_status, p.expires_at AS prior_expires_at
+       p.status AS prior_status, p.expires_at AS prior_expires_at,
+       (SELECT pending FROM stale) AS expired_pending
   FROM (SELECT 1) AS one LEFT JOIN charged c ON true LEFT JOIN prior p ON true"
     )
   };
@@ -106,12 +112,15 @@ pub async fn reserve(
     Mode::Shadow => RESERVE_SHADOW,
     Mode::Off => RESERVE_OFF,
   };
+  // The sweep goes with the charge only when the charge found expired reservations to sweep.
+  let mut sweep = false;
   for _ in 0..CHARGE_ATTEMPTS {
     let ttl = ttl_ms as f64;
     let project_id = project.as_str();
-    let row = swept_query_one(
+    let row = charge_query_one(
       conn,
       user,
+      std::mem::take(&mut sweep),
       sql,
       &[&user.as_str(), &project_id, &bytes, &reservation_id, &ttl],
     )
@@ -127,12 +136,7 @@ pub async fn reserve(
     if let Some(prior_project) = row.get::<_, Option<String>>("prior_project") {
       let prior_bytes: i64 = row.get("prior_bytes");
       if prior_project != project.as_str() || prior_bytes != bytes {
-        return Err(QuotaError::conflict(
-          ConflictReason::KeyReused,
-          format!(
-            "reservation {reservation_id} was made before for another project or size; use a new reservationId"
-          ),
-        ));
+        return Err(key_reused(&reservation_id));
       }
       let usage = read_usage(conn, user)
         .await?
@@ -150,6 +154,10 @@ pub async fn reserve(
       });
     }
     check_owner(row.get("owner_id"), user, project)?;
+    if row.get::<_, bool>("expired_pending") {
+      sweep = true;
+      continue;
+    }
     if let Some(expires_at) = row.get::<_, Option<DateTime<Utc>>>("expires_at") {
       let usage = Usage::from_row(&row, 2);
       return Ok(Reservation {
@@ -172,6 +180,16 @@ pub async fn reserve(
   Err(contention_error("reserveUpload"))
 }
 
+/// A reservation id used before for another project or size.
+pub fn key_reused(id: &uuid::Uuid) -> QuotaError {
+  QuotaError::conflict(
+    ConflictReason::KeyReused,
+    format!(
+      "reservation {id} was made before for another project or size; use a new reservationId"
+    ),
+  )
+}
+
 /// Gives back every expired reservation, user by user. Returns how many users were swept.
 pub async fn sweep_all(conn: &mut PgConnection) -> Result<u64> {
   let mut swept = 0;
@@ -184,6 +202,19 @@ pub async fn sweep_all(conn: &mut PgConnection) -> Result<u64> {
       let user = UserId::parse(row.get::<_, &str>(0))?;
       crate::quota::usage::sweep_user(conn, &user).await?;
       swept += 1;
+    }
+  }
+}
+
+#[cfg(test)]
+mod tests {
+  use super::*;
+
+  #[test]
+  fn every_reserve_statement_refuses_while_expired_reservations_are_counted() {
+    for sql in [RESERVE, RESERVE_SHADOW, RESERVE_OFF] {
+      assert!(sql.contains(crate::quota::usage::EXPIRED_PENDING), "{sql}");
+      assert!(sql.contains("AND NOT (SELECT pending FROM stale)"), "{sql}");
     }
   }
 }

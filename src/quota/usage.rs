@@ -124,10 +124,21 @@ WITH expired AS (
 UPDATE user_quotas q SET reserved_bytes = q.reserved_bytes - total.bytes, updated_at = now()
   FROM total WHERE q.user_id = $1 AND total.bytes > 0";
 
+/// Whether the user has a pending reservation past its TTL: one probe of the partial index
+/// `quota_reservations_pending_user_idx`. Every charge statement (here and in `reservations`)
+/// carries it literally (the bench reads the statements from these sources) and charges nothing
+/// while it holds, since the quota row would count bytes that are free again; it says so in
+/// `expired_pending`, and the caller then sends the sweep and the charge in one transaction
+/// (`charge_query_one`). So a sweep goes out only when there is something to sweep, and never
+/// as a transaction of its own.
+pub const EXPIRED_PENDING: &str = "EXISTS (SELECT 1 FROM quota_reservations r \
+  WHERE r.user_id = $1 AND r.status = 'pending' AND r.expires_at <= now())";
+
 /// One round trip: charge the bytes and write the ledger entry, only if the upload id is new,
-/// the project belongs to the user and (when enforcing) the bytes fit. The outer SELECT reports
-/// which of those failed. A concurrent insert of the same upload id is caught by the ledger's
-/// unique key and retried. `$limit` is the enforcement clause (see the two statements below).
+/// the project belongs to the user, no expired reservation is still counted and (when enforcing)
+/// the bytes fit. The outer SELECT reports which of those failed. A concurrent insert of the same
+/// upload id is caught by the ledger's unique key and retried. `$limit` is the enforcement clause
+/// (see the two statements below).
 macro_rules! record_upload_sql {
   ($limit:literal) => {
     concat!(
@@ -137,12 +148,16 @@ WITH owner AS (
 ), prior AS (
   SELECT coalesce(l.requested_bytes, l.bytes) AS bytes, l.project_id FROM quota_ledger l
    WHERE l.user_id = $1 AND l.idempotency_key = $3
+), stale AS (
+  SELECT EXISTS (SELECT 1 FROM quota_reservations r \
+  WHERE r.user_id = $1 AND r.status = 'pending' AND r.expires_at <= now()) AS pending
 ), charged AS (
   UPDATE user_quotas q
      SET used_bytes = q.used_bytes + $4, updated_at = now()
    WHERE q.user_id = $1
      AND NOT EXISTS (SELECT 1 FROM prior)
      AND EXISTS (SELECT 1 FROM owner WHERE owner.user_id = $1)
+     AND NOT (SELECT pending FROM stale)
      AND ",
       $limit,
       "
@@ -156,6 +171,7 @@ SELECT (SELECT user_id FROM owner) AS owner_id,
        (SELECT bytes FROM prior) AS prior_bytes,
        (SELECT project_id FROM prior) AS prior_project,
        (SELECT count(*) FROM entry) AS entries,
+       (SELECT pending FROM stale) AS expired_pending,
        c.used_bytes, c.reserved_bytes, c.limit_bytes
   FROM (SELECT 1) AS one LEFT JOIN charged c ON true"
     )
@@ -294,22 +310,28 @@ pub async fn sweep_user(conn: &mut PgConnection, user: &UserId) -> Result<u64> {
   Ok(conn.execute(SWEEP_USER_SQL, &[&user.as_str()]).await?)
 }
 
-/// Runs the user's sweep and then `sql`, sent back to back on one connection (tokio-postgres
-/// pipelines them): expired reservations are given back before a limit is checked, at no extra
-/// round trip. The sweep's own outcome does not matter here; the next charge sweeps again.
-pub async fn swept_query_one(
+/// Sends a charge statement (`sql`, whose `$1` is the user). With `sweep`, the user's sweep goes
+/// first in the same transaction, pipelined (one round trip besides `BEGIN` and `COMMIT`): the
+/// charge's snapshot then sees the expired bytes given back. Without it, the statement alone.
+pub async fn charge_query_one(
   conn: &mut PgConnection,
   user: &UserId,
+  sweep: bool,
   sql: &'static str,
   params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
 ) -> std::result::Result<tokio_postgres::Row, tokio_postgres::Error> {
+  if !sweep {
+    return conn.query_one(sql, params).await;
+  }
   let user_id = user.as_str();
   let sweep_params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&user_id];
-  let (_, result) = tokio::join!(
-    conn.execute(SWEEP_USER_SQL, &sweep_params),
-    conn.query_one(sql, params)
-  );
-  result
+  let tx = conn.transaction().await?;
+  let (_, row) = tokio::try_join!(
+    tx.execute(SWEEP_USER_SQL, &sweep_params),
+    tx.query_one(sql, params)
+  )?;
+  tx.commit().await?;
+  Ok(row)
 }
 
 /// After a charge statement charged nothing for a known owner: `Ok(())` means "try again" (the
@@ -404,11 +426,13 @@ pub async fn record_upload(
   } else {
     RECORD_UPLOAD
   };
+  let mut sweep = false;
   for _ in 0..CHARGE_ATTEMPTS {
     let project_id = project.as_str();
-    let result = swept_query_one(
+    let result = charge_query_one(
       conn,
       user,
+      std::mem::take(&mut sweep),
       sql,
       &[&user.as_str(), &project_id, &upload_id, &bytes],
     )
@@ -438,6 +462,10 @@ pub async fn record_upload(
       });
     }
     check_owner(row.get("owner_id"), user, project)?;
+    if row.get::<_, bool>("expired_pending") {
+      sweep = true;
+      continue;
+    }
     if row.get::<_, i64>("entries") == 1 {
       let usage = Usage {
         used_bytes: row.get("used_bytes"),
@@ -494,5 +522,13 @@ mod tests {
     assert!(RECORD_UPLOAD.contains("<= q.limit_bytes"));
     assert!(!RECORD_UPLOAD_SHADOW.contains("<= q.limit_bytes"));
     assert!(RECORD_UPLOAD_SHADOW.contains("allow_over_limit"));
+  }
+
+  #[test]
+  fn every_charge_statement_refuses_while_expired_reservations_are_counted() {
+    for sql in [RECORD_UPLOAD, RECORD_UPLOAD_SHADOW] {
+      assert!(sql.contains(EXPIRED_PENDING), "{sql}");
+      assert!(sql.contains("AND NOT (SELECT pending FROM stale)"), "{sql}");
+    }
   }
 }

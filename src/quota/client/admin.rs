@@ -80,12 +80,19 @@ impl Client {
       .await
   }
 
+  /// The usage read goes with the other reads in flight (`checkQuota`'s and `getUsage`'s, of any
+  /// users: one statement for all of them); a project's counters are the user's own statement.
   pub async fn get_usage(&self, user_id: &str, include_projects: bool) -> Result<UsageReport> {
     let user = UserId::parse(user_id)?;
-    let limit = self.default_limit();
-    self
-      .with_conn(async |conn| limits::get_usage(&mut conn.0, &user, limit, include_projects).await)
-      .await
+    let usage = self.read_usage_or_unseeded(&user).await?;
+    let projects = if include_projects {
+      self
+        .with_conn(async |conn| limits::project_usage(&mut conn.0, &user).await)
+        .await?
+    } else {
+      Vec::new()
+    };
+    Ok(limits::report(usage, projects))
   }
 
   /// Recomputes counters from the ledger for one user or all, reporting drift (and, with

@@ -1,9 +1,10 @@
 //! The quota lifecycle beyond one-step uploads: reservations, deletions and overwrites, and the
 //! project operations of the app's server actions (register, copy, remove).
 
-use super::Client;
+use super::{batching_enabled, Client};
 use crate::error::{QuotaError, Result};
 use crate::ids::{parse_bytes, parse_upload_id, upload_key_or_new, ProjectId, UserId};
+use crate::quota::coalesce_reserve;
 use crate::quota::config::parse_ttl_ms;
 use crate::quota::copies;
 use crate::quota::deletions::{self, DeletionTarget, Overwritten, Released, RemovedProject};
@@ -42,6 +43,23 @@ impl Client {
       None => self.config.reservation_ttl_ms,
     };
     let (mode, limit) = (self.mode_for(&user), self.default_limit());
+    if mode == Mode::Enforce && batching_enabled() {
+      let call = coalesce_reserve::Reserve {
+        user,
+        project,
+        bytes,
+        ttl_ms: ttl,
+        id: id.unwrap_or_else(uuid::Uuid::new_v4),
+      };
+      let pool = self.pool()?;
+      return self
+        .reserves
+        .call(call, move |calls| {
+          let pool = pool.clone();
+          async move { coalesce_reserve::reserve_many(&pool, calls, limit).await }
+        })
+        .await;
+    }
     self
       .with_conn(async |conn| {
         reservations::reserve(&mut conn.0, &user, &project, bytes, ttl, limit, mode, id).await

@@ -26,8 +26,10 @@ use crate::error::{QuotaError, Result};
 use crate::ids::{parse_bytes, upload_key_or_new, ProjectId, UserId};
 use crate::quota::batch::Batcher;
 use crate::quota::coalesce;
+use crate::quota::coalesce_reserve;
 use crate::quota::config::{Config, RawOptions};
 use crate::quota::projects::{self, ProjectStoragePath};
+use crate::quota::reservations::Reservation;
 use crate::quota::usage::{self, QuotaCheck, RecordedUpload, Usage};
 use crate::rollout::Mode;
 use crate::storage::blocking;
@@ -51,7 +53,7 @@ pub struct Uploaded {
 
 /// Only for A/B runs of bench/ (BENCHMARKS.md): `STORAGE_QUOTA_BENCH_BATCH=0` sends each read
 /// and each charge on its own.
-fn batching_enabled() -> bool {
+pub(super) fn batching_enabled() -> bool {
   static ENABLED: OnceLock<bool> = OnceLock::new();
   *ENABLED.get_or_init(|| std::env::var("STORAGE_QUOTA_BENCH_BATCH").as_deref() != Ok("0"))
 }
@@ -86,6 +88,8 @@ pub struct Client {
   pool: Mutex<PoolState>,
   /// Concurrent uploads of any users, charged in one transaction (see `coalesce`).
   uploads: Arc<Batcher<coalesce::Upload, RecordedUpload>>,
+  /// Concurrent reservations of any users, held in one transaction (see `coalesce_reserve`).
+  reserves: Arc<Batcher<coalesce_reserve::Reserve, Reservation>>,
   /// Concurrent usage reads of any users, sent as one statement (see `batch`).
   reads: Arc<Batcher<String, Option<Usage>>>,
   /// Opened on first allocation (the local backend creates and resolves its root then).
@@ -101,6 +105,7 @@ impl Client {
       config: Config::from_options(options)?,
       pool: Mutex::new(PoolState::Unopened),
       uploads: Arc::new(Batcher::new(charges_in_flight())),
+      reserves: Arc::new(Batcher::new(charges_in_flight())),
       reads: Arc::new(Batcher::new(reads_in_flight())),
       backend: OnceLock::new(),
       local: OnceLock::new(),
@@ -215,18 +220,21 @@ impl Client {
       ));
     }
     let mode = self.mode_for(&user);
-    let usage = match self.read_usage_batched(&user).await? {
-      Some(usage) => usage,
-      // No quota row when read: the default limit, and the baselines seeding will count (the
-      // read just made says there is no row; reading it again would cost a round trip).
-      None => {
-        let limit = self.default_limit();
-        self
-          .with_conn(async |conn| usage::unseeded_usage(&mut conn.0, &user, limit).await)
-          .await?
-      }
-    };
+    let usage = self.read_usage_or_unseeded(&user).await?;
     Ok(usage::decide_check(usage, &sizes, mode))
+  }
+
+  /// The user's usage, read with the other reads in flight; for a user without a quota row, the
+  /// default limit and the baselines seeding will count (the read just made says there is no
+  /// row; reading it again would cost a round trip).
+  async fn read_usage_or_unseeded(&self, user: &UserId) -> Result<Usage> {
+    if let Some(usage) = self.read_usage_batched(user).await? {
+      return Ok(usage);
+    }
+    let limit = self.default_limit();
+    self
+      .with_conn(async |conn| usage::unseeded_usage(&mut conn.0, user, limit).await)
+      .await
   }
 
   /// The user's usage (`None`: no quota row yet), read together with the other users' reads in
