@@ -138,11 +138,12 @@ where
   let mut answers = Vec::with_capacity(count);
   // Once one call alone finds the database unreachable, the rest are answered so at once: sent
   // one after another they would each wait out the connect timeout (the callers retry, as after
-  // any call that lost its connection).
-  let mut unreachable: Option<QuotaError> = None;
+  // any call that lost its connection). A timeout is not passed on: a statement that waited out
+  // `statementTimeoutMs` on one user's lock says nothing about the other users' calls.
+  let mut unreachable: Option<String> = None;
   for request in requests {
-    if let Some(error) = &unreachable {
-      answers.push(Err(same_outage(error)));
+    if let Some(message) = &unreachable {
+      answers.push(Err(QuotaError::DbUnavailable(message.clone())));
       continue;
     }
     let mut one = match run(vec![request]).await {
@@ -153,25 +154,12 @@ where
       Err(error) => vec![Err(error)],
     };
     let answer = one.remove(0);
-    if let Err(error) = &answer {
-      if matches!(
-        error,
-        QuotaError::DbUnavailable(_) | QuotaError::DbTimeout(_)
-      ) {
-        unreachable = Some(same_outage(error));
-      }
+    if let Err(QuotaError::DbUnavailable(message)) = &answer {
+      unreachable = Some(message.clone());
     }
     answers.push(answer);
   }
   answers
-}
-
-/// The same outage error again, for another caller.
-fn same_outage(error: &QuotaError) -> QuotaError {
-  match error {
-    QuotaError::DbTimeout(message) => QuotaError::DbTimeout(message.clone()),
-    other => QuotaError::DbUnavailable(other.to_string()),
-  }
 }
 
 /// Runs its closure when dropped: hands the queue on however the leading call ends.
@@ -354,6 +342,33 @@ mod tests {
       .all(|a| a.as_ref().unwrap_err().code() == "DB_UNAVAILABLE"));
     // The batch, then one call alone; the other three were not sent again.
     assert_eq!(*sent.lock().unwrap(), vec![4, 1]);
+  }
+
+  #[tokio::test]
+  async fn one_call_timing_out_in_the_fallback_does_not_fail_its_neighbours() {
+    let sent = Arc::new(Mutex::new(Vec::new()));
+    let run = {
+      let sent = sent.clone();
+      move |requests: Vec<i64>| {
+        let sent = sent.clone();
+        async move {
+          sent.lock().unwrap().push(requests.len());
+          match requests.as_slice() {
+            [2] => Err(QuotaError::DbTimeout(
+              "canceling statement due to statement timeout".into(),
+            )),
+            [n] => Ok(vec![Ok(*n)]),
+            _ => Err(QuotaError::Internal("poisoned batch".into())),
+          }
+        }
+      }
+    };
+    let answers = send(&run, vec![1, 2, 3, 4]).await;
+    assert_eq!(answers[0].as_ref().unwrap(), &1);
+    assert_eq!(answers[1].as_ref().unwrap_err().code(), "DB_TIMEOUT");
+    assert_eq!(answers[2].as_ref().unwrap(), &3);
+    assert_eq!(answers[3].as_ref().unwrap(), &4);
+    assert_eq!(*sent.lock().unwrap(), vec![4, 1, 1, 1, 1]);
   }
 
   #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
