@@ -172,12 +172,14 @@ function matches(predicted, answer) {
 
 /** An order of one user's calls in which each answer is what a serial run would give
  * (depth-first), with the state it ends in. */
-function orderFor(state, pending, calls, answers) {
+function orderFor(state, pending, calls, answers, budget = { steps: 100_000 }) {
   if (pending.length === 0) return { order: [], state }
+  // Answers no order explains would make the search try every permutation: give up early.
+  if (--budget.steps < 0) return null
   for (const [n, i] of pending.entries()) {
     const predicted = step(state, calls[i])
     if (!matches(predicted, answers[i])) continue
-    const rest = orderFor(predicted.state, pending.filter((_, m) => m !== n), calls, answers)
+    const rest = orderFor(predicted.state, pending.filter((_, m) => m !== n), calls, answers, budget)
     if (rest) return { order: [i, ...rest.order], state: rest.state }
   }
   return null
