@@ -153,3 +153,82 @@ for (const kind of ['reserveUpload', 'recordUpload']) {
     await checkInvariants()
   })
 }
+
+test('commitUpload batches: the same commit twice, another size, commit and cancel of one reservation, too big and foreign next to good calls', async () => {
+  const [a, b, c] = await users('commit_mix', 3)
+  const calls = []
+  const made = []
+  for (let round = 0; round < 10; round++) {
+    const r = {
+      good: (await client.reserveUpload(a.user, a.project, 100)).reservationId,
+      twice: (await client.reserveUpload(b.user, b.project, 100)).reservationId,
+      sized: (await client.reserveUpload(c.user, c.project, 100)).reservationId,
+      raced: (await client.reserveUpload(b.user, b.project, 100)).reservationId,
+      big: (await client.reserveUpload(a.user, a.project, 100)).reservationId,
+    }
+    made.push(r)
+  }
+  for (const r of made) {
+    calls.push(
+      client.commitUpload(a.user, r.good),
+      client.commitUpload(b.user, r.twice),
+      client.commitUpload(b.user, r.twice), // the same request again
+      client.commitUpload(c.user, r.sized, 100),
+      client.commitUpload(c.user, r.sized, 200), // the same reservation, another size
+      client.commitUpload(b.user, r.raced),
+      client.cancelUpload(b.user, r.raced), // settles it the other way
+      client.commitUpload(a.user, r.big, 20 * MB),
+      client.commitUpload(c.user, r.good), // a's reservation id: not c's
+    )
+  }
+  const answers = await Promise.allSettled(calls)
+  const outcome = (x) => (x.status === 'fulfilled' ? x.value.status : x.reason.code)
+  for (let round = 0; round < 10; round++) {
+    const [good, first, second, sized, resized, commit, cancel, big, foreign] = answers.slice(round * 9, round * 9 + 9)
+    assert.equal(outcome(good), 'committed')
+    assert.deepEqual([first.value.duplicate, second.value.duplicate].sort(), [false, true], 'committed once, the other is its retry')
+    assert.deepEqual([outcome(sized), outcome(resized)].sort(), ['CONFLICT', 'committed'])
+    const settled = [outcome(commit), outcome(cancel)].sort()
+    assert.ok(
+      JSON.stringify(settled) === '["CONFLICT","committed"]' || JSON.stringify(settled) === '["CONFLICT","cancelled"]',
+      `commit and cancel of one reservation: exactly one settles it (${settled})`,
+    )
+    for (const x of [commit, cancel, sized, resized]) {
+      if (x.status === 'rejected') assert.ok(['ALREADY_SETTLED', 'KEY_REUSED'].includes(x.reason.reason), x.reason.message)
+    }
+    assert.equal(outcome(big), 'QUOTA_EXCEEDED')
+    assert.equal(big.reason.requestedBytes, 20 * MB - 100)
+    assert.equal(outcome(foreign), 'NOT_FOUND')
+  }
+  const { rows } = await db.query(
+    `SELECT count(*)::int AS n, count(DISTINCT xmin::text)::int AS commits FROM quota_reservations WHERE id = ANY($1::uuid[]) AND status = 'committed'`,
+    [made.flatMap((r) => [r.good, r.twice])],
+  )
+  assert.equal(rows[0].n, 20)
+  assert.ok(rows[0].commits < rows[0].n, `commits of two users shared a transaction (${rows[0].commits} for ${rows[0].n})`)
+  await checkInvariants()
+})
+
+test('commit batches and reserve/upload batches of two clients on the same users do not deadlock', async () => {
+  const people = await users('cross', 6)
+  const other = createClient({ databaseUrl: db.url, storageRoot: db.storageRoot, defaultQuotaBytes: 10 * MB, poolSize: 4, logger: false })
+  try {
+    for (let round = 0; round < 5; round++) {
+      const held = []
+      for (const p of people) for (let i = 0; i < 3; i++) held.push([p, (await client.reserveUpload(p.user, p.project, 10)).reservationId])
+      // Commits in reverse user order from one client, in order from the other, with charges and
+      // reservations of the same users in flight.
+      const work = []
+      held.forEach(([p, id], i) => work.push((i % 2 ? client : other).commitUpload(p.user, id)))
+      for (const p of [...people].reverse()) {
+        work.push(other.recordUpload(p.user, p.project, 10), client.reserveUpload(p.user, p.project, 10), other.commitUpload(p.user, held[0][1]))
+      }
+      const answers = await Promise.allSettled(work)
+      const failed = answers.filter((x) => x.status === 'rejected' && !(x.reason.code === 'NOT_FOUND'))
+      assert.deepEqual(failed.map((x) => `${x.reason.code}: ${x.reason.message}`), [])
+    }
+  } finally {
+    await other.close()
+  }
+  await checkInvariants()
+})
