@@ -1,7 +1,6 @@
 //! Settling a reservation: commit turns its bytes into usage, cancel gives them back. Both lock
-//! the reservation row first, then the quota row, like the sweep, `removeProject` and the
-//! batched commit (`coalesce_commit`), so they cannot deadlock with each other and a reservation
-//! settles exactly once; a retry answers the first outcome.
+//! the reservation row first, then the quota row, like the sweep, so they cannot deadlock with
+//! each other and a reservation settles exactly once; a retry answers the first outcome.
 
 use crate::db::pool::PgConnection;
 use crate::error::{ConflictReason, QuotaError, Result};
@@ -111,14 +110,14 @@ pub struct LedgerEntry<'a> {
   pub kind: &'a str,
 }
 
-pub(crate) fn settled_error(id: &uuid::Uuid, status: &str) -> QuotaError {
+fn settled_error(id: &uuid::Uuid, status: &str) -> QuotaError {
   QuotaError::conflict(
     ConflictReason::AlreadySettled,
     format!("reservation {id} is already {status}; it cannot be settled another way"),
   )
 }
 
-pub(crate) fn not_found(id: &uuid::Uuid) -> QuotaError {
+fn not_found(id: &uuid::Uuid) -> QuotaError {
   // The same words whether the id is unknown or another user's: nothing about their keys leaks.
   QuotaError::NotFound(format!("reservation {id} does not exist"))
 }
@@ -187,11 +186,14 @@ pub async fn commit(
       return Ok(settled("committed", true, false, usage));
     }
     "committed" => {
-      return Err(committed_with_another_size(
-        id,
+      return Err(QuotaError::conflict(
+        ConflictReason::KeyReused,
+        format!(
+        "reservation {id} was committed with {} bytes; a commit with another size is a new upload",
         row
           .get::<_, Option<i64>>("prior_committed")
-          .unwrap_or_default(),
+          .unwrap_or_default()
+      ),
       ))
     }
     "expired" => return Err(expired_error(id)),
@@ -215,17 +217,7 @@ pub async fn commit(
   Err(QuotaError::QuotaExceeded(usage.shortfall(actual - held)))
 }
 
-/// A retried commit with another size than the first.
-pub(crate) fn committed_with_another_size(id: &uuid::Uuid, prior: i64) -> QuotaError {
-  QuotaError::conflict(
-    ConflictReason::KeyReused,
-    format!(
-      "reservation {id} was committed with {prior} bytes; a commit with another size is a new upload"
-    ),
-  )
-}
-
-pub(crate) fn expired_error(id: &uuid::Uuid) -> QuotaError {
+fn expired_error(id: &uuid::Uuid) -> QuotaError {
   QuotaError::ReservationExpired(format!(
     "reservation {id} expired before it was committed; its bytes were given back. Reserve again."
   ))
