@@ -4,9 +4,8 @@
 import { test, after } from 'node:test'
 import assert from 'node:assert/strict'
 import { randomUUID } from 'node:crypto'
-import pg from 'pg'
 import { createClient } from '../index.js'
-import { createTestDatabase, insertProject } from './helpers/db.mjs'
+import { createTestDatabase, holdRow, insertProject, untilLockWaiters } from './helpers/db.mjs'
 
 const MB = 1024 * 1024
 const db = await createTestDatabase('group_faults')
@@ -81,31 +80,6 @@ test('reserveUpload batches: the same id twice, a conflicting id, too big and fo
   await checkInvariants()
 })
 
-async function untilLockWaiters(n) {
-  for (;;) {
-    const { rows } = await db.query(
-      `SELECT count(*)::int AS n FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'`,
-    )
-    if (rows[0].n >= n) return
-    await new Promise((resolve) => setImmediate(resolve))
-  }
-}
-
-async function holdRow(user) {
-  const other = new pg.Client({ connectionString: db.url })
-  await other.connect()
-  await other.query('BEGIN')
-  await other.query('SELECT 1 FROM user_quotas WHERE user_id = $1 FOR UPDATE', [user])
-  return {
-    async release() {
-      if (other.released) return
-      other.released = true
-      await other.query('COMMIT')
-      await other.end()
-    },
-  }
-}
-
 for (const kind of ['reserveUpload', 'recordUpload']) {
   test(`${kind}: a batch whose connection is cut while it waits for a row is answered call by call`, async () => {
     const [a, b, c, x] = await users(`cut_${kind}`, 4)
@@ -113,8 +87,8 @@ for (const kind of ['reserveUpload', 'recordUpload']) {
       kind === 'reserveUpload'
         ? client.reserveUpload(u.user, u.project, 1000, { reservationId: key })
         : client.recordUpload(u.user, u.project, 1000, { uploadId: key })
-    const heldB = await holdRow(b.user)
-    const heldX = await holdRow(x.user)
+    const heldB = await holdRow(db, b.user)
+    const heldX = await holdRow(db, x.user)
     const keys = [randomUUID(), randomUUID(), randomUUID(), randomUUID(), randomUUID()]
     let first
     let queued = []
@@ -122,14 +96,14 @@ for (const kind of ['reserveUpload', 'recordUpload']) {
       // Both slots busy on held rows, so the next calls queue into one batch; that batch then
       // waits for b's row, and its connection is cut there.
       first = call(b, keys[0])
-      await untilLockWaiters(1)
+      await untilLockWaiters(db, 1)
       const second = call(x, keys[1])
-      await untilLockWaiters(2)
+      await untilLockWaiters(db, 2)
       queued = [call(c, keys[2]), call(a, keys[3]), call(b, keys[4])]
       await db.query('SELECT 1') // one round trip: the queued calls have reached the queue
       await heldX.release()
       await second
-      await untilLockWaiters(2)
+      await untilLockWaiters(db, 2)
       const { rows } = await db.query(
         `SELECT pg_terminate_backend(pid) AS cut FROM pg_stat_activity
           WHERE datname = current_database() AND wait_event_type = 'Lock' AND query LIKE '%FOR NO KEY UPDATE OF q%'`,

@@ -12,7 +12,7 @@ import { randomUUID } from 'node:crypto'
 import fc from 'fast-check'
 import pg from 'pg'
 import { createClient } from '../index.js'
-import { createTestDatabase, insertProject } from './helpers/db.mjs'
+import { createTestDatabase, holdRow, insertProject, untilLockWaiters } from './helpers/db.mjs'
 
 const MB = 1024 * 1024
 const DEFAULT_LIMIT = 8 * MB
@@ -222,32 +222,6 @@ test('a batch with a refused, a conflicting and a foreign call: the neighbours a
   await checkInvariants()
 })
 
-async function untilLockWaiters(n) {
-  for (;;) {
-    const { rows } = await db.query(
-      `SELECT count(*)::int AS n FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'`,
-    )
-    if (rows[0].n >= n) return
-    await new Promise((resolve) => setImmediate(resolve))
-  }
-}
-
-async function holdRow(user) {
-  const other = new pg.Client({ connectionString: db.url })
-  await other.connect()
-  await other.query('BEGIN')
-  await other.query('SELECT 1 FROM user_quotas WHERE user_id = $1 FOR UPDATE', [user])
-  let open = true
-  return {
-    async release() {
-      if (!open) return
-      open = false
-      await other.query('COMMIT')
-      await other.end()
-    },
-  }
-}
-
 /** Whether another transaction holds the user's quota row. */
 async function locked(user) {
   const other = new pg.Client({ connectionString: db.url })
@@ -272,22 +246,22 @@ test('a batch locks its users\' rows in ascending user_id order, whatever order 
     project[user] = await insertProject(db, user)
     await client.recordUpload(user, project[user], 1, { uploadId: 'first' })
   }
-  const heldB = await holdRow(b)
-  const heldX = await holdRow(x)
+  const heldB = await holdRow(db, b)
+  const heldX = await holdRow(db, x)
   let first
   let queued = []
   try {
     // Both charge slots busy, waiting on the held rows, so the next calls queue into one batch.
     first = client.recordUpload(b, project[b], 1, { uploadId: 'b1' })
-    await untilLockWaiters(1)
+    await untilLockWaiters(db, 1)
     const second = client.recordUpload(x, project[x], 1, { uploadId: 'x1' })
-    await untilLockWaiters(2)
+    await untilLockWaiters(db, 2)
     queued = [c, a, b].map((user) => client.recordUpload(user, project[user], 1, { uploadId: 'queued' }))
     await db.query('SELECT 1') // one round trip: the queued calls have reached the queue
     await heldX.release()
     await second
     // The batch [c, a, b] now waits for b's row: it must hold a's (before b) and not yet c's.
-    await untilLockWaiters(2)
+    await untilLockWaiters(db, 2)
     assert.equal(await locked(a), true, 'a (before b) is locked by the waiting batch')
     assert.equal(await locked(c), false, 'c (after b) is not locked while the batch waits for b')
   } finally {
@@ -317,15 +291,15 @@ test('a batch that fails as a whole (a unique key taken behind its back) is answ
     a,
     project[a],
   ])
-  const heldB = await holdRow(b)
-  const heldX = await holdRow(x)
+  const heldB = await holdRow(db, b)
+  const heldX = await holdRow(db, x)
   let first
   let queued = []
   try {
     first = client.recordUpload(b, project[b], 1, { uploadId: 'b1' })
-    await untilLockWaiters(1)
+    await untilLockWaiters(db, 1)
     const second = client.recordUpload(x, project[x], 1, { uploadId: 'x1' })
-    await untilLockWaiters(2)
+    await untilLockWaiters(db, 2)
     queued = [
       client.recordUpload(a, project[a], 5, { uploadId: 'clash' }),
       client.recordUpload(c, project[c], 7, { uploadId: 'neighbour' }),
@@ -333,7 +307,7 @@ test('a batch that fails as a whole (a unique key taken behind its back) is answ
     await db.query('SELECT 1') // one round trip: the queued calls have reached the queue
     await heldX.release()
     await second
-    await untilLockWaiters(2) // the batch waits for the other writer's key
+    await untilLockWaiters(db, 2) // the batch waits for the other writer's key
     await app.query('COMMIT')
   } finally {
     await app.end().catch(() => {})
@@ -368,7 +342,7 @@ test('a call whose key is recorded by another writer while it waits for the row 
       3 * MB,
     ])
     const call = client.recordUpload(user, project, 7 * MB, { uploadId: 'k' }).catch((e) => e)
-    await untilLockWaiters(1)
+    await untilLockWaiters(db, 1)
     await app.query('COMMIT')
     const error = await call
     assert.equal(error.code, 'CONFLICT', `${error.code}: ${error.message}`)

@@ -128,3 +128,31 @@ export async function quotaCounters(db, userId) {
   )
   return rows[0]
 }
+
+/** Resolves once `n` sessions of the test's database wait on a lock (polled, no sleep). */
+export async function untilLockWaiters(db, n) {
+  for (;;) {
+    const { rows } = await db.query(
+      `SELECT count(*)::int AS n FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'`,
+    )
+    if (rows[0].n >= n) return
+    await new Promise((resolve) => setImmediate(resolve))
+  }
+}
+
+/** Holds `user`'s quota row locked in a transaction of its own until `release()`. */
+export async function holdRow(db, user) {
+  const other = new pg.Client({ connectionString: db.url })
+  await other.connect()
+  await other.query('BEGIN')
+  await other.query('SELECT 1 FROM user_quotas WHERE user_id = $1 FOR UPDATE', [user])
+  let open = true
+  return {
+    async release() {
+      if (!open) return
+      open = false
+      await other.query('COMMIT')
+      await other.end()
+    },
+  }
+}
