@@ -13,6 +13,9 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::oneshot;
 
+use futures::future::BoxFuture;
+
+use crate::db::pool::{PgConnection, Pool};
 use crate::error::{QuotaError, Result};
 
 /// Most requests sent in one statement; the rest wait for the next one.
@@ -160,6 +163,47 @@ where
     answers.push(answer);
   }
   answers
+}
+
+/// What a batch decided in one transaction: per request its answer, or `None` for one left to
+/// the single path. `Err` when the transaction failed as a whole.
+pub type Decided<'a, Resp> = BoxFuture<'a, Result<Vec<Option<Result<Resp>>>>>;
+
+/// The driver every batched write kind shares, on one pooled connection: a lone request goes
+/// through `alone` (the kind's single statement, so at concurrency 1 nothing changes); more go
+/// through `together` (one transaction deciding each, `None` for a request it leaves to the
+/// single path), then each request left over through `alone`, in arrival order, after that
+/// transaction committed. `Err` only when `together` failed as a whole (nothing of it
+/// committed); `Batcher` then answers each request alone.
+///
+/// The two steps are boxed futures (not async closures) so that the whole stays `Send` for any
+/// connection and request lifetime.
+pub async fn together_then_alone<Req, Resp>(
+  pool: &Pool,
+  requests: &[Req],
+  together: impl for<'a> FnOnce(&'a mut PgConnection, &'a [Req]) -> Decided<'a, Resp>,
+  alone: impl for<'a> Fn(&'a mut PgConnection, &'a Req) -> BoxFuture<'a, Result<Resp>>,
+) -> Result<Vec<Result<Resp>>> {
+  let mut conn = pool.get().await?;
+  if let [request] = requests {
+    return Ok(vec![alone(&mut conn.0, request).await]);
+  }
+  let decided = together(&mut conn.0, requests).await?;
+  if decided.len() != requests.len() {
+    return Err(QuotaError::Internal(format!(
+      "a batch of {} decided {} requests",
+      requests.len(),
+      decided.len()
+    )));
+  }
+  let mut answers = Vec::with_capacity(requests.len());
+  for (request, answer) in requests.iter().zip(decided) {
+    answers.push(match answer {
+      Some(answer) => answer,
+      None => alone(&mut conn.0, request).await,
+    });
+  }
+  Ok(answers)
 }
 
 /// Runs its closure when dropped: hands the queue on however the leading call ends.

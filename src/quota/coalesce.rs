@@ -26,6 +26,7 @@ use tokio_postgres::types::ToSql;
 use crate::db::pool::{PgConnection, Pool};
 use crate::error::{QuotaError, Result};
 use crate::ids::{ProjectId, UserId};
+use crate::quota::batch::together_then_alone;
 use crate::quota::owner::check_owner;
 use crate::quota::usage::{self, RecordedUpload, Usage};
 use crate::rollout::Mode;
@@ -71,21 +72,13 @@ pub async fn record_uploads(
   uploads: Vec<Upload>,
   default_limit: i64,
 ) -> Result<Vec<Result<RecordedUpload>>> {
-  let mut conn = pool.get().await?;
-  if uploads.len() == 1 {
-    return Ok(vec![
-      record_alone(&mut conn.0, &uploads[0], default_limit).await,
-    ]);
-  }
-  let decided = charge_together(&mut conn.0, &uploads).await?;
-  let mut answers = Vec::with_capacity(uploads.len());
-  for (upload, answer) in uploads.iter().zip(decided) {
-    answers.push(match answer {
-      Some(answer) => answer,
-      None => record_alone(&mut conn.0, upload, default_limit).await,
-    });
-  }
-  Ok(answers)
+  together_then_alone(
+    pool,
+    &uploads,
+    |conn, uploads| Box::pin(charge_together(conn, uploads)),
+    |conn, upload| Box::pin(record_alone(conn, upload, default_limit)),
+  )
+  .await
 }
 
 /// One upload on its own: the single statement of `usage::record_upload`.

@@ -17,6 +17,7 @@ use tokio_postgres::types::ToSql;
 use crate::db::pool::{PgConnection, Pool};
 use crate::error::{QuotaError, Result};
 use crate::ids::{ProjectId, UserId};
+use crate::quota::batch::together_then_alone;
 use crate::quota::coalesce::{LOCK_QUOTAS, OWNERS};
 use crate::quota::owner::check_owner;
 use crate::quota::reservations::{self, Reservation};
@@ -57,21 +58,13 @@ pub async fn reserve_many(
   calls: Vec<Reserve>,
   default_limit: i64,
 ) -> Result<Vec<Result<Reservation>>> {
-  let mut conn = pool.get().await?;
-  if calls.len() == 1 {
-    return Ok(vec![
-      reserve_alone(&mut conn.0, &calls[0], default_limit).await,
-    ]);
-  }
-  let decided = hold_together(&mut conn.0, &calls).await?;
-  let mut answers = Vec::with_capacity(calls.len());
-  for (call, answer) in calls.iter().zip(decided) {
-    answers.push(match answer {
-      Some(answer) => answer,
-      None => reserve_alone(&mut conn.0, call, default_limit).await,
-    });
-  }
-  Ok(answers)
+  together_then_alone(
+    pool,
+    &calls,
+    |conn, calls| Box::pin(hold_together(conn, calls)),
+    |conn, call| Box::pin(reserve_alone(conn, call, default_limit)),
+  )
+  .await
 }
 
 async fn reserve_alone(
