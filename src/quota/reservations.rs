@@ -13,7 +13,7 @@ use crate::quota::usage::{
 };
 use crate::rollout::Mode;
 
-pub use crate::quota::settle::{cancel, commit, LedgerEntry, Settled};
+pub use crate::quota::settle::{cancel, commit, commit_unless_presigned, LedgerEntry, Settled};
 
 #[derive(Debug, Clone)]
 pub struct Reservation {

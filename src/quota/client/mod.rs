@@ -26,6 +26,7 @@ use crate::error::{QuotaError, Result};
 use crate::ids::{parse_bytes, upload_key_or_new, ProjectId, UserId};
 use crate::quota::batch::Batcher;
 use crate::quota::coalesce;
+use crate::quota::coalesce_commit;
 use crate::quota::coalesce_reserve;
 use crate::quota::config::{Config, RawOptions};
 use crate::quota::projects::{self, ProjectStoragePath};
@@ -90,6 +91,8 @@ pub struct Client {
   uploads: Arc<Batcher<coalesce::Upload, RecordedUpload>>,
   /// Concurrent reservations of any users, held in one transaction (see `coalesce_reserve`).
   reserves: Arc<Batcher<coalesce_reserve::Reserve, Reservation>>,
+  /// Concurrent commits of any users' reservations, in one transaction (see `coalesce_commit`).
+  commits: Arc<Batcher<coalesce_commit::Commit, coalesce_commit::Committed>>,
   /// Concurrent usage reads of any users, sent as one statement (see `batch`).
   reads: Arc<Batcher<String, Option<Usage>>>,
   /// Opened on first allocation (the local backend creates and resolves its root then).
@@ -106,6 +109,7 @@ impl Client {
       pool: Mutex::new(PoolState::Unopened),
       uploads: Arc::new(Batcher::new(charges_in_flight())),
       reserves: Arc::new(Batcher::new(charges_in_flight())),
+      commits: Arc::new(Batcher::new(charges_in_flight())),
       reads: Arc::new(Batcher::new(reads_in_flight())),
       backend: OnceLock::new(),
       local: OnceLock::new(),
