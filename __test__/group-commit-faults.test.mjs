@@ -1,5 +1,5 @@
-// Hostile batches of reserveUpload, recordUpload and commitUpload (src/quota/coalesce_reserve.rs,
-// coalesce.rs, coalesce_commit.rs): the same id twice in one batch, a conflicting id next to good
+// Hostile batches of reserveUpload, recordUpload, commitUpload and cancelUpload (coalesce_reserve.rs,
+// coalesce.rs, coalesce_commit.rs, coalesce_cancel.rs in src/quota/): the same id twice in one batch, a conflicting id next to good
 // calls, the batch's connection cut while it waits for a row, a row that does not come out as the
 // batch decided. Every caller gets its own answer, exactly once.
 import { test, after } from 'node:test'
@@ -81,11 +81,11 @@ test('reserveUpload batches: the same id twice, a conflicting id, too big and fo
   await checkInvariants()
 })
 
-for (const kind of ['reserveUpload', 'recordUpload', 'commitUpload']) {
+for (const kind of ['reserveUpload', 'recordUpload', 'commitUpload', 'cancelUpload']) {
   test(`${kind}: a batch whose connection is cut while it waits for a row is answered call by call`, async () => {
     const [a, b, c, x] = await users(`cut_${kind}`, 4)
     const keys = [randomUUID(), randomUUID(), randomUUID(), randomUUID(), randomUUID()]
-    if (kind === 'commitUpload') {
+    if (kind === 'commitUpload' || kind === 'cancelUpload') {
       for (const [u, key] of [[b, keys[0]], [x, keys[1]], [c, keys[2]], [a, keys[3]], [b, keys[4]]]) {
         await client.reserveUpload(u.user, u.project, 1000, { reservationId: key })
       }
@@ -95,7 +95,9 @@ for (const kind of ['reserveUpload', 'recordUpload', 'commitUpload']) {
         ? client.reserveUpload(u.user, u.project, 1000, { reservationId: key })
         : kind === 'recordUpload'
           ? client.recordUpload(u.user, u.project, 1000, { uploadId: key })
-          : client.commitUpload(u.user, key)
+          : kind === 'commitUpload'
+            ? client.commitUpload(u.user, key)
+            : client.cancelUpload(u.user, key)
     const heldB = await holdRow(db, b.user)
     const heldX = await holdRow(db, x.user)
     let first
@@ -129,6 +131,7 @@ for (const kind of ['reserveUpload', 'recordUpload', 'commitUpload']) {
           reserveUpload: 'SELECT count(*)::int AS n FROM quota_reservations WHERE user_id = $1 AND id = $2::uuid',
           recordUpload: 'SELECT count(*)::int AS n FROM quota_ledger WHERE user_id = $1 AND idempotency_key = $2',
           commitUpload: `SELECT count(*)::int AS n FROM quota_ledger WHERE user_id = $1 AND idempotency_key = 'reservation ' || $2`,
+          cancelUpload: `SELECT count(*)::int AS n FROM quota_reservations WHERE user_id = $1 AND id = $2::uuid AND status = 'cancelled'`,
         }[kind],
         [u.user, key],
       )
@@ -216,20 +219,22 @@ test('commit batches and reserve/upload batches of two clients on the same users
   await checkInvariants()
 })
 
-for (const kind of ['recordUpload', 'reserveUpload', 'commitUpload']) {
+for (const kind of ['recordUpload', 'reserveUpload', 'commitUpload', 'cancelUpload']) {
   test(`${kind}: a batch whose quota row does not come out as decided is rolled back and answered call by call`, async () => {
     const [b, x, n, d] = await users(`drift_${kind}`, 4)
     // d's quota row gains one byte more than any write of it asks for, behind the batch's back.
-    const column = kind === 'reserveUpload' ? 'reserved_bytes' : 'used_bytes'
+    const column = kind === 'reserveUpload' || kind === 'cancelUpload' ? 'reserved_bytes' : 'used_bytes'
+    // A cancel lowers reserved_bytes: the trigger then fires on a decrease and keeps one byte.
+    const changed = kind === 'cancelUpload' ? '<' : '>'
     const fn = `drift_${kind.toLowerCase()}`
     await db.query(`CREATE FUNCTION ${fn}() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN NEW.${column} := NEW.${column} + 1; RETURN NEW; END $$`)
     await db.query(
       `CREATE TRIGGER ${fn} BEFORE UPDATE ON user_quotas FOR EACH ROW
-        WHEN (NEW.user_id = '${d.user}' AND NEW.${column} > OLD.${column}) EXECUTE FUNCTION ${fn}()`,
+        WHEN (NEW.user_id = '${d.user}' AND NEW.${column} ${changed} OLD.${column}) EXECUTE FUNCTION ${fn}()`,
     )
     const keys = [randomUUID(), randomUUID(), randomUUID(), randomUUID()]
     const who = [b, x, n, d]
-    if (kind === 'commitUpload') {
+    if (kind === 'commitUpload' || kind === 'cancelUpload') {
       for (const [i, u] of who.entries()) await client.reserveUpload(u.user, u.project, 1000, { reservationId: keys[i] })
     }
     const call = (i) =>
@@ -237,7 +242,9 @@ for (const kind of ['recordUpload', 'reserveUpload', 'commitUpload']) {
         ? client.reserveUpload(who[i].user, who[i].project, 1000, { reservationId: keys[i] })
         : kind === 'recordUpload'
           ? client.recordUpload(who[i].user, who[i].project, 1000, { uploadId: keys[i] })
-          : client.commitUpload(who[i].user, keys[i])
+          : kind === 'commitUpload'
+            ? client.commitUpload(who[i].user, keys[i])
+            : client.cancelUpload(who[i].user, keys[i])
     const heldB = await holdRow(db, b.user)
     const heldX = await holdRow(db, x.user)
     let first
@@ -260,9 +267,9 @@ for (const kind of ['recordUpload', 'reserveUpload', 'commitUpload']) {
     const { rows } = await db.query(`SELECT used_bytes::float8 AS used, reserved_bytes::float8 AS reserved FROM user_quotas WHERE user_id = $1`, [d.user])
     // Sent alone, d's call answers its row as written (trigger included); the batch's answer
     // would be what it decided, one byte less.
-    const answered = kind === 'reserveUpload' ? drifted.reservedBytes : drifted.usedBytes
-    assert.equal(answered, kind === 'reserveUpload' ? rows[0].reserved : rows[0].used)
-    const written = kind === 'reserveUpload'
+    const answered = column === 'reserved_bytes' ? drifted.reservedBytes : drifted.usedBytes
+    assert.equal(answered, column === 'reserved_bytes' ? rows[0].reserved : rows[0].used)
+    const written = column === 'reserved_bytes'
       ? `SELECT count(DISTINCT xmin::text)::int AS commits FROM quota_reservations WHERE id = ANY($1::uuid[])`
       : `SELECT count(DISTINCT xmin::text)::int AS commits FROM quota_ledger WHERE idempotency_key = ANY($1) OR idempotency_key = ANY(SELECT 'reservation ' || k FROM unnest($1::text[]) k)`
     const { rows: [commits] } = await db.query(written, [keys.slice(2)])
@@ -277,3 +284,51 @@ for (const kind of ['recordUpload', 'reserveUpload', 'commitUpload']) {
     await checkInvariants()
   })
 }
+
+test('cancelUpload batches: the same cancel twice, a committed one, a foreign id and an expired one next to good calls', async () => {
+  const [a, b, c] = await users('cancel_mix', 3)
+  const made = []
+  for (let round = 0; round < 10; round++) {
+    const r = {
+      good: (await client.reserveUpload(a.user, a.project, 100)).reservationId,
+      twice: (await client.reserveUpload(b.user, b.project, 100)).reservationId,
+      done: (await client.reserveUpload(c.user, c.project, 100)).reservationId,
+      late: (await client.reserveUpload(c.user, c.project, 100)).reservationId,
+    }
+    await client.commitUpload(c.user, r.done)
+    made.push(r)
+  }
+  // Expired, and already given back by a sweep: cancelling it changes nothing.
+  await db.query(`UPDATE quota_reservations SET expires_at = now() - interval '1 minute' WHERE id = ANY($1::uuid[])`, [made.map((r) => r.late)])
+  await client.sweepExpiredReservations()
+  const calls = []
+  for (const r of made) {
+    calls.push(
+      client.cancelUpload(a.user, r.good),
+      client.cancelUpload(b.user, r.twice),
+      client.cancelUpload(b.user, r.twice), // the same request again
+      client.cancelUpload(c.user, r.done), // committed: cannot be cancelled
+      client.cancelUpload(c.user, r.good), // a's reservation id: not c's
+      client.cancelUpload(c.user, r.late),
+    )
+  }
+  const answers = await Promise.allSettled(calls)
+  const outcome = (x) => (x.status === 'fulfilled' ? x.value.status : x.reason.code)
+  for (let round = 0; round < 10; round++) {
+    const [good, first, second, done, foreign, late] = answers.slice(round * 6, round * 6 + 6)
+    assert.equal(outcome(good), 'cancelled')
+    assert.deepEqual([first.value.duplicate, second.value.duplicate].sort(), [false, true], 'cancelled once, the other is its retry')
+    assert.equal(outcome(done), 'CONFLICT')
+    assert.equal(done.reason.reason, 'ALREADY_SETTLED')
+    assert.equal(outcome(foreign), 'NOT_FOUND')
+    assert.equal(outcome(late), 'expired')
+    assert.equal(late.value.duplicate, false)
+  }
+  const { rows } = await db.query(
+    `SELECT count(*)::int AS n, count(DISTINCT xmin::text)::int AS commits FROM quota_reservations WHERE id = ANY($1::uuid[]) AND status = 'cancelled'`,
+    [made.flatMap((r) => [r.good, r.twice])],
+  )
+  assert.equal(rows[0].n, 20)
+  assert.ok(rows[0].commits < rows[0].n, `cancels of two users shared a transaction (${rows[0].commits} for ${rows[0].n})`)
+  await checkInvariants()
+})

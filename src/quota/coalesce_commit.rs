@@ -34,7 +34,7 @@ use crate::quota::usage::Usage;
 use crate::rollout::Mode;
 
 /// The batch's reservations, locked in one global order (ORDER BY runs before the row locks).
-const LOCK_RESERVATIONS: &str = "
+pub(crate) const LOCK_RESERVATIONS: &str = "
 SELECT r.user_id, r.id, r.project_id::text, r.bytes, coalesce(r.requested_bytes, r.bytes),
        r.status, r.committed_bytes, r.expires_at <= now(), r.object_key IS NOT NULL
   FROM quota_reservations r

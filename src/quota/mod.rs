@@ -8,6 +8,7 @@ pub mod backfill;
 pub mod batch;
 pub mod client;
 pub mod coalesce;
+pub mod coalesce_cancel;
 pub mod coalesce_commit;
 pub mod coalesce_reserve;
 pub mod config;
