@@ -7,7 +7,7 @@ import { writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import pg from 'pg'
 import { createClient } from '../index.js'
-import { ADMIN_URL, createTestDatabase, insertProject, quotaCounters, rejection } from './helpers/db.mjs'
+import { ADMIN_URL, createTestDatabase, holdRow, insertProject, quotaCounters, rejection, untilLockWaiters } from './helpers/db.mjs'
 import { startPgBouncer } from './helpers/pgbouncer.mjs'
 
 const MB = 1024 * 1024
@@ -113,6 +113,31 @@ test('copyProject through the transaction pooler: concurrent copies into one pro
   // connection ran it, and later copies into that project would wait for it for the whole TTL.
   const { rows } = await db.query(`SELECT count(*)::int AS n FROM pg_locks WHERE locktype = 'advisory' AND database = (SELECT oid FROM pg_database WHERE datname = current_database())`)
   assert.equal(rows[0].n, 0, 'advisory locks left on server connections')
+  assert.equal((await db.query('SELECT count(*)::int AS n FROM quota_copy_leases')).rows[0].n, 0, 'leases given back')
+})
+
+test('copyProject through the transaction pooler, its connection cut mid-copy: the retry takes over at once, not after the lease TTL', { timeout: 60_000 }, async () => {
+  const quota = client(transaction.url(db.name), { poolSize: 2 })
+  const user = 'pool_copy_cut'
+  const [source, target] = await Promise.all([insertProject(db, user, 'src'), insertProject(db, user, 'dst')])
+  const { path } = await quota.allocateProjectPath(user, source)
+  await writeFile(join(path, 'a.bin'), Buffer.alloc(3000, 1))
+  await quota.checkQuota(user, 1) // the quota row exists, so the copy's reservation waits on it
+  // The copy takes its lease, then waits for the quota row held here; its server connection is
+  // then terminated, so the call fails on a connection that cannot give the lease back.
+  const held = await holdRow(db, user)
+  const cut = rejection(quota.copyProject(user, source, target))
+  await untilLockWaiters(db, 1)
+  await db.query(`SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+                   WHERE datname = current_database() AND wait_event_type = 'Lock' AND pid <> pg_backend_pid()`)
+  const failed = await cut
+  assert.ok(failed.code, String(failed))
+  await held.release()
+  // The default reservation TTL (an hour) bounds the lease: without giving it back, this retry
+  // would wait for it that long (the test's timeout fails it first).
+  const copied = await quota.copyProject(user, source, target)
+  assert.equal(copied.copiedBytes, 3000)
+  assert.equal((await quotaCounters(db, user)).used, 3000, "the copy counted once")
   assert.equal((await db.query('SELECT count(*)::int AS n FROM quota_copy_leases')).rows[0].n, 0, 'leases given back')
 })
 

@@ -12,7 +12,10 @@
 //! lock) the lock is a lease row instead (`try_lease`), given back at the end or taken over once
 //! expired after the reservation TTL.
 
-use crate::db::pool::PgConnection;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::db::pool::{PgConnection, Pool};
 use crate::error::{ConflictReason, QuotaError, Result};
 use crate::ids::{ProjectId, UserId};
 use crate::quota::owner::check_owner;
@@ -268,4 +271,36 @@ pub async fn drop_path(conn: &mut PgConnection, path_id: &uuid::Uuid) -> Result<
     )
     .await?;
   Ok(())
+}
+
+/// Deletes this call's copy lease from a fresh connection, retrying with backoff (the database
+/// may still be down) until it is gone or it would have expired anyway. Safe whenever it runs:
+/// the copy that held the lease has ended, so the next copy into the project may take over and
+/// undo what it left.
+pub fn give_back_lease(
+  pool: Arc<Pool>,
+  user: UserId,
+  target: ProjectId,
+  holder: uuid::Uuid,
+  ttl: Duration,
+) {
+  let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+    return;
+  };
+  runtime.spawn(async move {
+    let deadline = Instant::now() + ttl;
+    let mut backoff = Duration::from_millis(10);
+    while Instant::now() < deadline {
+      if let Ok(mut conn) = pool.get().await {
+        if release_lease(&mut conn.0, &user, &target, &holder)
+          .await
+          .is_ok()
+        {
+          return;
+        }
+      }
+      tokio::time::sleep(backoff).await;
+      backoff = (backoff * 2).min(Duration::from_secs(1));
+    }
+  });
 }

@@ -6,6 +6,7 @@
 //! object into the (empty) target prefix instead of the staging directory.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use super::{blocking, Client};
 use crate::db::pool::{Checkout, PgConnection, Pool};
@@ -94,9 +95,25 @@ impl Client {
     let (mut conn, held) = self.lock_target(&pool, &job).await?;
     let conn = &mut conn.0;
     let result = self.copy_locked(conn, &job).await;
-    // A cut connection took the lock with it; otherwise give it back.
+    // A cut connection took the advisory lock with it; otherwise give it back. A lease is a row:
+    // when this connection cannot delete it (cut mid-copy, as in an outage), it is given back
+    // from another one, or every retry of this copy would wait for it until the reservation TTL.
     match held {
-      Some(holder) => drop(copies::release_lease(conn, &job.user, &job.target, &holder).await),
+      Some(holder) => {
+        if copies::release_lease(conn, &job.user, &job.target, &holder)
+          .await
+          .is_err()
+        {
+          let ttl = Duration::from_millis(self.config.reservation_ttl_ms as u64);
+          copies::give_back_lease(
+            pool.clone(),
+            job.user.clone(),
+            job.target.clone(),
+            holder,
+            ttl,
+          );
+        }
+      }
       None => drop(copies::unlock(conn, &job.user, &job.target).await),
     }
     result
