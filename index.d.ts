@@ -355,6 +355,8 @@ export declare function diskUsage(userId: string, projectId: string): Promise<Di
 export declare function migrate(): Promise<MigrateResult>
 export declare function backfill(options?: BackfillOptions): Promise<BackfillProgress>
 export declare function backfillStatus(): Promise<BackfillProgress>
+export declare function prepareMigrations(options?: PrepareMigrationsOptions): Promise<MigrationPreparation>
+export declare function migrationPreparation(): Promise<MigrationPreparation>
 export declare function rollback(steps?: number, options?: RollbackOptions): Promise<{ reverted: number[] }>
 export declare function migrationStatus(): Promise<MigrationStatus>
 

@@ -11,7 +11,7 @@ import { createHash, randomUUID } from 'node:crypto'
 import { fileURLToPath } from 'node:url'
 import pg from 'pg'
 import { createClient } from '../index.js'
-import { createTestDatabase, MIGRATION_VERSIONS, rejection } from './helpers/db.mjs'
+import { createTestDatabase, MIGRATION_VERSIONS, rejection, TEST_POOLER } from './helpers/db.mjs'
 
 const ROWS = 60
 process.env.STORAGE_QUOTA_ONLINE_MIGRATION_ROWS = String(ROWS)
@@ -283,7 +283,9 @@ function finished(child) {
   return new Promise((resolve) => child.on('close', (code, signal) => resolve({ code, signal, stdout, stderr })))
 }
 
-test('storage-quota migrate killed mid-preparation (SIGKILL) resumes to the same end state; 0.1.0 code writes throughout', async () => {
+// Behind a transaction pooler the turn between preparations is a lease row, which a killed
+// process holds until it expires (10 minutes): the resume would wait that long.
+test('storage-quota migrate killed mid-preparation (SIGKILL) resumes to the same end state; 0.1.0 code writes throughout', { skip: TEST_POOLER ? 'the lease of a killed preparation expires after 10 minutes behind a pooler' : false }, async () => {
   const db = await releasedDatabase('onl_crash')
   const files = await relfilenodes(db)
   const background = await backgroundWriter(db)

@@ -20,10 +20,15 @@ impl Task {
         let unique = if *unique { "UNIQUE " } else { "" };
         // CONCURRENTLY: app reads and writes go on while it builds. It cannot run in a
         // transaction, and a build that was interrupted leaves an invalid index: dropped first.
-        // Each its own simple query (several in one would make a transaction block).
-        conn
-          .batch_execute("SET statement_timeout = 0; SET lock_timeout = 0")
-          .await?;
+        // Each its own simple query (several in one would make a transaction block). Behind
+        // a transaction pooler there is no session timeout to lift (it is set per transaction),
+        // and a session SET would stay with whichever server connection ran it.
+        let session = !conn.pooler();
+        if session {
+          conn
+            .batch_execute("SET statement_timeout = 0; SET lock_timeout = 0")
+            .await?;
+        }
         let built = async {
           conn
             .batch_execute(&format!("DROP INDEX CONCURRENTLY IF EXISTS {name}"))
@@ -35,6 +40,9 @@ impl Task {
             .await
         }
         .await;
+        if !session {
+          return built;
+        }
         let reset = conn
           .batch_execute("RESET lock_timeout; RESET statement_timeout")
           .await;
