@@ -1,6 +1,7 @@
-// Hostile batches of reserveUpload and recordUpload (src/quota/coalesce_reserve.rs, coalesce.rs):
-// the same id twice in one batch, a conflicting id next to good calls, and the batch's connection
-// cut while it waits for a row. Every caller gets its own answer, exactly once.
+// Hostile batches of reserveUpload, recordUpload, commitUpload and cancelUpload (coalesce_reserve.rs,
+// coalesce.rs, coalesce_commit.rs, coalesce_cancel.rs in src/quota/): the same id twice in one batch, a conflicting id next to good
+// calls, the batch's connection cut while it waits for a row, a row that does not come out as the
+// batch decided. Every caller gets its own answer, exactly once.
 import { test, after } from 'node:test'
 import assert from 'node:assert/strict'
 import { randomUUID } from 'node:crypto'
@@ -80,16 +81,25 @@ test('reserveUpload batches: the same id twice, a conflicting id, too big and fo
   await checkInvariants()
 })
 
-for (const kind of ['reserveUpload', 'recordUpload']) {
+for (const kind of ['reserveUpload', 'recordUpload', 'commitUpload', 'cancelUpload']) {
   test(`${kind}: a batch whose connection is cut while it waits for a row is answered call by call`, async () => {
     const [a, b, c, x] = await users(`cut_${kind}`, 4)
+    const keys = [randomUUID(), randomUUID(), randomUUID(), randomUUID(), randomUUID()]
+    if (kind === 'commitUpload' || kind === 'cancelUpload') {
+      for (const [u, key] of [[b, keys[0]], [x, keys[1]], [c, keys[2]], [a, keys[3]], [b, keys[4]]]) {
+        await client.reserveUpload(u.user, u.project, 1000, { reservationId: key })
+      }
+    }
     const call = (u, key) =>
       kind === 'reserveUpload'
         ? client.reserveUpload(u.user, u.project, 1000, { reservationId: key })
-        : client.recordUpload(u.user, u.project, 1000, { uploadId: key })
+        : kind === 'recordUpload'
+          ? client.recordUpload(u.user, u.project, 1000, { uploadId: key })
+          : kind === 'commitUpload'
+            ? client.commitUpload(u.user, key)
+            : client.cancelUpload(u.user, key)
     const heldB = await holdRow(db, b.user)
     const heldX = await holdRow(db, x.user)
-    const keys = [randomUUID(), randomUUID(), randomUUID(), randomUUID(), randomUUID()]
     let first
     let queued = []
     try {
@@ -117,9 +127,12 @@ for (const kind of ['reserveUpload', 'recordUpload']) {
     assert.deepEqual(answers.map((r) => r.duplicate), [false, false, false, false])
     for (const [u, key] of [[b, keys[0]], [c, keys[2]], [a, keys[3]], [b, keys[4]]]) {
       const { rows } = await db.query(
-        kind === 'reserveUpload'
-          ? 'SELECT count(*)::int AS n FROM quota_reservations WHERE user_id = $1 AND id = $2::uuid'
-          : 'SELECT count(*)::int AS n FROM quota_ledger WHERE user_id = $1 AND idempotency_key = $2',
+        {
+          reserveUpload: 'SELECT count(*)::int AS n FROM quota_reservations WHERE user_id = $1 AND id = $2::uuid',
+          recordUpload: 'SELECT count(*)::int AS n FROM quota_ledger WHERE user_id = $1 AND idempotency_key = $2',
+          commitUpload: `SELECT count(*)::int AS n FROM quota_ledger WHERE user_id = $1 AND idempotency_key = 'reservation ' || $2`,
+          cancelUpload: `SELECT count(*)::int AS n FROM quota_reservations WHERE user_id = $1 AND id = $2::uuid AND status = 'cancelled'`,
+        }[kind],
         [u.user, key],
       )
       assert.equal(rows[0].n, 1, `${u.user} ${key}: recorded once`)
@@ -127,3 +140,195 @@ for (const kind of ['reserveUpload', 'recordUpload']) {
     await checkInvariants()
   })
 }
+test('commitUpload batches: the same commit twice, another size, commit and cancel of one reservation, too big and foreign next to good calls', async () => {
+  const [a, b, c] = await users('commit_mix', 3)
+  const calls = []
+  const made = []
+  for (let round = 0; round < 10; round++) {
+    const r = {
+      good: (await client.reserveUpload(a.user, a.project, 100)).reservationId,
+      twice: (await client.reserveUpload(b.user, b.project, 100)).reservationId,
+      sized: (await client.reserveUpload(c.user, c.project, 100)).reservationId,
+      raced: (await client.reserveUpload(b.user, b.project, 100)).reservationId,
+      big: (await client.reserveUpload(a.user, a.project, 100)).reservationId,
+    }
+    made.push(r)
+  }
+  for (const r of made) {
+    calls.push(
+      client.commitUpload(a.user, r.good),
+      client.commitUpload(b.user, r.twice),
+      client.commitUpload(b.user, r.twice), // the same request again
+      client.commitUpload(c.user, r.sized, 100),
+      client.commitUpload(c.user, r.sized, 200), // the same reservation, another size
+      client.commitUpload(b.user, r.raced),
+      client.cancelUpload(b.user, r.raced), // settles it the other way
+      client.commitUpload(a.user, r.big, 20 * MB),
+      client.commitUpload(c.user, r.good), // a's reservation id: not c's
+    )
+  }
+  const answers = await Promise.allSettled(calls)
+  const outcome = (x) => (x.status === 'fulfilled' ? x.value.status : x.reason.code)
+  for (let round = 0; round < 10; round++) {
+    const [good, first, second, sized, resized, commit, cancel, big, foreign] = answers.slice(round * 9, round * 9 + 9)
+    assert.equal(outcome(good), 'committed')
+    assert.deepEqual([first.value.duplicate, second.value.duplicate].sort(), [false, true], 'committed once, the other is its retry')
+    assert.deepEqual([outcome(sized), outcome(resized)].sort(), ['CONFLICT', 'committed'])
+    const settled = [outcome(commit), outcome(cancel)].sort()
+    assert.ok(
+      JSON.stringify(settled) === '["CONFLICT","committed"]' || JSON.stringify(settled) === '["CONFLICT","cancelled"]',
+      `commit and cancel of one reservation: exactly one settles it (${settled})`,
+    )
+    for (const x of [commit, cancel, sized, resized]) {
+      if (x.status === 'rejected') assert.ok(['ALREADY_SETTLED', 'KEY_REUSED'].includes(x.reason.reason), x.reason.message)
+    }
+    assert.equal(outcome(big), 'QUOTA_EXCEEDED')
+    assert.equal(big.reason.requestedBytes, 20 * MB - 100)
+    assert.equal(outcome(foreign), 'NOT_FOUND')
+  }
+  const { rows } = await db.query(
+    `SELECT count(*)::int AS n, count(DISTINCT xmin::text)::int AS commits FROM quota_reservations WHERE id = ANY($1::uuid[]) AND status = 'committed'`,
+    [made.flatMap((r) => [r.good, r.twice])],
+  )
+  assert.equal(rows[0].n, 20)
+  assert.ok(rows[0].commits < rows[0].n, `commits of two users shared a transaction (${rows[0].commits} for ${rows[0].n})`)
+  await checkInvariants()
+})
+
+test('commit batches and reserve/upload batches of two clients on the same users do not deadlock', async () => {
+  const people = await users('cross', 6)
+  const other = createClient({ databaseUrl: db.url, storageRoot: db.storageRoot, defaultQuotaBytes: 10 * MB, poolSize: 4, logger: false })
+  try {
+    for (let round = 0; round < 5; round++) {
+      const held = []
+      for (const p of people) for (let i = 0; i < 3; i++) held.push([p, (await client.reserveUpload(p.user, p.project, 10)).reservationId])
+      // Commits in reverse user order from one client, in order from the other, with charges and
+      // reservations of the same users in flight.
+      const work = []
+      held.forEach(([p, id], i) => work.push((i % 2 ? client : other).commitUpload(p.user, id)))
+      for (const p of [...people].reverse()) {
+        work.push(other.recordUpload(p.user, p.project, 10), client.reserveUpload(p.user, p.project, 10), other.commitUpload(p.user, held[0][1]))
+      }
+      const answers = await Promise.allSettled(work)
+      const failed = answers.filter((x) => x.status === 'rejected' && !(x.reason.code === 'NOT_FOUND'))
+      assert.deepEqual(failed.map((x) => `${x.reason.code}: ${x.reason.message}`), [])
+    }
+  } finally {
+    await other.close()
+  }
+  await checkInvariants()
+})
+
+for (const kind of ['recordUpload', 'reserveUpload', 'commitUpload', 'cancelUpload']) {
+  test(`${kind}: a batch whose quota row does not come out as decided is rolled back and answered call by call`, async () => {
+    const [b, x, n, d] = await users(`drift_${kind}`, 4)
+    // d's quota row gains one byte more than any write of it asks for, behind the batch's back.
+    const column = kind === 'reserveUpload' || kind === 'cancelUpload' ? 'reserved_bytes' : 'used_bytes'
+    // A cancel lowers reserved_bytes: the trigger then fires on a decrease and keeps one byte.
+    const changed = kind === 'cancelUpload' ? '<' : '>'
+    const fn = `drift_${kind.toLowerCase()}`
+    await db.query(`CREATE FUNCTION ${fn}() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN NEW.${column} := NEW.${column} + 1; RETURN NEW; END $$`)
+    await db.query(
+      `CREATE TRIGGER ${fn} BEFORE UPDATE ON user_quotas FOR EACH ROW
+        WHEN (NEW.user_id = '${d.user}' AND NEW.${column} ${changed} OLD.${column}) EXECUTE FUNCTION ${fn}()`,
+    )
+    const keys = [randomUUID(), randomUUID(), randomUUID(), randomUUID()]
+    const who = [b, x, n, d]
+    if (kind === 'commitUpload' || kind === 'cancelUpload') {
+      for (const [i, u] of who.entries()) await client.reserveUpload(u.user, u.project, 1000, { reservationId: keys[i] })
+    }
+    const call = (i) =>
+      kind === 'reserveUpload'
+        ? client.reserveUpload(who[i].user, who[i].project, 1000, { reservationId: keys[i] })
+        : kind === 'recordUpload'
+          ? client.recordUpload(who[i].user, who[i].project, 1000, { uploadId: keys[i] })
+          : kind === 'commitUpload'
+            ? client.commitUpload(who[i].user, keys[i])
+            : client.cancelUpload(who[i].user, keys[i])
+    const heldB = await holdRow(db, b.user)
+    const heldX = await holdRow(db, x.user)
+    let first
+    let second
+    let queued = []
+    try {
+      // Both slots busy on held rows, so n's and d's calls queue into one batch.
+      first = call(0)
+      await untilLockWaiters(db, 1)
+      second = call(1)
+      await untilLockWaiters(db, 2)
+      queued = [call(2), call(3)]
+      await db.query('SELECT 1') // one round trip: the queued calls have reached the queue
+    } finally {
+      await heldX.release()
+      await heldB.release()
+    }
+    await Promise.all([first, second])
+    const [, drifted] = await Promise.all(queued)
+    const { rows } = await db.query(`SELECT used_bytes::float8 AS used, reserved_bytes::float8 AS reserved FROM user_quotas WHERE user_id = $1`, [d.user])
+    // Sent alone, d's call answers its row as written (trigger included); the batch's answer
+    // would be what it decided, one byte less.
+    const answered = column === 'reserved_bytes' ? drifted.reservedBytes : drifted.usedBytes
+    assert.equal(answered, column === 'reserved_bytes' ? rows[0].reserved : rows[0].used)
+    const written = column === 'reserved_bytes'
+      ? `SELECT count(DISTINCT xmin::text)::int AS commits FROM quota_reservations WHERE id = ANY($1::uuid[])`
+      : `SELECT count(DISTINCT xmin::text)::int AS commits FROM quota_ledger WHERE idempotency_key = ANY($1) OR idempotency_key = ANY(SELECT 'reservation ' || k FROM unnest($1::text[]) k)`
+    const { rows: [commits] } = await db.query(written, [keys.slice(2)])
+    assert.equal(commits.commits, 2, 'the batch was rolled back: n and d were written in a commit each')
+    await db.query(`DROP TRIGGER ${fn} ON user_quotas; DROP FUNCTION ${fn}()`)
+    await db.query(
+      `UPDATE user_quotas q SET used_bytes = (SELECT coalesce(sum(bytes), 0) FROM quota_ledger l WHERE l.user_id = q.user_id),
+              reserved_bytes = (SELECT coalesce(sum(bytes), 0) FROM quota_reservations r WHERE r.user_id = q.user_id AND r.status = 'pending')
+        WHERE user_id = $1`,
+      [d.user],
+    )
+    await checkInvariants()
+  })
+}
+
+test('cancelUpload batches: the same cancel twice, a committed one, a foreign id and an expired one next to good calls', async () => {
+  const [a, b, c] = await users('cancel_mix', 3)
+  const made = []
+  for (let round = 0; round < 10; round++) {
+    const r = {
+      good: (await client.reserveUpload(a.user, a.project, 100)).reservationId,
+      twice: (await client.reserveUpload(b.user, b.project, 100)).reservationId,
+      done: (await client.reserveUpload(c.user, c.project, 100)).reservationId,
+      late: (await client.reserveUpload(c.user, c.project, 100)).reservationId,
+    }
+    await client.commitUpload(c.user, r.done)
+    made.push(r)
+  }
+  // Expired, and already given back by a sweep: cancelling it changes nothing.
+  await db.query(`UPDATE quota_reservations SET expires_at = now() - interval '1 minute' WHERE id = ANY($1::uuid[])`, [made.map((r) => r.late)])
+  await client.sweepExpiredReservations()
+  const calls = []
+  for (const r of made) {
+    calls.push(
+      client.cancelUpload(a.user, r.good),
+      client.cancelUpload(b.user, r.twice),
+      client.cancelUpload(b.user, r.twice), // the same request again
+      client.cancelUpload(c.user, r.done), // committed: cannot be cancelled
+      client.cancelUpload(c.user, r.good), // a's reservation id: not c's
+      client.cancelUpload(c.user, r.late),
+    )
+  }
+  const answers = await Promise.allSettled(calls)
+  const outcome = (x) => (x.status === 'fulfilled' ? x.value.status : x.reason.code)
+  for (let round = 0; round < 10; round++) {
+    const [good, first, second, done, foreign, late] = answers.slice(round * 6, round * 6 + 6)
+    assert.equal(outcome(good), 'cancelled')
+    assert.deepEqual([first.value.duplicate, second.value.duplicate].sort(), [false, true], 'cancelled once, the other is its retry')
+    assert.equal(outcome(done), 'CONFLICT')
+    assert.equal(done.reason.reason, 'ALREADY_SETTLED')
+    assert.equal(outcome(foreign), 'NOT_FOUND')
+    assert.equal(outcome(late), 'expired')
+    assert.equal(late.value.duplicate, false)
+  }
+  const { rows } = await db.query(
+    `SELECT count(*)::int AS n, count(DISTINCT xmin::text)::int AS commits FROM quota_reservations WHERE id = ANY($1::uuid[]) AND status = 'cancelled'`,
+    [made.flatMap((r) => [r.good, r.twice])],
+  )
+  assert.equal(rows[0].n, 20)
+  assert.ok(rows[0].commits < rows[0].n, `cancels of two users shared a transaction (${rows[0].commits} for ${rows[0].n})`)
+  await checkInvariants()
+})

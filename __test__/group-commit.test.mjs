@@ -1,5 +1,6 @@
-// recordUpload and reserveUpload calls of many users at once are charged in one transaction
-// (src/quota/coalesce.rs, coalesce_reserve.rs).
+// recordUpload, reserveUpload, commitUpload and cancelUpload calls of many users at once are
+// written in one transaction per kind (src/quota/coalesce.rs, coalesce_reserve.rs,
+// coalesce_commit.rs, coalesce_cancel.rs); a second round settles the first round's reservations.
 // Every caller must get exactly the answer a serial run of the same calls gives: checked by
 // replaying the calls one by one on the same starting data, in an order consistent with the
 // answers (calls of one user are decided in the order they reached the batch, which the test
@@ -73,6 +74,21 @@ const call = fc.record({
   bytes: fc.constantFrom(1, 1, 2, 3, 7).map((n) => n * MB),
 })
 
+/** Mostly commits and cancels of the first round's reservation ids. */
+const settleCall = fc.oneof(
+  { weight: 3, arbitrary: fc.record({
+    kind: fc.constantFrom('commit', 'commit', 'cancel'),
+    user: fc.integer({ min: 0, max: USERS - 1 }),
+    key: fc.integer({ min: 0, max: 5 }),
+    // Which of the first round's reservations it settles (unless `miss`: the user and key above).
+    pick: fc.nat(),
+    miss: fc.constantFrom(false, false, false, false, false, true),
+    // undefined: the size reserved; a larger one may not fit
+    actual: fc.constantFrom(undefined, undefined, 1 * MB, 4 * MB),
+  }) },
+  { weight: 1, arbitrary: call },
+)
+
 const projectOf = (c) =>
   ({ a: projects[c.user][0], b: projects[c.user][1], foreign: projects[(c.user + 1) % USERS][0], missing: MISSING })[c.project]
 
@@ -81,6 +97,10 @@ const reservationId = (key) => `00000000-0000-4000-8000-${String(key).padStart(1
 
 async function run(c) {
   try {
+    if (c.kind === 'commit') {
+      return { ok: await client.commitUpload(userId(c.user), reservationId(c.key), c.actual) }
+    }
+    if (c.kind === 'cancel') return { ok: await client.cancelUpload(userId(c.user), reservationId(c.key)) }
     if (c.kind === 'reserve') {
       // The expiry is now() + TTL of the transaction that made it: not the same in two runs.
       const { expiresAt, ...made } = await client.reserveUpload(userId(c.user), projectOf(c), c.bytes, { reservationId: reservationId(c.key) })
@@ -95,6 +115,7 @@ async function run(c) {
 
 /** What one call does to its user's state, as the README rules say (key, then owner, then limit). */
 function step(state, c) {
+  if (c.kind === 'commit' || c.kind === 'cancel') return settleStep(state, c)
   const project = projectOf(c)
   const ids = c.kind === 'reserve' ? 'reservations' : 'keys'
   const prior = state[ids].get(c.key)
@@ -105,10 +126,36 @@ function step(state, c) {
   if (c.project === 'missing') return { code: 'NOT_FOUND', state }
   if (c.project === 'foreign') return { code: 'FORBIDDEN', state }
   if (state.used + state.reserved + c.bytes > state.limit) return { code: 'QUOTA_EXCEEDED', used: state.used, reserved: state.reserved, state }
-  const known = new Map(state[ids]).set(c.key, { bytes: c.bytes, project })
+  const known = new Map(state[ids]).set(c.key, { bytes: c.bytes, project, status: 'pending' })
   const next =
     c.kind === 'reserve' ? { ...state, reserved: state.reserved + c.bytes, [ids]: known } : { ...state, used: state.used + c.bytes, [ids]: known }
   return { duplicate: false, used: next.used, reserved: next.reserved, state: next }
+}
+
+/** commitUpload and cancelUpload as the README says: settled once, a retry answers the first outcome. */
+function settleStep(state, c) {
+  const r = state.reservations.get(c.key)
+  if (!r) return { code: 'NOT_FOUND', state }
+  const settle = (status, extra) => {
+    const next = { ...state, ...extra, reservations: new Map(state.reservations).set(c.key, { ...r, status, committed: extra.committed }) }
+    delete next.committed
+    return { duplicate: false, used: next.used, reserved: next.reserved, state: next }
+  }
+  if (c.kind === 'cancel') {
+    if (r.status === 'committed') return { code: 'CONFLICT', state }
+    if (r.status === 'cancelled') return { duplicate: true, used: state.used, reserved: state.reserved, state }
+    return settle('cancelled', { reserved: state.reserved - r.bytes })
+  }
+  const actual = c.actual ?? r.bytes
+  if (r.status === 'committed') {
+    if (r.committed === actual) return { duplicate: true, used: state.used, reserved: state.reserved, state }
+    return { code: 'CONFLICT', state }
+  }
+  if (r.status === 'cancelled') return { code: 'CONFLICT', state }
+  if (actual > r.bytes && state.used + state.reserved - r.bytes + actual > state.limit) {
+    return { code: 'QUOTA_EXCEEDED', used: state.used, reserved: state.reserved, state }
+  }
+  return settle('committed', { used: state.used + actual, reserved: state.reserved - r.bytes, committed: actual })
 }
 
 function matches(predicted, answer) {
@@ -121,15 +168,21 @@ function matches(predicted, answer) {
   return answer.ok?.duplicate === predicted.duplicate && answer.ok.usedBytes === predicted.used && answer.ok.reservedBytes === predicted.reserved
 }
 
-/** An order of one user's calls in which each answer is what a serial run would give (depth-first). */
-function orderFor(state, pending, calls, answers) {
-  if (pending.length === 0) return []
+/** An order of one user's calls in which each answer is what a serial run would give
+ * (depth-first), with the state it ends in. States already found to lead nowhere are remembered:
+ * without that, answers no order explains made the search try every permutation of a user's
+ * calls (10! and more), which is how an earlier version of this test seemed to hang. */
+function orderFor(state, pending, calls, answers, deadEnds = new Set()) {
+  if (pending.length === 0) return { order: [], state }
+  const key = JSON.stringify([state.used, state.reserved, [...state.keys], [...state.reservations], pending])
+  if (deadEnds.has(key)) return null
   for (const [n, i] of pending.entries()) {
     const predicted = step(state, calls[i])
     if (!matches(predicted, answers[i])) continue
-    const rest = orderFor(predicted.state, pending.filter((_, m) => m !== n), calls, answers)
-    if (rest) return [i, ...rest]
+    const rest = orderFor(predicted.state, pending.filter((_, m) => m !== n), calls, answers, deadEnds)
+    if (rest) return { order: [i, ...rest.order], state: rest.state }
   }
+  deadEnds.add(key)
   return null
 }
 
@@ -147,11 +200,23 @@ async function checkInvariants() {
   }
 }
 
-test('concurrent recordUpload and reserveUpload calls across users answer exactly as the same calls one by one', async () => {
+test('concurrent recordUpload, reserveUpload, commitUpload and cancelUpload calls across users answer exactly as the same calls one by one', async () => {
   let batched = 0
   let reservedTogether = 0
+  let committedTogether = 0
+  let cancelledTogether = 0
   await fc.assert(
-    fc.asyncProperty(fc.array(quotaRow, { minLength: USERS, maxLength: USERS }), fc.array(call, { minLength: 1, maxLength: 60 }), async (rows, calls) => {
+    fc.asyncProperty(
+      fc.array(quotaRow, { minLength: USERS, maxLength: USERS }),
+      fc.array(call, { minLength: 1, maxLength: 60, size: 'medium' }),
+      fc.array(settleCall, { minLength: 0, maxLength: 60, size: 'max' }),
+      async (rows, calls, settleCalls) => {
+      const reserves = calls.filter((c) => c.kind === 'reserve')
+      const settles = settleCalls.map((c) => {
+        if (!('pick' in c) || c.miss || reserves.length === 0) return c
+        const { user, key } = reserves[c.pick % reserves.length]
+        return { ...c, user, key }
+      })
       await seed(rows)
       const start = []
       for (let u = 0; u < USERS; u++) start.push(await client.checkQuota(userId(u), 0))
@@ -168,26 +233,48 @@ test('concurrent recordUpload and reserveUpload calls across users answer exactl
       )
       if (held.commits < held.made) reservedTogether++
       await checkInvariants()
+      // Second round: settle the first round's reservations, all at once.
+      const { rows: [mid] } = await db.query('SELECT txid_current()::text::bigint AS xid')
+      const settled = await Promise.all(settles.map(run))
+      const { rows: [commits] } = await db.query(
+        `SELECT count(DISTINCT xmin::text)::int AS commits, count(*)::int AS made FROM quota_reservations WHERE status = 'committed' AND xmin::text::bigint > $1`,
+        [mid.xid],
+      )
+      if (commits.commits < commits.made) committedTogether++
+      const { rows: [cancels] } = await db.query(
+        `SELECT count(DISTINCT xmin::text)::int AS commits, count(*)::int AS made FROM quota_reservations WHERE status = 'cancelled' AND xmin::text::bigint > $1`,
+        [mid.xid],
+      )
+      if (cancels.commits < cancels.made) cancelledTogether++
+      await checkInvariants()
 
-      const order = []
+      const rounds = [calls, settles]
+      const answers = [together, settled]
+      const orders = [[], []]
       for (let u = 0; u < USERS; u++) {
-        const mine = calls.flatMap((c, i) => (c.user === u ? [i] : []))
-        const state = { used: start[u].usedBytes, reserved: start[u].reservedBytes, limit: start[u].limitBytes, keys: new Map(), reservations: new Map() }
-        const found = orderFor(state, mine, calls, together)
-        assert.ok(found, `user ${u}: no serial order explains the answers ${JSON.stringify(mine.map((i) => [calls[i], together[i]]))}`)
-        order.push(...found)
+        let state = { used: start[u].usedBytes, reserved: start[u].reservedBytes, limit: start[u].limitBytes, keys: new Map(), reservations: new Map() }
+        for (const r of [0, 1]) {
+          const mine = rounds[r].flatMap((c, i) => (c.user === u ? [i] : []))
+          const found = orderFor(state, mine, rounds[r], answers[r])
+          assert.ok(found, `user ${u}, round ${r + 1}: no serial order explains the answers ${JSON.stringify(mine.map((i) => [rounds[r][i], answers[r][i]]))}`)
+          orders[r].push(...found.order)
+          state = found.state
+        }
       }
 
       await seed(rows)
-      const oneByOne = new Array(calls.length)
-      for (const i of order) oneByOne[i] = await run(calls[i])
-      assert.deepEqual(together, oneByOne)
+      const oneByOne = [new Array(calls.length), new Array(settles.length)]
+      for (const r of [0, 1]) for (const i of orders[r]) oneByOne[r][i] = await run(rounds[r][i])
+      assert.deepEqual(together, oneByOne[0])
+      assert.deepEqual(settled, oneByOne[1])
       await checkInvariants()
     }),
     { numRuns: 30 },
   )
   assert.ok(batched > 0, 'some calls were charged together in one commit')
   assert.ok(reservedTogether > 0, 'some reservations were made together in one commit')
+  assert.ok(committedTogether > 0, 'some reservations were committed together in one commit')
+  assert.ok(cancelledTogether > 0, 'some reservations were cancelled together in one commit')
 })
 
 test('a batch with a refused, a conflicting and a foreign call: the neighbours are charged, in one commit', async () => {

@@ -59,6 +59,20 @@ for (const [mode, suffix] of [
     return { quota, user, project }
   }
 
+  test(`${mode}: a lone commitUpload is one statement (no read of the reservation first)`, async () => {
+    const { quota, user, project } = await setup('commit')
+    const held = []
+    for (let i = 0; i < 3; i++) held.push((await quota.reserveUpload(user, project, 10)).reservationId)
+    await own.query('SELECT pg_stat_statements_reset()')
+    for (const id of held) assert.equal((await quota.commitUpload(user, id)).status, 'committed')
+    const rows = await sent()
+    const log = rows.map((r) => `${r.calls}× ${r.query}`).join('\n---\n')
+    const settle = /UPDATE quota_reservations s SET status = (\$\d+|'committed')/
+    assert.equal(callsOf(rows, settle), 3, log)
+    const other = rows.filter((r) => !settle.test(r.query) && /\b(FROM|INTO|UPDATE)\b/.test(r.query))
+    assert.deepEqual(other.map((r) => r.query), [], 'statements besides the commits')
+  })
+
   test(`${mode}: a charge with nothing expired is one statement, and no sweep goes out`, async () => {
     const { quota, user, project } = await setup('plain')
     // A live reservation of the user's own: pending, but nothing to sweep.

@@ -1,7 +1,8 @@
 import { test, after } from 'node:test'
 import assert from 'node:assert/strict'
 import { createClient } from '../index.js'
-import { createTestDatabase, insertProject, quotaCounters, rejection } from './helpers/db.mjs'
+import pg from 'pg'
+import { createTestDatabase, insertProject, quotaCounters, rejection, untilLockWaiters } from './helpers/db.mjs'
 
 const MB = 1024 * 1024
 const db = await createTestDatabase('reserve')
@@ -169,4 +170,33 @@ test('a caller-chosen reservationId makes a retried reserve hold the bytes once'
   await client.commitUpload(user, reservationId)
   assert.equal((await client.reserveUpload(user, project, 3 * MB, { reservationId })).duplicate, true, 'a late retry holds nothing')
   assert.deepEqual(await counters(user), { used: 3 * MB, reserved: 0, ledger: 3 * MB })
+})
+
+test('a reservation whose id another writer takes while it waits for the row is KEY_REUSED, not QUOTA_EXCEEDED', async () => {
+  const user = 'user_res_id_race'
+  const project = await insertProject(db, user)
+  await client.setQuotaLimit(user, 9 * MB)
+  const id = '00000000-0000-4000-8000-00000000a11d'
+  // Another writer (another app instance) reserves 3 MB under the id: the row is locked when our
+  // call's statement starts, so its snapshot has no reservation under the id; once the row is
+  // free it holds 3 MB more, and 7 MB no longer fit. Run one after the other, the id decides first.
+  const app = new pg.Client({ connectionString: db.url })
+  await app.connect()
+  try {
+    await app.query('BEGIN')
+    await app.query('UPDATE user_quotas SET reserved_bytes = reserved_bytes + $2 WHERE user_id = $1', [user, 3 * MB])
+    await app.query(
+      `INSERT INTO quota_reservations (id, user_id, project_id, bytes, expires_at) VALUES ($3, $1, $2, $4, now() + interval '1 hour')`,
+      [user, project, id, 3 * MB],
+    )
+    const call = client.reserveUpload(user, project, 7 * MB, { reservationId: id }).catch((e) => e)
+    await untilLockWaiters(db, 1)
+    await app.query('COMMIT')
+    const error = await call
+    assert.equal(error.code, 'CONFLICT', `${error.code}: ${error.message}`)
+    assert.equal(error.reason, 'KEY_REUSED')
+    assert.deepEqual(await counters(user), { used: 0, reserved: 3 * MB, ledger: 0 })
+  } finally {
+    await app.end()
+  }
 })

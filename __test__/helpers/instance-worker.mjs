@@ -32,7 +32,12 @@ async function settle(label, call) {
   const entry = { label, attempt: 0 }
   pending.set(id, entry)
   try {
-    for (let attempt = 0; attempt < 2000; attempt++) {
+    // Bounded by time, not by a count of attempts: a call that fails fast (the pool's fast
+    // failure while its connects fail, PgBouncer's wait before it logs in to a restarted server)
+    // could spend any count of attempts before the parent's 'down' reaches this process, or
+    // after its 'up'. The parent's watchdog fails the test long before this if nothing settles.
+    const deadline = Date.now() + 120_000
+    for (let attempt = 0; Date.now() < deadline; attempt++) {
       entry.attempt = attempt
       stats.calls++
       try {
@@ -46,10 +51,12 @@ async function settle(label, call) {
         }
         entry.label = `${label} (last: ${error.code})`
         if (down) await new Promise((resolve) => upWaiters.push(resolve))
-        else await new Promise((resolve) => setImmediate(resolve))
+        // As an app's retry would: back off a little (1 ms, growing to 50 ms) while the
+        // database is back but not yet answering, rather than spin.
+        else await new Promise((resolve) => setTimeout(resolve, Math.min(50, 1 + attempt)))
       }
     }
-    throw new Error('a call did not settle after 2000 attempts')
+    throw new Error(`a call did not settle in 120 s (${entry.attempt + 1} attempts)`)
   } finally {
     pending.delete(id)
   }

@@ -5,6 +5,7 @@ pub mod config;
 mod errors;
 pub mod migrate;
 pub mod online;
+pub mod pipeline;
 pub mod pool;
 pub mod project_source;
 pub mod session;

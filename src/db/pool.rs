@@ -13,6 +13,8 @@ use std::time::{Duration, Instant};
 
 use bb8::{ManageConnection, PooledConnection, QueueStrategy, RunError};
 use tokio::sync::Notify;
+use tokio_postgres::config::SslMode;
+use tokio_postgres::NoTls;
 use tokio_postgres_rustls::MakeRustlsConnect;
 
 use crate::db::config::{describe_target, ConnectionConfig};
@@ -60,7 +62,9 @@ impl ConnectFailures {
 
 pub struct Manager {
   config: tokio_postgres::Config,
-  tls: MakeRustlsConnect,
+  /// `None` for plain TCP (`sslmode` disable): connections then never run TLS code, so a
+  /// process that uses none keeps rustls' pages out of memory (link/cold.ld).
+  tls: Option<MakeRustlsConnect>,
   target: String,
   connect_timeout: Duration,
   failures: Arc<ConnectFailures>,
@@ -79,7 +83,20 @@ impl ManageConnection for Manager {
     // `Config::connect_timeout` bounds only the TCP connect, and an attempt stuck after it (a
     // server or pooler that accepts and never answers) would hold one of the pool's places
     // for good.
-    let attempt = self.config.connect(self.tls.clone());
+    let attempt = async {
+      match &self.tls {
+        Some(tls) => self
+          .config
+          .connect(tls.clone())
+          .await
+          .map(|(client, connection)| (client, Box::pin(connection) as Connection)),
+        None => self
+          .config
+          .connect(NoTls)
+          .await
+          .map(|(client, connection)| (client, Box::pin(connection) as Connection)),
+      }
+    };
     let Ok(connected) = tokio::time::timeout(self.connect_timeout, attempt).await else {
       let failure = QuotaError::DbUnavailable(format!(
         "could not connect to PostgreSQL at {}: no answer within {} ms",
@@ -137,6 +154,11 @@ impl ManageConnection for Manager {
   }
 }
 
+/// A connection's I/O task, over plain TCP or TLS.
+type Connection = std::pin::Pin<
+  Box<dyn std::future::Future<Output = std::result::Result<(), tokio_postgres::Error>> + Send>,
+>;
+
 /// tokio-postgres says "error connecting to server: Connection refused (os error 111)"; keep
 /// the cause, which never contains the password.
 fn connect_cause(error: &tokio_postgres::Error) -> String {
@@ -169,9 +191,13 @@ impl Pool {
     let failures = Arc::new(ConnectFailures::default());
     let generation = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let sending = Arc::new(Sending::new(settings.pooler, config.statement_timeout));
+    let tls = match settings.config.get_ssl_mode() {
+      SslMode::Disable => None,
+      _ => Some(settings.tls.connector()?),
+    };
     let manager = Manager {
       config: settings.config,
-      tls: settings.tls.connector()?,
+      tls,
       target: target.clone(),
       connect_timeout: config.connect_timeout,
       failures: failures.clone(),

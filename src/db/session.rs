@@ -31,7 +31,7 @@ use tokio_postgres::{Client, GenericClient, Row, Statement, Transaction};
 
 /// One statement parameter, as tokio-postgres takes them.
 pub type Param<'a> = &'a (dyn ToSql + Sync);
-type PgResult<T> = std::result::Result<T, tokio_postgres::Error>;
+pub(super) type PgResult<T> = std::result::Result<T, tokio_postgres::Error>;
 
 /// How a pool's connections send statements; shared by all of them.
 #[derive(Debug)]
@@ -40,7 +40,7 @@ pub struct Sending {
   /// `SET LOCAL statement_timeout …`, in pooler mode with a timeout.
   set_timeout: Option<String>,
   /// `BEGIN; SET LOCAL statement_timeout …`, for a statement outside a transaction.
-  begin: Option<String>,
+  pub(super) begin: Option<String>,
   /// Parameter types per statement, learned once per pool: an unnamed statement carries them.
   types: Mutex<HashMap<String, Arc<[Type]>>>,
 }
@@ -73,21 +73,21 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 /// What one pooled connection keeps besides its client, so a transaction on the client can
 /// use it.
-struct State {
-  sending: Arc<Sending>,
+pub(super) struct State {
+  pub(super) sending: Arc<Sending>,
   statements: Mutex<HashMap<String, Statement>>,
   /// Held from a statement's start until its messages are queued (or to its end, where
   /// nothing may be pipelined behind it).
-  order: tokio::sync::Mutex<()>,
+  pub(super) order: tokio::sync::Mutex<()>,
   /// Set while a `BEGIN` of ours outside a `Transaction` is open: a call dropped half-way
   /// leaves it set and the pool discards the connection rather than reuse one mid-transaction.
-  open: AtomicBool,
+  pub(super) open: AtomicBool,
 }
 
 /// One pooled connection.
 pub struct PgConnection {
-  client: Client,
-  state: State,
+  pub(super) client: Client,
+  pub(super) state: State,
   /// `pool::LOST_EPOCH` when this connection was last known to work.
   pub(crate) checked_epoch: u64,
 }
@@ -165,20 +165,20 @@ impl_db!(PgConnection);
 impl_db!(Tx<'_>);
 
 /// A statement ready to send: prepared and named, or the types of an unnamed one.
-enum Ready {
+pub(super) enum Ready {
   Named(Statement),
   Unnamed(Arc<[Type]>),
 }
 
 #[derive(Clone, Copy)]
-enum Want {
+pub(super) enum Want {
   Rows,
   One,
   Opt,
   Count,
 }
 
-enum Got {
+pub(super) enum Got {
   Rows(Vec<Row>),
   One(Row),
   Opt(Option<Row>),
@@ -360,7 +360,7 @@ impl Tx<'_> {
 impl State {
   /// The statement, prepared (direct) or its parameter types known (pooler mode). Runs with
   /// the order guard held, so statements started later wait for this one's round trips.
-  async fn ready<C: GenericClient + Sync>(
+  pub(super) async fn ready<C: GenericClient + Sync>(
     &self,
     on: &C,
     in_tx: bool,
@@ -399,7 +399,7 @@ impl State {
 }
 
 /// Sends one statement and reads its answer.
-async fn run<C: GenericClient + Sync>(
+pub(super) async fn run<C: GenericClient + Sync>(
   on: &C,
   ready: &Ready,
   sql: &str,
@@ -433,7 +433,10 @@ async fn run<C: GenericClient + Sync>(
 
 /// Polls `send` once, which queues its messages for the server, then lets the next statement
 /// go: statements started concurrently stay pipelined, in the order they were started.
-async fn after_first_poll<T>(guard: MutexGuard<'_, ()>, send: impl Future<Output = T>) -> T {
+pub(super) async fn after_first_poll<T>(
+  guard: MutexGuard<'_, ()>,
+  send: impl Future<Output = T>,
+) -> T {
   let mut send = pin!(send);
   if let Poll::Ready(out) = poll_fn(|cx| Poll::Ready(send.as_mut().poll(cx))).await {
     return out;

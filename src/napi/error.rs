@@ -36,9 +36,11 @@ fn build_error<'env>(env: &'env Env, error: &QuotaError) -> Result<Object<'env>>
 pub struct Answer<T>(pub std::result::Result<T, QuotaError>);
 
 /// Runs an async call's work and wraps its outcome, so the work itself uses `?` on library errors.
+/// The call counts as busy while it runs (`idle`: the allocator is trimmed when none is).
 pub(crate) async fn answer<T>(
   work: impl std::future::Future<Output = std::result::Result<T, QuotaError>>,
 ) -> Result<Answer<T>> {
+  let _busy = super::idle::Busy::enter();
   Ok(Answer(work.await))
 }
 

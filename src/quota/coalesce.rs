@@ -26,6 +26,7 @@ use tokio_postgres::types::ToSql;
 use crate::db::pool::{PgConnection, Pool};
 use crate::error::{QuotaError, Result};
 use crate::ids::{ProjectId, UserId};
+use crate::quota::batch::together_then_alone;
 use crate::quota::owner::check_owner;
 use crate::quota::usage::{self, RecordedUpload, Usage};
 use crate::rollout::Mode;
@@ -46,15 +47,28 @@ const PRIORS: &str = "
 SELECT l.user_id, l.idempotency_key, coalesce(l.requested_bytes, l.bytes), l.project_id
   FROM unnest($1::text[], $2::text[]) AS k(user_id, key)
   JOIN quota_ledger l ON l.user_id = k.user_id AND l.idempotency_key = k.key";
+/// The batch's writes in one statement: the quota rows (per user, the batch's total), then the
+/// ledger entries. Each quota row is locked by the batch, so it must come out exactly as decided
+/// (`$3`); anything else raises an error here, before the `COMMIT` pipelined behind it, which
+/// then rolls the whole batch back (and `Batcher` answers each call alone). The error is a
+/// failed cast carrying the reason: plain SQL has no `RAISE`, and the ELSE branch depends on the
+/// rows, so it is not folded at plan time.
 const CHARGE: &str = "
-UPDATE user_quotas q SET used_bytes = q.used_bytes + t.bytes, updated_at = now()
-  FROM unnest($1::text[], $2::bigint[]) AS t(user_id, bytes)
- WHERE q.user_id = t.user_id
-RETURNING q.user_id, q.used_bytes";
-const LEDGER: &str = "
-INSERT INTO quota_ledger (user_id, project_id, idempotency_key, kind, bytes)
-SELECT t.user_id, t.project_id, t.key, 'upload', t.bytes
-  FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[]) AS t(user_id, project_id, key, bytes)";
+WITH charged AS (
+  UPDATE user_quotas q SET used_bytes = q.used_bytes + t.bytes, updated_at = now()
+    FROM unnest($1::text[], $2::bigint[], $3::bigint[]) AS t(user_id, bytes, decided)
+   WHERE q.user_id = t.user_id
+  RETURNING q.used_bytes = t.decided AS as_decided
+), entered AS (
+  INSERT INTO quota_ledger (user_id, project_id, idempotency_key, kind, bytes)
+  SELECT t.user_id, t.project_id, t.key, 'upload', t.bytes
+    FROM unnest($4::text[], $5::text[], $6::text[], $7::bigint[]) AS t(user_id, project_id, key, bytes)
+)
+SELECT CASE WHEN count(*) FILTER (WHERE as_decided) = cardinality($1::text[]) THEN count(*)
+            ELSE ('quota rows changed under their locks during a batched upload: '
+                  || count(*) FILTER (WHERE as_decided) || ' of ' || cardinality($1::text[])
+                  || ' as decided')::bigint END
+  FROM charged";
 
 #[derive(Debug, Clone)]
 pub struct Upload {
@@ -71,21 +85,13 @@ pub async fn record_uploads(
   uploads: Vec<Upload>,
   default_limit: i64,
 ) -> Result<Vec<Result<RecordedUpload>>> {
-  let mut conn = pool.get().await?;
-  if uploads.len() == 1 {
-    return Ok(vec![
-      record_alone(&mut conn.0, &uploads[0], default_limit).await,
-    ]);
-  }
-  let decided = charge_together(&mut conn.0, &uploads).await?;
-  let mut answers = Vec::with_capacity(uploads.len());
-  for (upload, answer) in uploads.iter().zip(decided) {
-    answers.push(match answer {
-      Some(answer) => answer,
-      None => record_alone(&mut conn.0, upload, default_limit).await,
-    });
-  }
-  Ok(answers)
+  together_then_alone(
+    pool,
+    &uploads,
+    |conn, uploads| Box::pin(charge_together(conn, uploads)),
+    |conn, upload| Box::pin(record_alone(conn, upload, default_limit)),
+  )
+  .await
 }
 
 /// One upload on its own: the single statement of `usage::record_upload`.
@@ -128,8 +134,9 @@ async fn charge_together(
   let key_users: Vec<&str> = uploads.iter().map(|u| u.user.as_str()).collect();
   let keys: Vec<&str> = uploads.iter().map(|u| u.upload_id.as_str()).collect();
 
-  let tx = conn.transaction().await?;
-  // Pipelined; PostgreSQL runs them in order, so both reads see the state after the locks.
+  let tx = conn.pipelined();
+  // Pipelined behind the BEGIN; PostgreSQL runs them in order, so both reads see the state
+  // after the locks.
   let lock_params: [&(dyn ToSql + Sync); 1] = [&users];
   let owner_params: [&(dyn ToSql + Sync); 1] = [&projects];
   let prior_params: [&(dyn ToSql + Sync); 2] = [&key_users, &keys];
@@ -174,29 +181,27 @@ async fn charge_together(
     answers.push(Some(answer));
   }
 
-  if !new_keys.is_empty() {
-    let (charged_users, charged_bytes): (Vec<&str>, Vec<i64>) = totals.into_iter().unzip();
-    let charge_params: [&(dyn ToSql + Sync); 2] = [&charged_users, &charged_bytes];
-    let ledger_params: [&(dyn ToSql + Sync); 4] =
-      [&new_users, &new_projects, &new_keys, &new_bytes];
-    let (after, _) = tokio::try_join!(
-      tx.query(CHARGE, &charge_params),
-      tx.execute(LEDGER, &ledger_params),
-    )?;
-    // The rows are locked, so each must now hold exactly what was decided; anything else rolls
-    // the whole batch back (and `Batcher` answers each call alone).
-    let consistent = after.len() == charged_users.len()
-      && after.iter().all(|row| {
-        let user: &str = row.get(0);
-        rows.get(user).map(|u| u.used_bytes) == Some(row.get::<_, i64>(1))
-      });
-    if !consistent {
-      return Err(QuotaError::Internal(
-        "quota rows changed under their locks during a batched upload".into(),
-      ));
-    }
+  let mut charged = (Vec::new(), Vec::new(), Vec::new());
+  for (user, bytes) in totals {
+    charged.0.push(user);
+    charged.1.push(bytes);
+    charged.2.push(rows[user].used_bytes);
   }
-  tx.commit().await?;
+  let charge_params: [&(dyn ToSql + Sync); 7] = [
+    &charged.0,
+    &charged.1,
+    &charged.2,
+    &new_users,
+    &new_projects,
+    &new_keys,
+    &new_bytes,
+  ];
+  if new_keys.is_empty() {
+    // Nothing to write (duplicates and refusals only): the COMMIT alone ends the transaction.
+    tx.commit_with(async { Ok(()) }).await?;
+  } else {
+    tx.commit_with(tx.query(CHARGE, &charge_params)).await?;
+  }
   Ok(answers)
 }
 

@@ -17,6 +17,7 @@ use tokio_postgres::types::ToSql;
 use crate::db::pool::{PgConnection, Pool};
 use crate::error::{QuotaError, Result};
 use crate::ids::{ProjectId, UserId};
+use crate::quota::batch::together_then_alone;
 use crate::quota::coalesce::{LOCK_QUOTAS, OWNERS};
 use crate::quota::owner::check_owner;
 use crate::quota::reservations::{self, Reservation};
@@ -28,18 +29,31 @@ const PRIORS: &str = "
 SELECT r.user_id, r.id, r.project_id, coalesce(r.requested_bytes, r.bytes), r.expires_at
   FROM unnest($1::text[], $2::uuid[]) AS k(user_id, id)
   JOIN quota_reservations r ON r.user_id = k.user_id AND r.id = k.id";
+/// The batch's writes in one statement: the held bytes per user, then the reservations, with
+/// the expiry as the single statement computes it (`now()` is the transaction's start). As in
+/// `coalesce::CHARGE`, a quota row that does not come out as decided (`$3`) raises an error
+/// before the `COMMIT` pipelined behind it, rolling the batch back. The check's column is
+/// selected although nobody reads it: an unused column of a subquery is not computed.
 const HOLD: &str = "
-UPDATE user_quotas q SET reserved_bytes = q.reserved_bytes + t.bytes, updated_at = now()
-  FROM unnest($1::text[], $2::bigint[]) AS t(user_id, bytes)
- WHERE q.user_id = t.user_id
-RETURNING q.user_id, q.reserved_bytes";
-/// The expiry as the single statement computes it (`now()` is the transaction's start).
-const INSERT: &str = "
-INSERT INTO quota_reservations (id, user_id, project_id, bytes, expires_at)
-SELECT t.id, t.user_id, t.project_id, t.bytes, now() + make_interval(secs => t.ttl / 1000)
-  FROM unnest($1::uuid[], $2::text[], $3::text[], $4::bigint[], $5::float8[])
-       AS t(id, user_id, project_id, bytes, ttl)
-RETURNING id, user_id, expires_at";
+WITH held AS (
+  UPDATE user_quotas q SET reserved_bytes = q.reserved_bytes + t.bytes, updated_at = now()
+    FROM unnest($1::text[], $2::bigint[], $3::bigint[]) AS t(user_id, bytes, decided)
+   WHERE q.user_id = t.user_id
+  RETURNING q.reserved_bytes = t.decided AS as_decided
+), made AS (
+  INSERT INTO quota_reservations (id, user_id, project_id, bytes, expires_at)
+  SELECT t.id, t.user_id, t.project_id, t.bytes, now() + make_interval(secs => t.ttl / 1000)
+    FROM unnest($4::uuid[], $5::text[], $6::text[], $7::bigint[], $8::float8[])
+         AS t(id, user_id, project_id, bytes, ttl)
+  RETURNING id, user_id, expires_at
+), checked AS (
+  SELECT CASE WHEN count(*) FILTER (WHERE as_decided) = cardinality($1::text[]) THEN count(*)
+              ELSE ('quota rows changed under their locks during a batched reservation: '
+                    || count(*) FILTER (WHERE as_decided) || ' of ' || cardinality($1::text[])
+                    || ' as decided')::bigint END AS users
+    FROM held
+)
+SELECT m.id, m.user_id, m.expires_at, c.users FROM checked c LEFT JOIN made m ON true";
 
 #[derive(Debug, Clone)]
 pub struct Reserve {
@@ -57,21 +71,13 @@ pub async fn reserve_many(
   calls: Vec<Reserve>,
   default_limit: i64,
 ) -> Result<Vec<Result<Reservation>>> {
-  let mut conn = pool.get().await?;
-  if calls.len() == 1 {
-    return Ok(vec![
-      reserve_alone(&mut conn.0, &calls[0], default_limit).await,
-    ]);
-  }
-  let decided = hold_together(&mut conn.0, &calls).await?;
-  let mut answers = Vec::with_capacity(calls.len());
-  for (call, answer) in calls.iter().zip(decided) {
-    answers.push(match answer {
-      Some(answer) => answer,
-      None => reserve_alone(&mut conn.0, call, default_limit).await,
-    });
-  }
-  Ok(answers)
+  together_then_alone(
+    pool,
+    &calls,
+    |conn, calls| Box::pin(hold_together(conn, calls)),
+    |conn, call| Box::pin(reserve_alone(conn, call, default_limit)),
+  )
+  .await
 }
 
 async fn reserve_alone(
@@ -111,8 +117,9 @@ async fn hold_together(
   let key_users: Vec<&str> = calls.iter().map(|c| c.user.as_str()).collect();
   let ids: Vec<uuid::Uuid> = calls.iter().map(|c| c.id).collect();
 
-  let tx = conn.transaction().await?;
-  // Pipelined; PostgreSQL runs them in order, so both reads see the state after the locks.
+  let tx = conn.pipelined();
+  // Pipelined behind the BEGIN; PostgreSQL runs them in order, so both reads see the state
+  // after the locks.
   let lock_params: [&(dyn ToSql + Sync); 1] = [&users];
   let owner_params: [&(dyn ToSql + Sync); 1] = [&projects];
   let prior_params: [&(dyn ToSql + Sync); 2] = [&key_users, &ids];
@@ -164,34 +171,26 @@ async fn hold_together(
     answers.push(Some(answer));
   }
 
-  if !new.0.is_empty() {
-    let (held_users, held_bytes): (Vec<&str>, Vec<i64>) = totals.into_iter().unzip();
-    let hold_params: [&(dyn ToSql + Sync); 2] = [&held_users, &held_bytes];
-    let insert_params: [&(dyn ToSql + Sync); 5] = [&new.0, &new.1, &new.2, &new.3, &new.4];
-    let (after, inserted) = tokio::try_join!(
-      tx.query(HOLD, &hold_params),
-      tx.query(INSERT, &insert_params),
-    )?;
-    // The rows are locked, so each must now hold exactly what was decided; anything else rolls
-    // the whole batch back (and `Batcher` answers each call alone).
-    let consistent = after.len() == held_users.len()
-      && inserted.len() == new.0.len()
-      && after.iter().all(|row| {
-        let user: &str = row.get(0);
-        rows.get(user).map(|u| u.reserved_bytes) == Some(row.get::<_, i64>(1))
-      });
-    if !consistent {
-      return Err(QuotaError::Internal(
-        "quota rows changed under their locks during a batched reservation".into(),
-      ));
+  if new.0.is_empty() {
+    // Nothing to write (retries and refusals only): the COMMIT alone ends the transaction.
+    tx.commit_with(async { Ok(()) }).await?;
+  } else {
+    let mut held = (Vec::new(), Vec::new(), Vec::new());
+    for (user, bytes) in totals {
+      held.0.push(user);
+      held.1.push(bytes);
+      held.2.push(rows[user].reserved_bytes);
     }
+    let hold_params: [&(dyn ToSql + Sync); 8] = [
+      &held.0, &held.1, &held.2, &new.0, &new.1, &new.2, &new.3, &new.4,
+    ];
+    let inserted = tx.commit_with(tx.query(HOLD, &hold_params)).await?;
     for row in &inserted {
       if let Some(made) = known.get_mut(&(row.get(1), row.get(0))) {
         made.expires_at = Some(row.get(2));
       }
     }
   }
-  tx.commit().await?;
 
   // Expiries are known now, also for a retry of a call made earlier in this batch.
   for (call, answer) in calls.iter().zip(answers.iter_mut()) {

@@ -8,6 +8,8 @@ pub mod backfill;
 pub mod batch;
 pub mod client;
 pub mod coalesce;
+pub mod coalesce_cancel;
+pub mod coalesce_commit;
 pub mod coalesce_reserve;
 pub mod config;
 pub mod copies;

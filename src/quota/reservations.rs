@@ -13,7 +13,7 @@ use crate::quota::usage::{
 };
 use crate::rollout::Mode;
 
-pub use crate::quota::settle::{cancel, commit, LedgerEntry, Settled};
+pub use crate::quota::settle::{cancel, commit, commit_unless_presigned, LedgerEntry, Settled};
 
 #[derive(Debug, Clone)]
 pub struct Reservation {
@@ -175,9 +175,28 @@ pub async fn reserve(
         mode,
       });
     }
-    after_uncharged(conn, user, bytes, default_limit).await?;
+    match after_uncharged(conn, user, bytes, default_limit).await {
+      // The statement's snapshot may predate a concurrent call's reservation under this id (its
+      // row lock then showed that call's bytes, not its id): the id decides first, so look again.
+      Err(QuotaError::QuotaExceeded(_))
+        if reservation_made(conn, user, &reservation_id).await? =>
+      {
+        continue
+      }
+      other => other?,
+    }
   }
   Err(contention_error("reserveUpload"))
+}
+
+async fn reservation_made(conn: &mut PgConnection, user: &UserId, id: &uuid::Uuid) -> Result<bool> {
+  let row = conn
+    .query_one(
+      "SELECT EXISTS (SELECT 1 FROM quota_reservations WHERE user_id = $1 AND id = $2)",
+      &[&user.as_str(), id],
+    )
+    .await?;
+  Ok(row.get(0))
 }
 
 /// A reservation id used before for another project or size.

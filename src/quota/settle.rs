@@ -1,6 +1,7 @@
 //! Settling a reservation: commit turns its bytes into usage, cancel gives them back. Both lock
-//! the reservation row first, then the quota row, like the sweep, so they cannot deadlock with
-//! each other and a reservation settles exactly once; a retry answers the first outcome.
+//! the reservation row first, then the quota row, like the sweep, `removeProject` and the
+//! batched commit (`coalesce_commit`), so they cannot deadlock with each other and a reservation
+//! settles exactly once; a retry answers the first outcome.
 
 use crate::db::pool::PgConnection;
 use crate::error::{ConflictReason, QuotaError, Result};
@@ -36,7 +37,7 @@ macro_rules! commit_sql {
 WITH r AS (
   SELECT id, user_id, project_id, bytes, coalesce(requested_bytes, bytes) AS requested, status,
          committed_bytes, expires_at <= now() AS expired,
-         coalesce($2, requested_bytes, bytes) AS actual
+         coalesce($2, requested_bytes, bytes) AS actual, object_key IS NOT NULL AS presigned
     FROM quota_reservations WHERE user_id = $3 AND id = $1 FOR UPDATE
 ), charged AS (
   UPDATE user_quotas q
@@ -67,7 +68,7 @@ WITH r AS (
 SELECT r.user_id, r.project_id::text AS project_id, r.bytes, r.requested, r.status, r.committed_bytes AS prior_committed,
        r.expired, r.actual,
        (SELECT count(*) FROM settled) + (SELECT count(*) FROM entry) AS writes,
-       c.used_bytes, c.reserved_bytes, c.limit_bytes
+       c.used_bytes, c.reserved_bytes, c.limit_bytes, r.presigned
   FROM (SELECT 1) AS one LEFT JOIN r ON true LEFT JOIN charged c ON true"
     )
   };
@@ -76,6 +77,14 @@ SELECT r.user_id, r.project_id::text AS project_id, r.bytes, r.requested, r.stat
 /// A commit larger than the reservation needs room for the difference; a smaller one always fits.
 const COMMIT: &str = commit_sql!(
   "(r.actual <= r.bytes OR q.used_bytes + q.reserved_bytes - r.bytes + r.actual <= q.limit_bytes)",
+  "r.actual"
+);
+/// `COMMIT` that leaves a presigned upload's reservation alone: its commit must first ask the
+/// store for the object's size (`client::direct`). Lets an ordinary commit in enforce mode go out
+/// as this one statement, without reading the reservation first.
+const COMMIT_UNLESS_PRESIGNED: &str = commit_sql!(
+  "NOT r.presigned
+     AND (r.actual <= r.bytes OR q.used_bytes + q.reserved_bytes - r.bytes + r.actual <= q.limit_bytes)",
   "r.actual"
 );
 const COMMIT_SHADOW: &str = commit_sql!(
@@ -110,14 +119,14 @@ pub struct LedgerEntry<'a> {
   pub kind: &'a str,
 }
 
-fn settled_error(id: &uuid::Uuid, status: &str) -> QuotaError {
+pub(crate) fn settled_error(id: &uuid::Uuid, status: &str) -> QuotaError {
   QuotaError::conflict(
     ConflictReason::AlreadySettled,
     format!("reservation {id} is already {status}; it cannot be settled another way"),
   )
 }
 
-fn not_found(id: &uuid::Uuid) -> QuotaError {
+pub(crate) fn not_found(id: &uuid::Uuid) -> QuotaError {
   // The same words whether the id is unknown or another user's: nothing about their keys leaks.
   QuotaError::NotFound(format!("reservation {id} does not exist"))
 }
@@ -132,16 +141,42 @@ pub async fn commit(
   mode: Mode,
   entry: Option<LedgerEntry<'_>>,
 ) -> Result<Settled> {
-  let default_key = format!("reservation {id}");
-  let entry = entry.unwrap_or(LedgerEntry {
-    key: &default_key,
-    kind: "upload",
-  });
   let sql = match mode {
     Mode::Enforce => COMMIT,
     Mode::Shadow => COMMIT_SHADOW,
     Mode::Off => COMMIT_OFF,
   };
+  commit_with(conn, owner, id, actual_bytes, mode, entry, (sql, false))
+    .await?
+    .ok_or_else(|| QuotaError::Internal("a commit was left to the presigned path".into()))
+}
+
+/// [`commit`] in enforce mode of a reservation that may be a presigned upload's: `None` (nothing
+/// written) when it is one still pending, whose commit must first learn the object's size.
+pub async fn commit_unless_presigned(
+  conn: &mut PgConnection,
+  owner: &UserId,
+  id: &uuid::Uuid,
+  actual_bytes: Option<i64>,
+) -> Result<Option<Settled>> {
+  let sql = (COMMIT_UNLESS_PRESIGNED, true);
+  commit_with(conn, owner, id, actual_bytes, Mode::Enforce, None, sql).await
+}
+
+async fn commit_with(
+  conn: &mut PgConnection,
+  owner: &UserId,
+  id: &uuid::Uuid,
+  actual_bytes: Option<i64>,
+  mode: Mode,
+  entry: Option<LedgerEntry<'_>>,
+  (sql, leave_presigned): (&str, bool),
+) -> Result<Option<Settled>> {
+  let default_key = format!("reservation {id}");
+  let entry = entry.unwrap_or(LedgerEntry {
+    key: &default_key,
+    kind: "upload",
+  });
   let row = conn
     .query_one(
       sql,
@@ -176,29 +211,29 @@ pub async fn commit(
     };
     let before = usage.used_bytes + usage.reserved_bytes - counted + held;
     let would_refuse = actual > held && before - held + actual > usage.limit_bytes;
-    return Ok(settled("committed", false, would_refuse, usage));
+    return Ok(Some(settled("committed", false, would_refuse, usage)));
   }
   match status.as_str() {
     "committed" if row.get::<_, Option<i64>>("prior_committed") == Some(actual) => {
       let usage = read_usage(conn, owner)
         .await?
         .ok_or_else(|| QuotaError::Internal("quota row missing for a reservation".into()))?;
-      return Ok(settled("committed", true, false, usage));
+      return Ok(Some(settled("committed", true, false, usage)));
     }
     "committed" => {
-      return Err(QuotaError::conflict(
-        ConflictReason::KeyReused,
-        format!(
-        "reservation {id} was committed with {} bytes; a commit with another size is a new upload",
+      return Err(committed_with_another_size(
+        id,
         row
           .get::<_, Option<i64>>("prior_committed")
-          .unwrap_or_default()
-      ),
+          .unwrap_or_default(),
       ))
     }
     "expired" => return Err(expired_error(id)),
     "pending" => {}
     other => return Err(settled_error(id, other)),
+  }
+  if leave_presigned && row.get::<_, bool>("presigned") {
+    return Ok(None);
   }
   if row.get::<_, bool>("expired") {
     // Give the expired bytes back now rather than at the next charge.
@@ -217,7 +252,17 @@ pub async fn commit(
   Err(QuotaError::QuotaExceeded(usage.shortfall(actual - held)))
 }
 
-fn expired_error(id: &uuid::Uuid) -> QuotaError {
+/// A retried commit with another size than the first.
+pub(crate) fn committed_with_another_size(id: &uuid::Uuid, prior: i64) -> QuotaError {
+  QuotaError::conflict(
+    ConflictReason::KeyReused,
+    format!(
+      "reservation {id} was committed with {prior} bytes; a commit with another size is a new upload"
+    ),
+  )
+}
+
+pub(crate) fn expired_error(id: &uuid::Uuid) -> QuotaError {
   QuotaError::ReservationExpired(format!(
     "reservation {id} expired before it was committed; its bytes were given back. Reserve again."
   ))

@@ -4,6 +4,8 @@
 use super::{batching_enabled, Client};
 use crate::error::{QuotaError, Result};
 use crate::ids::{parse_bytes, parse_upload_id, upload_key_or_new, ProjectId, UserId};
+use crate::quota::coalesce_cancel;
+use crate::quota::coalesce_commit;
 use crate::quota::coalesce_reserve;
 use crate::quota::config::parse_ttl_ms;
 use crate::quota::copies;
@@ -81,6 +83,25 @@ impl Client {
       .map(|b| parse_bytes("actualBytes", b))
       .transpose()?;
     let mode = self.mode_for(&owner);
+    if mode == Mode::Enforce && batching_enabled() {
+      let call = coalesce_commit::Commit {
+        owner: owner.clone(),
+        id,
+        actual,
+      };
+      let pool = self.pool()?;
+      let committed = self
+        .commits
+        .call(call, move |calls| {
+          let pool = pool.clone();
+          async move { coalesce_commit::commit_many(&pool, calls).await }
+        })
+        .await?;
+      if let Some(settled) = committed {
+        return Ok(settled);
+      }
+      // A presigned upload: its own path below (the object's size first, then the commit).
+    }
     if let Some(settled) = self.commit_presigned(&owner, &id, mode).await? {
       return Ok(settled);
     }
@@ -95,9 +116,24 @@ impl Client {
     let owner = UserId::parse(user_id)?;
     let id = parse_reservation_id(reservation_id)?;
     let mode = self.mode_for(&owner);
-    let settled = self
-      .with_conn(async |conn| reservations::cancel(&mut conn.0, &owner, &id, mode).await)
-      .await?;
+    let settled = if mode == Mode::Enforce && batching_enabled() {
+      let call = coalesce_cancel::Cancel {
+        owner: owner.clone(),
+        id,
+      };
+      let pool = self.pool()?;
+      self
+        .cancels
+        .call(call, move |calls| {
+          let pool = pool.clone();
+          async move { coalesce_cancel::cancel_many(&pool, calls).await }
+        })
+        .await?
+    } else {
+      self
+        .with_conn(async |conn| reservations::cancel(&mut conn.0, &owner, &id, mode).await)
+        .await?
+    };
     // A presigned upload's object goes with its reservation (best effort: the sweep retries).
     let _ = self.delete_abandoned_objects(Some((&owner, &id))).await;
     Ok(settled)

@@ -26,10 +26,12 @@ use crate::error::{QuotaError, Result};
 use crate::ids::{parse_bytes, upload_key_or_new, ProjectId, UserId};
 use crate::quota::batch::Batcher;
 use crate::quota::coalesce;
+use crate::quota::coalesce_cancel;
+use crate::quota::coalesce_commit;
 use crate::quota::coalesce_reserve;
 use crate::quota::config::{Config, RawOptions};
 use crate::quota::projects::{self, ProjectStoragePath};
-use crate::quota::reservations::Reservation;
+use crate::quota::reservations::{Reservation, Settled};
 use crate::quota::usage::{self, QuotaCheck, RecordedUpload, Usage};
 use crate::rollout::Mode;
 use crate::storage::blocking;
@@ -90,6 +92,10 @@ pub struct Client {
   uploads: Arc<Batcher<coalesce::Upload, RecordedUpload>>,
   /// Concurrent reservations of any users, held in one transaction (see `coalesce_reserve`).
   reserves: Arc<Batcher<coalesce_reserve::Reserve, Reservation>>,
+  /// Concurrent commits of any users' reservations, in one transaction (see `coalesce_commit`).
+  commits: Arc<Batcher<coalesce_commit::Commit, coalesce_commit::Committed>>,
+  /// Concurrent cancels of any users' reservations, in one transaction (see `coalesce_cancel`).
+  cancels: Arc<Batcher<coalesce_cancel::Cancel, Settled>>,
   /// Concurrent usage reads of any users, sent as one statement (see `batch`).
   reads: Arc<Batcher<String, Option<Usage>>>,
   /// Opened on first allocation (the local backend creates and resolves its root then).
@@ -106,6 +112,8 @@ impl Client {
       pool: Mutex::new(PoolState::Unopened),
       uploads: Arc::new(Batcher::new(charges_in_flight())),
       reserves: Arc::new(Batcher::new(charges_in_flight())),
+      commits: Arc::new(Batcher::new(charges_in_flight())),
+      cancels: Arc::new(Batcher::new(charges_in_flight())),
       reads: Arc::new(Batcher::new(reads_in_flight())),
       backend: OnceLock::new(),
       local: OnceLock::new(),
