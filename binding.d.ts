@@ -60,6 +60,12 @@ export declare class NativeClient {
   rollback(steps: number, discardUsage?: boolean | undefined | null): Promise<Array<number>>
   /** One unit of the backfill: a batch of `batch_size` projects, or one constraint validated. */
   backfillStep(batchSize: number): Promise<BackfillProgress>
+  /**
+   * One step of the online preparation of big tables for pending migrations: a statement,
+   * or a committed batch of `batch_size` rows. Call until `done`, then `migrate`.
+   */
+  prepareMigrationsStep(batchSize: number): Promise<MigrationPreparation>
+  migrationPreparation(): Promise<MigrationPreparation>
   backfillStatus(): Promise<BackfillProgress>
   migrationStatus(): Promise<MigrationStatus>
   /** Stops handing out connections; calls in flight finish first. */
@@ -228,6 +234,26 @@ export interface MigrationInfo {
   name: string
   /** When it was applied; absent while pending. */
   appliedAt?: Date
+}
+
+/**
+ * Where the online preparation of big tables for pending migrations is (an upgrade from
+ * 0.1.0 whose own tables hold more than 10,000 rows; `storage-quota migrate` runs it).
+ */
+export interface MigrationPreparation {
+  /** Nothing left to prepare: `migrate()` applies the migrations in milliseconds. */
+  done: boolean
+  /** The tables prepared (big, or their preparation had begun). */
+  tables: Array<string>
+  tasksDone: number
+  tasksTotal: number
+  /** What the next step does (absent when done). */
+  next?: string
+  /** Rows done, and in all (the planner's estimate), of the fill in progress. */
+  rowsDone: number
+  rowsTotal?: number
+  /** Steps given up on a lock the app held during this call (nothing changed; tried again). */
+  lockRetries: number
 }
 
 export interface MigrationStatus {

@@ -3,6 +3,7 @@
 import type { z } from 'zod'
 import type {
   BackfillProgress,
+  MigrationPreparation,
   ClientOptions as NativeClientOptions,
   MigrateResult,
   SkippedOwner,
@@ -43,6 +44,7 @@ export type UsageWithProjects = Usage & { projects: ProjectUsage[] }
 export type {
   ProjectFile,
   BackfillProgress,
+  MigrationPreparation,
   MigrateResult,
   SkippedOwner,
   CopiedProject,
@@ -75,6 +77,15 @@ export interface BackfillOptions {
   /** Called after every batch with where the backfill is. */
   onProgress?: (progress: BackfillProgress) => void
   /** Stops between batches; `backfill()` then resolves with `done: false`. Run it again to resume. */
+  signal?: AbortSignal
+}
+
+export interface PrepareMigrationsOptions {
+  /** Rows per committed batch of a fill (1 to 100,000; default 10,000). */
+  batchSize?: number
+  /** Called after every step with where the preparation is. */
+  onProgress?: (preparation: MigrationPreparation) => void
+  /** Stops between steps; `prepareMigrations()` then resolves with `done: false`. Run it again to resume. */
   signal?: AbortSignal
 }
 
@@ -296,6 +307,10 @@ export declare class StorageQuotaClient {
   backfill(options?: BackfillOptions): Promise<BackfillProgress>
   /** Where the backfill is. */
   backfillStatus(): Promise<BackfillProgress>
+  /** Prepares big tables for pending migrations (upgrades from 0.1.0), in committed steps; resumable. */
+  prepareMigrations(options?: PrepareMigrationsOptions): Promise<MigrationPreparation>
+  /** Where that preparation is. */
+  migrationPreparation(): Promise<MigrationPreparation>
   /** Reverts the `steps` (default 1) most recent migrations. */
   rollback(steps?: number, options?: RollbackOptions): Promise<{ reverted: number[] }>
   migrationStatus(): Promise<MigrationStatus>
@@ -340,6 +355,8 @@ export declare function diskUsage(userId: string, projectId: string): Promise<Di
 export declare function migrate(): Promise<MigrateResult>
 export declare function backfill(options?: BackfillOptions): Promise<BackfillProgress>
 export declare function backfillStatus(): Promise<BackfillProgress>
+export declare function prepareMigrations(options?: PrepareMigrationsOptions): Promise<MigrationPreparation>
+export declare function migrationPreparation(): Promise<MigrationPreparation>
 export declare function rollback(steps?: number, options?: RollbackOptions): Promise<{ reverted: number[] }>
 export declare function migrationStatus(): Promise<MigrationStatus>
 

@@ -78,6 +78,8 @@ exports.rollback = (...args) => getDefaultClient().rollback(...args)
 exports.migrationStatus = (...args) => getDefaultClient().migrationStatus(...args)
 exports.backfill = (...args) => getDefaultClient().backfill(...args)
 exports.backfillStatus = (...args) => getDefaultClient().backfillStatus(...args)
+exports.prepareMigrations = (...args) => getDefaultClient().prepareMigrations(...args)
+exports.migrationPreparation = (...args) => getDefaultClient().migrationPreparation(...args)
 
 exports.formatBytes = formatBytes
 exports.quotaPercentage = quotaPercentage

@@ -41,6 +41,8 @@ export const {
   migrationStatus,
   backfill,
   backfillStatus,
+  prepareMigrations,
+  migrationPreparation,
   formatBytes,
   quotaPercentage,
   quotaState,

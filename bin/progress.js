@@ -15,8 +15,9 @@ function duration(seconds) {
 }
 
 class Progress {
-  constructor(stream) {
+  constructor(stream, label = 'backfill') {
     this.stream = stream
+    this.label = label
     this.tty = Boolean(stream.isTTY)
     this.started = performance.now()
     this.first = null
@@ -39,8 +40,8 @@ class Progress {
     return { share, text: `${n(p.scanned)}/${n(total)} ${phase}  ${n(Math.round(rate))}/s  ETA ${eta}` }
   }
 
-  update(p) {
-    const { share, text } = this.describe(p)
+  update(p, described = this.describe(p)) {
+    const { share, text } = described
     if (this.tty) {
       const width = 30
       const full = Math.round(share * width)
@@ -51,7 +52,7 @@ class Progress {
       const now = performance.now()
       if (now - this.lastPlain >= PLAIN_EVERY_MS || p.done) {
         this.lastPlain = now
-        this.stream.write(`backfill: ${(share * 100).toFixed(1)}%  ${text}\n`)
+        this.stream.write(`${this.label}: ${(share * 100).toFixed(1)}%  ${text}\n`)
       }
     }
   }
@@ -68,4 +69,30 @@ class Progress {
   }
 }
 
-module.exports = { Progress }
+/**
+ * The online preparation of big tables (`storage-quota migrate` before an upgrade's migrations):
+ * the step in progress, its rows done of the total with rate and ETA, and the steps done.
+ */
+class PreparationProgress extends Progress {
+  describe(p) {
+    const n = (x) => Number(x).toLocaleString('en-US')
+    const elapsed = (performance.now() - this.started) / 1000
+    if (this.first?.next !== p.next) this.first = { rows: p.rowsDone, at: elapsed, next: p.next }
+    const rate = elapsed > this.first.at ? (p.rowsDone - this.first.rows) / (elapsed - this.first.at) : 0
+    const total = p.rowsTotal ?? 0
+    const rows = total > 0 ? `  ${n(p.rowsDone)}/${n(total)} rows  ${n(Math.round(rate))}/s  ETA ${rate > 0 ? duration(Math.max(total - p.rowsDone, 0) / rate) : '?'}` : ''
+    const share = p.tasksTotal > 0 ? p.tasksDone / p.tasksTotal : 1
+    return { share, text: `step ${Math.min(p.tasksDone + 1, p.tasksTotal)}/${p.tasksTotal}: ${p.done ? 'done' : p.next}${rows}` }
+  }
+
+  update(p) {
+    const { share, text } = this.describe(p)
+    if (!this.tty && text.split(':')[0] !== this.lastStep) {
+      this.lastStep = text.split(':')[0]
+      this.lastPlain = 0
+    }
+    super.update(p, { share, text })
+  }
+}
+
+module.exports = { Progress, PreparationProgress }

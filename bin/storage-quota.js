@@ -7,12 +7,14 @@
 const { parseArgs } = require('node:util')
 const { loadEnvFiles } = require('../lib/env-files.js')
 const { backup } = require('./backup.js')
-const { Progress } = require('./progress.js')
+const { Progress, PreparationProgress } = require('./progress.js')
 
 const USAGE = `usage: storage-quota <command> [--database-url URL] [--storage-root DIR] [--projects SOURCE]
 
   migrate              apply pending schema migrations, then backfill existing projects
-                       (--no-backfill: schema only; --backup FILE: pg_dump the tables it changes first)
+                       (--no-backfill: schema only; --backup FILE: pg_dump the tables it changes first).
+                       Upgrading from 0.1.0 with more than 10,000 rows in storage-quota's own tables,
+                       it first prepares them online, in committed batches (resumable)
   backfill             backfill existing projects (resumes where it stopped; --batch-size N)
   rollback [N]         revert the N most recent migrations (default 1)
                        (--backup FILE first; --discard-usage lets 0001's rollback drop recorded usage)
@@ -58,6 +60,62 @@ function printWarnings(err, p) {
         `got no storage path and no quota (README, "Ids"): ${listed}${more}`,
     )
   }
+}
+
+/** Ctrl-C (or SIGTERM) stops between steps; a second one quits at once. Returns the signal and its release. */
+function interruptible(err) {
+  const controller = new AbortController()
+  const stop = () => {
+    if (controller.signal.aborted) process.exit(130)
+    err('\nstopping after the step in flight (Ctrl-C again to quit at once; nothing is lost either way)')
+    controller.abort()
+  }
+  process.on('SIGINT', stop)
+  process.on('SIGTERM', stop)
+  return {
+    signal: controller.signal,
+    release() {
+      process.off('SIGINT', stop)
+      process.off('SIGTERM', stop)
+    },
+  }
+}
+
+/**
+ * The online preparation of big tables for pending migrations (docs/migrations.md, "Big
+ * tables"), to its end or Ctrl-C, drawing progress. Resolves to the exit code (0: go on).
+ */
+async function runPreparation(client, batchSize, out, err) {
+  let state = await client.migrationPreparation()
+  if (state.done) return 0
+  const started = performance.now()
+  out(`preparing ${state.tables.join(', ')} for the pending migrations online (more than the in-place limit of rows): the app keeps running; ${state.tasksTotal - state.tasksDone} step(s)`)
+  const bar = new PreparationProgress(process.stderr, 'prepare')
+  const { signal, release } = interruptible(err)
+  let retries = 0
+  try {
+    state = await client.prepareMigrations({
+      batchSize,
+      signal,
+      onProgress(p) {
+        if (p.lockRetries) {
+          retries += p.lockRetries
+          bar.log('a step waited for a lock held by the app, gave up at once and is tried again')
+        }
+        bar.update(p)
+      },
+    })
+  } finally {
+    bar.end()
+    release()
+  }
+  const took = `${((performance.now() - started) / 1000).toFixed(1)} s`
+  if (!state.done) {
+    out(`preparation stopped after ${took} (${state.tasksDone} of ${state.tasksTotal} steps done): run \`storage-quota migrate\` to resume; nothing was migrated`)
+    return 130
+  }
+  out(`preparation done in ${took}${retries ? ` (${retries} lock wait(s) retried)` : ''}`)
+  return 0
 }
 
 /** Runs the backfill to its end (or Ctrl-C), drawing progress. Resolves to the exit code. */
@@ -166,6 +224,8 @@ async function main() {
       )
     }
     if (command === 'migrate') {
+      const prepared = await runPreparation(client, batchSize, out, err)
+      if (prepared !== 0) return prepared
       const result = await client.migrate()
       out(result.applied.length ? `applied: ${result.applied.join(', ')}` : 'already up to date')
       if (result.lockRetries) out(`lock waits given up on and retried: ${result.lockRetries}`)
@@ -190,6 +250,10 @@ async function main() {
       const status = await client.migrationStatus()
       for (const m of status.applied) out(`applied  ${m.version} ${m.name}  ${m.appliedAt.toISOString()}`)
       for (const m of status.pending) out(`pending  ${m.version} ${m.name}`)
+      const prep = await client.migrationPreparation()
+      if (prep.tasksTotal > 0) {
+        out(`online preparation of ${prep.tables.join(', ')}: ${prep.tasksDone} of ${prep.tasksTotal} steps done${prep.done ? '' : ' (run `storage-quota migrate`)'}`)
+      }
       if (status.applied.some((m) => m.version === 5)) {
         const p = await client.backfillStatus()
         out(`backfill ${p.phase}${p.done ? '' : ' (run `storage-quota backfill`)'}: ${p.scanned} of ${p.totalProjects ?? '?'} projects scanned`)

@@ -306,6 +306,28 @@ class StorageQuotaClient {
   }
 
   /**
+   * Prepares big tables for pending migrations (an upgrade from 0.1.0 whose own tables hold
+   * more than 10,000 rows) in committed steps while the app keeps running, resuming where an
+   * earlier run stopped; `migrate()` refuses those migrations (`MIGRATION_REQUIRED`) until it is
+   * done. `onProgress(preparation)` after every step (awaited); `signal` stops it between steps.
+   * Resolves to the last state (`done: false` when stopped). `storage-quota migrate` runs it.
+   */
+  async prepareMigrations(options = {}) {
+    const { batchSize = 10_000, onProgress, signal } = parse(S.BackfillOptionsSchema, options ?? {}, 'options')
+    let state = await this.#call('migrationPreparation', (n) => n.migrationPreparation())
+    while (!state.done && !signal?.aborted) {
+      state = await this.#call('prepareMigrations', (n) => n.prepareMigrationsStep(batchSize))
+      if (onProgress) await onProgress(state)
+    }
+    return state
+  }
+
+  /** Where the preparation of big tables for pending migrations is, without doing any of it. */
+  async migrationPreparation() {
+    return this.#call('migrationPreparation', (n) => n.migrationPreparation())
+  }
+
+  /**
    * Reverts the `steps` (default 1) most recent migrations. Resolves to `{ reverted }`.
    * `{ discardUsage: true }` lets 0001's rollback drop recorded usage (back up first).
    */

@@ -10,8 +10,8 @@ SET LOCAL statement_timeout = '60s';
 -- directory, so the next call can remove what a crashed one left, and nothing else.
 CREATE TABLE quota_project_copies (
   user_id text NOT NULL,
-  project_id uuid NOT NULL,
-  source_project_id uuid,
+  project_id text NOT NULL,
+  source_project_id text,
   token uuid NOT NULL,
   status text NOT NULL DEFAULT 'copying',
   copied_bytes bigint,
@@ -30,7 +30,7 @@ CREATE TABLE quota_project_copies (
 -- Copies made before this migration answered `duplicate` from their ledger entry; they keep
 -- doing so from here (their source was not recorded: any source is taken as theirs).
 INSERT INTO quota_project_copies (user_id, project_id, token, status, copied_bytes, settled_at)
-SELECT l.user_id, l.project_id, gen_random_uuid(), 'done', l.bytes, l.created_at
+SELECT l.user_id, l.project_id::text, gen_random_uuid(), 'done', l.bytes, l.created_at
   FROM quota_ledger l
  WHERE l.kind = 'copy' AND l.project_id IS NOT NULL
 ON CONFLICT DO NOTHING;

@@ -48,12 +48,7 @@ ALTER TABLE quota_ledger ALTER COLUMN project_id TYPE uuid USING project_id::uui
 ALTER TABLE quota_reservations ALTER COLUMN project_id TYPE uuid USING project_id::uuid;
 -- squawk-ignore changing-column-type
 ALTER TABLE simulation_jobs ALTER COLUMN project_id TYPE uuid USING project_id::uuid;
--- squawk-ignore changing-column-type
-ALTER TABLE quota_project_usage ALTER COLUMN project_id TYPE uuid USING project_id::uuid;
--- squawk-ignore changing-column-type
-ALTER TABLE quota_project_copies ALTER COLUMN project_id TYPE uuid USING project_id::uuid;
--- squawk-ignore changing-column-type
-ALTER TABLE quota_project_copies ALTER COLUMN source_project_id TYPE uuid USING source_project_id::uuid;
+-- quota_project_usage and quota_project_copies were made with text ids (0003, 0004) and keep them.
 -- Restored exactly as 0001 made it; the table is locked by the ALTERs above until commit.
 -- squawk-ignore constraint-missing-not-valid
 ALTER TABLE project_storage_paths ADD CONSTRAINT project_storage_paths_key_check

@@ -14,40 +14,99 @@
 SET LOCAL lock_timeout = '5s';
 SET LOCAL statement_timeout = '60s';
 
--- Projects are named by their id as text in our tables. A uuid's text is its canonical
--- lower-case form, which is how the package spells uuid ids, so existing rows keep matching.
+-- Projects are named by their id as text in our tables.
 ALTER TABLE project_storage_paths DROP CONSTRAINT IF EXISTS project_storage_paths_project_id_fkey;
 ALTER TABLE simulation_jobs DROP CONSTRAINT IF EXISTS simulation_jobs_project_id_fkey;
--- These rewrite each table under ACCESS EXCLUSIVE (the package's own tables, never the app's):
--- uploads wait for the rewrite: 11 s for 1,000,000 ledger rows on the 2-core test machine
--- (docs/migrations.md).
--- squawk-ignore changing-column-type
-ALTER TABLE project_storage_paths ALTER COLUMN project_id TYPE text USING project_id::text;
--- squawk-ignore changing-column-type
-ALTER TABLE quota_ledger ALTER COLUMN project_id TYPE text USING project_id::text;
--- squawk-ignore changing-column-type
-ALTER TABLE quota_reservations ALTER COLUMN project_id TYPE text USING project_id::text;
--- squawk-ignore changing-column-type
-ALTER TABLE simulation_jobs ALTER COLUMN project_id TYPE text USING project_id::text;
--- squawk-ignore changing-column-type
-ALTER TABLE quota_project_usage ALTER COLUMN project_id TYPE text USING project_id::text;
--- squawk-ignore changing-column-type
-ALTER TABLE quota_project_copies ALTER COLUMN project_id TYPE text USING project_id::text;
--- squawk-ignore changing-column-type
-ALTER TABLE quota_project_copies ALTER COLUMN source_project_id TYPE text USING source_project_id::text;
+-- Each of the four tables that 0.1.0 made with uuid project ids gets text ones, one of two ways:
+-- - prepared (a big table: more than 10,000 rows, STORAGE_QUOTA_ONLINE_MIGRATION_ROWS): the
+--   preparation of `storage-quota migrate` (src/db/online/) added `project_id_text`, kept it
+--   filled with a trigger, filled the old rows in committed batches, proved it complete with a
+--   validated CHECK and built its indexes CONCURRENTLY. Here the columns only swap: drop the
+--   old one (its indexes go with it), rename, SET NOT NULL (no scan: the validated CHECK proves
+--   it), indexes renamed or attached: catalog changes, milliseconds under ACCESS EXCLUSIVE.
+-- - otherwise in place, ALTER COLUMN TYPE: a rewrite of the table and its indexes under
+--   ACCESS EXCLUSIVE, milliseconds for a small table.
+-- Column by column in a DO block (squawk does not read its statements; docs/migrations.md
+-- lists them). A uuid's text is its canonical lower-case form, which is how the package
+-- spells uuid ids, so existing rows keep matching.
+DO $$
+DECLARE
+  tbl text;
+  prepared boolean;
+  not_null boolean;
+BEGIN
+  IF EXISTS (SELECT 1 FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
+              WHERE NOT i.indisvalid AND c.relname IN ('project_storage_paths_project_id_text_key',
+                'quota_ledger_project_id_text_idx', 'quota_ledger_user_project_text_idx',
+                'simulation_jobs_project_id_text_idx', 'quota_reservations_pending_project_idx',
+                'quota_reservations_object_idx')) THEN
+    RAISE EXCEPTION 'the preparation of 0006_project_source is not finished (an index build was interrupted)'
+      USING ERRCODE = 'SQ005', HINT = 'Run `npx storage-quota migrate` to finish it. Nothing was changed.';
+  END IF;
+  FOREACH tbl IN ARRAY ARRAY['project_storage_paths', 'quota_ledger', 'quota_reservations', 'simulation_jobs'] LOOP
+    not_null := tbl <> 'quota_ledger';
+    SELECT c.convalidated INTO prepared FROM pg_constraint c
+     WHERE c.conrelid = tbl::regclass AND c.conname = tbl || '_project_id_text_check';
+    IF EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid = tbl::regclass
+                AND a.attname = 'project_id_text' AND NOT a.attisdropped) THEN
+      EXECUTE format('DROP TRIGGER IF EXISTS %I ON %I', tbl || '_project_id_text', tbl);
+      IF coalesce(prepared, false) THEN
+        EXECUTE format('ALTER TABLE %I DROP COLUMN project_id', tbl);
+        EXECUTE format('ALTER TABLE %I RENAME COLUMN project_id_text TO project_id', tbl);
+        IF not_null THEN
+          EXECUTE format('ALTER TABLE %I ALTER COLUMN project_id SET NOT NULL', tbl);
+        END IF;
+        EXECUTE format('ALTER TABLE %I DROP CONSTRAINT IF EXISTS %I', tbl, tbl || '_project_id_text_check');
+        CONTINUE;
+      END IF;
+      -- An unfinished preparation of a table that is small now: its column (with its indexes
+      -- and CHECK) goes, and the table is rewritten in place like any small table.
+      EXECUTE format('ALTER TABLE %I DROP COLUMN project_id_text', tbl);
+    END IF;
+    EXECUTE format('ALTER TABLE %I ALTER COLUMN project_id TYPE text USING project_id::text', tbl);
+  END LOOP;
+  DROP FUNCTION IF EXISTS storage_quota_project_id_text();
+  DELETE FROM storage_quota_meta WHERE key LIKE 'prepare\_fill:%';
 
--- A key is still two safe segments; the second is now any project id (see src/ids.rs).
-ALTER TABLE project_storage_paths DROP CONSTRAINT project_storage_paths_key_check;
-ALTER TABLE project_storage_paths ADD CONSTRAINT project_storage_paths_key_check
-  CHECK (key ~ '^[A-Za-z0-9][A-Za-z0-9_-]{0,127}/[A-Za-z0-9][A-Za-z0-9_-]{0,127}/$') NOT VALID;
--- The table is locked by the DROP above until commit; VALIDATE is one scan under that lock.
--- squawk-ignore constraint-missing-not-valid
-ALTER TABLE project_storage_paths VALIDATE CONSTRAINT project_storage_paths_key_check;
+  -- The prepared indexes take the names of those that went with the old columns.
+  IF to_regclass('project_storage_paths_project_id_text_key') IS NOT NULL THEN
+    ALTER TABLE project_storage_paths ADD CONSTRAINT project_storage_paths_project_id_key
+      UNIQUE USING INDEX project_storage_paths_project_id_text_key;
+  END IF;
+  IF to_regclass('quota_ledger_project_id_text_idx') IS NOT NULL THEN
+    ALTER INDEX quota_ledger_project_id_text_idx RENAME TO quota_ledger_project_id_idx;
+  END IF;
+  IF to_regclass('quota_ledger_user_project_text_idx') IS NOT NULL THEN
+    ALTER INDEX quota_ledger_user_project_text_idx RENAME TO quota_ledger_user_project_idx;
+  END IF;
+  IF to_regclass('simulation_jobs_project_id_text_idx') IS NOT NULL THEN
+    ALTER INDEX simulation_jobs_project_id_text_idx RENAME TO simulation_jobs_project_id_idx;
+  END IF;
 
--- Releasing a deleted project's pending reservations finds them by project. The table was
--- just rewritten under ACCESS EXCLUSIVE, which CONCURRENTLY could not avoid anyway.
+  -- A key is still two safe segments; the second is now any project id (see src/ids.rs).
+  -- Prepared: the wider CHECK was added NOT VALID and validated beside the old one (every key
+  -- the old one allows, the new one does); it only takes the old one's name.
+  IF EXISTS (SELECT 1 FROM pg_constraint WHERE conrelid = 'project_storage_paths'::regclass
+              AND conname = 'project_storage_paths_key_check_any' AND convalidated) THEN
+    ALTER TABLE project_storage_paths DROP CONSTRAINT project_storage_paths_key_check;
+    ALTER TABLE project_storage_paths RENAME CONSTRAINT project_storage_paths_key_check_any
+      TO project_storage_paths_key_check;
+  ELSE
+    ALTER TABLE project_storage_paths DROP CONSTRAINT IF EXISTS project_storage_paths_key_check_any;
+    ALTER TABLE project_storage_paths DROP CONSTRAINT project_storage_paths_key_check;
+    -- The table is locked by the rewrite above until commit; VALIDATE is one scan under that lock.
+    ALTER TABLE project_storage_paths ADD CONSTRAINT project_storage_paths_key_check
+      CHECK (key ~ '^[A-Za-z0-9][A-Za-z0-9_-]{0,127}/[A-Za-z0-9][A-Za-z0-9_-]{0,127}/$') NOT VALID;
+    ALTER TABLE project_storage_paths VALIDATE CONSTRAINT project_storage_paths_key_check;
+  END IF;
+END
+$$;
+
+-- Releasing a deleted project's pending reservations finds them by project. Prepared: built
+-- CONCURRENTLY on the new column under this name. Otherwise the table was just rewritten under
+-- ACCESS EXCLUSIVE (a small table), which CONCURRENTLY could not avoid anyway.
 -- squawk-ignore require-concurrent-index-creation
-CREATE INDEX quota_reservations_pending_project_idx
+CREATE INDEX IF NOT EXISTS quota_reservations_pending_project_idx
   ON quota_reservations (project_id) WHERE status = 'pending';
 
 -- The standalone registry: projects the app registers with registerProject, nothing else.

@@ -8,11 +8,14 @@
 SET LOCAL lock_timeout = '250ms';
 SET LOCAL statement_timeout = '60s';
 
--- Nullable without a default: a catalog-only change.
-ALTER TABLE quota_reservations ADD COLUMN object_key text;
+-- Nullable without a default: a catalog-only change. A big table (more than 10,000 rows) was
+-- given both the column and the index ahead, the index CONCURRENTLY, by the preparation of
+-- `storage-quota migrate` (src/db/online/): then both statements here find them.
+ALTER TABLE quota_reservations ADD COLUMN IF NOT EXISTS object_key text;
 
 -- The sweep's work list. migrate() runs each file in a transaction, where CONCURRENTLY is
--- impossible; no existing row has an object_key, so the partial index is empty when built.
+-- impossible; no existing row has an object_key, so the partial index is empty when built, the
+-- cost is one scan of a table that is small (or the index was prepared).
 -- squawk-ignore require-concurrent-index-creation
-CREATE INDEX quota_reservations_object_idx
+CREATE INDEX IF NOT EXISTS quota_reservations_object_idx
   ON quota_reservations (project_id, object_key) WHERE object_key IS NOT NULL;

@@ -101,6 +101,8 @@ export const OPERATIONS = [
   { name: 'rollback', args: ['steps', 'rollbackOptions'], native: ['steps'] },
   // The binding's backfillStep(batchSize) is checked in Rust (parse_whole) like rollback's steps.
   { name: 'backfill', args: ['backfillOptions'], native: [] },
+  // The same options; the binding's prepareMigrationsStep(batchSize) is checked in Rust too.
+  { name: 'prepareMigrations', args: ['backfillOptions'], native: [] },
   { name: 'validatePath', args: ['userId', 'projectId', 'candidate'], native: ['userId', 'projectId', 'candidate'] },
   { name: 'diskUsage', args: ['userId', 'projectId'], native: ['userId', 'projectId'] },
 ]
@@ -121,7 +123,7 @@ export const SYNC_OPERATIONS = [
 ]
 
 /** Client methods that take no argument, so have nothing to fuzz. */
-export const NO_ARGUMENTS = ['sweepExpiredReservations', 'pruneHistory', 'migrate', 'migrationStatus', 'backfillStatus', 'close']
+export const NO_ARGUMENTS = ['sweepExpiredReservations', 'pruneHistory', 'migrate', 'migrationStatus', 'backfillStatus', 'migrationPreparation', 'close']
 
 /** Valid arguments for `op`, with position `index` replaced by `value`. */
 export function argumentsWith(kinds, ctx, index, value) {

@@ -277,6 +277,10 @@ async fn apply_next(
     tx.commit().await.map_err(|e| Failure::Other(e.into()))?;
     return Ok(None);
   };
+  // A big table's rewrite is refused here until it is prepared (`storage-quota migrate`).
+  crate::db::online::ensure_prepared(&tx, next.version, &next.label())
+    .await
+    .map_err(Failure::Other)?;
   let run = async {
     set_settings(&tx, settings).await?;
     tx.batch_execute(next.up).await?;
@@ -353,9 +357,16 @@ pub async fn rollback(
       .iter()
       .find(|m| m.version == *version)
       .expect("lock_and_read checked every applied version is known");
+    crate::db::online::refuse_big_rollback(&tx, *version, &migration.label()).await?;
     set_settings(&tx, settings)
       .await
       .map_err(|e| failed(migration, "down", e))?;
+    if *version == 2 {
+      // A preparation for 0003/0006 that was never followed by them (online::DISCARD_SQL).
+      tx.batch_execute(crate::db::online::DISCARD_SQL)
+        .await
+        .map_err(|e| failed(migration, "down", e))?;
+    }
     tx.batch_execute(migration.down)
       .await
       .map_err(|e| failed(migration, "down", e))?;

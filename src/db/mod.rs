@@ -4,6 +4,7 @@
 pub mod config;
 mod errors;
 pub mod migrate;
+pub mod online;
 pub mod pipeline;
 pub mod pool;
 pub mod project_source;

@@ -418,6 +418,26 @@ impl NativeClient {
     answer(async { Ok(progress_to_js(self.inner.backfill_step(batch_size).await?)) }).await
   }
 
+  /// One step of the online preparation of big tables for pending migrations: a statement,
+  /// or a committed batch of `batch_size` rows. Call until `done`, then `migrate`.
+  #[napi(ts_return_type = "Promise<MigrationPreparation>")]
+  pub async fn prepare_migrations_step(
+    &self,
+    batch_size: f64,
+  ) -> Result<Answer<MigrationPreparation>> {
+    answer(async {
+      Ok(preparation_to_js(
+        self.inner.prepare_migrations_step(batch_size).await?,
+      ))
+    })
+    .await
+  }
+
+  #[napi(ts_return_type = "Promise<MigrationPreparation>")]
+  pub async fn migration_preparation(&self) -> Result<Answer<MigrationPreparation>> {
+    answer(async { Ok(preparation_to_js(self.inner.migration_preparation().await?)) }).await
+  }
+
   #[napi(ts_return_type = "Promise<BackfillProgress>")]
   pub async fn backfill_status(&self) -> Result<Answer<BackfillProgress>> {
     answer(async { Ok(progress_to_js(self.inner.backfill_status().await?)) }).await

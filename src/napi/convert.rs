@@ -176,3 +176,16 @@ pub(crate) fn progress_to_js(p: crate::quota::backfill::Progress) -> BackfillPro
     finished_at: p.finished_at,
   }
 }
+
+pub(crate) fn preparation_to_js(p: crate::db::online::Preparation) -> MigrationPreparation {
+  MigrationPreparation {
+    done: p.done,
+    tables: p.tables,
+    tasks_done: p.tasks_done,
+    tasks_total: p.tasks_total,
+    next: p.next,
+    rows_done: p.rows_done,
+    rows_total: p.rows_total,
+    lock_retries: p.lock_retries,
+  }
+}

@@ -483,6 +483,25 @@ pub struct BackfillProgress {
   pub finished_at: Option<DateTime<Utc>>,
 }
 
+/// Where the online preparation of big tables for pending migrations is (an upgrade from
+/// 0.1.0 whose own tables hold more than 10,000 rows; `storage-quota migrate` runs it).
+#[napi(object)]
+pub struct MigrationPreparation {
+  /// Nothing left to prepare: `migrate()` applies the migrations in milliseconds.
+  pub done: bool,
+  /// The tables prepared (big, or their preparation had begun).
+  pub tables: Vec<String>,
+  pub tasks_done: u32,
+  pub tasks_total: u32,
+  /// What the next step does (absent when done).
+  pub next: Option<String>,
+  /// Rows done, and in all (the planner's estimate), of the fill in progress.
+  pub rows_done: i64,
+  pub rows_total: Option<i64>,
+  /// Steps given up on a lock the app held during this call (nothing changed; tried again).
+  pub lock_retries: u32,
+}
+
 /// What `migrate` did.
 #[napi(object)]
 pub struct MigrateResult {

@@ -2,6 +2,7 @@
 
 use super::Client;
 use crate::db::migrate::{self, MigrateReport, MigrationSettings, Status};
+use crate::db::online::{self, Preparation};
 use crate::db::project_source::ProjectSource;
 use crate::error::{QuotaError, Result};
 use crate::ids::{parse_bytes, ProjectId, UserId};
@@ -287,6 +288,26 @@ impl Client {
           .await?;
         backfill::status(&conn.0).await
       })
+      .await
+  }
+
+  /// One step of the online preparation of big tables for pending migrations (see
+  /// `db::online`); call until `done`, then `migrate`.
+  pub async fn prepare_migrations_step(&self, batch_size: f64) -> Result<Preparation> {
+    let batch = i64::from(crate::ids::parse_whole(
+      "batchSize",
+      batch_size,
+      1,
+      100_000,
+    )?);
+    self
+      .with_conn(async |conn| online::step(&mut conn.0, batch).await)
+      .await
+  }
+
+  pub async fn migration_preparation(&self) -> Result<Preparation> {
+    self
+      .with_conn(async |conn| online::status(&conn.0).await)
       .await
   }
 
