@@ -274,7 +274,12 @@ test('concurrent recordUpload, reserveUpload, commitUpload and cancelUpload call
   assert.ok(batched > 0, 'some calls were charged together in one commit')
   assert.ok(reservedTogether > 0, 'some reservations were made together in one commit')
   assert.ok(committedTogether > 0, 'some reservations were committed together in one commit')
-  assert.ok(cancelledTogether > 0, 'some reservations were cancelled together in one commit')
+  // Not asserted here: a settle round makes only a few cancels of distinct reservations (they
+  // pick among the first round's reservations), so two of them share a commit in about one run
+  // in fifteen and 30 runs missed every one about one time in eight. That cancels are batched is
+  // asserted without chance by group-commit-faults.test.mjs ("cancels of two users shared a transaction");
+  // here every cancel, batched or not, is still checked against a serial replay.
+  void cancelledTogether
 })
 
 test('a batch with a refused, a conflicting and a foreign call: the neighbours are charged, in one commit', async () => {
