@@ -108,6 +108,8 @@ test("serving calls on plain TCP with local storage maps the request path's code
   assert.notEqual(report.coldPages, null, `${report.path} has no .text.cold section (link/cold.ld not applied)`)
   assert.equal(report.coldPages, 0, `${report.coldPages} pages of TLS/S3 code mapped from ${report.path}`)
   // The functions the request path runs lie together (link/hot.ld): ~1.2–1.5 MB of the code is
-  // mapped, where it was 2.9–3.1 MB with them scattered through 5.5 MB.
-  assert.ok(report.codeBytes < 2 * MB, `${(report.codeBytes / MB).toFixed(2)} MB of ${report.path}'s code mapped`)
+  // mapped from a file the page cache holds in small blocks, up to 2.04 MB seen right after a
+  // fresh build (a newly written file is cached in larger blocks, each mapped whole), where it
+  // was 2.9–3.15 MB with them scattered through 5.5 MB.
+  assert.ok(report.codeBytes < 2.5 * MB, `${(report.codeBytes / MB).toFixed(2)} MB of ${report.path}'s code mapped`)
 })
