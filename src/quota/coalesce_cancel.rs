@@ -7,7 +7,7 @@
 //! with the `COMMIT`. A user without a quota row takes the single statement after the batch. A
 //! lone call is the single statement.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 
 use tokio_postgres::types::ToSql;
 
@@ -15,8 +15,7 @@ use crate::db::pool::{PgConnection, Pool};
 use crate::error::Result;
 use crate::ids::UserId;
 use crate::quota::batch::together_then_alone;
-use crate::quota::coalesce::LOCK_QUOTAS;
-use crate::quota::coalesce_commit::LOCK_RESERVATIONS;
+use crate::quota::coalesce_commit::lock_settling;
 use crate::quota::reservations;
 use crate::quota::settle::{not_found, settled_error, Settled};
 use crate::quota::usage::Usage;
@@ -84,23 +83,9 @@ async fn cancel_together(
   conn: &mut PgConnection,
   calls: &[Cancel],
 ) -> Result<Vec<Option<Result<Settled>>>> {
-  let keys: BTreeSet<(&str, uuid::Uuid)> = calls.iter().map(|c| (c.owner.as_str(), c.id)).collect();
-  let (key_users, key_ids): (Vec<&str>, Vec<uuid::Uuid>) = keys.iter().copied().unzip();
-  let users: Vec<&str> = key_users
-    .iter()
-    .copied()
-    .collect::<BTreeSet<_>>()
-    .into_iter()
-    .collect();
-
   let tx = conn.pipelined();
-  // Pipelined behind the BEGIN; PostgreSQL runs them in order: reservation rows, then quota rows.
-  let reservation_params: [&(dyn ToSql + Sync); 2] = [&key_users, &key_ids];
-  let lock_params: [&(dyn ToSql + Sync); 1] = [&users];
-  let (locked_reservations, locked_quotas) = tokio::try_join!(
-    tx.query(LOCK_RESERVATIONS, &reservation_params),
-    tx.query(LOCK_QUOTAS, &lock_params),
-  )?;
+  let (locked_reservations, locked_quotas) =
+    lock_settling(&tx, calls.iter().map(|c| (c.owner.as_str(), c.id))).await?;
   let mut held: HashMap<(String, uuid::Uuid), Held> = locked_reservations
     .iter()
     .map(|r| {

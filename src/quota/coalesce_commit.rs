@@ -20,7 +20,9 @@
 use std::collections::{BTreeSet, HashMap};
 
 use tokio_postgres::types::ToSql;
+use tokio_postgres::Row;
 
+use crate::db::pipeline::Pipelined;
 use crate::db::pool::{PgConnection, Pool};
 use crate::error::{QuotaError, Result};
 use crate::ids::UserId;
@@ -34,12 +36,35 @@ use crate::quota::usage::Usage;
 use crate::rollout::Mode;
 
 /// The batch's reservations, locked in one global order (ORDER BY runs before the row locks).
-pub(crate) const LOCK_RESERVATIONS: &str = "
+const LOCK_RESERVATIONS: &str = "
 SELECT r.user_id, r.id, r.project_id::text, r.bytes, coalesce(r.requested_bytes, r.bytes),
        r.status, r.committed_bytes, r.expires_at <= now(), r.object_key IS NOT NULL
   FROM quota_reservations r
   JOIN unnest($1::text[], $2::uuid[]) AS k(user_id, id) ON r.user_id = k.user_id AND r.id = k.id
  ORDER BY r.user_id, r.id FOR UPDATE OF r";
+
+/// Opens a settling batch (commits or cancels): locks the reservations named by `keys` (user,
+/// id) and then their users' quota rows, both sorted, in the order every writer of the two
+/// tables takes them. The two statements are pipelined behind the `BEGIN` of `tx`.
+pub(crate) async fn lock_settling<'a>(
+  tx: &Pipelined<'_>,
+  keys: impl Iterator<Item = (&'a str, uuid::Uuid)>,
+) -> Result<(Vec<Row>, Vec<Row>)> {
+  let keys: BTreeSet<(&str, uuid::Uuid)> = keys.collect();
+  let (key_users, key_ids): (Vec<&str>, Vec<uuid::Uuid>) = keys.iter().copied().unzip();
+  let users: Vec<&str> = key_users
+    .iter()
+    .copied()
+    .collect::<BTreeSet<_>>()
+    .into_iter()
+    .collect();
+  let reservation_params: [&(dyn ToSql + Sync); 2] = [&key_users, &key_ids];
+  let lock_params: [&(dyn ToSql + Sync); 1] = [&users];
+  Ok(tokio::try_join!(
+    tx.query(LOCK_RESERVATIONS, &reservation_params),
+    tx.query(LOCK_QUOTAS, &lock_params),
+  )?)
+}
 /// The batch's writes in one statement: per user the bytes counted and given back, per commit
 /// its reservation settled and its ledger entry (as the single statement writes it in enforce
 /// mode: `requested_bytes` NULL, the actual size is what was counted). Every row written is
@@ -142,23 +167,9 @@ async fn commit_together(
   conn: &mut PgConnection,
   calls: &[Commit],
 ) -> Result<Vec<Option<Result<Committed>>>> {
-  let keys: BTreeSet<(&str, uuid::Uuid)> = calls.iter().map(|c| (c.owner.as_str(), c.id)).collect();
-  let (key_users, key_ids): (Vec<&str>, Vec<uuid::Uuid>) = keys.iter().copied().unzip();
-  let users: Vec<&str> = key_users
-    .iter()
-    .copied()
-    .collect::<BTreeSet<_>>()
-    .into_iter()
-    .collect();
-
   let tx = conn.pipelined();
-  // Pipelined behind the BEGIN; PostgreSQL runs them in order: reservation rows, then quota rows.
-  let reservation_params: [&(dyn ToSql + Sync); 2] = [&key_users, &key_ids];
-  let lock_params: [&(dyn ToSql + Sync); 1] = [&users];
-  let (locked_reservations, locked_quotas) = tokio::try_join!(
-    tx.query(LOCK_RESERVATIONS, &reservation_params),
-    tx.query(LOCK_QUOTAS, &lock_params),
-  )?;
+  let (locked_reservations, locked_quotas) =
+    lock_settling(&tx, calls.iter().map(|c| (c.owner.as_str(), c.id))).await?;
 
   let mut held: HashMap<(String, uuid::Uuid), Held> = locked_reservations
     .iter()
