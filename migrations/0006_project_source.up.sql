@@ -11,8 +11,35 @@
 -- foreign key into the app's table: a project deleted behind our back is found by reconcile()
 -- (or released at once by the trigger recipe in the README).
 
-SET LOCAL lock_timeout = '5s';
 SET LOCAL statement_timeout = '60s';
+
+-- Every table this migration changes is locked first, in one statement and in the order app
+-- statements take them: our four tables, then the table their 0.1.0 foreign keys reference (an
+-- app INSERT into one of ours locks it, then that table for the key check). Taken one by one as
+-- the statements below reach them, the projects table was held while a child was waited for,
+-- and an app INSERT holding that child and waiting for projects made a deadlock, which
+-- PostgreSQL broke by failing the app's statement. Under 200 ms of lock_timeout (below the
+-- default deadlock_timeout of 1 s) this statement gives up first whatever the order of waits
+-- (55P03: rolled back and retried with backoff by migrate()), and nothing later waits.
+SET LOCAL lock_timeout = '200ms';
+DO $$
+DECLARE
+  tables text;
+BEGIN
+  SELECT string_agg(t, ', ' ORDER BY n) INTO tables
+    FROM (SELECT format('%I', t) AS t, n FROM unnest(ARRAY['project_storage_paths', 'quota_ledger', 'quota_reservations', 'simulation_jobs'])
+                        WITH ORDINALITY AS u(t, n)
+           WHERE to_regclass(t) IS NOT NULL
+          UNION ALL
+          SELECT DISTINCT c.confrelid::regclass::text, 100
+            FROM pg_constraint c
+           WHERE c.conname IN ('project_storage_paths_project_id_fkey', 'simulation_jobs_project_id_fkey')
+             AND c.contype = 'f') AS l;
+  IF tables IS NOT NULL THEN
+    EXECUTE format('LOCK TABLE %s IN ACCESS EXCLUSIVE MODE', tables);
+  END IF;
+END $$;
+SET LOCAL lock_timeout = '5s';
 
 -- Projects are named by their id as text in our tables.
 ALTER TABLE project_storage_paths DROP CONSTRAINT IF EXISTS project_storage_paths_project_id_fkey;
