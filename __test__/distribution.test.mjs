@@ -21,9 +21,12 @@ const NOT_PINNED = [
   // allocateProjectPath's lookup by project id (the project's owner is what it checks): a
   // multi-shard read on Citus until it also filters sp.user_id.
   /FROM storage_quota_project\(\$1\) p LEFT JOIN project_storage_paths sp ON sp.project_id = p.id$/,
-  // checkQuota and getUsage calls batched across users (one statement for many users, by design): a
-  // multi-shard read on Citus, one round trip instead of one per user.
+  // Calls batched across users (group commit: checkQuota and getUsage reads, and the charges,
+  // reservations, commits and cancels), one statement over an array of users by design: on
+  // Citus a multi-shard read, or a batch's one transaction across shards.
   /FROM unnest\(\$1::text\[\]\) WITH ORDINALITY AS u\(user_id, n\)/,
+  /\buser_id = ANY\(\$1\)/,
+  /\bunnest\(\$\d+::text\[\], /,
 ]
 
 /** One user, by a parameter: a filter `user_id = $n`, or an insert whose user_id is `$n`. */
