@@ -103,17 +103,15 @@ for (const kind of ['reserveUpload', 'recordUpload', 'commitUpload', 'cancelUplo
     let first
     let queued = []
     try {
-      // Both slots busy on held rows, so the next calls queue into one batch; that batch then
+      // The slot busy on x's held row, so the next calls queue into one batch; that batch then
       // waits for b's row, and its connection is cut there.
-      first = call(b, keys[0])
+      first = call(x, keys[1])
       await untilLockWaiters(db, 1)
-      const second = call(x, keys[1])
-      await untilLockWaiters(db, 2)
       queued = [call(c, keys[2]), call(a, keys[3]), call(b, keys[4])]
       await db.query('SELECT 1') // one round trip: the queued calls have reached the queue
       await heldX.release()
-      await second
-      await untilLockWaiters(db, 2)
+      await first
+      await untilLockWaiters(db, 1)
       const { rows } = await db.query(
         `SELECT pg_terminate_backend(pid) AS cut FROM pg_stat_activity
           WHERE datname = current_database() AND wait_event_type = 'Lock' AND query LIKE '%FOR NO KEY UPDATE OF q%'`,
@@ -125,7 +123,7 @@ for (const kind of ['reserveUpload', 'recordUpload', 'commitUpload', 'cancelUplo
     }
     const answers = await Promise.all([first, ...queued])
     assert.deepEqual(answers.map((r) => r.duplicate), [false, false, false, false])
-    for (const [u, key] of [[b, keys[0]], [c, keys[2]], [a, keys[3]], [b, keys[4]]]) {
+    for (const [u, key] of [[x, keys[1]], [c, keys[2]], [a, keys[3]], [b, keys[4]]]) {
       const { rows } = await db.query(
         {
           reserveUpload: 'SELECT count(*)::int AS n FROM quota_reservations WHERE user_id = $1 AND id = $2::uuid',
@@ -245,24 +243,19 @@ for (const kind of ['recordUpload', 'reserveUpload', 'commitUpload', 'cancelUplo
           : kind === 'commitUpload'
             ? client.commitUpload(who[i].user, keys[i])
             : client.cancelUpload(who[i].user, keys[i])
-    const heldB = await holdRow(db, b.user)
     const heldX = await holdRow(db, x.user)
     let first
-    let second
     let queued = []
     try {
-      // Both slots busy on held rows, so n's and d's calls queue into one batch.
-      first = call(0)
+      // The slot busy on x's held row, so n's and d's calls queue into one batch.
+      first = call(1)
       await untilLockWaiters(db, 1)
-      second = call(1)
-      await untilLockWaiters(db, 2)
       queued = [call(2), call(3)]
       await db.query('SELECT 1') // one round trip: the queued calls have reached the queue
     } finally {
       await heldX.release()
-      await heldB.release()
     }
-    await Promise.all([first, second])
+    await first
     const [, drifted] = await Promise.all(queued)
     const { rows } = await db.query(`SELECT used_bytes::float8 AS used, reserved_bytes::float8 AS reserved FROM user_quotas WHERE user_id = $1`, [d.user])
     // Sent alone, d's call answers its row as written (trigger included); the batch's answer

@@ -381,17 +381,15 @@ test('a batch locks its users\' rows in ascending user_id order, whatever order 
   let first
   let queued = []
   try {
-    // Both charge slots busy, waiting on the held rows, so the next calls queue into one batch.
-    first = client.recordUpload(b, project[b], 1, { uploadId: 'b1' })
+    // The charge slot busy, waiting on x's held row, so the next calls queue into one batch.
+    first = client.recordUpload(x, project[x], 1, { uploadId: 'x1' })
     await untilLockWaiters(db, 1)
-    const second = client.recordUpload(x, project[x], 1, { uploadId: 'x1' })
-    await untilLockWaiters(db, 2)
     queued = [c, a, b].map((user) => client.recordUpload(user, project[user], 1, { uploadId: 'queued' }))
     await db.query('SELECT 1') // one round trip: the queued calls have reached the queue
     await heldX.release()
-    await second
+    await first
     // The batch [c, a, b] now waits for b's row: it must hold a's (before b) and not yet c's.
-    await untilLockWaiters(db, 2)
+    await untilLockWaiters(db, 1)
     assert.equal(await locked(a), true, 'a (before b) is locked by the waiting batch')
     assert.equal(await locked(c), false, 'c (after b) is not locked while the batch waits for b')
   } finally {
@@ -421,30 +419,26 @@ test('a batch that fails as a whole (a unique key taken behind its back) is answ
     a,
     project[a],
   ])
-  const heldB = await holdRow(db, b)
   const heldX = await holdRow(db, x)
   let first
   let queued = []
   try {
-    first = client.recordUpload(b, project[b], 1, { uploadId: 'b1' })
+    // The charge slot busy, waiting on x's held row, so the next calls queue into one batch.
+    first = client.recordUpload(x, project[x], 1, { uploadId: 'x1' })
     await untilLockWaiters(db, 1)
-    const second = client.recordUpload(x, project[x], 1, { uploadId: 'x1' })
-    await untilLockWaiters(db, 2)
     queued = [
       client.recordUpload(a, project[a], 5, { uploadId: 'clash' }),
       client.recordUpload(c, project[c], 7, { uploadId: 'neighbour' }),
     ]
     await db.query('SELECT 1') // one round trip: the queued calls have reached the queue
     await heldX.release()
-    await second
-    await untilLockWaiters(db, 2) // the batch waits for the other writer's key
+    await first
+    await untilLockWaiters(db, 1) // the batch waits for the other writer's key
     await app.query('COMMIT')
   } finally {
     await app.end().catch(() => {})
     await heldX.release().catch(() => {})
-    await heldB.release().catch(() => {})
   }
-  await first
   const [clash, neighbour] = await Promise.all(queued)
   assert.equal(clash.duplicate, true, 'the key was recorded (by the other writer): a duplicate, nothing charged')
   assert.equal(neighbour.duplicate, false)

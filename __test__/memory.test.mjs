@@ -47,9 +47,10 @@ test('what a burst of calls freed is given back once the pool is idle', { skip: 
     const project = await insertProject(db, held)
     await client.recordUpload(held, project, 1)
 
-    // One call stays in flight: its charge waits on the quota row another transaction holds.
+    // One call stays in flight: its reservation waits on the quota row another transaction
+    // holds (a reservation: uploads, in their own batches, must not queue behind it).
     const lock = await holdRow(db, held)
-    const pending = client.recordUpload(held, project, 1, { uploadId: 'in-flight' })
+    const pending = client.reserveUpload(held, project, 1)
     await untilLockWaiters(db, 1)
 
     // The burst: rounds of 256 concurrent reads and charges over 16 users (more callers than

@@ -60,23 +60,25 @@ pub(super) fn batching_enabled() -> bool {
   *ENABLED.get_or_init(|| std::env::var("STORAGE_QUOTA_BENCH_BATCH").as_deref() != Ok("0"))
 }
 
-/// Read statements in flight at once. Only for A/B runs of bench/ (BENCHMARKS.md):
-/// `STORAGE_QUOTA_BENCH_READS_IN_FLIGHT=N`.
+/// Read statements in flight at once. One: against two, 9-37 % more reads per second at 16 and
+/// 64 callers for a half to a third of the database CPU per read (BENCHMARKS.md, "One worker, one
+/// batch in flight"). Only for A/B runs of bench/: `STORAGE_QUOTA_BENCH_READS_IN_FLIGHT=N`.
 fn reads_in_flight() -> usize {
   std::env::var("STORAGE_QUOTA_BENCH_READS_IN_FLIGHT")
     .ok()
     .and_then(|v| v.parse().ok())
-    .unwrap_or(2)
+    .unwrap_or(1)
 }
 
-/// Charge transactions in flight at once (default 2: while one waits for its commit's flush, the
-/// next batch is being decided). Only for A/B runs of bench/ (BENCHMARKS.md):
-/// `STORAGE_QUOTA_BENCH_CHARGES_IN_FLIGHT=N`.
+/// Charge transactions of a kind in flight at once. One: measured against two on a quiet
+/// machine (BENCHMARKS.md, "One worker, one batch in flight"), the larger batches gave 11-29 %
+/// more charges per second at 16 and 64 callers for 26-38 % less database CPU per charge. Only
+/// for A/B runs of bench/: `STORAGE_QUOTA_BENCH_CHARGES_IN_FLIGHT=N`.
 fn charges_in_flight() -> usize {
   std::env::var("STORAGE_QUOTA_BENCH_CHARGES_IN_FLIGHT")
     .ok()
     .and_then(|v| v.parse().ok())
-    .unwrap_or(2)
+    .unwrap_or(1)
 }
 
 enum PoolState {
