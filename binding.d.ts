@@ -20,6 +20,11 @@ export declare class NativeClient {
    * "no room".
    */
   checkQuota(userId: string, sizes: Array<number>): Promise<QuotaCheck>
+  /**
+   * `checkQuota` for several calls at once (the JS layer's batch of one event-loop turn): one
+   * entry per call, in order, its answer or its error.
+   */
+  checkQuotaMany(userIds: Array<string>, sizes: Array<Array<number>>): Promise<Array<QuotaCheck | Error>>
   /** Charges an upload to the user's quota, atomically and at most once per upload id. */
   recordUpload(userId: string, projectId: string, bytes: number, options?: RecordUploadOptions | undefined | null): Promise<RecordedUpload>
   /** Holds `bytes` against the quota for an upload whose bytes arrive later. */

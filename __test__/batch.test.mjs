@@ -6,6 +6,7 @@ import { test, after } from 'node:test'
 import assert from 'node:assert/strict'
 import fc from 'fast-check'
 import { createClient } from '../index.js'
+import { NativeClient } from '../binding.js'
 import { createTestDatabase } from './helpers/db.mjs'
 
 const MB = 1024 * 1024
@@ -83,4 +84,27 @@ test('a bad call among concurrent ones fails alone', async () => {
   assert.equal(answers[0].value.allowed, true)
   assert.equal(answers[2].value.limitBytes, 50 * MB, 'no row: the default quota')
   assert.equal(answers[3].value.allowed, false)
+})
+
+test('checkQuota calls of one event-loop turn reach the addon as one call, each answered or failed alone', async () => {
+  await seed([{ limit: 10 * MB, used: 3 * MB, expired: 0 }, { limit: 4 * MB, used: 0, expired: 0 }])
+  const native = new NativeClient({ databaseUrl: db.url, storageRoot: db.storageRoot, defaultQuotaBytes: 50 * MB })
+  try {
+    const answers = await native.checkQuotaMany(
+      [userId(0), 'not a user id', userId(1), userId(2), userId(0)],
+      [[1 * MB], [1], [5 * MB], [1], []],
+    )
+    assert.equal(answers.length, 5)
+    assert.ok(answers[1] instanceof Error)
+    assert.equal(answers[1].code, 'INVALID_ARGUMENT')
+    assert.ok(answers[4] instanceof Error, 'an empty list of sizes fails that call alone')
+    assert.equal(answers[4].code, 'INVALID_ARGUMENT')
+    for (const [i, [user, size]] of [[0, [userId(0), 1 * MB]], [2, [userId(1), 5 * MB]], [3, [userId(2), 1]]]) {
+      assert.deepEqual(answers[i], await native.checkQuota(user, [size]), `call ${i} as alone`)
+    }
+    assert.equal(answers[2].allowed, false)
+    assert.equal(answers[3].limitBytes, 50 * MB, 'no row: the default quota')
+  } finally {
+    await native.close()
+  }
 })

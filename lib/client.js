@@ -5,6 +5,9 @@ const { StorageQuotaError, describeThrown, fromNative, fromZod } = require('./er
 const { createLogger } = require('./log.js')
 const S = require('./args.js')
 
+/** Only for A/B runs of bench/ (BENCHMARKS.md): `STORAGE_QUOTA_BENCH_JS_BATCH=0` hands each checkQuota over alone. */
+const CHECKS_TOGETHER = process.env.STORAGE_QUOTA_BENCH_JS_BATCH !== '0'
+
 function parse(schema, value, what) {
   let failure
   try {
@@ -27,6 +30,8 @@ class StorageQuotaClient {
   #native
   #log
   #slowCallMs
+  /** checkQuota calls of this turn of the event loop, not yet handed to the addon. */
+  #checks = null
 
   constructor(options = {}) {
     const { logger, logLevel, slowCallMs, projects, ...nativeOptions } = parse(S.ClientOptionsSchema, options ?? {}, 'options')
@@ -48,7 +53,7 @@ class StorageQuotaClient {
   async checkQuota(userId, bytes) {
     const user = parse(S.UserIdSchema, userId, 'userId')
     const sizes = Array.isArray(bytes) ? parse(S.BytesListSchema, bytes, 'bytes') : [parse(S.BytesSchema, bytes, 'bytes')]
-    const check = await this.#call('checkQuota', (n) => n.checkQuota(user, sizes))
+    const check = await this.#call('checkQuota', (n) => (CHECKS_TOGETHER ? this.#checkTogether(n, user, sizes) : n.checkQuota(user, sizes)))
     if (check.wouldRefuse && check.mode === 'shadow') this.#log('shadow_refusal', { operation: 'checkQuota', userId: user, requestedBytes: check.requestedBytes })
     return check
   }
@@ -358,6 +363,44 @@ class StorageQuotaClient {
   // The clock is `Date.now()` (a V8 builtin; ms is enough for `slowCallMs`): `performance.now()`
   // is JS that gets hot after ~1,000 calls, and optimizing it is what pages V8's optimizing
   // compiler into a process otherwise running none (~4 MB of RSS, BENCHMARKS.md).
+  /**
+   * checkQuota calls made in one turn of the event loop go to the addon together: one napi call
+   * and one promise settled for all of them, each caller still answered (or rejected) alone. At
+   * 16 callers the per-call hand-overs between this thread and the addon's were what limited
+   * reads (BENCHMARKS.md, "Checks handed over together"). A lone call takes the single path.
+   */
+  #checkTogether(native, user, sizes) {
+    return new Promise((resolve, reject) => {
+      if (this.#checks === null) {
+        this.#checks = []
+        queueMicrotask(() => this.#sendChecks(native))
+      }
+      this.#checks.push({ user, sizes, resolve, reject })
+    })
+  }
+
+  #sendChecks(native) {
+    const calls = this.#checks
+    this.#checks = null
+    try {
+      if (calls.length === 1) {
+        native.checkQuota(calls[0].user, calls[0].sizes).then(calls[0].resolve, calls[0].reject)
+        return
+      }
+      native.checkQuotaMany(calls.map((c) => c.user), calls.map((c) => c.sizes)).then(
+        (answers) => {
+          for (const [i, c] of calls.entries()) {
+            if (answers[i] instanceof Error) c.reject(answers[i])
+            else c.resolve(answers[i])
+          }
+        },
+        (error) => calls.forEach((c) => c.reject(error)),
+      )
+    } catch (error) {
+      for (const c of calls) c.reject(error)
+    }
+  }
+
   async #call(operation, run, chargedUser) {
     const started = Date.now()
     let result

@@ -66,3 +66,35 @@ impl<T: TypeName> TypeName for Answer<T> {
     T::value_type()
   }
 }
+
+/// What a batched async call answers: one entry per call, in order, each its value or a real JS
+/// `Error` built as `Answer` builds it (on the JS thread, when the promise settles). The promise
+/// itself never rejects for one call's error.
+pub struct Answers<T>(pub Vec<std::result::Result<T, QuotaError>>);
+
+impl<T: ToNapiValue> ToNapiValue for Answers<T> {
+  unsafe fn to_napi_value(raw_env: sys::napi_env, answers: Self) -> Result<sys::napi_value> {
+    let env = Env::from_raw(raw_env);
+    let mut array = env.create_array(answers.0.len() as u32)?;
+    for (i, answer) in answers.0.into_iter().enumerate() {
+      let value = match answer {
+        Ok(value) => unsafe { T::to_napi_value(raw_env, value)? },
+        Err(error) => build_error(&env, &error)?.raw(),
+      };
+      array.set(i as u32, unsafe {
+        Unknown::from_raw_unchecked(raw_env, value)
+      })?;
+    }
+    unsafe { Array::to_napi_value(raw_env, array) }
+  }
+}
+
+impl<T> TypeName for Answers<T> {
+  fn type_name() -> &'static str {
+    "Array"
+  }
+
+  fn value_type() -> ValueType {
+    ValueType::Object
+  }
+}

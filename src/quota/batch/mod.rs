@@ -106,6 +106,54 @@ where
     answer.unwrap_or_else(|| Err(QuotaError::Internal("a batch answered no result".into())))
   }
 
+  /// `call` for several requests at once (the JS layer's batch of calls made in one turn of the
+  /// event loop): sent together now if nothing of this kind is in flight, else queued together
+  /// for the next batch. One answer per request, in order.
+  pub async fn call_many<F, Fut>(self: &Arc<Self>, requests: Vec<Req>, run: F) -> Vec<Result<Resp>>
+  where
+    F: Fn(Vec<Req>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<Vec<Result<Resp>>>> + Send + 'static,
+  {
+    let receivers = {
+      let mut state = self.state();
+      if state.in_flight >= self.max_in_flight {
+        let mut receivers = Vec::with_capacity(requests.len());
+        for request in &requests {
+          let (sender, receiver) = oneshot::channel();
+          state.queue.push((request.clone(), sender));
+          receivers.push(receiver);
+        }
+        Some(receivers)
+      } else {
+        state.in_flight += 1;
+        None
+      }
+    };
+    if let Some(receivers) = receivers {
+      let mut answers = Vec::with_capacity(receivers.len());
+      for receiver in receivers {
+        answers.push(receiver.await.unwrap_or_else(|_| {
+          Err(QuotaError::Internal(
+            "a batched call was dropped without an answer".into(),
+          ))
+        }));
+      }
+      return answers;
+    }
+    let run = Arc::new(run);
+    let (batcher, drain_run) = (self.clone(), run.clone());
+    let hand_off = HandOff(Some(Box::new(move || {
+      if let Some(first) = batcher.next_batch() {
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+          runtime.spawn(drain(batcher, drain_run, first));
+        }
+      }
+    })));
+    let answers = send(&*run, requests).await;
+    drop(hand_off);
+    answers
+  }
+
   /// Takes the next batch, or gives up this statement's place when nothing is queued.
   fn next_batch(&self) -> Option<Vec<Waiter<Req, Resp>>> {
     let mut state = self.state();
