@@ -20,11 +20,6 @@ export declare class NativeClient {
    * "no room".
    */
   checkQuota(userId: string, sizes: Array<number>): Promise<QuotaCheck>
-  /**
-   * `checkQuota` for several calls at once (the JS layer's batch of one event-loop turn): one
-   * entry per call, in order, its answer or its error.
-   */
-  checkQuotaMany(userIds: Array<string>, sizes: Array<Array<number>>): Promise<Array<QuotaCheck | Error>>
   /** Charges an upload to the user's quota, atomically and at most once per upload id. */
   recordUpload(userId: string, projectId: string, bytes: number, options?: RecordUploadOptions | undefined | null): Promise<RecordedUpload>
   /** Holds `bytes` against the quota for an upload whose bytes arrive later. */
@@ -95,6 +90,16 @@ export declare class NativeClient {
   deleteProjectFile(userId: string, projectId: string, fileName: string, deletionId?: string | undefined | null): Promise<Released>
   /** Moves a project's files to the other backend and flips its record. */
   moveProjectStorage(userId: string, projectId: string, to: string): Promise<MovedProject>
+  /**
+   * `checkQuota` for several calls at once (the JS layer's batch of one event-loop turn): one
+   * entry per call, in order, its answer or its error.
+   */
+  checkQuotaMany(userIds: Array<string>, sizes: Array<Array<number>>): Promise<Array<QuotaCheck | Error>>
+  /**
+   * `recordUpload` for several calls at once: one entry per call, in order, its answer or its
+   * error. `options[i]` is the i-th call's options (or null).
+   */
+  recordUploadMany(userIds: Array<string>, projectIds: Array<string>, bytes: Array<number>, options: Array<RecordUploadOptions | undefined | null>): Promise<Array<RecordedUpload | Error>>
 }
 
 /** Where the backfill of existing projects is (see `storage-quota backfill`). */

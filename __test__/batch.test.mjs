@@ -7,7 +7,7 @@ import assert from 'node:assert/strict'
 import fc from 'fast-check'
 import { createClient } from '../index.js'
 import { NativeClient } from '../binding.js'
-import { createTestDatabase } from './helpers/db.mjs'
+import { createTestDatabase, insertProject } from './helpers/db.mjs'
 
 const MB = 1024 * 1024
 const db = await createTestDatabase('batch')
@@ -106,5 +106,32 @@ test('checkQuota calls of one event-loop turn reach the addon as one call, each 
     assert.equal(answers[3].limitBytes, 50 * MB, 'no row: the default quota')
   } finally {
     await native.close()
+  }
+})
+
+test('recordUpload calls of one event-loop turn reach the addon as one call, each answered or failed alone', async () => {
+  await seed([{ limit: 10 * MB, used: 0, expired: 0 }])
+  const project = await insertProject(db, userId(0))
+  const native = new NativeClient({ databaseUrl: db.url, storageRoot: db.storageRoot, defaultQuotaBytes: 50 * MB })
+  try {
+    const answers = await native.recordUploadMany(
+      [userId(0), userId(0), 'not a user id', userId(0), userId(0), userId(0)],
+      [project, project, project, project, project, project],
+      [1 * MB, 1 * MB, 1, -1, 20 * MB, 2 * MB],
+      [{ uploadId: 'a' }, { uploadId: 'a' }, null, null, null, { uploadId: 'b', replacesBytes: 1 * MB }],
+    )
+    assert.equal(answers.length, 6)
+    assert.deepEqual([answers[0].duplicate, answers[1].duplicate], [false, true], 'the same id twice: charged once, then its retry')
+    assert.equal(answers[1].usedBytes, 1 * MB)
+    assert.equal(answers[2].code, 'INVALID_ARGUMENT')
+    assert.equal(answers[3].code, 'INVALID_ARGUMENT')
+    assert.ok(answers[4] instanceof Error)
+    assert.equal(answers[4].code, 'QUOTA_EXCEEDED', 'too big: refused alone, its neighbours charged')
+    assert.equal(answers[5].replacedBytes, 1 * MB, 'an overwrite takes its own path in the same hand-over')
+    assert.equal(answers[5].netBytes, 1 * MB)
+    const usage = await native.getUsage(userId(0), false)
+    assert.equal(usage.usedBytes, 2 * MB)
+  } finally {
+    native.close()
   }
 })

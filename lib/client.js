@@ -3,10 +3,11 @@
 const { NativeClient } = require('../binding.js')
 const { StorageQuotaError, describeThrown, fromNative, fromZod } = require('./errors.js')
 const { createLogger } = require('./log.js')
+const { Together } = require('./together.js')
 const S = require('./args.js')
 
-/** Only for A/B runs of bench/ (BENCHMARKS.md): `STORAGE_QUOTA_BENCH_JS_BATCH=0` hands each checkQuota over alone. */
-const CHECKS_TOGETHER = process.env.STORAGE_QUOTA_BENCH_JS_BATCH !== '0'
+/** Only for A/B runs of bench/ (BENCHMARKS.md): `STORAGE_QUOTA_BENCH_JS_BATCH=0` hands each call over alone. */
+const TOGETHER = process.env.STORAGE_QUOTA_BENCH_JS_BATCH !== '0'
 
 function parse(schema, value, what) {
   let failure
@@ -30,8 +31,9 @@ class StorageQuotaClient {
   #native
   #log
   #slowCallMs
-  /** checkQuota calls of this turn of the event loop, not yet handed to the addon. */
-  #checks = null
+  /** checkQuota and plain recordUpload calls of one turn of the event loop, handed over together. */
+  #checks
+  #uploads
 
   constructor(options = {}) {
     const { logger, logLevel, slowCallMs, projects, ...nativeOptions } = parse(S.ClientOptionsSchema, options ?? {}, 'options')
@@ -43,6 +45,15 @@ class StorageQuotaClient {
     } catch (error) {
       throw fromNative(error)
     }
+    const native = this.#native
+    this.#checks = new Together(
+      ([user, sizes]) => native.checkQuota(user, sizes),
+      (calls) => native.checkQuotaMany(calls.map((c) => c[0]), calls.map((c) => c[1])),
+    )
+    this.#uploads = new Together(
+      ([user, project, size, opts]) => native.recordUpload(user, project, size, opts),
+      (calls) => native.recordUploadMany(calls.map((c) => c[0]), calls.map((c) => c[1]), calls.map((c) => c[2]), calls.map((c) => c[3] ?? null)),
+    )
   }
 
   /**
@@ -53,7 +64,7 @@ class StorageQuotaClient {
   async checkQuota(userId, bytes) {
     const user = parse(S.UserIdSchema, userId, 'userId')
     const sizes = Array.isArray(bytes) ? parse(S.BytesListSchema, bytes, 'bytes') : [parse(S.BytesSchema, bytes, 'bytes')]
-    const check = await this.#call('checkQuota', (n) => (CHECKS_TOGETHER ? this.#checkTogether(n, user, sizes) : n.checkQuota(user, sizes)))
+    const check = await this.#call('checkQuota', (n) => (TOGETHER ? this.#checks.add([user, sizes]) : n.checkQuota(user, sizes)))
     if (check.wouldRefuse && check.mode === 'shadow') this.#log('shadow_refusal', { operation: 'checkQuota', userId: user, requestedBytes: check.requestedBytes })
     return check
   }
@@ -107,7 +118,9 @@ class StorageQuotaClient {
     const project = parse(S.ProjectIdSchema, projectId, 'projectId')
     const size = parse(S.BytesSchema, bytes, 'bytes')
     const opts = parse(S.RecordUploadOptionsSchema, options ?? {}, 'options')
-    return this.#charged('recordUpload', user, () => this.#native.recordUpload(user, project, size, opts))
+    return this.#charged('recordUpload', user, () =>
+      TOGETHER ? this.#uploads.add([user, project, size, opts]) : this.#native.recordUpload(user, project, size, opts),
+    )
   }
 
   /** Holds `bytes` for an upload whose bytes arrive later; they count at once. */
@@ -363,44 +376,6 @@ class StorageQuotaClient {
   // The clock is `Date.now()` (a V8 builtin; ms is enough for `slowCallMs`): `performance.now()`
   // is JS that gets hot after ~1,000 calls, and optimizing it is what pages V8's optimizing
   // compiler into a process otherwise running none (~4 MB of RSS, BENCHMARKS.md).
-  /**
-   * checkQuota calls made in one turn of the event loop go to the addon together: one napi call
-   * and one promise settled for all of them, each caller still answered (or rejected) alone. At
-   * 16 callers the per-call hand-overs between this thread and the addon's were what limited
-   * reads (BENCHMARKS.md, "Checks handed over together"). A lone call takes the single path.
-   */
-  #checkTogether(native, user, sizes) {
-    return new Promise((resolve, reject) => {
-      if (this.#checks === null) {
-        this.#checks = []
-        queueMicrotask(() => this.#sendChecks(native))
-      }
-      this.#checks.push({ user, sizes, resolve, reject })
-    })
-  }
-
-  #sendChecks(native) {
-    const calls = this.#checks
-    this.#checks = null
-    try {
-      if (calls.length === 1) {
-        native.checkQuota(calls[0].user, calls[0].sizes).then(calls[0].resolve, calls[0].reject)
-        return
-      }
-      native.checkQuotaMany(calls.map((c) => c.user), calls.map((c) => c.sizes)).then(
-        (answers) => {
-          for (const [i, c] of calls.entries()) {
-            if (answers[i] instanceof Error) c.reject(answers[i])
-            else c.resolve(answers[i])
-          }
-        },
-        (error) => calls.forEach((c) => c.reject(error)),
-      )
-    } catch (error) {
-      for (const c of calls) c.reject(error)
-    }
-  }
-
   async #call(operation, run, chargedUser) {
     const started = Date.now()
     let result

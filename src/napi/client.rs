@@ -5,7 +5,7 @@ use napi::bindgen_prelude::*;
 use napi_derive::napi;
 
 use super::convert::*;
-use super::error::{answer, js_error, Answer, Answers};
+use super::error::{answer, js_error, Answer};
 use super::types::*;
 use crate::quota::{client, config};
 
@@ -81,44 +81,6 @@ impl NativeClient {
     .await
   }
 
-  /// `checkQuota` for several calls at once (the JS layer's batch of one event-loop turn): one
-  /// entry per call, in order, its answer or its error.
-  #[napi(ts_return_type = "Promise<Array<QuotaCheck | Error>>")]
-  pub async fn check_quota_many(
-    &self,
-    user_ids: Vec<String>,
-    sizes: Vec<Vec<f64>>,
-  ) -> Result<Answers<QuotaCheck>> {
-    let _busy = super::idle::Busy::enter();
-    // A missing list of sizes is an empty one: that call alone is INVALID_ARGUMENT.
-    let calls: Vec<(String, Vec<f64>)> = user_ids
-      .into_iter()
-      .enumerate()
-      .map(|(i, user)| (user, sizes.get(i).cloned().unwrap_or_default()))
-      .collect();
-    let checks = self.inner.check_quota_many(&calls).await;
-    Ok(Answers(
-      checks
-        .into_iter()
-        .map(|check| {
-          check.map(|check| {
-            with_usage!(
-              check.usage,
-              QuotaCheck {
-                allowed: check.allowed,
-                would_refuse: check.would_refuse,
-                requested_bytes: check.requested_bytes,
-                missing_bytes: check.missing_bytes(),
-                fits: check.fits,
-                mode: check.mode.as_str().to_owned(),
-              }
-            )
-          })
-        })
-        .collect(),
-    ))
-  }
-
   /// Charges an upload to the user's quota, atomically and at most once per upload id.
   #[napi(ts_return_type = "Promise<RecordedUpload>")]
   pub async fn record_upload(
@@ -136,19 +98,7 @@ impl NativeClient {
         .inner
         .record(&user_id, &project_id, bytes, upload_id.as_deref(), replaces)
         .await?;
-      Ok(with_usage!(
-        r.usage,
-        RecordedUpload {
-          upload_id: r.upload_id,
-          bytes: r.bytes,
-          duplicate: r.duplicate,
-          counted: r.counted,
-          would_refuse: r.would_refuse,
-          replaced_bytes: r.replaced_bytes,
-          net_bytes: r.net_bytes,
-          mode: r.mode.as_str().to_owned(),
-        }
-      ))
+      Ok(uploaded_to_js(r))
     })
     .await
   }

@@ -189,3 +189,19 @@ pub(crate) fn preparation_to_js(p: crate::db::online::Preparation) -> MigrationP
     lock_retries: p.lock_retries,
   }
 }
+
+pub(crate) fn uploaded_to_js(r: crate::quota::client::Uploaded) -> RecordedUpload {
+  with_usage!(
+    r.usage,
+    RecordedUpload {
+      upload_id: r.upload_id,
+      bytes: r.bytes,
+      duplicate: r.duplicate,
+      counted: r.counted,
+      would_refuse: r.would_refuse,
+      replaced_bytes: r.replaced_bytes,
+      net_bytes: r.net_bytes,
+      mode: r.mode.as_str().to_owned(),
+    }
+  )
+}

@@ -10,4 +10,5 @@ mod error;
 mod idle;
 mod runtime;
 mod storage;
+mod together;
 mod types;

@@ -12,12 +12,14 @@ mod direct;
 mod files;
 mod lifecycle;
 mod moves;
+mod together;
 
 pub use admin::ReconcileReport;
 pub use copy::CopiedProject;
 pub use direct::PresignedReservation;
 pub use lifecycle::RegisteredProject;
 pub use moves::MovedProject;
+pub use together::RecordCall;
 
 use std::sync::{Arc, Mutex, OnceLock};
 
@@ -51,6 +53,27 @@ pub struct Uploaded {
   pub would_refuse: bool,
   pub mode: Mode,
   pub usage: Usage,
+}
+
+impl From<RecordedUpload> for Uploaded {
+  /// A plain upload's answer (no replaced content).
+  fn from(r: RecordedUpload) -> Self {
+    Uploaded {
+      net_bytes: if r.duplicate || !r.counted {
+        0
+      } else {
+        r.bytes
+      },
+      replaced_bytes: 0,
+      upload_id: r.upload_id,
+      bytes: r.bytes,
+      duplicate: r.duplicate,
+      counted: r.counted,
+      would_refuse: r.would_refuse,
+      mode: r.mode,
+      usage: r.usage,
+    }
+  }
 }
 
 /// Only for A/B runs of bench/ (BENCHMARKS.md): `STORAGE_QUOTA_BENCH_BATCH=0` sends each read
@@ -207,72 +230,10 @@ impl Client {
 
   /// Whether `sizes` (one upload, or the files of a multi-file upload) fit.
   pub async fn check_quota(&self, user_id: &str, sizes: &[f64]) -> Result<QuotaCheck> {
-    let (user, sizes) = check_arguments(user_id, sizes)?;
+    let (user, sizes) = together::check_arguments(user_id, sizes)?;
     let mode = self.mode_for(&user);
     let usage = self.read_usage_or_unseeded(&user).await?;
     Ok(usage::decide_check(usage, &sizes, mode))
-  }
-
-  /// `check_quota` for several calls at once (the JS layer's batch of one event-loop turn): their
-  /// usages read in one statement with any other reads queued, each answered on its own. A call
-  /// whose arguments are bad gets its error and is not read.
-  pub async fn check_quota_many(&self, calls: &[(String, Vec<f64>)]) -> Vec<Result<QuotaCheck>> {
-    let mut answers: Vec<Option<Result<QuotaCheck>>> = Vec::with_capacity(calls.len());
-    let mut wanted = Vec::new();
-    for (user_id, sizes) in calls {
-      match check_arguments(user_id, sizes) {
-        Ok((user, sizes)) => {
-          wanted.push((answers.len(), user, sizes));
-          answers.push(None);
-        }
-        Err(error) => answers.push(Some(Err(error))),
-      }
-    }
-    if !wanted.is_empty() {
-      let users: Vec<String> = wanted
-        .iter()
-        .map(|(_, u, _)| u.as_str().to_owned())
-        .collect();
-      let read = match self.pool() {
-        Ok(pool) if batching_enabled() => {
-          self
-            .reads
-            .call_many(users, move |users| {
-              let pool = pool.clone();
-              async move {
-                let mut conn = pool.get().await?;
-                usage::read_usages(&mut conn.0, &users).await
-              }
-            })
-            .await
-        }
-        _ => {
-          let mut one_by_one = Vec::with_capacity(users.len());
-          for (_, user, _) in &wanted {
-            one_by_one.push(self.read_usage_batched(user).await);
-          }
-          one_by_one
-        }
-      };
-      for ((at, user, sizes), usage) in wanted.into_iter().zip(read) {
-        let usage = match usage {
-          Ok(Some(usage)) => Ok(usage),
-          Ok(None) => {
-            let limit = self.default_limit();
-            self
-              .with_conn(async |conn| usage::unseeded_usage(&mut conn.0, &user, limit).await)
-              .await
-          }
-          Err(error) => Err(error),
-        };
-        let mode = self.mode_for(&user);
-        answers[at] = Some(usage.map(|usage| usage::decide_check(usage, &sizes, mode)));
-      }
-    }
-    answers
-      .into_iter()
-      .map(|a| a.unwrap_or_else(|| Err(QuotaError::Internal("a check was left unanswered".into()))))
-      .collect()
   }
 
   /// The user's usage, read with the other reads in flight; for a user without a quota row, the
@@ -338,21 +299,7 @@ impl Client {
     let r = self
       .record_upload(user_id, project_id, bytes, upload_id)
       .await?;
-    Ok(Uploaded {
-      net_bytes: if r.duplicate || !r.counted {
-        0
-      } else {
-        r.bytes
-      },
-      replaced_bytes: 0,
-      upload_id: r.upload_id,
-      bytes: r.bytes,
-      duplicate: r.duplicate,
-      counted: r.counted,
-      would_refuse: r.would_refuse,
-      mode: r.mode,
-      usage: r.usage,
-    })
+    Ok(Uploaded::from(r))
   }
 
   pub async fn record_upload(
@@ -443,31 +390,4 @@ impl Client {
     let project = ProjectId::parse(project_id)?;
     self.allocate(&user, &project).await
   }
-}
-
-/// `checkQuota`'s arguments: the user, and 1 to 10,000 sizes adding up to at most 2^53 − 1.
-fn check_arguments(user_id: &str, sizes: &[f64]) -> Result<(UserId, Vec<i64>)> {
-  let user = UserId::parse(user_id)?;
-  // Same bounds as the JS schema (BytesListSchema): a direct caller's [] or a million sizes
-  // must not reach SQL.
-  if sizes.is_empty() || sizes.len() > 10_000 {
-    return Err(QuotaError::invalid(format!(
-      "bytes must list 1 to 10000 sizes, got {}",
-      sizes.len()
-    )));
-  }
-  let sizes = sizes
-    .iter()
-    .map(|&size| parse_bytes("bytes", size))
-    .collect::<Result<Vec<_>>>()?;
-  if sizes
-    .iter()
-    .try_fold(0i64, |sum, &s| sum.checked_add(s))
-    .is_none_or(|sum| sum > crate::ids::MAX_BYTES)
-  {
-    return Err(QuotaError::invalid(
-      "the sizes add up to more than 2^53 − 1 bytes",
-    ));
-  }
-  Ok((user, sizes))
 }

@@ -1,0 +1,60 @@
+'use strict'
+
+/**
+ * Calls of one kind made in one turn of the event loop, handed to the addon together: one napi
+ * call and one promise settled for all of them instead of one of each per call (at 16 callers
+ * those hand-overs between this thread and the addon's were what limited throughput;
+ * BENCHMARKS.md, "Calls handed over together"). Each caller still gets exactly its own answer or
+ * its own error. A lone call takes the single-call path, so at concurrency 1 nothing changes.
+ */
+class Together {
+  #pending = null
+  #alone
+  #many
+
+  /**
+   * `alone(args)` sends one call; `many(list)` sends several and resolves one entry per call,
+   * in order: its answer, or an `Error` for that call alone.
+   */
+  constructor(alone, many) {
+    this.#alone = alone
+    this.#many = many
+  }
+
+  /** Resolves or rejects as the call would alone. */
+  add(args) {
+    return new Promise((resolve, reject) => {
+      if (this.#pending === null) {
+        this.#pending = []
+        queueMicrotask(() => this.#send())
+      }
+      this.#pending.push({ args, resolve, reject })
+    })
+  }
+
+  #send() {
+    const calls = this.#pending
+    this.#pending = null
+    try {
+      if (calls.length === 1) {
+        this.#alone(calls[0].args).then(calls[0].resolve, calls[0].reject)
+        return
+      }
+      this.#many(calls.map((c) => c.args)).then(
+        (answers) => {
+          for (let i = 0; i < calls.length; i++) {
+            if (answers[i] instanceof Error) calls[i].reject(answers[i])
+            else calls[i].resolve(answers[i])
+          }
+        },
+        (error) => {
+          for (const c of calls) c.reject(error)
+        },
+      )
+    } catch (error) {
+      for (const c of calls) c.reject(error)
+    }
+  }
+}
+
+module.exports = { Together }

@@ -1,0 +1,90 @@
+//! `NativeClient`'s methods for calls the JS layer hands over together (the `checkQuota` or
+//! `recordUpload` calls of one turn of the event loop): one entry per call in the answer, in
+//! order, each its value or its own JS `Error` (`error::Answers`).
+
+use napi::bindgen_prelude::*;
+use napi_derive::napi;
+
+use super::client::NativeClient;
+use super::convert::*;
+use super::error::Answers;
+use super::types::*;
+use crate::quota::client::RecordCall;
+
+#[napi]
+impl NativeClient {
+  /// `checkQuota` for several calls at once (the JS layer's batch of one event-loop turn): one
+  /// entry per call, in order, its answer or its error.
+  #[napi(ts_return_type = "Promise<Array<QuotaCheck | Error>>")]
+  pub async fn check_quota_many(
+    &self,
+    user_ids: Vec<String>,
+    sizes: Vec<Vec<f64>>,
+  ) -> Result<Answers<QuotaCheck>> {
+    let _busy = super::idle::Busy::enter();
+    // A missing list of sizes is an empty one: that call alone is INVALID_ARGUMENT.
+    let calls: Vec<(String, Vec<f64>)> = user_ids
+      .into_iter()
+      .enumerate()
+      .map(|(i, user)| (user, sizes.get(i).cloned().unwrap_or_default()))
+      .collect();
+    let checks = self.inner.check_quota_many(&calls).await;
+    Ok(Answers(
+      checks
+        .into_iter()
+        .map(|check| {
+          check.map(|check| {
+            with_usage!(
+              check.usage,
+              QuotaCheck {
+                allowed: check.allowed,
+                would_refuse: check.would_refuse,
+                requested_bytes: check.requested_bytes,
+                missing_bytes: check.missing_bytes(),
+                fits: check.fits,
+                mode: check.mode.as_str().to_owned(),
+              }
+            )
+          })
+        })
+        .collect(),
+    ))
+  }
+
+  /// `recordUpload` for several calls at once: one entry per call, in order, its answer or its
+  /// error. `options[i]` is the i-th call's options (or null).
+  #[napi(ts_return_type = "Promise<Array<RecordedUpload | Error>>")]
+  pub async fn record_upload_many(
+    &self,
+    user_ids: Vec<String>,
+    project_ids: Vec<String>,
+    bytes: Vec<f64>,
+    options: Vec<Option<RecordUploadOptions>>,
+  ) -> Result<Answers<RecordedUpload>> {
+    let _busy = super::idle::Busy::enter();
+    // A call missing a project or a size gets an empty project id or NaN: INVALID_ARGUMENT.
+    let mut options = options.into_iter();
+    let calls: Vec<RecordCall> = user_ids
+      .into_iter()
+      .enumerate()
+      .map(|(i, user_id)| {
+        let (upload_id, replaces_bytes) = options
+          .next()
+          .flatten()
+          .map(|o| (o.upload_id, o.replaces_bytes))
+          .unwrap_or_default();
+        RecordCall {
+          user_id,
+          project_id: project_ids.get(i).cloned().unwrap_or_default(),
+          bytes: bytes.get(i).copied().unwrap_or(f64::NAN),
+          upload_id,
+          replaces_bytes,
+        }
+      })
+      .collect();
+    let answers = self.inner.record_many(&calls).await;
+    Ok(Answers(
+      answers.into_iter().map(|a| a.map(uploaded_to_js)).collect(),
+    ))
+  }
+}
