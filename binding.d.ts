@@ -100,6 +100,16 @@ export declare class NativeClient {
    * error. `options[i]` is the i-th call's options (or null).
    */
   recordUploadMany(userIds: Array<string>, projectIds: Array<string>, bytes: Array<number>, options: Array<RecordUploadOptions | undefined | null>): Promise<Array<RecordedUpload | Error>>
+  /**
+   * `reserveUpload` (not presigned) for several calls at once: one entry per call, in order,
+   * its reservation or its error. `ttlMs[i]` and `reservationIds[i]` may be null.
+   */
+  reserveUploadMany(userIds: Array<string>, projectIds: Array<string>, bytes: Array<number>, ttlMs: Array<number | undefined | null>, reservationIds: Array<string | undefined | null>): Promise<Array<Reservation | Error>>
+  /**
+   * `commitUpload` for several calls at once: one entry per call, in order, the settled
+   * reservation or its error. `actualBytes[i]` may be null.
+   */
+  commitUploadMany(userIds: Array<string>, reservationIds: Array<string>, actualBytes: Array<number | undefined | null>): Promise<Array<SettledReservation | Error>>
 }
 
 /** Where the backfill of existing projects is (see `storage-quota backfill`). */

@@ -31,9 +31,11 @@ class StorageQuotaClient {
   #native
   #log
   #slowCallMs
-  /** checkQuota and plain recordUpload calls of one turn of the event loop, handed over together. */
+  /** checkQuota, recordUpload, reserveUpload and commitUpload calls of one turn of the event loop, handed over together. */
   #checks
   #uploads
+  #reserves
+  #commits
 
   constructor(options = {}) {
     const { logger, logLevel, slowCallMs, projects, ...nativeOptions } = parse(S.ClientOptionsSchema, options ?? {}, 'options')
@@ -53,6 +55,21 @@ class StorageQuotaClient {
     this.#uploads = new Together(
       ([user, project, size, opts]) => native.recordUpload(user, project, size, opts),
       (calls) => native.recordUploadMany(calls.map((c) => c[0]), calls.map((c) => c[1]), calls.map((c) => c[2]), calls.map((c) => c[3] ?? null)),
+    )
+    this.#reserves = new Together(
+      ([user, project, size, ttlMs, id]) => native.reserveUpload(user, project, size, ttlMs, id),
+      (calls) =>
+        native.reserveUploadMany(
+          calls.map((c) => c[0]),
+          calls.map((c) => c[1]),
+          calls.map((c) => c[2]),
+          calls.map((c) => c[3] ?? null),
+          calls.map((c) => c[4] ?? null),
+        ),
+    )
+    this.#commits = new Together(
+      ([user, id, actual]) => native.commitUpload(user, id, actual),
+      (calls) => native.commitUploadMany(calls.map((c) => c[0]), calls.map((c) => c[1]), calls.map((c) => c[2] ?? null)),
     )
   }
 
@@ -132,7 +149,9 @@ class StorageQuotaClient {
     if (presign) {
       return this.#charged('reserveUpload', user, () => this.#native.reservePresignedUpload(user, project, fileName, size, ttlMs, reservationId))
     }
-    return this.#charged('reserveUpload', user, () => this.#native.reserveUpload(user, project, size, ttlMs, reservationId))
+    return this.#charged('reserveUpload', user, () =>
+      TOGETHER ? this.#reserves.add([user, project, size, ttlMs, reservationId]) : this.#native.reserveUpload(user, project, size, ttlMs, reservationId),
+    )
   }
 
   /** The project's files with their sizes, from its directory or its bucket prefix. */
@@ -178,7 +197,7 @@ class StorageQuotaClient {
     const user = parse(S.UserIdSchema, userId, 'userId')
     const id = parse(S.ReservationIdSchema, reservationId, 'reservationId')
     const actual = actualBytes === undefined ? undefined : parse(S.BytesSchema, actualBytes, 'actualBytes')
-    return this.#charged('commitUpload', user, () => this.#native.commitUpload(user, id, actual))
+    return this.#charged('commitUpload', user, () => (TOGETHER ? this.#commits.add([user, id, actual]) : this.#native.commitUpload(user, id, actual)))
   }
 
   /** Gives the user's reservation's bytes back. A retry answers `duplicate: true`. */

@@ -9,7 +9,7 @@ use super::client::NativeClient;
 use super::convert::*;
 use super::error::Answers;
 use super::types::*;
-use crate::quota::client::RecordCall;
+use crate::quota::client::{CommitCall, RecordCall, ReserveCall};
 
 #[napi]
 impl NativeClient {
@@ -85,6 +85,65 @@ impl NativeClient {
     let answers = self.inner.record_many(&calls).await;
     Ok(Answers(
       answers.into_iter().map(|a| a.map(uploaded_to_js)).collect(),
+    ))
+  }
+
+  /// `reserveUpload` (not presigned) for several calls at once: one entry per call, in order,
+  /// its reservation or its error. `ttlMs[i]` and `reservationIds[i]` may be null.
+  #[napi(ts_return_type = "Promise<Array<Reservation | Error>>")]
+  pub async fn reserve_upload_many(
+    &self,
+    user_ids: Vec<String>,
+    project_ids: Vec<String>,
+    bytes: Vec<f64>,
+    ttl_ms: Vec<Option<f64>>,
+    reservation_ids: Vec<Option<String>>,
+  ) -> Result<Answers<Reservation>> {
+    let _busy = super::idle::Busy::enter();
+    let mut reservation_ids = reservation_ids.into_iter();
+    // A call missing a project or a size gets an empty project id or NaN: INVALID_ARGUMENT.
+    let calls: Vec<ReserveCall> = user_ids
+      .into_iter()
+      .enumerate()
+      .map(|(i, user_id)| ReserveCall {
+        user_id,
+        project_id: project_ids.get(i).cloned().unwrap_or_default(),
+        bytes: bytes.get(i).copied().unwrap_or(f64::NAN),
+        ttl_ms: ttl_ms.get(i).copied().flatten(),
+        reservation_id: reservation_ids.next().flatten(),
+      })
+      .collect();
+    let answers = self.inner.reserve_many(&calls).await;
+    Ok(Answers(
+      answers
+        .into_iter()
+        .map(|a| a.map(|r| reservation_to_js(r, None)))
+        .collect(),
+    ))
+  }
+
+  /// `commitUpload` for several calls at once: one entry per call, in order, the settled
+  /// reservation or its error. `actualBytes[i]` may be null.
+  #[napi(ts_return_type = "Promise<Array<SettledReservation | Error>>")]
+  pub async fn commit_upload_many(
+    &self,
+    user_ids: Vec<String>,
+    reservation_ids: Vec<String>,
+    actual_bytes: Vec<Option<f64>>,
+  ) -> Result<Answers<SettledReservation>> {
+    let _busy = super::idle::Busy::enter();
+    let calls: Vec<CommitCall> = user_ids
+      .into_iter()
+      .enumerate()
+      .map(|(i, user_id)| CommitCall {
+        user_id,
+        reservation_id: reservation_ids.get(i).cloned().unwrap_or_default(),
+        actual_bytes: actual_bytes.get(i).copied().flatten(),
+      })
+      .collect();
+    let answers = self.inner.commit_many(&calls).await;
+    Ok(Answers(
+      answers.into_iter().map(|a| a.map(settled_to_js)).collect(),
     ))
   }
 }

@@ -6,6 +6,22 @@
 
 use super::*;
 
+/// One `reserveUpload` call (not presigned) of a batch handed over together.
+pub struct ReserveCall {
+  pub user_id: String,
+  pub project_id: String,
+  pub bytes: f64,
+  pub ttl_ms: Option<f64>,
+  pub reservation_id: Option<String>,
+}
+
+/// One `commitUpload` call of a batch handed over together.
+pub struct CommitCall {
+  pub user_id: String,
+  pub reservation_id: String,
+  pub actual_bytes: Option<f64>,
+}
+
 /// One `recordUpload` call of a batch handed over together.
 pub struct RecordCall {
   pub user_id: String,
@@ -82,73 +98,205 @@ impl Client {
   /// uploads in enforce mode go to the upload batches together; the others (overwrites, `shadow`
   /// and `off` users) take their own path at the same time. One answer per call, in order.
   pub async fn record_many(&self, calls: &[RecordCall]) -> Vec<Result<Uploaded>> {
-    let mut answers: Vec<Option<Result<Uploaded>>> = Vec::with_capacity(calls.len());
-    let (mut together, mut at) = (Vec::new(), Vec::new());
-    let mut alone = Vec::new();
     let limit = self.default_limit();
-    for (i, call) in calls.iter().enumerate() {
-      answers.push(None);
-      if call.replaces_bytes.is_some() || !batching_enabled() {
-        alone.push(i);
-        continue;
-      }
-      match upload_of(call) {
-        Ok(upload) if self.mode_for(&upload.user) == Mode::Enforce => {
-          together.push(upload);
-          at.push(i);
+    hand_over(
+      calls,
+      |call| {
+        if call.replaces_bytes.is_some() || !batching_enabled() {
+          return Ok(None);
         }
-        Ok(_) => alone.push(i),
-        Err(error) => answers[i] = Some(Err(error)),
-      }
-    }
-    let batch = async {
-      if together.is_empty() {
-        return Vec::new();
-      }
-      match self.pool() {
-        Ok(pool) => {
+        let upload = upload_of(call)?;
+        Ok((self.mode_for(&upload.user) == Mode::Enforce).then_some(upload))
+      },
+      |uploads| async move {
+        let pool = self.pool()?;
+        Ok(
           self
             .uploads
-            .call_many(together, move |uploads| {
+            .call_many(uploads, move |uploads| {
               let pool = pool.clone();
               async move { coalesce::record_uploads(&pool, uploads, limit).await }
             })
-            .await
-        }
-        // The client is closed (or its pool cannot open): each call gets that error of its own.
-        Err(error) => std::iter::once(Err(error))
-          .chain((1..together.len()).map(|_| {
-            Err(self.pool().err().unwrap_or_else(|| {
-              QuotaError::Internal("the pool opened while a batch was refused".into())
-            }))
-          }))
-          .collect(),
-      }
-    };
-    let singles = futures::future::join_all(alone.iter().map(|&i| {
-      let c = &calls[i];
-      self.record(
-        &c.user_id,
-        &c.project_id,
-        c.bytes,
-        c.upload_id.as_deref(),
-        c.replaces_bytes,
-      )
-    }));
-    let (batched, singles) = tokio::join!(batch, singles);
-    for (i, answer) in at.into_iter().zip(batched) {
-      answers[i] = Some(answer.map(Uploaded::from));
-    }
-    for (i, answer) in alone.into_iter().zip(singles) {
-      answers[i] = Some(answer);
-    }
-    answers
-      .into_iter()
-      .map(|a| {
-        a.unwrap_or_else(|| Err(QuotaError::Internal("an upload was left unanswered".into())))
-      })
-      .collect()
+            .await,
+        )
+      },
+      |_, answer| async move { answer.map(Uploaded::from) },
+      |c| {
+        self.record(
+          &c.user_id,
+          &c.project_id,
+          c.bytes,
+          c.upload_id.as_deref(),
+          c.replaces_bytes,
+        )
+      },
+    )
+    .await
   }
+
+  /// `reserve_upload` for several calls at once, as `record_many`: enforce-mode reservations
+  /// join the reservation batches together, the others take their own path.
+  pub async fn reserve_many(&self, calls: &[ReserveCall]) -> Vec<Result<Reservation>> {
+    let limit = self.default_limit();
+    hand_over(
+      calls,
+      |c| {
+        if !batching_enabled() {
+          return Ok(None);
+        }
+        let id = c
+          .reservation_id
+          .as_deref()
+          .map(lifecycle::parse_reservation_id)
+          .transpose()?;
+        let user = UserId::parse(&c.user_id)?;
+        let project = ProjectId::parse(&c.project_id)?;
+        let bytes = parse_bytes("bytes", c.bytes)?;
+        let ttl_ms = match c.ttl_ms {
+          Some(ttl) => crate::quota::config::parse_ttl_ms(ttl)?,
+          None => self.config.reservation_ttl_ms,
+        };
+        let enforce = self.mode_for(&user) == Mode::Enforce;
+        Ok(enforce.then(|| coalesce_reserve::Reserve {
+          user,
+          project,
+          bytes,
+          ttl_ms,
+          id: id.unwrap_or_else(uuid::Uuid::new_v4),
+        }))
+      },
+      |reserves| async move {
+        let pool = self.pool()?;
+        Ok(
+          self
+            .reserves
+            .call_many(reserves, move |calls| {
+              let pool = pool.clone();
+              async move { coalesce_reserve::reserve_many(&pool, calls, limit).await }
+            })
+            .await,
+        )
+      },
+      |_, answer| async move { answer },
+      |c| {
+        self.reserve_upload(
+          &c.user_id,
+          &c.project_id,
+          c.bytes,
+          c.ttl_ms,
+          c.reservation_id.as_deref(),
+        )
+      },
+    )
+    .await
+  }
+
+  /// `commit_upload` for several calls at once, as `record_many`: enforce-mode commits join the
+  /// commit batches together; a presigned upload's commit (left by the batch) then takes its own
+  /// path, as do `shadow` and `off` users' commits.
+  pub async fn commit_many(&self, calls: &[CommitCall]) -> Vec<Result<Settled>> {
+    hand_over(
+      calls,
+      |c| {
+        if !batching_enabled() {
+          return Ok(None);
+        }
+        let owner = UserId::parse(&c.user_id)?;
+        let id = lifecycle::parse_reservation_id(&c.reservation_id)?;
+        let actual = c
+          .actual_bytes
+          .map(|b| parse_bytes("actualBytes", b))
+          .transpose()?;
+        let enforce = self.mode_for(&owner) == Mode::Enforce;
+        Ok(enforce.then_some(coalesce_commit::Commit { owner, id, actual }))
+      },
+      |commits| async move {
+        let pool = self.pool()?;
+        Ok(
+          self
+            .commits
+            .call_many(commits, move |calls| {
+              let pool = pool.clone();
+              async move { coalesce_commit::commit_many(&pool, calls).await }
+            })
+            .await,
+        )
+      },
+      |c, answer| async move {
+        match answer? {
+          Some(settled) => Ok(settled),
+          None => {
+            self
+              .commit_upload(&c.user_id, &c.reservation_id, c.actual_bytes)
+              .await
+          }
+        }
+      },
+      |c| self.commit_upload(&c.user_id, &c.reservation_id, c.actual_bytes),
+    )
+    .await
+  }
+}
+
+/// Hands a batch of calls of one kind over: `prepare` gives each call's batch request
+/// (`Ok(None)`: the call takes its own path, `alone`; `Err`: its answer), `batch` sends the
+/// requests together (one answer each, in order; `Err` answers them all), `finish` turns a batch
+/// answer into the call's. The batch and the calls on their own paths run at the same time. One
+/// answer per call, in order.
+async fn hand_over<'a, C, Req, Resp, Out, B, BFut, F, FFut, A, AFut>(
+  calls: &'a [C],
+  prepare: impl Fn(&'a C) -> Result<Option<Req>>,
+  batch: B,
+  finish: F,
+  alone: A,
+) -> Vec<Result<Out>>
+where
+  B: FnOnce(Vec<Req>) -> BFut,
+  BFut: std::future::Future<Output = Result<Vec<Result<Resp>>>>,
+  F: Fn(&'a C, Result<Resp>) -> FFut,
+  FFut: std::future::Future<Output = Result<Out>>,
+  A: Fn(&'a C) -> AFut,
+  AFut: std::future::Future<Output = Result<Out>>,
+{
+  let mut answers: Vec<Option<Result<Out>>> = Vec::with_capacity(calls.len());
+  let (mut together, mut at, mut own) = (Vec::new(), Vec::new(), Vec::new());
+  for (i, call) in calls.iter().enumerate() {
+    answers.push(None);
+    match prepare(call) {
+      Ok(Some(request)) => {
+        together.push(request);
+        at.push(i);
+      }
+      Ok(None) => own.push(i),
+      Err(error) => answers[i] = Some(Err(error)),
+    }
+  }
+  let batched = async {
+    if together.is_empty() {
+      return Vec::new();
+    }
+    match batch(together).await {
+      Ok(answers) => {
+        let finished = at.iter().zip(answers).map(|(&i, a)| finish(&calls[i], a));
+        futures::future::join_all(finished).await
+      }
+      // The batch could not be sent (the client is closed, say): each call on its own path
+      // answers with its own error.
+      Err(_) => futures::future::join_all(at.iter().map(|&i| alone(&calls[i]))).await,
+    }
+  };
+  let singles = futures::future::join_all(own.iter().map(|&i| alone(&calls[i])));
+  let (batched, singles) = tokio::join!(batched, singles);
+  for (&i, answer) in at.iter().zip(batched) {
+    answers[i] = Some(answer);
+  }
+  for (&i, answer) in own.iter().zip(singles) {
+    answers[i] = Some(answer);
+  }
+  answers
+    .into_iter()
+    .map(|a| a.unwrap_or_else(|| Err(QuotaError::Internal("a call was left unanswered".into()))))
+    .collect()
 }
 
 /// A plain upload's arguments, checked as `record_upload` checks them.
