@@ -79,7 +79,9 @@ test('PostgreSQL restarted twice under load: bounded failures, pool recovers, re
   const accepted = new Map()
 
   async function worker(w) {
-    for (let k = 0; k < UPLOADS; k++) {
+    // At least UPLOADS each, and on until both restarts are over: calls are batched, and a
+    // fixed count could all be done before the first restart.
+    for (let k = 0; k < UPLOADS || !restarted; k++) {
       const uploadId = `w${w}-u${k}`
       const bytes = 1000 + w * 100 + k
       // Retry with the same uploadId until it is recorded, as a careful app would.
@@ -175,12 +177,12 @@ test('PostgreSQL restarted twice under load: bounded failures, pool recovers, re
 
   const failures = [...codes.values()].reduce((a, b) => a + b, 0)
   assert.ok(failures > 0, 'the restarts hit calls in flight')
-  assert.equal(accepted.size, WORKERS * UPLOADS)
+  assert.ok(accepted.size >= WORKERS * UPLOADS)
   const ledger = await own.query(
     `SELECT idempotency_key, bytes::float8 AS bytes FROM quota_ledger WHERE user_id = $1 AND idempotency_key NOT LIKE 'reservation %' ORDER BY idempotency_key`,
     [user],
   )
-  assert.equal(ledger.rows.length, WORKERS * UPLOADS, 'one ledger row per upload')
+  assert.equal(ledger.rows.length, accepted.size, 'one ledger row per upload')
   for (const row of ledger.rows) assert.equal(row.bytes, accepted.get(row.idempotency_key))
   // Each commit is in the ledger exactly once.
   const commits = await own.query(
