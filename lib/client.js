@@ -382,6 +382,9 @@ class StorageQuotaClient {
 
   /** Calls in flight finish; later calls reject with CLIENT_CLOSED. */
   async close() {
+    // Calls made before close() in this turn of the event loop are in flight, as they would be
+    // had each been handed over alone.
+    for (const kind of [this.#checks, this.#uploads, this.#reserves, this.#commits]) kind.flushAlone()
     this.#native.close()
   }
 

@@ -32,8 +32,26 @@ class Together {
     })
   }
 
+  /**
+   * Sends what is pending now, each call on its own (close() does: a call made before it must
+   * be in flight as it would have been alone, and a lone call takes its pool at once).
+   */
+  flushAlone() {
+    const calls = this.#pending
+    if (calls === null) return
+    this.#pending = null
+    for (const c of calls) {
+      try {
+        this.#alone(c.args).then(c.resolve, c.reject)
+      } catch (error) {
+        c.reject(error)
+      }
+    }
+  }
+
   #send() {
     const calls = this.#pending
+    if (calls === null) return
     this.#pending = null
     try {
       if (calls.length === 1) {
