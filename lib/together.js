@@ -51,13 +51,9 @@ class Together {
 
   #send() {
     const calls = this.#pending
-    if (calls === null) return
+    if (calls === null || calls.length === 1) return this.flushAlone()
     this.#pending = null
     try {
-      if (calls.length === 1) {
-        this.#alone(calls[0].args).then(calls[0].resolve, calls[0].reject)
-        return
-      }
       this.#many(calls.map((c) => c.args)).then(
         (answers) => {
           for (let i = 0; i < calls.length; i++) {

@@ -66,17 +66,7 @@ impl NativeClient {
   pub async fn check_quota(&self, user_id: String, sizes: Vec<f64>) -> Result<Answer<QuotaCheck>> {
     answer(async {
       let check = self.inner.check_quota(&user_id, &sizes).await?;
-      Ok(with_usage!(
-        check.usage,
-        QuotaCheck {
-          allowed: check.allowed,
-          would_refuse: check.would_refuse,
-          requested_bytes: check.requested_bytes,
-          missing_bytes: check.missing_bytes(),
-          fits: check.fits,
-          mode: check.mode.as_str().to_owned(),
-        }
-      ))
+      Ok(check_to_js(check))
     })
     .await
   }

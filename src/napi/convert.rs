@@ -205,3 +205,17 @@ pub(crate) fn uploaded_to_js(r: crate::quota::client::Uploaded) -> RecordedUploa
     }
   )
 }
+
+pub(crate) fn check_to_js(check: crate::quota::usage::QuotaCheck) -> QuotaCheck {
+  with_usage!(
+    check.usage,
+    QuotaCheck {
+      allowed: check.allowed,
+      would_refuse: check.would_refuse,
+      requested_bytes: check.requested_bytes,
+      missing_bytes: check.missing_bytes(),
+      fits: check.fits,
+      mode: check.mode.as_str().to_owned(),
+    }
+  )
+}

@@ -30,24 +30,7 @@ impl NativeClient {
       .collect();
     let checks = self.inner.check_quota_many(&calls).await;
     Ok(Answers(
-      checks
-        .into_iter()
-        .map(|check| {
-          check.map(|check| {
-            with_usage!(
-              check.usage,
-              QuotaCheck {
-                allowed: check.allowed,
-                would_refuse: check.would_refuse,
-                requested_bytes: check.requested_bytes,
-                missing_bytes: check.missing_bytes(),
-                fits: check.fits,
-                mode: check.mode.as_str().to_owned(),
-              }
-            )
-          })
-        })
-        .collect(),
+      checks.into_iter().map(|c| c.map(check_to_js)).collect(),
     ))
   }
 

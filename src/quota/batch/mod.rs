@@ -72,37 +72,7 @@ where
     F: Fn(Vec<Req>) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Result<Vec<Result<Resp>>>> + Send + 'static,
   {
-    let receiver = {
-      let mut state = self.state();
-      if state.in_flight >= self.max_in_flight {
-        let (sender, receiver) = oneshot::channel();
-        state.queue.push((request.clone(), sender));
-        Some(receiver)
-      } else {
-        state.in_flight += 1;
-        None
-      }
-    };
-    if let Some(receiver) = receiver {
-      return receiver.await.unwrap_or_else(|_| {
-        Err(QuotaError::Internal(
-          "a batched call was dropped without an answer".into(),
-        ))
-      });
-    }
-    let run = Arc::new(run);
-    // Whatever queued while this call is in flight is handed to a task that sends it, even if
-    // this call's future is dropped or panics: the guard's drop does it.
-    let (batcher, drain_run) = (self.clone(), run.clone());
-    let hand_off = HandOff(Some(Box::new(move || {
-      if let Some(first) = batcher.next_batch() {
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-          runtime.spawn(drain(batcher, drain_run, first));
-        }
-      }
-    })));
-    let answer = send(&*run, vec![request]).await.pop();
-    drop(hand_off);
+    let answer = self.call_many(vec![request], run).await.pop();
     answer.unwrap_or_else(|| Err(QuotaError::Internal("a batch answered no result".into())))
   }
 
@@ -141,6 +111,8 @@ where
       return answers;
     }
     let run = Arc::new(run);
+    // Whatever queued while these requests are in flight is handed to a task that sends it, even
+    // if this call's future is dropped or panics: the guard's drop does it.
     let (batcher, drain_run) = (self.clone(), run.clone());
     let hand_off = HandOff(Some(Box::new(move || {
       if let Some(first) = batcher.next_batch() {

@@ -240,9 +240,14 @@ impl Client {
   /// default limit and the baselines seeding will count (the read just made says there is no
   /// row; reading it again would cost a round trip).
   async fn read_usage_or_unseeded(&self, user: &UserId) -> Result<Usage> {
-    if let Some(usage) = self.read_usage_batched(user).await? {
-      return Ok(usage);
+    match self.read_usage_batched(user).await? {
+      Some(usage) => Ok(usage),
+      None => self.unseeded_usage(user).await,
     }
+  }
+
+  /// A user without a quota row: the default limit and the baselines seeding will count.
+  async fn unseeded_usage(&self, user: &UserId) -> Result<Usage> {
     let limit = self.default_limit();
     self
       .with_conn(async |conn| usage::unseeded_usage(&mut conn.0, user, limit).await)
@@ -257,9 +262,23 @@ impl Client {
       let mut conn = pool.get().await?;
       return usage::read_usage(&mut conn.0, user).await;
     }
+    let read = self.read_usages_together(pool, vec![user.as_str().to_owned()]);
+    read
+      .await
+      .pop()
+      .unwrap_or_else(|| Err(QuotaError::Internal("a batch answered no result".into())))
+  }
+
+  /// The usages of `users` (`None`: no quota row yet), sent as one request list with the other
+  /// reads queued (see `batch`): one statement for all of them; one answer per user, in order.
+  async fn read_usages_together(
+    &self,
+    pool: Arc<Pool>,
+    users: Vec<String>,
+  ) -> Vec<Result<Option<Usage>>> {
     self
       .reads
-      .call(user.as_str().to_owned(), move |users| {
+      .call_many(users, move |users| {
         let pool = pool.clone();
         async move {
           let mut conn = pool.get().await?;

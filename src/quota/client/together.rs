@@ -36,62 +36,35 @@ impl Client {
   /// usages read in one statement with any other reads queued, each answered on its own. A call
   /// whose arguments are bad gets its error and is not read.
   pub async fn check_quota_many(&self, calls: &[(String, Vec<f64>)]) -> Vec<Result<QuotaCheck>> {
-    let mut answers: Vec<Option<Result<QuotaCheck>>> = Vec::with_capacity(calls.len());
-    let mut wanted = Vec::new();
-    for (user_id, sizes) in calls {
-      match check_arguments(user_id, sizes) {
-        Ok((user, sizes)) => {
-          wanted.push((answers.len(), user, sizes));
-          answers.push(None);
-        }
-        Err(error) => answers.push(Some(Err(error))),
-      }
-    }
-    if !wanted.is_empty() {
-      let users: Vec<String> = wanted
-        .iter()
-        .map(|(_, u, _)| u.as_str().to_owned())
-        .collect();
-      let read = match self.pool() {
-        Ok(pool) if batching_enabled() => {
-          self
-            .reads
-            .call_many(users, move |users| {
-              let pool = pool.clone();
-              async move {
-                let mut conn = pool.get().await?;
-                usage::read_usages(&mut conn.0, &users).await
-              }
-            })
-            .await
-        }
-        _ => {
-          let mut one_by_one = Vec::with_capacity(users.len());
-          for (_, user, _) in &wanted {
-            one_by_one.push(self.read_usage_batched(user).await);
-          }
-          one_by_one
-        }
-      };
-      for ((at, user, sizes), usage) in wanted.into_iter().zip(read) {
+    hand_over(
+      calls,
+      |(user_id, sizes)| {
+        let checked = check_arguments(user_id, sizes)?;
+        Ok(batching_enabled().then_some(checked))
+      },
+      |checks: Vec<(UserId, Vec<i64>)>| async move {
+        let pool = self.pool()?;
+        let users = checks.iter().map(|(u, _)| u.as_str().to_owned()).collect();
+        let read = self.read_usages_together(pool, users).await;
+        Ok(
+          read
+            .into_iter()
+            .zip(checks)
+            .map(|(usage, (user, sizes))| usage.map(|usage| (usage, user, sizes)))
+            .collect(),
+        )
+      },
+      |_, answer| async move {
+        let (usage, user, sizes) = answer?;
         let usage = match usage {
-          Ok(Some(usage)) => Ok(usage),
-          Ok(None) => {
-            let limit = self.default_limit();
-            self
-              .with_conn(async |conn| usage::unseeded_usage(&mut conn.0, &user, limit).await)
-              .await
-          }
-          Err(error) => Err(error),
+          Some(usage) => usage,
+          None => self.unseeded_usage(&user).await?,
         };
-        let mode = self.mode_for(&user);
-        answers[at] = Some(usage.map(|usage| usage::decide_check(usage, &sizes, mode)));
-      }
-    }
-    answers
-      .into_iter()
-      .map(|a| a.unwrap_or_else(|| Err(QuotaError::Internal("a check was left unanswered".into()))))
-      .collect()
+        Ok(usage::decide_check(usage, &sizes, self.mode_for(&user)))
+      },
+      |(user_id, sizes)| self.check_quota(user_id, sizes),
+    )
+    .await
   }
 
   /// `record` for several calls at once (the JS layer's batch of one event-loop turn): plain
