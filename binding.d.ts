@@ -91,10 +91,12 @@ export declare class NativeClient {
   /** Moves a project's files to the other backend and flips its record. */
   moveProjectStorage(userId: string, projectId: string, to: string): Promise<MovedProject>
   /**
-   * `checkQuota` for several calls at once (the JS layer's batch of one event-loop turn): one
-   * entry per call, in order, its answer or its error.
+   * `checkQuota` for several calls at once (the JS layer's batch of one event-loop turn).
+   * `sizes` holds every call's sizes one after another, `counts[i]` how many are the i-th
+   * call's. Answered packed (`packed::PackedChecks`; `lib/packed.js` unpacks): one entry per
+   * call, in order, its answer or its error.
    */
-  checkQuotaMany(userIds: Array<string>, sizes: Array<Array<number>>): Promise<Array<QuotaCheck | Error>>
+  checkQuotaMany(userIds: Array<string>, sizes: Array<number>, counts: Array<number>): Promise<{ values: Float64Array, errors: Array<Error | undefined> | null }>
   /**
    * `recordUpload` for several calls at once: one entry per call, in order, its answer or its
    * error. `options[i]` is the i-th call's options (or null).

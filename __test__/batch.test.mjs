@@ -7,6 +7,7 @@ import assert from 'node:assert/strict'
 import fc from 'fast-check'
 import { createClient } from '../index.js'
 import { NativeClient } from '../binding.js'
+import { checkQuotaMany } from '../lib/packed.js'
 import { createTestDatabase, insertProject } from './helpers/db.mjs'
 
 const MB = 1024 * 1024
@@ -90,22 +91,50 @@ test('checkQuota calls of one event-loop turn reach the addon as one call, each 
   await seed([{ limit: 10 * MB, used: 3 * MB, expired: 0 }, { limit: 4 * MB, used: 0, expired: 0 }])
   const native = new NativeClient({ databaseUrl: db.url, storageRoot: db.storageRoot, defaultQuotaBytes: 50 * MB })
   try {
-    const answers = await native.checkQuotaMany(
-      [userId(0), 'not a user id', userId(1), userId(2), userId(0)],
-      [[1 * MB], [1], [5 * MB], [1], []],
-    )
-    assert.equal(answers.length, 5)
+    const answers = await checkQuotaMany(native, [
+      [userId(0), [1 * MB]],
+      ['not a user id', [1]],
+      [userId(1), [5 * MB]],
+      [userId(2), [1]],
+      [userId(0), []],
+      [userId(0), [1 * MB, 20 * MB, 2 * MB]],
+    ])
+    assert.equal(answers.length, 6)
     assert.ok(answers[1] instanceof Error)
     assert.equal(answers[1].code, 'INVALID_ARGUMENT')
     assert.ok(answers[4] instanceof Error, 'an empty list of sizes fails that call alone')
     assert.equal(answers[4].code, 'INVALID_ARGUMENT')
-    for (const [i, [user, size]] of [[0, [userId(0), 1 * MB]], [2, [userId(1), 5 * MB]], [3, [userId(2), 1]]]) {
-      assert.deepEqual(answers[i], await native.checkQuota(user, [size]), `call ${i} as alone`)
+    for (const [i, [user, sizes]] of [[0, [userId(0), [1 * MB]]], [2, [userId(1), [5 * MB]]], [3, [userId(2), [1]]], [5, [userId(0), [1 * MB, 20 * MB, 2 * MB]]]]) {
+      assert.deepEqual(answers[i], await native.checkQuota(user, sizes), `call ${i} as alone`)
     }
+    assert.deepEqual(answers[5].fits, [true, false, true], 'a list of sizes: each fit, in order')
     assert.equal(answers[2].allowed, false)
     assert.equal(answers[3].limitBytes, 50 * MB, 'no row: the default quota')
   } finally {
     await native.close()
+  }
+})
+
+test('checkQuota answers handed over packed are the lone answers, in every mode', async () => {
+  await seed([{ limit: 3 * MB, used: 1 * MB, expired: 0 }])
+  for (const mode of ['enforce', 'shadow', 'off']) {
+    const native = new NativeClient({ databaseUrl: db.url, storageRoot: db.storageRoot, defaultQuotaBytes: 7 * MB, mode })
+    try {
+      const calls = [
+        [userId(0), [1 * MB, 5 * MB]],
+        [userId(1), [2 * MB + 1]],
+        [userId(0), [3]],
+      ]
+      const answers = await checkQuotaMany(native, calls)
+      for (const [i, [user, sizes]] of calls.entries()) {
+        assert.deepEqual(answers[i], await native.checkQuota(user, sizes), `${mode}: call ${i} as alone`)
+        assert.equal(answers[i].mode, mode)
+      }
+      assert.equal(answers[0].wouldRefuse, true)
+      assert.equal(answers[0].allowed, mode !== 'enforce')
+    } finally {
+      native.close()
+    }
   }
 })
 

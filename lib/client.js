@@ -4,6 +4,7 @@ const { NativeClient } = require('../binding.js')
 const { StorageQuotaError, describeThrown, fromNative, fromZod } = require('./errors.js')
 const { createLogger } = require('./log.js')
 const { Together } = require('./together.js')
+const { checkQuotaMany } = require('./packed.js')
 const S = require('./args.js')
 
 /** Only for A/B runs of bench/ (BENCHMARKS.md): `STORAGE_QUOTA_BENCH_JS_BATCH=0` hands each call over alone. */
@@ -50,7 +51,7 @@ class StorageQuotaClient {
     const native = this.#native
     this.#checks = new Together(
       ([user, sizes]) => native.checkQuota(user, sizes),
-      (calls) => native.checkQuotaMany(calls.map((c) => c[0]), calls.map((c) => c[1])),
+      (calls) => checkQuotaMany(native, calls),
     )
     this.#uploads = new Together(
       ([user, project, size, opts]) => native.recordUpload(user, project, size, opts),

@@ -6,6 +6,7 @@ const WORKER = new URL('./worker.mjs', import.meta.url)
 export class Worker {
   #child
   #pending = null
+  #gentle = false
 
   /** `name` is a contender, optionally with environment for A/B runs: `ours@SOME_VAR=1`. */
   constructor(name) {
@@ -13,7 +14,10 @@ export class Worker {
     const [contender, ...assignments] = name.split('@')
     this.contender = contender
     const env = { ...process.env, ...Object.fromEntries(assignments.map((a) => a.split('='))) }
-    this.#child = fork(WORKER, [], { env, stdio: ['ignore', 'inherit', 'inherit', 'ipc'] })
+    // BENCH_WORKER_NODE_ARGS: extra node flags for the contenders' processes (e.g. --cpu-prof).
+    const execArgv = (process.env.BENCH_WORKER_NODE_ARGS ?? '').split(' ').filter(Boolean)
+    this.#child = fork(WORKER, [], { env, execArgv, stdio: ['ignore', 'inherit', 'inherit', 'ipc'] })
+    this.#gentle = execArgv.length > 0
     this.#child.on('message', (message) => {
       const pending = this.#pending
       this.#pending = null
@@ -49,6 +53,9 @@ export class Worker {
   }
 
   kill() {
+    // With extra node flags the child is left to exit on its own after close() (a profile is
+    // written at exit).
+    if (this.#gentle) return
     if (this.#child.exitCode === null) this.#child.kill()
   }
 }

@@ -16,7 +16,7 @@ pub(crate) fn js_error(env: &Env, error: QuotaError) -> napi::Error {
   }
 }
 
-fn build_error<'env>(env: &'env Env, error: &QuotaError) -> Result<Object<'env>> {
+pub(super) fn build_error<'env>(env: &'env Env, error: &QuotaError) -> Result<Object<'env>> {
   let mut object = env.create_error(napi::Error::new(Status::GenericFailure, error.to_string()))?;
   if let serde_json::Value::Object(fields) = error.to_payload() {
     for (name, value) in fields {

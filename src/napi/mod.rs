@@ -8,6 +8,7 @@ mod client;
 mod convert;
 mod error;
 mod idle;
+mod packed;
 mod runtime;
 mod storage;
 mod together;

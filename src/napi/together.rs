@@ -8,30 +8,40 @@ use napi_derive::napi;
 use super::client::NativeClient;
 use super::convert::*;
 use super::error::Answers;
+use super::packed::PackedChecks;
 use super::types::*;
 use crate::quota::client::{CommitCall, RecordCall, ReserveCall};
 
 #[napi]
 impl NativeClient {
-  /// `checkQuota` for several calls at once (the JS layer's batch of one event-loop turn): one
-  /// entry per call, in order, its answer or its error.
-  #[napi(ts_return_type = "Promise<Array<QuotaCheck | Error>>")]
+  /// `checkQuota` for several calls at once (the JS layer's batch of one event-loop turn).
+  /// `sizes` holds every call's sizes one after another, `counts[i]` how many are the i-th
+  /// call's. Answered packed (`packed::PackedChecks`; `lib/packed.js` unpacks): one entry per
+  /// call, in order, its answer or its error.
+  #[napi(
+    ts_return_type = "Promise<{ values: Float64Array, errors: Array<Error | undefined> | null }>"
+  )]
   pub async fn check_quota_many(
     &self,
     user_ids: Vec<String>,
-    sizes: Vec<Vec<f64>>,
-  ) -> Result<Answers<QuotaCheck>> {
+    sizes: Vec<f64>,
+    counts: Vec<u32>,
+  ) -> Result<PackedChecks> {
     let _busy = super::idle::Busy::enter();
-    // A missing list of sizes is an empty one: that call alone is INVALID_ARGUMENT.
+    // Sizes missing for a call make its list short (or empty): that call alone is
+    // INVALID_ARGUMENT.
+    let mut rest = sizes.as_slice();
     let calls: Vec<(String, Vec<f64>)> = user_ids
       .into_iter()
       .enumerate()
-      .map(|(i, user)| (user, sizes.get(i).cloned().unwrap_or_default()))
+      .map(|(i, user)| {
+        let count = counts.get(i).map_or(0, |&n| n as usize).min(rest.len());
+        let (own, after) = rest.split_at(count);
+        rest = after;
+        (user, own.to_vec())
+      })
       .collect();
-    let checks = self.inner.check_quota_many(&calls).await;
-    Ok(Answers(
-      checks.into_iter().map(|c| c.map(check_to_js)).collect(),
-    ))
+    Ok(PackedChecks(self.inner.check_quota_many(&calls).await))
   }
 
   /// `recordUpload` for several calls at once: one entry per call, in order, its answer or its
