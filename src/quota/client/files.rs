@@ -53,13 +53,10 @@ impl Client {
       .ok_or_else(|| QuotaError::NotFound(format!("project {project} has no file {file:?}")))?;
     backend.delete(&user, &project, &file).await?;
     let limit = self.default_limit();
-    let target = DeletionTarget::Bytes {
-      bytes,
-      deletion_id: &deletion_id,
-    };
+    let target = DeletionTarget::Bytes { bytes, deletion_id };
     self
       .with_conn(async |conn| {
-        deletions::record_deletion(&mut conn.0, &user, &project, target, limit).await
+        deletions::record_deletion(&mut conn.0, &user, &project, &target, limit).await
       })
       .await
   }

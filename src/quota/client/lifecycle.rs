@@ -163,12 +163,9 @@ impl Client {
     let bytes = bytes.map(|b| parse_bytes("bytes", b)).transpose()?;
     let upload_id = upload_id.map(parse_upload_id).transpose()?;
     let deletion_id = upload_key_or_new(deletion_id)?;
-    let target = match (&upload_id, bytes) {
+    let target = match (upload_id, bytes) {
       (Some(upload_id), bytes) => DeletionTarget::Upload { upload_id, bytes },
-      (None, Some(bytes)) => DeletionTarget::Bytes {
-        bytes,
-        deletion_id: &deletion_id,
-      },
+      (None, Some(bytes)) => DeletionTarget::Bytes { bytes, deletion_id },
       (None, None) => {
         return Err(QuotaError::invalid(
           "recordDeletion needs the bytes deleted, or the uploadId of the upload deleted",
@@ -178,7 +175,7 @@ impl Client {
     let limit = self.default_limit();
     self
       .with_conn(async |conn| {
-        deletions::record_deletion(&mut conn.0, &user, &project, target, limit).await
+        deletions::record_deletion(&mut conn.0, &user, &project, &target, limit).await
       })
       .await
   }
