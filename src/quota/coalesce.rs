@@ -68,6 +68,7 @@ SELECT CASE WHEN count(*) FILTER (WHERE as_decided) = cardinality($1::text[]) TH
     )
   };
 }
+pub(crate) use unless_as_decided;
 
 /// The batch's writes in one statement: the quota rows (per user, the batch's total, which each
 /// must come out as, `$3`: see `unless_as_decided`), then the ledger entries.

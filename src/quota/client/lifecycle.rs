@@ -6,6 +6,7 @@ use crate::error::{QuotaError, Result};
 use crate::ids::{parse_bytes, parse_upload_id, upload_key_or_new, ProjectId, UserId};
 use crate::quota::coalesce_cancel;
 use crate::quota::coalesce_commit;
+use crate::quota::coalesce_deletion::{self, Deletion};
 use crate::quota::coalesce_reserve;
 use crate::quota::config::parse_ttl_ms;
 use crate::quota::copies;
@@ -172,10 +173,30 @@ impl Client {
         ))
       }
     };
-    let limit = self.default_limit();
     self
-      .with_conn(async |conn| {
-        deletions::record_deletion(&mut conn.0, &user, &project, &target, limit).await
+      .release(Deletion {
+        user,
+        project,
+        target,
+      })
+      .await
+  }
+
+  /// Gives back a deletion's bytes together with the other deletions in flight, of any users
+  /// (see `coalesce_deletion`; releases are made in every mode). `recordDeletion` and
+  /// `deleteProjectFile` both release through here.
+  pub(super) async fn release(&self, call: Deletion) -> Result<Released> {
+    let (pool, limit) = (self.pool()?, self.default_limit());
+    if !batching_enabled() {
+      let mut conn = pool.get().await?;
+      let (user, project) = (&call.user, &call.project);
+      return deletions::record_deletion(&mut conn.0, user, project, &call.target, limit).await;
+    }
+    self
+      .deletions
+      .call(call, move |calls| {
+        let pool = pool.clone();
+        async move { coalesce_deletion::delete_many(&pool, calls, limit).await }
       })
       .await
   }
