@@ -22,7 +22,7 @@ const NOT_PINNED = [
   // multi-shard read on Citus until it also filters sp.user_id.
   /FROM storage_quota_project\(\$1\) p LEFT JOIN project_storage_paths sp ON sp.project_id = p.id$/,
   // Calls batched across users (group commit: checkQuota and getUsage reads, and the charges,
-  // reservations, commits and cancels), one statement over an array of users by design: on
+  // reservations, commits, cancels and deletions), one statement over an array of users by design: on
   // Citus a multi-shard read, or a batch's one transaction across shards.
   /FROM unnest\(\$1::text\[\]\) WITH ORDINALITY AS u\(user_id, n\)/,
   /\buser_id = ANY\(\$1\)/,

@@ -1,12 +1,16 @@
-// Hostile batches of reserveUpload, recordUpload, commitUpload and cancelUpload (coalesce_reserve.rs,
-// coalesce.rs, coalesce_commit.rs, coalesce_cancel.rs in src/quota/): the same id twice in one batch, a conflicting id next to good
+// Hostile batches of reserveUpload, recordUpload, commitUpload, cancelUpload and recordDeletion
+// (coalesce_reserve.rs, coalesce.rs, coalesce_commit.rs, coalesce_cancel.rs, coalesce_deletion.rs
+// in src/quota/): the same id twice in one batch, a conflicting id next to good
 // calls, the batch's connection cut while it waits for a row, a row that does not come out as the
 // batch decided. Every caller gets its own answer, exactly once.
 import { test, after } from 'node:test'
 import assert from 'node:assert/strict'
 import { randomUUID } from 'node:crypto'
+import { existsSync } from 'node:fs'
+import { writeFile } from 'node:fs/promises'
+import { join } from 'node:path'
 import { createClient } from '../index.js'
-import { createTestDatabase, holdRow, insertProject, untilLockWaiters } from './helpers/db.mjs'
+import { createTestDatabase, holdRow, insertProject, untilLockWaiters, wrongProjectCounters } from './helpers/db.mjs'
 
 const MB = 1024 * 1024
 const db = await createTestDatabase('group_faults')
@@ -23,9 +27,11 @@ async function checkInvariants() {
   )
   for (const row of rows) {
     assert.equal(row.used, row.ledger, `${row.user_id}: used_bytes is the ledger's sum`)
+    assert.ok(row.used >= 0, `${row.user_id}: used_bytes ${row.used} is not below zero`)
     assert.equal(row.reserved, row.pending, `${row.user_id}: reserved_bytes is what its pending reservations hold`)
     assert.ok(row.used + row.reserved <= row.limit, `${row.user_id}: within the limit`)
   }
+  assert.deepEqual(await wrongProjectCounters(db), [], 'each project counter is its ledger entries\' sum, never below zero')
 }
 
 /** Users with a quota row each and one project each. */
@@ -81,7 +87,7 @@ test('reserveUpload batches: the same id twice, a conflicting id, too big and fo
   await checkInvariants()
 })
 
-for (const kind of ['reserveUpload', 'recordUpload', 'commitUpload', 'cancelUpload']) {
+for (const kind of ['reserveUpload', 'recordUpload', 'commitUpload', 'cancelUpload', 'recordDeletion']) {
   test(`${kind}: a batch whose connection is cut while it waits for a row is answered call by call`, async () => {
     const [a, b, c, x] = await users(`cut_${kind}`, 4)
     const keys = [randomUUID(), randomUUID(), randomUUID(), randomUUID(), randomUUID()]
@@ -97,7 +103,9 @@ for (const kind of ['reserveUpload', 'recordUpload', 'commitUpload', 'cancelUplo
           ? client.recordUpload(u.user, u.project, 1000, { uploadId: key })
           : kind === 'commitUpload'
             ? client.commitUpload(u.user, key)
-            : client.cancelUpload(u.user, key)
+            : kind === 'cancelUpload'
+              ? client.cancelUpload(u.user, key)
+              : client.recordDeletion(u.user, u.project, 1, { deletionId: key })
     const heldB = await holdRow(db, b.user)
     const heldX = await holdRow(db, x.user)
     let first
@@ -130,6 +138,7 @@ for (const kind of ['reserveUpload', 'recordUpload', 'commitUpload', 'cancelUplo
           recordUpload: 'SELECT count(*)::int AS n FROM quota_ledger WHERE user_id = $1 AND idempotency_key = $2',
           commitUpload: `SELECT count(*)::int AS n FROM quota_ledger WHERE user_id = $1 AND idempotency_key = 'reservation ' || $2`,
           cancelUpload: `SELECT count(*)::int AS n FROM quota_reservations WHERE user_id = $1 AND id = $2::uuid AND status = 'cancelled'`,
+          recordDeletion: `SELECT count(*)::int AS n FROM quota_ledger WHERE user_id = $1 AND idempotency_key = 'deletion ' || $2 AND bytes = -1`,
         }[kind],
         [u.user, key],
       )
@@ -217,13 +226,14 @@ test('commit batches and reserve/upload batches of two clients on the same users
   await checkInvariants()
 })
 
-for (const kind of ['recordUpload', 'reserveUpload', 'commitUpload', 'cancelUpload']) {
+for (const kind of ['recordUpload', 'reserveUpload', 'commitUpload', 'cancelUpload', 'recordDeletion']) {
   test(`${kind}: a batch whose quota row does not come out as decided is rolled back and answered call by call`, async () => {
     const [b, x, n, d] = await users(`drift_${kind}`, 4)
     // d's quota row gains one byte more than any write of it asks for, behind the batch's back.
     const column = kind === 'reserveUpload' || kind === 'cancelUpload' ? 'reserved_bytes' : 'used_bytes'
-    // A cancel lowers reserved_bytes: the trigger then fires on a decrease and keeps one byte.
-    const changed = kind === 'cancelUpload' ? '<' : '>'
+    // A cancel lowers reserved_bytes, a deletion used_bytes: the trigger then fires on a decrease
+    // and keeps one byte.
+    const changed = kind === 'cancelUpload' || kind === 'recordDeletion' ? '<' : '>'
     const fn = `drift_${kind.toLowerCase()}`
     await db.query(`CREATE FUNCTION ${fn}() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN NEW.${column} := NEW.${column} + 1; RETURN NEW; END $$`)
     await db.query(
@@ -235,6 +245,9 @@ for (const kind of ['recordUpload', 'reserveUpload', 'commitUpload', 'cancelUplo
     if (kind === 'commitUpload' || kind === 'cancelUpload') {
       for (const [i, u] of who.entries()) await client.reserveUpload(u.user, u.project, 1000, { reservationId: keys[i] })
     }
+    if (kind === 'recordDeletion') {
+      for (const u of who) await client.recordUpload(u.user, u.project, 1000)
+    }
     const call = (i) =>
       kind === 'reserveUpload'
         ? client.reserveUpload(who[i].user, who[i].project, 1000, { reservationId: keys[i] })
@@ -242,7 +255,9 @@ for (const kind of ['recordUpload', 'reserveUpload', 'commitUpload', 'cancelUplo
           ? client.recordUpload(who[i].user, who[i].project, 1000, { uploadId: keys[i] })
           : kind === 'commitUpload'
             ? client.commitUpload(who[i].user, keys[i])
-            : client.cancelUpload(who[i].user, keys[i])
+            : kind === 'cancelUpload'
+              ? client.cancelUpload(who[i].user, keys[i])
+              : client.recordDeletion(who[i].user, who[i].project, 1000, { deletionId: keys[i] })
     const heldX = await holdRow(db, x.user)
     let first
     let queued = []
@@ -264,7 +279,8 @@ for (const kind of ['recordUpload', 'reserveUpload', 'commitUpload', 'cancelUplo
     assert.equal(answered, column === 'reserved_bytes' ? rows[0].reserved : rows[0].used)
     const written = column === 'reserved_bytes'
       ? `SELECT count(DISTINCT xmin::text)::int AS commits FROM quota_reservations WHERE id = ANY($1::uuid[])`
-      : `SELECT count(DISTINCT xmin::text)::int AS commits FROM quota_ledger WHERE idempotency_key = ANY($1) OR idempotency_key = ANY(SELECT 'reservation ' || k FROM unnest($1::text[]) k)`
+      : `SELECT count(DISTINCT xmin::text)::int AS commits FROM quota_ledger
+          WHERE idempotency_key = ANY(SELECT prefix || k FROM unnest($1::text[]) k, unnest(ARRAY['', 'reservation ', 'deletion ']) prefix)`
     const { rows: [commits] } = await db.query(written, [keys.slice(2)])
     assert.equal(commits.commits, 2, 'the batch was rolled back: n and d were written in a commit each')
     await db.query(`DROP TRIGGER ${fn} ON user_quotas; DROP FUNCTION ${fn}()`)
@@ -323,5 +339,108 @@ test('cancelUpload batches: the same cancel twice, a committed one, a foreign id
   )
   assert.equal(rows[0].n, 20)
   assert.ok(rows[0].commits < rows[0].n, `cancels of two users shared a transaction (${rows[0].commits} for ${rows[0].n})`)
+  await checkInvariants()
+})
+
+/**
+ * Calls that go out as one batch of deletions: x's row is held, so x's deletion holds the
+ * deletion slot while `queue()` makes the calls, which then queue; once `reached()` resolves and
+ * one round trip later they are in the queue, and x's row is released. Resolves to x's answer
+ * and the queued calls' promises.
+ */
+async function deletionsBehind(x, queue, reached = async () => {}) {
+  const heldX = await holdRow(db, x.user)
+  try {
+    const first = client.recordDeletion(x.user, x.project, 1, { deletionId: 'x' })
+    await untilLockWaiters(db, 1)
+    const queued = queue()
+    await reached()
+    await db.query('SELECT 1') // one round trip: the queued calls have reached the queue
+    return { first, queued }
+  } finally {
+    await heldX.release()
+  }
+}
+
+test('recordDeletion: one batch with the same upload deleted twice, a deletionId reused with another size, foreign and unknown targets and releases past the counter, in one commit', async () => {
+  const [a, b, c, x] = await users('del_mix', 4)
+  await client.recordUpload(a.user, a.project, 1000, { uploadId: 'photo' })
+  await client.recordUpload(b.user, b.project, 3000, { uploadId: 'video' })
+  await client.recordUpload(c.user, c.project, 500, { uploadId: 'doc' })
+  const { first, queued } = await deletionsBehind(x, () =>
+    [
+      client.recordDeletion(a.user, a.project, undefined, { uploadId: 'photo' }),
+      client.recordDeletion(a.user, a.project, undefined, { uploadId: 'photo' }), // the same deletion again
+      client.recordDeletion(b.user, b.project, 1000, { deletionId: 'd' }),
+      client.recordDeletion(b.user, b.project, 2000, { deletionId: 'd' }), // the same id, another size
+      client.recordDeletion(b.user, a.project, 10, { deletionId: 'f' }), // a's project
+      client.recordDeletion(b.user, b.project, undefined, { uploadId: 'never' }), // never recorded
+      client.recordDeletion(c.user, c.project, 499, { uploadId: 'doc' }), // another size
+      client.recordDeletion(c.user, c.project, 400, { deletionId: 'c1' }),
+      client.recordDeletion(c.user, c.project, 400, { deletionId: 'c2' }), // 101 of it counted still
+      client.recordDeletion(c.user, c.project, 400, { deletionId: 'c3' }), // nothing left
+      client.recordDeletion(c.user, c.project, 400, { deletionId: 'c1' }), // c1 again
+    ].map((p) => p.then((value) => ({ value }), (error) => ({ error }))),
+  )
+  assert.equal((await first).releasedBytes, 1)
+  // Which of one user's calls the batch decided first is the order they reached it: each user's
+  // answers are checked whatever that order was.
+  const got = (await Promise.all(queued)).map(({ value, error }) =>
+    error ? `${error.code} ${error.reason ?? ''}`.trim() : `released ${value.releasedBytes}${value.duplicate ? ' again' : ''}`,
+  )
+  const of = (...at) => at.map((i) => got[i]).sort()
+  assert.deepEqual(of(0, 1), ['released 1000', 'released 1000 again'], 'the upload released once')
+  assert.ok(
+    of(2, 3)[0] === 'CONFLICT KEY_REUSED' && ['released 1000', 'released 2000'].includes(of(2, 3)[1]),
+    `one of the two deletions under one id released its bytes, the other is KEY_REUSED: ${of(2, 3)}`,
+  )
+  assert.deepEqual(got.slice(4, 7), ['FORBIDDEN', 'NOT_FOUND', 'CONFLICT MISMATCH'])
+  // c's project counted 501 bytes: three deletions of 400 release 400, 101 and 0 (capped at the
+  // counter, never below zero), and c1 again answers what c1 released.
+  assert.deepEqual(
+    of(7, 8, 9, 10).filter((a) => !a.endsWith('again')),
+    ['released 0', 'released 101', 'released 400'],
+  )
+  const [c1] = of(7, 10)
+  assert.deepEqual(of(7, 10), [c1, `${c1} again`], 'c1 released once, and its retry answers that')
+  const bUsed = 3001 - Number(of(2, 3)[1].split(' ')[1])
+  const { rows } = await db.query(
+    `SELECT count(*)::int AS entries, count(DISTINCT xmin::text)::int AS commits FROM quota_ledger
+      WHERE user_id = ANY($1) AND kind = 'deletion'`,
+    [[a.user, b.user, c.user]],
+  )
+  assert.deepEqual(rows[0], { entries: 5, commits: 1 }, 'the five releases of three users were written in one commit')
+  const { rows: counters } = await db.query(
+    `SELECT user_id, used_bytes::float8 AS used FROM quota_project_usage WHERE user_id = ANY($1) ORDER BY user_id`,
+    [[a.user, b.user, c.user]],
+  )
+  assert.deepEqual(counters.map((r) => r.used), [1, bUsed, 0], 'each counter moved by what was released, down to zero and not below')
+  await checkInvariants()
+})
+
+test('deleteProjectFile: the releases of two users\' files go out together with the other deletions in flight', async () => {
+  const [a, b, x] = await users('del_files', 3)
+  const files = []
+  for (const u of [a, b]) {
+    const { path } = await client.allocateProjectPath(u.user, u.project)
+    await writeFile(join(path, 'f.bin'), Buffer.alloc(1000, 1))
+    await client.recordUpload(u.user, u.project, 1000)
+    files.push(join(path, 'f.bin'))
+  }
+  // Each call deletes its file first, then queues its release.
+  const { first, queued } = await deletionsBehind(
+    x,
+    () => [a, b].map((u) => client.deleteProjectFile(u.user, u.project, 'f.bin', { deletionId: 'f' })),
+    async () => {
+      while (files.some((file) => existsSync(file))) await new Promise((resolve) => setImmediate(resolve))
+    },
+  )
+  await first
+  const released = await Promise.all(queued)
+  assert.deepEqual(released.map((r) => [r.releasedBytes, r.duplicate, r.usedBytes]), [[1000, false, 1], [1000, false, 1]])
+  const { rows } = await db.query(
+    `SELECT count(*)::int AS entries, count(DISTINCT xmin::text)::int AS commits FROM quota_ledger WHERE idempotency_key = 'deletion f'`,
+  )
+  assert.deepEqual(rows[0], { entries: 2, commits: 1 }, 'both releases in one commit')
   await checkInvariants()
 })

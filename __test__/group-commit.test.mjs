@@ -1,19 +1,22 @@
-// recordUpload, reserveUpload, commitUpload and cancelUpload calls of many users at once are
-// written in one transaction per kind (src/quota/coalesce.rs, coalesce_reserve.rs,
-// coalesce_commit.rs, coalesce_cancel.rs); a second round settles the first round's reservations.
-// Every caller must get exactly the answer a serial run of the same calls gives: checked by
-// replaying the calls one by one on the same starting data, in an order consistent with the
-// answers (calls of one user are decided in the order they reached the batch, which the test
-// cannot pick, so it is read back from the answers; calls of different users do not interact).
-// Mixed in: users without a quota row, users with an expired reservation, duplicate and
-// conflicting upload and reservation ids, sizes over the limit, foreign and missing projects.
+// recordUpload, reserveUpload, commitUpload, cancelUpload and recordDeletion calls of many users
+// at once are written in one transaction per kind (src/quota/coalesce.rs, coalesce_reserve.rs,
+// coalesce_commit.rs, coalesce_cancel.rs, coalesce_deletion.rs); a second round settles the first
+// round's reservations, a third deletes seeded and first-round uploads by id and bytes by
+// deletion id. Every caller must get exactly the answer a serial run of the same calls gives:
+// checked by replaying the calls one by one on the same starting data, in an order consistent
+// with the answers (calls of one user are decided in the order they reached the batch, which the
+// test cannot pick, so it is read back from the answers; calls of different users do not
+// interact), and the database must end as the serial run leaves it (quota rows, project counters,
+// ledger, reservations). Mixed in: users without a quota row, users with an expired reservation,
+// duplicate and conflicting upload, reservation and deletion ids, sizes over the limit or past
+// what a project counted, foreign and missing projects, and a project whose row the app deleted.
 import { test, after } from 'node:test'
 import assert from 'node:assert/strict'
 import { randomUUID } from 'node:crypto'
 import fc from 'fast-check'
 import pg from 'pg'
 import { createClient } from '../index.js'
-import { createTestDatabase, holdRow, insertProject, untilLockWaiters } from './helpers/db.mjs'
+import { createTestDatabase, holdRow, insertProject, untilLockWaiters, wrongProjectCounters } from './helpers/db.mjs'
 
 const MB = 1024 * 1024
 const DEFAULT_LIMIT = 8 * MB
@@ -27,22 +30,31 @@ const userId = (i) => `user_group_${i}`
 const projects = []
 for (let i = 0; i < USERS; i++) projects.push([await insertProject(db, userId(i), 'a'), await insertProject(db, userId(i), 'b')])
 const MISSING = randomUUID()
+/** Per user, a project whose row the app deleted: its bytes are still counted (upload `old`). */
+const GONE = Array.from({ length: USERS }, () => randomUUID())
 
-/** Starting data: per user no quota row, or one with a limit, used bytes (with their ledger entry) and maybe an expired reservation. */
+/** Starting data: per user no quota row, or one with a limit, used bytes (with their ledger
+ * entries: `seed` in project a, `old` in the gone project) and maybe an expired reservation. */
 async function seed(rows) {
   const sql = ['BEGIN', 'DELETE FROM quota_ledger', 'DELETE FROM quota_project_usage', 'DELETE FROM quota_reservations', 'DELETE FROM user_quotas']
   for (const [i, row] of rows.entries()) {
     if (!row) continue
+    const gone = row.gone ?? 0
     // Inserted under a limit that fits, then lowered (the database guard lets a limit go down):
     // an expired reservation may hold more than the limit leaves.
     sql.push(
       `INSERT INTO user_quotas (user_id, limit_bytes, used_bytes, reserved_bytes)
-       VALUES ('${userId(i)}', ${Math.max(row.limit, row.used + row.expired)}, ${row.used}, ${row.expired})`,
+       VALUES ('${userId(i)}', ${Math.max(row.limit, row.used + gone + row.expired)}, ${row.used + gone}, ${row.expired})`,
       `UPDATE user_quotas SET limit_bytes = ${row.limit} WHERE user_id = '${userId(i)}'`,
     )
     if (row.used > 0) {
       sql.push(
         `INSERT INTO quota_ledger (user_id, project_id, idempotency_key, kind, bytes) VALUES ('${userId(i)}', '${projects[i][0]}', 'seed', 'upload', ${row.used})`,
+      )
+    }
+    if (gone > 0) {
+      sql.push(
+        `INSERT INTO quota_ledger (user_id, project_id, idempotency_key, kind, bytes) VALUES ('${userId(i)}', '${GONE[i]}', 'old', 'upload', ${gone})`,
       )
     }
     if (row.expired > 0) {
@@ -57,11 +69,14 @@ async function seed(rows) {
 }
 
 const quotaRow = fc.option(
-  fc.record({ limit: fc.integer({ min: 2, max: 10 }), used: fc.integer({ min: 0, max: 2 }), expired: fc.constantFrom(0, 0, 3) }).map((r) => ({
-    limit: r.limit * MB,
-    used: r.used * MB,
-    expired: r.expired * MB,
-  })),
+  fc
+    .record({ limit: fc.integer({ min: 2, max: 10 }), used: fc.integer({ min: 0, max: 2 }), gone: fc.constantFrom(0, 1), expired: fc.constantFrom(0, 0, 3) })
+    .map((r) => ({
+      limit: Math.max(r.limit, r.used + r.gone) * MB,
+      used: r.used * MB,
+      gone: r.gone * MB,
+      expired: r.expired * MB,
+    })),
   { nil: null },
 )
 const call = fc.record({
@@ -89,14 +104,32 @@ const settleCall = fc.oneof(
   { weight: 1, arbitrary: call },
 )
 
+/** recordDeletion: by uploadId (seeded, first-round, or never recorded), with or without the
+ * bytes, or by bytes under a few deletion ids (retries, and conflicts when the size or project
+ * differs). Sizes past what a project counted are capped. */
+const deleteCall = fc
+  .record({
+    kind: fc.constant('delete'),
+    user: fc.integer({ min: 0, max: USERS - 1 }),
+    project: fc.constantFrom('a', 'a', 'a', 'b', 'gone', 'foreign', 'missing'),
+    upload: fc.constantFrom(null, null, null, 'seed', 'old', 'k0', 'k1', 'k2', 'k9'),
+    deletion: fc.integer({ min: 0, max: 2 }),
+    bytes: fc.constantFrom(undefined, undefined, 0, 1, 2, 5).map((n) => (n === undefined ? n : n * MB)),
+  })
+  .map((c) => (c.upload === null && c.bytes === undefined ? { ...c, bytes: 1 * MB } : c))
+
 const projectOf = (c) =>
-  ({ a: projects[c.user][0], b: projects[c.user][1], foreign: projects[(c.user + 1) % USERS][0], missing: MISSING })[c.project]
+  ({ a: projects[c.user][0], b: projects[c.user][1], foreign: projects[(c.user + 1) % USERS][0], missing: MISSING, gone: GONE[c.user] })[c.project]
 
 /** A reservation id per key (ids are per user: the same key of two users names two reservations). */
 const reservationId = (key) => `00000000-0000-4000-8000-${String(key).padStart(12, '0')}`
 
 async function run(c) {
   try {
+    if (c.kind === 'delete') {
+      const options = c.upload === null ? { deletionId: `d${c.deletion}` } : { uploadId: c.upload }
+      return { ok: await client.recordDeletion(userId(c.user), projectOf(c), c.bytes, options) }
+    }
     if (c.kind === 'commit') {
       return { ok: await client.commitUpload(userId(c.user), reservationId(c.key), c.actual) }
     }
@@ -116,9 +149,11 @@ async function run(c) {
 /** What one call does to its user's state, as the README rules say (key, then owner, then limit). */
 function step(state, c) {
   if (c.kind === 'commit' || c.kind === 'cancel') return settleStep(state, c)
+  if (c.kind === 'delete') return deleteStep(state, c)
   const project = projectOf(c)
   const ids = c.kind === 'reserve' ? 'reservations' : 'keys'
-  const prior = state[ids].get(c.key)
+  const key = c.kind === 'reserve' ? c.key : `k${c.key}`
+  const prior = state[ids].get(key)
   if (prior) {
     if (prior.bytes !== c.bytes || prior.project !== project) return { code: 'CONFLICT', state }
     return { duplicate: true, used: state.used, reserved: state.reserved, state }
@@ -126,9 +161,11 @@ function step(state, c) {
   if (c.project === 'missing') return { code: 'NOT_FOUND', state }
   if (c.project === 'foreign') return { code: 'FORBIDDEN', state }
   if (state.used + state.reserved + c.bytes > state.limit) return { code: 'QUOTA_EXCEEDED', used: state.used, reserved: state.reserved, state }
-  const known = new Map(state[ids]).set(c.key, { bytes: c.bytes, project, status: 'pending' })
+  const known = new Map(state[ids]).set(key, { bytes: c.bytes, project, status: 'pending' })
   const next =
-    c.kind === 'reserve' ? { ...state, reserved: state.reserved + c.bytes, [ids]: known } : { ...state, used: state.used + c.bytes, [ids]: known }
+    c.kind === 'reserve'
+      ? { ...state, reserved: state.reserved + c.bytes, [ids]: known }
+      : { ...state, used: state.used + c.bytes, [ids]: known, counters: counted(state, project, c.bytes) }
   return { duplicate: false, used: next.used, reserved: next.reserved, state: next }
 }
 
@@ -155,17 +192,61 @@ function settleStep(state, c) {
   if (actual > r.bytes && state.used + state.reserved - r.bytes + actual > state.limit) {
     return { code: 'QUOTA_EXCEEDED', used: state.used, reserved: state.reserved, state }
   }
-  return settle('committed', { used: state.used + actual, reserved: state.reserved - r.bytes, committed: actual })
+  return settle('committed', { used: state.used + actual, reserved: state.reserved - r.bytes, committed: actual, counters: counted(state, r.project, actual) })
+}
+
+/** The project counters after `bytes` more were counted for `project` (the ledger's trigger
+ * creates a counter at the project's first entry, even one of 0 bytes). */
+const counted = (state, project, bytes) => new Map(state.counters).set(project, (state.counters.get(project) ?? 0) + bytes)
+
+/** recordDeletion as the README says: owner (a project whose row is gone is still the user's
+ * while it has a counter), then the upload named, then the deletion's key (a retry answers the
+ * first outcome), then the release, capped at the project's counter and the usage. A user
+ * without a quota row gets 0 back once the owner check passes, and nothing is written. Its
+ * reserved bytes are not predicted: a deletion answers the quota row as it locked it, with
+ * reservations past their TTL that no charge swept yet (the serial replay checks them). */
+function deleteStep(state, c) {
+  const project = projectOf(c)
+  if (c.project === 'foreign') return { code: 'FORBIDDEN', state }
+  if (c.project === 'missing' || (c.project === 'gone' && !state.counters.has(project))) return { code: 'NOT_FOUND', state }
+  if (!state.hasRow) return { duplicate: false, released: 0, used: 0, state }
+  let wanted = c.bytes
+  if (c.upload !== null) {
+    const recorded = state.keys.get(c.upload)
+    if (!recorded) return { code: 'NOT_FOUND', state }
+    if (recorded.project !== project || (c.bytes !== undefined && c.bytes !== recorded.bytes)) return { code: 'CONFLICT', reason: 'MISMATCH', state }
+    wanted = recorded.bytes
+  }
+  const key = c.upload === null ? `deletion d${c.deletion}` : `deletion of ${c.upload}`
+  const prior = state.keys.get(key)
+  if (prior) {
+    if (prior.project !== project || prior.requested !== wanted) return { code: 'CONFLICT', reason: 'KEY_REUSED', state }
+    return { duplicate: true, released: -prior.bytes, used: state.used, state }
+  }
+  const released = Math.max(0, Math.min(wanted, state.counters.get(project) ?? 0, state.used))
+  const next = {
+    ...state,
+    used: state.used - released,
+    keys: new Map(state.keys).set(key, { bytes: -released, project, requested: wanted }),
+    counters: counted(state, project, -released),
+  }
+  return { duplicate: false, released, used: next.used, state: next }
 }
 
 function matches(predicted, answer) {
   if (predicted.code) {
     return (
       answer.error?.code === predicted.code &&
+      (predicted.reason === undefined || answer.error.reason === predicted.reason) &&
       (predicted.used === undefined || (answer.error.usedBytes === predicted.used && answer.error.reservedBytes === predicted.reserved))
     )
   }
-  return answer.ok?.duplicate === predicted.duplicate && answer.ok.usedBytes === predicted.used && answer.ok.reservedBytes === predicted.reserved
+  return (
+    answer.ok?.duplicate === predicted.duplicate &&
+    answer.ok.usedBytes === predicted.used &&
+    (predicted.reserved === undefined || answer.ok.reservedBytes === predicted.reserved) &&
+    (predicted.released === undefined || answer.ok.releasedBytes === predicted.released)
+  )
 }
 
 /** An order of one user's calls in which each answer is what a serial run would give
@@ -187,7 +268,7 @@ function orderFor(state, pending, calls, answers, deadEnds = new Set(), budget =
     const rest = orderFor(state, pending.filter((_, m) => m !== n), calls, answers, deadEnds, budget)
     return rest && { order: [i, ...rest.order], state: rest.state }
   }
-  const key = JSON.stringify([state.used, state.reserved, [...state.keys], [...state.reservations], pending])
+  const key = JSON.stringify([state.used, state.reserved, [...state.keys], [...state.reservations], [...state.counters], pending])
   if (deadEnds.has(key)) return null
   for (const [n, i] of pending.entries()) {
     const predicted = step(state, calls[i])
@@ -208,22 +289,68 @@ async function checkInvariants() {
   )
   for (const row of rows) {
     assert.equal(row.used, row.ledger, `${row.user_id}: used_bytes is the ledger's sum`)
+    assert.ok(row.used >= 0, `${row.user_id}: used_bytes ${row.used} is not below zero`)
     assert.equal(row.reserved, row.pending, `${row.user_id}: reserved_bytes is what its pending reservations hold`)
     assert.ok(row.used <= row.limit, `${row.user_id}: used_bytes ${row.used} within the limit ${row.limit}`)
   }
+  assert.deepEqual(await wrongProjectCounters(db), [], 'each project counter is its ledger entries\' sum, never below zero')
 }
 
-test('concurrent recordUpload, reserveUpload, commitUpload and cancelUpload calls across users answer exactly as the same calls one by one', async () => {
+/** Each user's state as `seed(rows)` leaves it, with the usage `checkQuota` read. */
+function startState(rows, u, usage) {
+  const row = rows[u]
+  const keys = new Map()
+  const counters = new Map()
+  if (row?.used > 0) {
+    keys.set('seed', { bytes: row.used, project: projects[u][0] })
+    counters.set(projects[u][0], row.used)
+  }
+  if (row?.gone > 0) {
+    keys.set('old', { bytes: row.gone, project: GONE[u] })
+    counters.set(GONE[u], row.gone)
+  }
+  return { used: usage.usedBytes, reserved: usage.reservedBytes, limit: usage.limitBytes, hasRow: true, keys, counters, reservations: new Map() }
+}
+
+/** What the test compares of the database after a run: quota rows, project counters, ledger and
+ * reservations (without what differs between two runs: times, and the seeded reservations' ids). */
+async function snapshot() {
+  const sorted = async (sql) => (await db.query(sql)).rows.map((r) => JSON.stringify(r)).sort()
+  return {
+    quotas: await sorted('SELECT user_id, used_bytes::text, reserved_bytes::text, limit_bytes::text FROM user_quotas'),
+    counters: await sorted('SELECT user_id, project_id, used_bytes::text FROM quota_project_usage'),
+    ledger: await sorted('SELECT user_id, project_id::text, idempotency_key, kind, bytes::text, requested_bytes::text FROM quota_ledger'),
+    reservations: await sorted(
+      `SELECT user_id, CASE WHEN id::text LIKE '00000000-%' THEN id::text END AS id, project_id::text, bytes::text, status, committed_bytes::text
+         FROM quota_reservations`,
+    ),
+  }
+}
+
+/** Whether some entries written after transaction `xid` (matching `where`) shared a commit. */
+async function sharedCommit(table, where, xid) {
+  const { rows: [n] } = await db.query(
+    `SELECT count(DISTINCT xmin::text)::int AS commits, count(*)::int AS made FROM ${table} WHERE ${where} AND xmin::text::bigint > $1`,
+    [xid],
+  )
+  return n.commits < n.made
+}
+
+const currentXid = async () => (await db.query('SELECT txid_current()::text::bigint AS xid')).rows[0].xid
+
+test('concurrent recordUpload, reserveUpload, commitUpload, cancelUpload and recordDeletion calls across users answer exactly as the same calls one by one', async () => {
   let batched = 0
   let reservedTogether = 0
   let committedTogether = 0
   let cancelledTogether = 0
+  let deletedTogether = 0
   await fc.assert(
     fc.asyncProperty(
       fc.array(quotaRow, { minLength: USERS, maxLength: USERS }),
       fc.array(call, { minLength: 1, maxLength: 60, size: 'medium' }),
       fc.array(settleCall, { minLength: 0, maxLength: 60, size: 'max' }),
-      async (rows, calls, settleCalls) => {
+      fc.array(deleteCall, { minLength: 1, maxLength: 60, size: 'max' }),
+      async (rows, calls, settleCalls, deletes) => {
       const reserves = calls.filter((c) => c.kind === 'reserve')
       const settles = settleCalls.map((c) => {
         if (!('pick' in c) || c.miss || reserves.length === 0) return c
@@ -233,40 +360,32 @@ test('concurrent recordUpload, reserveUpload, commitUpload and cancelUpload call
       await seed(rows)
       const start = []
       for (let u = 0; u < USERS; u++) start.push(await client.checkQuota(userId(u), 0))
-      const { rows: [before] } = await db.query('SELECT txid_current()::text::bigint AS xid')
+      const before = await currentXid()
       const together = await Promise.all(calls.map(run))
-      const { rows: [txs] } = await db.query(
-        `SELECT count(DISTINCT xmin::text)::int AS commits, count(*)::int AS entries FROM quota_ledger WHERE idempotency_key <> 'seed' AND xmin::text::bigint > $1`,
-        [before.xid],
-      )
-      if (txs.commits < txs.entries) batched++
-      const { rows: [held] } = await db.query(
-        `SELECT count(DISTINCT xmin::text)::int AS commits, count(*)::int AS made FROM quota_reservations WHERE xmin::text::bigint > $1`,
-        [before.xid],
-      )
-      if (held.commits < held.made) reservedTogether++
+      if (await sharedCommit('quota_ledger', `idempotency_key <> 'seed'`, before)) batched++
+      if (await sharedCommit('quota_reservations', 'true', before)) reservedTogether++
       await checkInvariants()
       // Second round: settle the first round's reservations, all at once.
-      const { rows: [mid] } = await db.query('SELECT txid_current()::text::bigint AS xid')
+      const mid = await currentXid()
       const settled = await Promise.all(settles.map(run))
-      const { rows: [commits] } = await db.query(
-        `SELECT count(DISTINCT xmin::text)::int AS commits, count(*)::int AS made FROM quota_reservations WHERE status = 'committed' AND xmin::text::bigint > $1`,
-        [mid.xid],
-      )
-      if (commits.commits < commits.made) committedTogether++
-      const { rows: [cancels] } = await db.query(
-        `SELECT count(DISTINCT xmin::text)::int AS commits, count(*)::int AS made FROM quota_reservations WHERE status = 'cancelled' AND xmin::text::bigint > $1`,
-        [mid.xid],
-      )
-      if (cancels.commits < cancels.made) cancelledTogether++
+      if (await sharedCommit('quota_reservations', `status = 'committed'`, mid)) committedTogether++
+      if (await sharedCommit('quota_reservations', `status = 'cancelled'`, mid)) cancelledTogether++
       await checkInvariants()
+      // Third round: deletions, all at once. No call of it creates a quota row.
+      const { rows: withRow } = await db.query('SELECT user_id FROM user_quotas')
+      const late = await currentXid()
+      const deleted = await Promise.all(deletes.map(run))
+      if (await sharedCommit('quota_ledger', `kind = 'deletion'`, late)) deletedTogether++
+      await checkInvariants()
+      const batchedEnd = await snapshot()
 
-      const rounds = [calls, settles]
-      const answers = [together, settled]
-      const orders = [[], []]
+      const rounds = [calls, settles, deletes]
+      const answers = [together, settled, deleted]
+      const orders = [[], [], []]
       for (let u = 0; u < USERS; u++) {
-        let state = { used: start[u].usedBytes, reserved: start[u].reservedBytes, limit: start[u].limitBytes, keys: new Map(), reservations: new Map() }
-        for (const r of [0, 1]) {
+        let state = startState(rows, u, start[u])
+        for (const r of [0, 1, 2]) {
+          if (r === 2) state = { ...state, hasRow: withRow.some((row) => row.user_id === userId(u)) }
           const mine = rounds[r].flatMap((c, i) => (c.user === u ? [i] : []))
           const found = orderFor(state, mine, rounds[r], answers[r])
           assert.ok(found, `user ${u}, round ${r + 1}: no serial order explains the answers ${JSON.stringify(mine.map((i) => [rounds[r][i], answers[r][i]]))}`)
@@ -276,17 +395,20 @@ test('concurrent recordUpload, reserveUpload, commitUpload and cancelUpload call
       }
 
       await seed(rows)
-      const oneByOne = [new Array(calls.length), new Array(settles.length)]
-      for (const r of [0, 1]) for (const i of orders[r]) oneByOne[r][i] = await run(rounds[r][i])
+      const oneByOne = [new Array(calls.length), new Array(settles.length), new Array(deletes.length)]
+      for (const r of [0, 1, 2]) for (const i of orders[r]) oneByOne[r][i] = await run(rounds[r][i])
       assert.deepEqual(together, oneByOne[0])
       assert.deepEqual(settled, oneByOne[1])
+      assert.deepEqual(deleted, oneByOne[2])
       await checkInvariants()
+      assert.deepEqual(batchedEnd, await snapshot(), 'the database ends as the serial run leaves it')
     }),
     { numRuns: 30 },
   )
   assert.ok(batched > 0, 'some calls were charged together in one commit')
   assert.ok(reservedTogether > 0, 'some reservations were made together in one commit')
   assert.ok(committedTogether > 0, 'some reservations were committed together in one commit')
+  assert.ok(deletedTogether > 0, 'some deletions were released together in one commit')
   // Not asserted here: a settle round makes only a few cancels of distinct reservations (they
   // pick among the first round's reservations), so two of them share a commit in about one run
   // in fifteen and 30 runs missed every one about one time in eight. That cancels are batched is
@@ -296,7 +418,7 @@ test('concurrent recordUpload, reserveUpload, commitUpload and cancelUpload call
 })
 
 test('the serial-order check refutes answers no order explains, and stays fast with many refusals', () => {
-  const start = () => ({ used: 0, reserved: 0, limit: 4 * MB, keys: new Map(), reservations: new Map() })
+  const start = () => ({ used: 0, reserved: 0, limit: 4 * MB, hasRow: true, keys: new Map(), counters: new Map(), reservations: new Map() })
   const up = (key, bytes, project = 'a') => ({ kind: 'upload', user: 0, project, key, bytes })
   const ok = (used, duplicate = false) => ({ ok: { duplicate, usedBytes: used, reservedBytes: 0 } })
   const refused = (code, used) => ({ error: used === undefined ? { code } : { code, usedBytes: used, reservedBytes: 0 } })

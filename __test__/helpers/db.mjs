@@ -129,6 +129,19 @@ export async function quotaCounters(db, userId) {
   return rows[0]
 }
 
+/** Project counters (`quota_project_usage`) that are not the sum of their ledger entries, or are
+ * below zero: none, in a database whose ledger has no baseline or carry entries. */
+export async function wrongProjectCounters(db) {
+  const { rows } = await db.query(
+    `SELECT u.user_id, u.project_id, u.used_bytes::float8 AS counter, l.bytes AS ledger
+       FROM quota_project_usage u
+       CROSS JOIN LATERAL (SELECT coalesce(sum(bytes), 0)::float8 AS bytes FROM quota_ledger l
+                            WHERE l.user_id = u.user_id AND l.project_id::text = u.project_id) l
+      WHERE u.used_bytes <> l.bytes OR u.used_bytes < 0`,
+  )
+  return rows
+}
+
 /** Resolves once `n` sessions of the test's database wait on a lock (polled, no sleep). */
 export async function untilLockWaiters(db, n) {
   for (;;) {

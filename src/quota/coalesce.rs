@@ -47,13 +47,33 @@ const PRIORS: &str = "
 SELECT l.user_id, l.idempotency_key, coalesce(l.requested_bytes, l.bytes), l.project_id
   FROM unnest($1::text[], $2::text[]) AS k(user_id, key)
   JOIN quota_ledger l ON l.user_id = k.user_id AND l.idempotency_key = k.key";
-/// The batch's writes in one statement: the quota rows (per user, the batch's total), then the
-/// ledger entries. Each quota row is locked by the batch, so it must come out exactly as decided
-/// (`$3`); anything else raises an error here, before the `COMMIT` pipelined behind it, which
-/// then rolls the whole batch back (and `Batcher` answers each call alone). The error is a
-/// failed cast carrying the reason: plain SQL has no `RAISE`, and the ELSE branch depends on the
-/// rows, so it is not folded at plan time.
-const CHARGE: &str = "
+/// The end of a batch's write statement whose CTE `$cte` updates the batch's quota rows
+/// (`$1` their users, each `RETURNING … AS as_decided`). Each row is locked by the batch, so it
+/// must come out exactly as decided; anything else raises an error here, before the `COMMIT`
+/// pipelined behind the statement, which then rolls the whole batch back (and `Batcher` answers
+/// each call alone). The error is a failed cast carrying the reason: plain SQL has no `RAISE`,
+/// and the ELSE branch depends on the rows, so it is not folded at plan time.
+macro_rules! unless_as_decided {
+  ($cte:literal, $what:literal) => {
+    concat!(
+      "
+SELECT CASE WHEN count(*) FILTER (WHERE as_decided) = cardinality($1::text[]) THEN count(*)
+            ELSE ('quota rows changed under their locks during a batched ",
+      $what,
+      ": '
+                  || count(*) FILTER (WHERE as_decided) || ' of ' || cardinality($1::text[])
+                  || ' as decided')::bigint END
+  FROM ",
+      $cte
+    )
+  };
+}
+pub(crate) use unless_as_decided;
+
+/// The batch's writes in one statement: the quota rows (per user, the batch's total, which each
+/// must come out as, `$3`: see `unless_as_decided`), then the ledger entries.
+const CHARGE: &str = concat!(
+  "
 WITH charged AS (
   UPDATE user_quotas q SET used_bytes = q.used_bytes + t.bytes, updated_at = now()
     FROM unnest($1::text[], $2::bigint[], $3::bigint[]) AS t(user_id, bytes, decided)
@@ -63,12 +83,9 @@ WITH charged AS (
   INSERT INTO quota_ledger (user_id, project_id, idempotency_key, kind, bytes)
   SELECT t.user_id, t.project_id, t.key, 'upload', t.bytes
     FROM unnest($4::text[], $5::text[], $6::text[], $7::bigint[]) AS t(user_id, project_id, key, bytes)
-)
-SELECT CASE WHEN count(*) FILTER (WHERE as_decided) = cardinality($1::text[]) THEN count(*)
-            ELSE ('quota rows changed under their locks during a batched upload: '
-                  || count(*) FILTER (WHERE as_decided) || ' of ' || cardinality($1::text[])
-                  || ' as decided')::bigint END
-  FROM charged";
+)",
+  unless_as_decided!("charged", "upload")
+);
 
 #[derive(Debug, Clone)]
 pub struct Upload {

@@ -253,6 +253,7 @@ fn answer(call: &Reserve, duplicate: bool, usage: Usage) -> Reservation {
   }
 }
 
-fn distinct<'a>(items: impl Iterator<Item = &'a str>) -> Vec<&'a str> {
+/// Each item once (a batch's users or projects), in no particular order.
+pub(crate) fn distinct<'a>(items: impl Iterator<Item = &'a str>) -> Vec<&'a str> {
   items.collect::<HashSet<_>>().into_iter().collect()
 }

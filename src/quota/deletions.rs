@@ -9,6 +9,7 @@ use crate::db::pool::PgConnection;
 use crate::error::{ConflictReason, QuotaError, Result};
 use crate::ids::{ProjectId, UserId};
 use crate::quota::modes::{decide, Decision};
+use crate::quota::owner::check_owner;
 use crate::quota::usage::Usage;
 use crate::rollout::Mode;
 
@@ -52,7 +53,7 @@ async fn lock_quota(tx: &Tx<'_>, user: &UserId) -> Result<Option<Usage>> {
 }
 
 /// The project's owner check for releases: its row, or — once the app deleted the row — the
-/// user's own ledger entries for it.
+/// user's own ledger entries for it (their project counter).
 async fn check_release_owner(tx: &Tx<'_>, user: &UserId, project: &ProjectId) -> Result<()> {
   let owner: Option<String> = tx
     .query_opt(
@@ -61,28 +62,29 @@ async fn check_release_owner(tx: &Tx<'_>, user: &UserId, project: &ProjectId) ->
     )
     .await?
     .map(|row| row.get(0));
-  match owner {
-    Some(owner) if owner == user.as_str() => Ok(()),
-    Some(_) => Err(QuotaError::Forbidden(format!(
-      "project {project} belongs to another user"
-    ))),
-    None => {
-      let known: bool = tx
-        .query_one(
-          "SELECT EXISTS (SELECT 1 FROM quota_project_usage WHERE user_id = $1 AND project_id = $2)",
-          &[&user.as_str(), &project.as_str()],
-        )
-        .await?
-        .get(0);
-      if known {
-        Ok(())
-      } else {
-        Err(QuotaError::NotFound(format!(
-          "project {project} does not exist"
-        )))
-      }
-    }
+  let known = owner.is_none()
+    && tx
+      .query_one(
+        "SELECT EXISTS (SELECT 1 FROM quota_project_usage WHERE user_id = $1 AND project_id = $2)",
+        &[&user.as_str(), &project.as_str()],
+      )
+      .await?
+      .get::<_, bool>(0);
+  release_owner(owner, known, user, project)
+}
+
+/// The owner rule for releases (`check_owner`), where a project without a row is still the
+/// user's when they have a counter for it (`known`).
+pub(crate) fn release_owner(
+  owner: Option<String>,
+  known: bool,
+  user: &UserId,
+  project: &ProjectId,
+) -> Result<()> {
+  if owner.is_none() && known {
+    return Ok(());
   }
+  check_owner(owner, user, project)
 }
 
 /// What the project has counted: its counter (kept with every ledger entry, migration 0003).
@@ -98,12 +100,12 @@ async fn project_counted(tx: &Tx<'_>, user: &UserId, project: &ProjectId) -> Res
 }
 
 /// A ledger entry already written under one of the user's keys.
-struct Prior {
+pub(crate) struct Prior {
   /// Bytes counted (negative for a release).
-  bytes: i64,
-  project: Option<String>,
+  pub bytes: i64,
+  pub project: Option<String>,
   /// What that request asked for, when it differs from what was counted.
-  requested: Option<i64>,
+  pub requested: Option<i64>,
 }
 
 async fn prior_entry(tx: &Tx<'_>, user: &UserId, key: &str) -> Result<Option<Prior>> {
@@ -157,22 +159,93 @@ async fn apply(
 }
 
 /// What a deletion names: the upload it removes (exact bytes, once), or a number of bytes.
-pub enum DeletionTarget<'a> {
+#[derive(Debug, Clone)]
+pub enum DeletionTarget {
   Upload {
-    upload_id: &'a str,
+    upload_id: String,
     bytes: Option<i64>,
   },
   Bytes {
     bytes: i64,
-    deletion_id: &'a str,
+    deletion_id: String,
   },
+}
+
+impl DeletionTarget {
+  /// The ledger key the deletion is recorded under (no upload or deletion id has a space, so it
+  /// never meets an upload's key).
+  pub(crate) fn key(&self) -> String {
+    match self {
+      DeletionTarget::Upload { upload_id, .. } => format!("deletion of {upload_id}"),
+      DeletionTarget::Bytes { deletion_id, .. } => format!("deletion {deletion_id}"),
+    }
+  }
+
+  /// The upload a deletion by upload id names (its ledger key).
+  pub(crate) fn upload_id(&self) -> Option<&str> {
+    match self {
+      DeletionTarget::Upload { upload_id, .. } => Some(upload_id),
+      DeletionTarget::Bytes { .. } => None,
+    }
+  }
+
+  /// The bytes the deletion asks to give back: a named upload's recorded bytes (`upload`, its
+  /// ledger entry), which must exist, for this project and of the size given if any.
+  pub(crate) fn wanted(&self, project: &ProjectId, upload: Option<&Prior>) -> Result<i64> {
+    let (upload_id, bytes) = match self {
+      DeletionTarget::Upload { upload_id, bytes } => (upload_id, bytes),
+      DeletionTarget::Bytes { bytes, .. } => return Ok(*bytes),
+    };
+    let Some(Prior {
+      bytes: recorded,
+      project: recorded_project,
+      ..
+    }) = upload
+    else {
+      return Err(QuotaError::NotFound(format!(
+        "upload {upload_id:?} was never recorded for this user"
+      )));
+    };
+    if recorded_project.as_deref() != Some(project.as_str())
+      || bytes.is_some_and(|b| b != *recorded)
+    {
+      return Err(QuotaError::conflict(
+        ConflictReason::Mismatch,
+        format!(
+          "upload {upload_id:?} was recorded with {recorded} bytes for another project or size"
+        ),
+      ));
+    }
+    Ok(*recorded)
+  }
+}
+
+/// A deletion whose key has a ledger entry (`prior`): the same request answers the first
+/// outcome (the bytes it released); another one is KEY_REUSED.
+pub(crate) fn retried(prior: &Prior, project: &ProjectId, wanted: i64) -> Result<i64> {
+  let asked = prior.requested.unwrap_or(-prior.bytes);
+  if prior.project.as_deref() != Some(project.as_str()) || asked != wanted {
+    return Err(QuotaError::conflict(
+      ConflictReason::KeyReused,
+      format!(
+        "this deletion id was used for another project or size ({asked} bytes); use a new deletionId"
+      ),
+    ));
+  }
+  Ok(-prior.bytes)
+}
+
+/// What a deletion gives back: what it asks for, as far as the project counted it, never below
+/// zero usage.
+pub(crate) fn releasable(wanted: i64, counted: i64, used: i64) -> i64 {
+  wanted.min(counted).min(used).max(0)
 }
 
 pub async fn record_deletion(
   conn: &mut PgConnection,
   user: &UserId,
   project: &ProjectId,
-  target: DeletionTarget<'_>,
+  target: &DeletionTarget,
   default_limit: i64,
 ) -> Result<Released> {
   let tx = conn.transaction().await?;
@@ -186,52 +259,23 @@ pub async fn record_deletion(
     });
   };
   check_release_owner(&tx, user, project).await?;
-  let (key, wanted) = match target {
-    DeletionTarget::Upload { upload_id, bytes } => {
-      let Some(Prior {
-        bytes: recorded,
-        project: recorded_project,
-        ..
-      }) = prior_entry(&tx, user, upload_id).await?
-      else {
-        return Err(QuotaError::NotFound(format!(
-          "upload {upload_id:?} was never recorded for this user"
-        )));
-      };
-      if recorded_project.as_deref() != Some(project.as_str())
-        || bytes.is_some_and(|b| b != recorded)
-      {
-        return Err(QuotaError::conflict(
-          ConflictReason::Mismatch,
-          format!(
-            "upload {upload_id:?} was recorded with {recorded} bytes for another project or size"
-          ),
-        ));
-      }
-      (format!("deletion of {upload_id}"), recorded)
-    }
-    DeletionTarget::Bytes { bytes, deletion_id } => (format!("deletion {deletion_id}"), bytes),
+  let upload = match target.upload_id() {
+    Some(upload_id) => prior_entry(&tx, user, upload_id).await?,
+    None => None,
   };
+  let wanted = target.wanted(project, upload.as_ref())?;
+  let key = target.key();
   if let Some(prior) = prior_entry(&tx, user, &key).await? {
-    // The same key: the same request answers the first outcome; another one is KEY_REUSED.
-    let asked = prior.requested.unwrap_or(-prior.bytes);
-    if prior.project.as_deref() != Some(project.as_str()) || asked != wanted {
-      return Err(QuotaError::conflict(
-        ConflictReason::KeyReused,
-        format!(
-          "this deletion id was used for another project or size ({asked} bytes); use a new deletionId"
-        ),
-      ));
-    }
+    let released_bytes = retried(&prior, project, wanted)?;
     tx.commit().await?;
     return Ok(Released {
-      released_bytes: -prior.bytes,
+      released_bytes,
       duplicate: true,
       usage,
     });
   }
   let counted = project_counted(&tx, user, project).await?;
-  let released = wanted.min(counted).min(usage.used_bytes).max(0);
+  let released = releasable(wanted, counted, usage.used_bytes);
   let usage = apply(
     &tx,
     user,
@@ -290,7 +334,7 @@ pub async fn record_overwrite(
     });
   }
   let counted = project_counted(&tx, user, project).await?;
-  let replaced = replaced_bytes.min(counted).min(usage.used_bytes).max(0);
+  let replaced = releasable(replaced_bytes, counted, usage.used_bytes);
   let growth = bytes - replaced;
   let would_refuse = growth > 0 && !usage.fits(growth);
   // The new content is new bytes (the mode decides); the replaced content is a release, made

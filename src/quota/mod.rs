@@ -10,6 +10,7 @@ pub mod client;
 pub mod coalesce;
 pub mod coalesce_cancel;
 pub mod coalesce_commit;
+pub mod coalesce_deletion;
 pub mod coalesce_reserve;
 pub mod config;
 pub mod copies;

@@ -5,7 +5,8 @@
 use super::Client;
 use crate::error::{QuotaError, Result};
 use crate::ids::{upload_key_or_new, ProjectId, UserId};
-use crate::quota::deletions::{self, DeletionTarget, Released};
+use crate::quota::coalesce_deletion::Deletion;
+use crate::quota::deletions::{DeletionTarget, Released};
 use crate::quota::objects;
 use crate::storage::candidate::file_name;
 use crate::storage::StoredFile;
@@ -52,14 +53,12 @@ impl Client {
       .await?
       .ok_or_else(|| QuotaError::NotFound(format!("project {project} has no file {file:?}")))?;
     backend.delete(&user, &project, &file).await?;
-    let limit = self.default_limit();
-    let target = DeletionTarget::Bytes {
-      bytes,
-      deletion_id: &deletion_id,
-    };
+    let target = DeletionTarget::Bytes { bytes, deletion_id };
     self
-      .with_conn(async |conn| {
-        deletions::record_deletion(&mut conn.0, &user, &project, target, limit).await
+      .release(Deletion {
+        user,
+        project,
+        target,
       })
       .await
   }

@@ -6,6 +6,7 @@ use crate::error::{QuotaError, Result};
 use crate::ids::{parse_bytes, parse_upload_id, upload_key_or_new, ProjectId, UserId};
 use crate::quota::coalesce_cancel;
 use crate::quota::coalesce_commit;
+use crate::quota::coalesce_deletion::{self, Deletion};
 use crate::quota::coalesce_reserve;
 use crate::quota::config::parse_ttl_ms;
 use crate::quota::copies;
@@ -163,22 +164,39 @@ impl Client {
     let bytes = bytes.map(|b| parse_bytes("bytes", b)).transpose()?;
     let upload_id = upload_id.map(parse_upload_id).transpose()?;
     let deletion_id = upload_key_or_new(deletion_id)?;
-    let target = match (&upload_id, bytes) {
+    let target = match (upload_id, bytes) {
       (Some(upload_id), bytes) => DeletionTarget::Upload { upload_id, bytes },
-      (None, Some(bytes)) => DeletionTarget::Bytes {
-        bytes,
-        deletion_id: &deletion_id,
-      },
+      (None, Some(bytes)) => DeletionTarget::Bytes { bytes, deletion_id },
       (None, None) => {
         return Err(QuotaError::invalid(
           "recordDeletion needs the bytes deleted, or the uploadId of the upload deleted",
         ))
       }
     };
-    let limit = self.default_limit();
     self
-      .with_conn(async |conn| {
-        deletions::record_deletion(&mut conn.0, &user, &project, target, limit).await
+      .release(Deletion {
+        user,
+        project,
+        target,
+      })
+      .await
+  }
+
+  /// Gives back a deletion's bytes together with the other deletions in flight, of any users
+  /// (see `coalesce_deletion`; releases are made in every mode). `recordDeletion` and
+  /// `deleteProjectFile` both release through here.
+  pub(super) async fn release(&self, call: Deletion) -> Result<Released> {
+    let (pool, limit) = (self.pool()?, self.default_limit());
+    if !batching_enabled() {
+      let mut conn = pool.get().await?;
+      let (user, project) = (&call.user, &call.project);
+      return deletions::record_deletion(&mut conn.0, user, project, &call.target, limit).await;
+    }
+    self
+      .deletions
+      .call(call, move |calls| {
+        let pool = pool.clone();
+        async move { coalesce_deletion::delete_many(&pool, calls, limit).await }
       })
       .await
   }

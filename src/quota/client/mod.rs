@@ -30,8 +30,10 @@ use crate::quota::batch::Batcher;
 use crate::quota::coalesce;
 use crate::quota::coalesce_cancel;
 use crate::quota::coalesce_commit;
+use crate::quota::coalesce_deletion;
 use crate::quota::coalesce_reserve;
 use crate::quota::config::{Config, RawOptions};
+use crate::quota::deletions::Released;
 use crate::quota::projects::{self, ProjectStoragePath};
 use crate::quota::reservations::{Reservation, Settled};
 use crate::quota::usage::{self, QuotaCheck, RecordedUpload, Usage};
@@ -76,8 +78,8 @@ impl From<RecordedUpload> for Uploaded {
   }
 }
 
-/// Only for A/B runs of bench/ (BENCHMARKS.md): `STORAGE_QUOTA_BENCH_BATCH=0` sends each read
-/// and each charge on its own.
+/// Only for A/B runs of bench/ (BENCHMARKS.md): `STORAGE_QUOTA_BENCH_BATCH=0` sends each read,
+/// each charge and each release on its own.
 pub(super) fn batching_enabled() -> bool {
   static ENABLED: OnceLock<bool> = OnceLock::new();
   *ENABLED.get_or_init(|| std::env::var("STORAGE_QUOTA_BENCH_BATCH").as_deref() != Ok("0"))
@@ -121,6 +123,9 @@ pub struct Client {
   commits: Arc<Batcher<coalesce_commit::Commit, coalesce_commit::Committed>>,
   /// Concurrent cancels of any users' reservations, in one transaction (see `coalesce_cancel`).
   cancels: Arc<Batcher<coalesce_cancel::Cancel, Settled>>,
+  /// Concurrent deletions of any users (`recordDeletion`, `deleteProjectFile`), released in one
+  /// transaction (see `coalesce_deletion`).
+  deletions: Arc<Batcher<coalesce_deletion::Deletion, Released>>,
   /// Concurrent usage reads of any users, sent as one statement (see `batch`).
   reads: Arc<Batcher<String, Option<Usage>>>,
   /// Opened on first allocation (the local backend creates and resolves its root then).
@@ -139,6 +144,7 @@ impl Client {
       reserves: Arc::new(Batcher::new(charges_in_flight())),
       commits: Arc::new(Batcher::new(charges_in_flight())),
       cancels: Arc::new(Batcher::new(charges_in_flight())),
+      deletions: Arc::new(Batcher::new(charges_in_flight())),
       reads: Arc::new(Batcher::new(reads_in_flight())),
       backend: OnceLock::new(),
       local: OnceLock::new(),
