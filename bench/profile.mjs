@@ -29,7 +29,7 @@ const db = await createDatabase('prof')
 const rows = []
 try {
   await migrate(db)
-  await seed(db, { users })
+  await seed(db, { users, ledgerPerUser: 1, reservationsPerUser: 1 })
   const sampler = new pg.Client({ connectionString: db.url })
   await sampler.connect()
   for (const name of contenders) {
