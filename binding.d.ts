@@ -112,6 +112,11 @@ export declare class NativeClient {
    * reservation or its error. `actualBytes[i]` may be null.
    */
   commitUploadMany(userIds: Array<string>, reservationIds: Array<string>, actualBytes: Array<number | undefined | null>): Promise<Array<SettledReservation | Error>>
+  /**
+   * `recordDeletion` for several calls at once: one entry per call, in order, what it released
+   * or its error. `bytes[i]`, `uploadIds[i]` and `deletionIds[i]` may be null.
+   */
+  recordDeletionMany(userIds: Array<string>, projectIds: Array<string>, bytes: Array<number | undefined | null>, uploadIds: Array<string | undefined | null>, deletionIds: Array<string | undefined | null>): Promise<Array<Released | Error>>
 }
 
 /** Where the backfill of existing projects is (see `storage-quota backfill`). */

@@ -1,4 +1,5 @@
 // checkQuota and getUsage calls of many users at once go out as one statement per batch (src/quota/batch.rs);
+// the calls of one event-loop turn reach the addon as one napi call (lib/together.js);
 // every caller must still get exactly the answer it would get alone. Checked against a serial
 // replay of the same calls on the same data, with users who have no row, users over their limit
 // and expired reservations that must not count.
@@ -160,6 +161,51 @@ test('recordUpload calls of one event-loop turn reach the addon as one call, eac
     assert.equal(answers[5].netBytes, 1 * MB)
     const usage = await native.getUsage(userId(0), false)
     assert.equal(usage.usedBytes, 2 * MB)
+  } finally {
+    native.close()
+  }
+})
+
+test('recordDeletion calls of one event-loop turn reach the addon as one call, each answered or failed alone', async () => {
+  const user = 'user_batch_deleter'
+  const other = 'user_batch_other_owner'
+  const project = await insertProject(db, user)
+  const foreign = await insertProject(db, other)
+  const native = new NativeClient({ databaseUrl: db.url, storageRoot: db.storageRoot, defaultQuotaBytes: 50 * MB })
+  try {
+    await native.recordUpload(user, project, 1 * MB, { uploadId: 'a' })
+    await native.recordUpload(user, project, 2 * MB, { uploadId: 'b' })
+    const calls = [
+      [user, project, null, 'a', null],
+      [user, project, null, 'a', null],
+      ['not a user id', project, 1, null, null],
+      [user, project, null, 'never-recorded', null],
+      [user, project, 1 * MB, null, 'd1'],
+      [user, project, 2 * MB, null, 'd1'],
+      [user, foreign, 1, null, 'd2'],
+      [user, project, null, null, null],
+    ]
+    const answers = await native.recordDeletionMany(...[0, 1, 2, 3, 4].map((k) => calls.map((c) => c[k])))
+    assert.equal(answers.length, calls.length)
+    assert.deepEqual([answers[0].releasedBytes, answers[0].duplicate], [1 * MB, false], 'upload a released')
+    assert.deepEqual([answers[1].releasedBytes, answers[1].duplicate], [1 * MB, true], 'its retry: what it released, once')
+    assert.equal(answers[2].code, 'INVALID_ARGUMENT')
+    assert.equal(answers[3].code, 'NOT_FOUND')
+    assert.deepEqual([answers[4].releasedBytes, answers[4].usedBytes], [1 * MB, 1 * MB], 'released by bytes, after upload a')
+    assert.equal(answers[5].code, 'CONFLICT')
+    assert.equal(answers[5].reason, 'KEY_REUSED', 'another size under the same deletionId')
+    assert.equal(answers[6].code, 'FORBIDDEN')
+    assert.equal(answers[7].code, 'INVALID_ARGUMENT', 'neither bytes nor an uploadId')
+    for (const i of [2, 3, 5, 6, 7]) assert.ok(answers[i] instanceof Error, `call ${i} fails alone, as an Error`)
+    const usage = await native.getUsage(user, false)
+    assert.equal(usage.usedBytes, 1 * MB, '3 MB recorded, 2 MB released, once each')
+    // Through the package: calls of one turn, answered as each would be alone.
+    const [again, more] = await Promise.all([
+      client.recordDeletion(user, project, undefined, { uploadId: 'a' }),
+      client.recordDeletion(user, project, 1 * MB, { deletionId: 'd3' }),
+    ])
+    assert.deepEqual([again.releasedBytes, again.duplicate], [1 * MB, true])
+    assert.deepEqual([more.releasedBytes, more.usedBytes], [1 * MB, 0])
   } finally {
     native.close()
   }

@@ -32,11 +32,12 @@ class StorageQuotaClient {
   #native
   #log
   #slowCallMs
-  /** checkQuota, recordUpload, reserveUpload and commitUpload calls of one turn of the event loop, handed over together. */
+  /** checkQuota, recordUpload, reserveUpload, commitUpload and recordDeletion calls of one turn of the event loop, handed over together. */
   #checks
   #uploads
   #reserves
   #commits
+  #deletions
 
   constructor(options = {}) {
     const { logger, logLevel, slowCallMs, projects, ...nativeOptions } = parse(S.ClientOptionsSchema, options ?? {}, 'options')
@@ -71,6 +72,17 @@ class StorageQuotaClient {
     this.#commits = new Together(
       ([user, id, actual]) => native.commitUpload(user, id, actual),
       (calls) => native.commitUploadMany(calls.map((c) => c[0]), calls.map((c) => c[1]), calls.map((c) => c[2] ?? null)),
+    )
+    this.#deletions = new Together(
+      ([user, project, size, uploadId, deletionId]) => native.recordDeletion(user, project, size, uploadId, deletionId),
+      (calls) =>
+        native.recordDeletionMany(
+          calls.map((c) => c[0]),
+          calls.map((c) => c[1]),
+          calls.map((c) => c[2] ?? null),
+          calls.map((c) => c[3] ?? null),
+          calls.map((c) => c[4] ?? null),
+        ),
     )
   }
 
@@ -232,7 +244,9 @@ class StorageQuotaClient {
     const project = parse(S.ProjectIdSchema, projectId, 'projectId')
     const size = bytes === undefined || bytes === null ? undefined : parse(S.BytesSchema, bytes, 'bytes')
     const { uploadId, deletionId } = parse(S.RecordDeletionOptionsSchema, options ?? {}, 'options')
-    return this.#call('recordDeletion', (n) => n.recordDeletion(user, project, size, uploadId, deletionId))
+    return this.#call('recordDeletion', (n) =>
+      TOGETHER ? this.#deletions.add([user, project, size, uploadId, deletionId]) : n.recordDeletion(user, project, size, uploadId, deletionId),
+    )
   }
 
   /** A new project: quota check, storage path, initial size counted (once). */
@@ -385,7 +399,7 @@ class StorageQuotaClient {
   async close() {
     // Calls made before close() in this turn of the event loop are in flight, as they would be
     // had each been handed over alone.
-    for (const kind of [this.#checks, this.#uploads, this.#reserves, this.#commits]) kind.flushAlone()
+    for (const kind of [this.#checks, this.#uploads, this.#reserves, this.#commits, this.#deletions]) kind.flushAlone()
     this.#native.close()
   }
 

@@ -196,14 +196,7 @@ impl NativeClient {
           deletion_id.as_deref(),
         )
         .await?;
-      Ok(with_usage!(
-        r.usage,
-        Released {
-          released_bytes: r.released_bytes,
-          duplicate: r.duplicate,
-          cancelled_reservations: 0,
-        }
-      ))
+      Ok(released_to_js(r))
     })
     .await
   }

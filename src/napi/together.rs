@@ -10,7 +10,7 @@ use super::convert::*;
 use super::error::Answers;
 use super::packed::PackedChecks;
 use super::types::*;
-use crate::quota::client::{CommitCall, RecordCall, ReserveCall};
+use crate::quota::client::{CommitCall, DeletionCall, RecordCall, ReserveCall};
 
 #[napi]
 impl NativeClient {
@@ -137,6 +137,37 @@ impl NativeClient {
     let answers = self.inner.commit_many(&calls).await;
     Ok(Answers(
       answers.into_iter().map(|a| a.map(settled_to_js)).collect(),
+    ))
+  }
+
+  /// `recordDeletion` for several calls at once: one entry per call, in order, what it released
+  /// or its error. `bytes[i]`, `uploadIds[i]` and `deletionIds[i]` may be null.
+  #[napi(ts_return_type = "Promise<Array<Released | Error>>")]
+  pub async fn record_deletion_many(
+    &self,
+    user_ids: Vec<String>,
+    project_ids: Vec<String>,
+    bytes: Vec<Option<f64>>,
+    upload_ids: Vec<Option<String>>,
+    deletion_ids: Vec<Option<String>>,
+  ) -> Result<Answers<Released>> {
+    let _busy = super::idle::Busy::enter();
+    let (mut upload_ids, mut deletion_ids) = (upload_ids.into_iter(), deletion_ids.into_iter());
+    // A call missing a project gets an empty project id: INVALID_ARGUMENT.
+    let calls: Vec<DeletionCall> = user_ids
+      .into_iter()
+      .enumerate()
+      .map(|(i, user_id)| DeletionCall {
+        user_id,
+        project_id: project_ids.get(i).cloned().unwrap_or_default(),
+        bytes: bytes.get(i).copied().flatten(),
+        upload_id: upload_ids.next().flatten(),
+        deletion_id: deletion_ids.next().flatten(),
+      })
+      .collect();
+    let answers = self.inner.record_deletion_many(&calls).await;
+    Ok(Answers(
+      answers.into_iter().map(|a| a.map(released_to_js)).collect(),
     ))
   }
 }

@@ -159,46 +159,40 @@ impl Client {
     upload_id: Option<&str>,
     deletion_id: Option<&str>,
   ) -> Result<Released> {
-    let user = UserId::parse(user_id)?;
-    let project = ProjectId::parse(project_id)?;
-    let bytes = bytes.map(|b| parse_bytes("bytes", b)).transpose()?;
-    let upload_id = upload_id.map(parse_upload_id).transpose()?;
-    let deletion_id = upload_key_or_new(deletion_id)?;
-    let target = match (upload_id, bytes) {
-      (Some(upload_id), bytes) => DeletionTarget::Upload { upload_id, bytes },
-      (None, Some(bytes)) => DeletionTarget::Bytes { bytes, deletion_id },
-      (None, None) => {
-        return Err(QuotaError::invalid(
-          "recordDeletion needs the bytes deleted, or the uploadId of the upload deleted",
-        ))
-      }
-    };
-    self
-      .release(Deletion {
-        user,
-        project,
-        target,
-      })
-      .await
+    let call = deletion_of(user_id, project_id, bytes, upload_id, deletion_id)?;
+    self.release(call).await
   }
 
   /// Gives back a deletion's bytes together with the other deletions in flight, of any users
   /// (see `coalesce_deletion`; releases are made in every mode). `recordDeletion` and
   /// `deleteProjectFile` both release through here.
   pub(super) async fn release(&self, call: Deletion) -> Result<Released> {
-    let (pool, limit) = (self.pool()?, self.default_limit());
     if !batching_enabled() {
+      let (pool, limit) = (self.pool()?, self.default_limit());
       let mut conn = pool.get().await?;
       let (user, project) = (&call.user, &call.project);
       return deletions::record_deletion(&mut conn.0, user, project, &call.target, limit).await;
     }
-    self
-      .deletions
-      .call(call, move |calls| {
-        let pool = pool.clone();
-        async move { coalesce_deletion::delete_many(&pool, calls, limit).await }
-      })
-      .await
+    let answer = self.release_together(vec![call]).await?.pop();
+    answer.unwrap_or_else(|| Err(QuotaError::Internal("a batch answered no result".into())))
+  }
+
+  /// `calls` sent as one request list with the other deletions queued (see `batch`): one answer
+  /// per call, in order. `Err` only when no pool could be had (the client is closed).
+  pub(super) async fn release_together(
+    &self,
+    calls: Vec<Deletion>,
+  ) -> Result<Vec<Result<Released>>> {
+    let (pool, limit) = (self.pool()?, self.default_limit());
+    Ok(
+      self
+        .deletions
+        .call_many(calls, move |calls| {
+          let pool = pool.clone();
+          async move { coalesce_deletion::delete_many(&pool, calls, limit).await }
+        })
+        .await,
+    )
   }
 
   /// An upload that replaces content of `replaced_bytes`: charged `bytes − replaced_bytes`.
@@ -341,4 +335,34 @@ impl Client {
     }
     Ok(removed)
   }
+}
+
+/// `recordDeletion`'s arguments, checked: the upload it removes (its bytes optional), or a number
+/// of bytes under `deletion_id` (a new UUID when absent).
+pub(super) fn deletion_of(
+  user_id: &str,
+  project_id: &str,
+  bytes: Option<f64>,
+  upload_id: Option<&str>,
+  deletion_id: Option<&str>,
+) -> Result<Deletion> {
+  let user = UserId::parse(user_id)?;
+  let project = ProjectId::parse(project_id)?;
+  let bytes = bytes.map(|b| parse_bytes("bytes", b)).transpose()?;
+  let upload_id = upload_id.map(parse_upload_id).transpose()?;
+  let deletion_id = upload_key_or_new(deletion_id)?;
+  let target = match (upload_id, bytes) {
+    (Some(upload_id), bytes) => DeletionTarget::Upload { upload_id, bytes },
+    (None, Some(bytes)) => DeletionTarget::Bytes { bytes, deletion_id },
+    (None, None) => {
+      return Err(QuotaError::invalid(
+        "recordDeletion needs the bytes deleted, or the uploadId of the upload deleted",
+      ))
+    }
+  };
+  Ok(Deletion {
+    user,
+    project,
+    target,
+  })
 }

@@ -19,7 +19,7 @@ pub use copy::CopiedProject;
 pub use direct::PresignedReservation;
 pub use lifecycle::RegisteredProject;
 pub use moves::MovedProject;
-pub use together::{CommitCall, RecordCall, ReserveCall};
+pub use together::{CommitCall, DeletionCall, RecordCall, ReserveCall};
 
 use std::sync::{Arc, Mutex, OnceLock};
 

@@ -1,10 +1,12 @@
-//! Calls handed over together by the JS layer: the `checkQuota` or `recordUpload` calls an app
-//! made in one turn of the event loop arrive as one napi call (one hand-over to this runtime and
-//! one promise settled for all, instead of one of each per call) and join the batches of
+//! Calls handed over together by the JS layer: the `checkQuota`, `recordUpload`, `reserveUpload`,
+//! `commitUpload` or `recordDeletion` calls an app made in one turn of the event loop arrive as
+//! one napi call (one hand-over to this runtime and one promise settled for all, instead of one
+//! of each per call) and join the batches of
 //! `batch::Batcher` together. Each call is still decided and answered on its own, exactly as
 //! alone: the same arguments checks, the same batches, the same statements.
 
 use super::*;
+use crate::quota::deletions::Released;
 
 /// One `reserveUpload` call (not presigned) of a batch handed over together.
 pub struct ReserveCall {
@@ -20,6 +22,15 @@ pub struct CommitCall {
   pub user_id: String,
   pub reservation_id: String,
   pub actual_bytes: Option<f64>,
+}
+
+/// One `recordDeletion` call of a batch handed over together.
+pub struct DeletionCall {
+  pub user_id: String,
+  pub project_id: String,
+  pub bytes: Option<f64>,
+  pub upload_id: Option<String>,
+  pub deletion_id: Option<String>,
 }
 
 /// One `recordUpload` call of a batch handed over together.
@@ -101,6 +112,39 @@ impl Client {
           c.bytes,
           c.upload_id.as_deref(),
           c.replaces_bytes,
+        )
+      },
+    )
+    .await
+  }
+
+  /// `record_deletion` for several calls at once: they join the deletion batches together (every
+  /// mode: releases are made in all of them). One answer per call, in order.
+  pub async fn record_deletion_many(&self, calls: &[DeletionCall]) -> Vec<Result<Released>> {
+    hand_over(
+      calls,
+      |c| {
+        if !batching_enabled() {
+          return Ok(None);
+        }
+        let deletion = lifecycle::deletion_of(
+          &c.user_id,
+          &c.project_id,
+          c.bytes,
+          c.upload_id.as_deref(),
+          c.deletion_id.as_deref(),
+        )?;
+        Ok(Some(deletion))
+      },
+      |deletions| self.release_together(deletions),
+      |_, answer| async move { answer },
+      |c| {
+        self.record_deletion(
+          &c.user_id,
+          &c.project_id,
+          c.bytes,
+          c.upload_id.as_deref(),
+          c.deletion_id.as_deref(),
         )
       },
     )
