@@ -34,11 +34,14 @@ use crate::rollout::Mode;
 /// Locks the batch's quota rows in one global order: ORDER BY is applied before the row locks,
 /// so every batch takes them by ascending user_id, and single-row writers take one only, so no
 /// two transactions can wait on each other in a cycle. Also says whether a user has expired
-/// reservations still counted in `reserved_bytes`.
+/// reservations still counted in `reserved_bytes` (looked up only for a user holding bytes, as in
+/// `usage::SELECT_USAGE`).
 pub(crate) const LOCK_QUOTAS: &str = "
 SELECT q.user_id, q.used_bytes, q.reserved_bytes, q.limit_bytes,
-       EXISTS (SELECT 1 FROM quota_reservations r
-                WHERE r.user_id = q.user_id AND r.status = 'pending' AND r.expires_at <= now())
+       CASE WHEN q.reserved_bytes > 0
+            THEN EXISTS (SELECT 1 FROM quota_reservations r
+                          WHERE r.user_id = q.user_id AND r.status = 'pending' AND r.expires_at <= now())
+            ELSE false END
   FROM user_quotas q WHERE q.user_id = ANY($1)
  ORDER BY q.user_id FOR NO KEY UPDATE OF q";
 pub(crate) const OWNERS: &str =

@@ -99,12 +99,16 @@ pub struct RecordedUpload {
   pub mode: Mode,
 }
 
-/// Usage with reservations past their TTL no longer counted, even before they are swept.
+/// Usage with reservations past their TTL no longer counted, even before they are swept. A user
+/// holding nothing (`reserved_bytes` is the sum of their pending reservations, kept in the same
+/// transactions) has none to look up: the CASE skips the lookup for them.
 const SELECT_USAGE: &str = "
 SELECT q.used_bytes,
-       q.reserved_bytes - coalesce((SELECT sum(r.bytes) FROM quota_reservations r
-                                     WHERE r.user_id = q.user_id AND r.status = 'pending'
-                                       AND r.expires_at <= now()), 0)::bigint,
+       CASE WHEN q.reserved_bytes > 0
+            THEN q.reserved_bytes - coalesce((SELECT sum(r.bytes) FROM quota_reservations r
+                                               WHERE r.user_id = q.user_id AND r.status = 'pending'
+                                                 AND r.expires_at <= now()), 0)::bigint
+            ELSE q.reserved_bytes END,
        q.limit_bytes
   FROM user_quotas q WHERE q.user_id = $1";
 
@@ -232,9 +236,11 @@ pub fn decide_check(usage: Usage, sizes: &[i64], mode: Mode) -> QuotaCheck {
 /// request order, NULLs for a user without a quota row.
 const SELECT_USAGES: &str = "
 SELECT q.used_bytes,
-       q.reserved_bytes - coalesce((SELECT sum(r.bytes) FROM quota_reservations r
-                                     WHERE r.user_id = q.user_id AND r.status = 'pending'
-                                       AND r.expires_at <= now()), 0)::bigint,
+       CASE WHEN q.reserved_bytes > 0
+            THEN q.reserved_bytes - coalesce((SELECT sum(r.bytes) FROM quota_reservations r
+                                               WHERE r.user_id = q.user_id AND r.status = 'pending'
+                                                 AND r.expires_at <= now()), 0)::bigint
+            ELSE q.reserved_bytes END,
        q.limit_bytes
   FROM unnest($1::text[]) WITH ORDINALITY AS u(user_id, n)
   LEFT JOIN user_quotas q ON q.user_id = u.user_id
