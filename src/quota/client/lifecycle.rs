@@ -1,12 +1,12 @@
 //! The quota lifecycle beyond one-step uploads: reservations, deletions and overwrites, and the
 //! project operations of the app's server actions (register, copy, remove).
 
-use super::{batching_enabled, Client};
+use super::{batched, batching_enabled, Client};
 use crate::error::{QuotaError, Result};
 use crate::ids::{parse_bytes, parse_upload_id, upload_key_or_new, ProjectId, UserId};
 use crate::quota::coalesce_cancel;
 use crate::quota::coalesce_commit;
-use crate::quota::coalesce_deletion::{self, Deletion};
+use crate::quota::coalesce_deletion::Deletion;
 use crate::quota::coalesce_reserve;
 use crate::quota::config::parse_ttl_ms;
 use crate::quota::copies;
@@ -37,37 +37,50 @@ impl Client {
     ttl_ms: Option<f64>,
     reservation_id: Option<&str>,
   ) -> Result<Reservation> {
-    let id = reservation_id.map(parse_reservation_id).transpose()?;
-    let user = UserId::parse(user_id)?;
-    let project = ProjectId::parse(project_id)?;
-    let bytes = parse_bytes("bytes", bytes)?;
-    let ttl = match ttl_ms {
-      Some(ttl) => parse_ttl_ms(ttl)?,
-      None => self.config.reservation_ttl_ms,
-    };
-    let (mode, limit) = (self.mode_for(&user), self.default_limit());
+    let args = self.reserve_args(user_id, project_id, bytes, ttl_ms, reservation_id)?;
+    let (mode, limit) = (self.mode_for(&args.user), self.default_limit());
     if mode == Mode::Enforce && batching_enabled() {
-      let call = coalesce_reserve::Reserve {
-        user,
-        project,
-        bytes,
-        ttl_ms: ttl,
-        id: id.unwrap_or_else(uuid::Uuid::new_v4),
-      };
-      let pool = self.pool()?;
-      return self
-        .reserves
-        .call(call, move |calls| {
-          let pool = pool.clone();
-          async move { coalesce_reserve::reserve_many(&pool, calls, limit).await }
-        })
-        .await;
+      return batched::only(self.reserves_together(vec![args.batched()]).await);
     }
+    let ReserveArgs {
+      user,
+      project,
+      bytes,
+      ttl_ms: ttl,
+      id,
+    } = args;
     self
       .with_conn(async |conn| {
         reservations::reserve(&mut conn.0, &user, &project, bytes, ttl, limit, mode, id).await
       })
       .await
+  }
+
+  /// `reserveUpload`'s arguments, checked in its order (the reservation id first); the TTL is
+  /// the client's when none is given.
+  pub(super) fn reserve_args(
+    &self,
+    user_id: &str,
+    project_id: &str,
+    bytes: f64,
+    ttl_ms: Option<f64>,
+    reservation_id: Option<&str>,
+  ) -> Result<ReserveArgs> {
+    let id = reservation_id.map(parse_reservation_id).transpose()?;
+    let user = UserId::parse(user_id)?;
+    let project = ProjectId::parse(project_id)?;
+    let bytes = parse_bytes("bytes", bytes)?;
+    let ttl_ms = match ttl_ms {
+      Some(ttl) => parse_ttl_ms(ttl)?,
+      None => self.config.reservation_ttl_ms,
+    };
+    Ok(ReserveArgs {
+      user,
+      project,
+      bytes,
+      ttl_ms,
+      id,
+    })
   }
 
   /// Commits the owner's reservation. The owner is required: a reservation id alone must not
@@ -78,31 +91,16 @@ impl Client {
     reservation_id: &str,
     actual_bytes: Option<f64>,
   ) -> Result<Settled> {
-    let owner = UserId::parse(user_id)?;
-    let id = parse_reservation_id(reservation_id)?;
-    let actual = actual_bytes
-      .map(|b| parse_bytes("actualBytes", b))
-      .transpose()?;
-    let mode = self.mode_for(&owner);
+    let call = commit_of(user_id, reservation_id, actual_bytes)?;
+    let mode = self.mode_for(&call.owner);
     if mode == Mode::Enforce && batching_enabled() {
-      let call = coalesce_commit::Commit {
-        owner: owner.clone(),
-        id,
-        actual,
-      };
-      let pool = self.pool()?;
-      let committed = self
-        .commits
-        .call(call, move |calls| {
-          let pool = pool.clone();
-          async move { coalesce_commit::commit_many(&pool, calls).await }
-        })
-        .await?;
+      let committed = batched::only(self.commits_together(vec![call.clone()]).await)?;
       if let Some(settled) = committed {
         return Ok(settled);
       }
       // A presigned upload: its own path below (the object's size first, then the commit).
     }
+    let coalesce_commit::Commit { owner, id, actual } = call;
     if let Some(settled) = self.commit_presigned(&owner, &id, mode).await? {
       return Ok(settled);
     }
@@ -122,14 +120,7 @@ impl Client {
         owner: owner.clone(),
         id,
       };
-      let pool = self.pool()?;
-      self
-        .cancels
-        .call(call, move |calls| {
-          let pool = pool.clone();
-          async move { coalesce_cancel::cancel_many(&pool, calls).await }
-        })
-        .await?
+      batched::only(self.cancels_together(vec![call]).await)?
     } else {
       self
         .with_conn(async |conn| reservations::cancel(&mut conn.0, &owner, &id, mode).await)
@@ -173,26 +164,7 @@ impl Client {
       let (user, project) = (&call.user, &call.project);
       return deletions::record_deletion(&mut conn.0, user, project, &call.target, limit).await;
     }
-    let answer = self.release_together(vec![call]).await?.pop();
-    answer.unwrap_or_else(|| Err(QuotaError::Internal("a batch answered no result".into())))
-  }
-
-  /// `calls` sent as one request list with the other deletions queued (see `batch`): one answer
-  /// per call, in order. `Err` only when no pool could be had (the client is closed).
-  pub(super) async fn release_together(
-    &self,
-    calls: Vec<Deletion>,
-  ) -> Result<Vec<Result<Released>>> {
-    let (pool, limit) = (self.pool()?, self.default_limit());
-    Ok(
-      self
-        .deletions
-        .call_many(calls, move |calls| {
-          let pool = pool.clone();
-          async move { coalesce_deletion::delete_many(&pool, calls, limit).await }
-        })
-        .await,
-    )
+    batched::only(self.release_together(vec![call]).await)
   }
 
   /// An upload that replaces content of `replaced_bytes`: charged `bytes − replaced_bytes`.
@@ -364,5 +336,42 @@ pub(super) fn deletion_of(
     user,
     project,
     target,
+  })
+}
+
+/// `reserveUpload`'s arguments, checked (`Client::reserve_args`).
+pub(super) struct ReserveArgs {
+  pub user: UserId,
+  pub project: ProjectId,
+  pub bytes: i64,
+  pub ttl_ms: i64,
+  pub id: Option<uuid::Uuid>,
+}
+
+impl ReserveArgs {
+  /// The batch's request: an id made now when none was given.
+  pub(super) fn batched(self) -> coalesce_reserve::Reserve {
+    coalesce_reserve::Reserve {
+      user: self.user,
+      project: self.project,
+      bytes: self.bytes,
+      ttl_ms: self.ttl_ms,
+      id: self.id.unwrap_or_else(uuid::Uuid::new_v4),
+    }
+  }
+}
+
+/// `commitUpload`'s arguments, checked: the owner, the reservation and the actual bytes.
+pub(super) fn commit_of(
+  user_id: &str,
+  reservation_id: &str,
+  actual_bytes: Option<f64>,
+) -> Result<coalesce_commit::Commit> {
+  Ok(coalesce_commit::Commit {
+    owner: UserId::parse(user_id)?,
+    id: parse_reservation_id(reservation_id)?,
+    actual: actual_bytes
+      .map(|b| parse_bytes("actualBytes", b))
+      .transpose()?,
   })
 }

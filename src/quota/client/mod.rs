@@ -7,6 +7,7 @@
 
 mod admin;
 mod backends;
+mod batched;
 mod copy;
 mod direct;
 mod files;
@@ -263,35 +264,16 @@ impl Client {
   /// The user's usage (`None`: no quota row yet), read together with the other users' reads in
   /// flight at the same moment (see `batch`): one statement for all of them.
   async fn read_usage_batched(&self, user: &UserId) -> Result<Option<Usage>> {
-    let pool = self.pool()?;
     if !batching_enabled() {
+      let pool = self.pool()?;
       let mut conn = pool.get().await?;
       return usage::read_usage(&mut conn.0, user).await;
     }
-    let read = self.read_usages_together(pool, vec![user.as_str().to_owned()]);
-    read
-      .await
-      .pop()
-      .unwrap_or_else(|| Err(QuotaError::Internal("a batch answered no result".into())))
-  }
-
-  /// The usages of `users` (`None`: no quota row yet), sent as one request list with the other
-  /// reads queued (see `batch`): one statement for all of them; one answer per user, in order.
-  async fn read_usages_together(
-    &self,
-    pool: Arc<Pool>,
-    users: Vec<String>,
-  ) -> Vec<Result<Option<Usage>>> {
-    self
-      .reads
-      .call_many(users, move |users| {
-        let pool = pool.clone();
-        async move {
-          let mut conn = pool.get().await?;
-          usage::read_usages(&mut conn.0, &users).await
-        }
-      })
-      .await
+    batched::only(
+      self
+        .read_usages_together(vec![user.as_str().to_owned()])
+        .await,
+    )
   }
 
   /// `recordUpload`: a plain upload, or with `replaced_bytes` an overwrite charged the net
@@ -334,41 +316,17 @@ impl Client {
     bytes: f64,
     upload_id: Option<&str>,
   ) -> Result<RecordedUpload> {
-    let user = UserId::parse(user_id)?;
-    let project = ProjectId::parse(project_id)?;
-    let bytes = parse_bytes("bytes", bytes)?;
-    let upload_id = upload_key_or_new(upload_id)?;
-    let (mode, limit) = (self.mode_for(&user), self.default_limit());
-    if mode == Mode::Enforce {
-      let upload = coalesce::Upload {
-        user,
-        project,
-        bytes,
-        upload_id,
-      };
-      let pool = self.pool()?;
-      if !batching_enabled() {
-        let mut conn = pool.get().await?;
-        let (user, project) = (&upload.user, &upload.project);
-        return usage::record_upload(
-          &mut conn.0,
-          user,
-          project,
-          bytes,
-          &upload.upload_id,
-          limit,
-          mode,
-        )
-        .await;
-      }
-      return self
-        .uploads
-        .call(upload, move |uploads| {
-          let pool = pool.clone();
-          async move { coalesce::record_uploads(&pool, uploads, limit).await }
-        })
-        .await;
+    let upload = upload_of(user_id, project_id, bytes, upload_id)?;
+    let (mode, limit) = (self.mode_for(&upload.user), self.default_limit());
+    if mode == Mode::Enforce && batching_enabled() {
+      return batched::only(self.uploads_together(vec![upload]).await);
     }
+    let coalesce::Upload {
+      user,
+      project,
+      bytes,
+      upload_id,
+    } = upload;
     self
       .with_conn(async |conn| {
         usage::record_upload(&mut conn.0, &user, &project, bytes, &upload_id, limit, mode).await
@@ -415,4 +373,20 @@ impl Client {
     let project = ProjectId::parse(project_id)?;
     self.allocate(&user, &project).await
   }
+}
+
+/// A plain upload's arguments, checked: the user, the project, the bytes and the upload id (a new
+/// UUID when none is given).
+pub(super) fn upload_of(
+  user_id: &str,
+  project_id: &str,
+  bytes: f64,
+  upload_id: Option<&str>,
+) -> Result<coalesce::Upload> {
+  Ok(coalesce::Upload {
+    user: UserId::parse(user_id)?,
+    project: ProjectId::parse(project_id)?,
+    bytes: parse_bytes("bytes", bytes)?,
+    upload_id: upload_key_or_new(upload_id)?,
+  })
 }

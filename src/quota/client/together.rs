@@ -54,9 +54,8 @@ impl Client {
         Ok(batching_enabled().then_some(checked))
       },
       |checks: Vec<(UserId, Vec<i64>)>| async move {
-        let pool = self.pool()?;
         let users = checks.iter().map(|(u, _)| u.as_str().to_owned()).collect();
-        let read = self.read_usages_together(pool, users).await;
+        let read = self.read_usages_together(users).await?;
         Ok(
           read
             .into_iter()
@@ -82,28 +81,16 @@ impl Client {
   /// uploads in enforce mode go to the upload batches together; the others (overwrites, `shadow`
   /// and `off` users) take their own path at the same time. One answer per call, in order.
   pub async fn record_many(&self, calls: &[RecordCall]) -> Vec<Result<Uploaded>> {
-    let limit = self.default_limit();
     hand_over(
       calls,
-      |call| {
-        if call.replaces_bytes.is_some() || !batching_enabled() {
+      |c| {
+        if c.replaces_bytes.is_some() || !batching_enabled() {
           return Ok(None);
         }
-        let upload = upload_of(call)?;
+        let upload = upload_of(&c.user_id, &c.project_id, c.bytes, c.upload_id.as_deref())?;
         Ok((self.mode_for(&upload.user) == Mode::Enforce).then_some(upload))
       },
-      |uploads| async move {
-        let pool = self.pool()?;
-        Ok(
-          self
-            .uploads
-            .call_many(uploads, move |uploads| {
-              let pool = pool.clone();
-              async move { coalesce::record_uploads(&pool, uploads, limit).await }
-            })
-            .await,
-        )
-      },
+      |uploads| self.uploads_together(uploads),
       |_, answer| async move { answer.map(Uploaded::from) },
       |c| {
         self.record(
@@ -154,46 +141,23 @@ impl Client {
   /// `reserve_upload` for several calls at once, as `record_many`: enforce-mode reservations
   /// join the reservation batches together, the others take their own path.
   pub async fn reserve_many(&self, calls: &[ReserveCall]) -> Vec<Result<Reservation>> {
-    let limit = self.default_limit();
     hand_over(
       calls,
       |c| {
         if !batching_enabled() {
           return Ok(None);
         }
-        let id = c
-          .reservation_id
-          .as_deref()
-          .map(lifecycle::parse_reservation_id)
-          .transpose()?;
-        let user = UserId::parse(&c.user_id)?;
-        let project = ProjectId::parse(&c.project_id)?;
-        let bytes = parse_bytes("bytes", c.bytes)?;
-        let ttl_ms = match c.ttl_ms {
-          Some(ttl) => crate::quota::config::parse_ttl_ms(ttl)?,
-          None => self.config.reservation_ttl_ms,
-        };
-        let enforce = self.mode_for(&user) == Mode::Enforce;
-        Ok(enforce.then(|| coalesce_reserve::Reserve {
-          user,
-          project,
-          bytes,
-          ttl_ms,
-          id: id.unwrap_or_else(uuid::Uuid::new_v4),
-        }))
+        let args = self.reserve_args(
+          &c.user_id,
+          &c.project_id,
+          c.bytes,
+          c.ttl_ms,
+          c.reservation_id.as_deref(),
+        )?;
+        let enforce = self.mode_for(&args.user) == Mode::Enforce;
+        Ok(enforce.then(|| args.batched()))
       },
-      |reserves| async move {
-        let pool = self.pool()?;
-        Ok(
-          self
-            .reserves
-            .call_many(reserves, move |calls| {
-              let pool = pool.clone();
-              async move { coalesce_reserve::reserve_many(&pool, calls, limit).await }
-            })
-            .await,
-        )
-      },
+      |reserves| self.reserves_together(reserves),
       |_, answer| async move { answer },
       |c| {
         self.reserve_upload(
@@ -218,27 +182,11 @@ impl Client {
         if !batching_enabled() {
           return Ok(None);
         }
-        let owner = UserId::parse(&c.user_id)?;
-        let id = lifecycle::parse_reservation_id(&c.reservation_id)?;
-        let actual = c
-          .actual_bytes
-          .map(|b| parse_bytes("actualBytes", b))
-          .transpose()?;
-        let enforce = self.mode_for(&owner) == Mode::Enforce;
-        Ok(enforce.then_some(coalesce_commit::Commit { owner, id, actual }))
+        let commit = lifecycle::commit_of(&c.user_id, &c.reservation_id, c.actual_bytes)?;
+        let enforce = self.mode_for(&commit.owner) == Mode::Enforce;
+        Ok(enforce.then_some(commit))
       },
-      |commits| async move {
-        let pool = self.pool()?;
-        Ok(
-          self
-            .commits
-            .call_many(commits, move |calls| {
-              let pool = pool.clone();
-              async move { coalesce_commit::commit_many(&pool, calls).await }
-            })
-            .await,
-        )
-      },
+      |commits| self.commits_together(commits),
       |c, answer| async move {
         match answer? {
           Some(settled) => Ok(settled),
@@ -314,16 +262,6 @@ where
     .into_iter()
     .map(|a| a.unwrap_or_else(|| Err(QuotaError::Internal("a call was left unanswered".into()))))
     .collect()
-}
-
-/// A plain upload's arguments, checked as `record_upload` checks them.
-fn upload_of(call: &RecordCall) -> Result<coalesce::Upload> {
-  Ok(coalesce::Upload {
-    user: UserId::parse(&call.user_id)?,
-    project: ProjectId::parse(&call.project_id)?,
-    bytes: parse_bytes("bytes", call.bytes)?,
-    upload_id: upload_key_or_new(call.upload_id.as_deref())?,
-  })
 }
 
 /// `checkQuota`'s arguments: the user, and 1 to 10,000 sizes adding up to at most 2^53 − 1.
