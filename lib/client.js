@@ -3,7 +3,7 @@
 const { NativeClient } = require('../binding.js')
 const { StorageQuotaError, describeThrown, fromNative, fromZod } = require('./errors.js')
 const { createLogger } = require('./log.js')
-const { Together } = require('./together.js')
+const { Together, columns } = require('./together.js')
 const { checkQuotaMany } = require('./packed.js')
 const S = require('./args.js')
 
@@ -51,38 +51,24 @@ class StorageQuotaClient {
     }
     const native = this.#native
     this.#checks = new Together(
-      ([user, sizes]) => native.checkQuota(user, sizes),
+      (args) => native.checkQuota(...args),
       (calls) => checkQuotaMany(native, calls),
     )
     this.#uploads = new Together(
-      ([user, project, size, opts]) => native.recordUpload(user, project, size, opts),
-      (calls) => native.recordUploadMany(calls.map((c) => c[0]), calls.map((c) => c[1]), calls.map((c) => c[2]), calls.map((c) => c[3] ?? null)),
+      (args) => native.recordUpload(...args),
+      (calls) => native.recordUploadMany(...columns(calls, 4)),
     )
     this.#reserves = new Together(
-      ([user, project, size, ttlMs, id]) => native.reserveUpload(user, project, size, ttlMs, id),
-      (calls) =>
-        native.reserveUploadMany(
-          calls.map((c) => c[0]),
-          calls.map((c) => c[1]),
-          calls.map((c) => c[2]),
-          calls.map((c) => c[3] ?? null),
-          calls.map((c) => c[4] ?? null),
-        ),
+      (args) => native.reserveUpload(...args),
+      (calls) => native.reserveUploadMany(...columns(calls, 5)),
     )
     this.#commits = new Together(
-      ([user, id, actual]) => native.commitUpload(user, id, actual),
-      (calls) => native.commitUploadMany(calls.map((c) => c[0]), calls.map((c) => c[1]), calls.map((c) => c[2] ?? null)),
+      (args) => native.commitUpload(...args),
+      (calls) => native.commitUploadMany(...columns(calls, 3)),
     )
     this.#deletions = new Together(
-      ([user, project, size, uploadId, deletionId]) => native.recordDeletion(user, project, size, uploadId, deletionId),
-      (calls) =>
-        native.recordDeletionMany(
-          calls.map((c) => c[0]),
-          calls.map((c) => c[1]),
-          calls.map((c) => c[2] ?? null),
-          calls.map((c) => c[3] ?? null),
-          calls.map((c) => c[4] ?? null),
-        ),
+      (args) => native.recordDeletion(...args),
+      (calls) => native.recordDeletionMany(...columns(calls, 5)),
     )
   }
 

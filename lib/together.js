@@ -71,4 +71,14 @@ class Together {
   }
 }
 
-module.exports = { Together }
+/**
+ * The arguments of calls given as `[a, b, …]`, one array per position, as the addon's `…Many`
+ * methods take them: `width` arrays, a missing argument (an option not given) as null.
+ */
+function columns(calls, width) {
+  const out = []
+  for (let k = 0; k < width; k++) out.push(calls.map((c) => c[k] ?? null))
+  return out
+}
+
+module.exports = { Together, columns }
