@@ -3,7 +3,8 @@
 //! Operations are grouped by concept: uploads and paths here, the rest of the quota lifecycle
 //! in `lifecycle.rs`, `copy.rs` copyProject, administration (limits, usage, reconciliation,
 //! migrations) in `admin.rs`, which backend serves what in `backends.rs`, presigned uploads in
-//! `direct.rs`, moves between backends in `moves.rs`, a project's files in `files.rs`.
+//! `direct.rs`, moves between backends in `moves.rs`, a project's files in `files.rs`, the way
+//! into each kind's batches in `batched.rs`, the calls handed over together in `together.rs`.
 
 mod admin;
 mod backends;
