@@ -18,7 +18,7 @@ const args = Object.fromEntries(process.argv.slice(2).map((a) => a.replace(/^--/
 const reps = Number(args.reps ?? 3)
 const durationMs = Number(args.duration ?? 1000)
 const users = 10_000
-const SHAPES = [[1, 16], [2, 8], [4, 4], [1, 32], [2, 16]]
+const SHAPES = process.env.SHAPES ? JSON.parse(process.env.SHAPES) : [[1, 16], [2, 8], [4, 4], [1, 32], [2, 16]]
 
 const db = await createDatabase('handover')
 try {
