@@ -93,15 +93,16 @@ export declare class NativeClient {
   /**
    * `checkQuota` for several calls at once (the JS layer's batch of one event-loop turn).
    * `sizes` holds every call's sizes one after another, `counts[i]` how many are the i-th
-   * call's. Answered packed (`packed::PackedChecks`; `lib/packed.js` unpacks): one entry per
+   * call's. Answered packed (`packed::Packed`; `lib/packed.js` unpacks): one entry per
    * call, in order, its answer or its error.
    */
-  checkQuotaMany(userIds: Array<string>, sizes: Array<number>, counts: Array<number>): Promise<{ values: Float64Array, errors: Array<Error | undefined> | null }>
+  checkQuotaMany(userIds: Array<string>, sizes: Array<number>, counts: Array<number>): Promise<{ values: Float64Array, texts: null, errors: Array<Error | undefined> | null }>
   /**
    * `recordUpload` for several calls at once: one entry per call, in order, its answer or its
-   * error. `options[i]` is the i-th call's options (or null).
+   * error. `uploadIds[i]` and `replacesBytes[i]` are the i-th call's options (or null).
+   * Answered packed (`packed::Packed`; `lib/packed.js` unpacks).
    */
-  recordUploadMany(userIds: Array<string>, projectIds: Array<string>, bytes: Array<number>, options: Array<RecordUploadOptions | undefined | null>): Promise<Array<RecordedUpload | Error>>
+  recordUploadMany(userIds: Array<string>, projectIds: Array<string>, bytes: Array<number>, uploadIds: Array<string | undefined | null>, replacesBytes: Array<number | undefined | null>): Promise<{ values: Float64Array, texts: Array<string | undefined> | null, errors: Array<Error | undefined> | null }>
   /**
    * `reserveUpload` (not presigned) for several calls at once: one entry per call, in order,
    * its reservation or its error. `ttlMs[i]` and `reservationIds[i]` may be null.

@@ -8,7 +8,7 @@ import assert from 'node:assert/strict'
 import fc from 'fast-check'
 import { createClient } from '../index.js'
 import { NativeClient } from '../binding.js'
-import { checkQuotaMany } from '../lib/packed.js'
+import { checkQuotaMany, recordUploadMany } from '../lib/packed.js'
 import { createTestDatabase, insertProject } from './helpers/db.mjs'
 
 const MB = 1024 * 1024
@@ -147,12 +147,14 @@ test('recordUpload calls of one event-loop turn reach the addon as one call, eac
     // Counted before the hand-over, so the overwrite has content to replace whichever runs first:
     // it takes its own path at the same time as the batch, so the two may commit in either order.
     await native.recordUpload(userId(0), project, 1 * MB, { uploadId: 'before' })
-    const answers = await native.recordUploadMany(
-      [userId(0), userId(0), 'not a user id', userId(0), userId(0), userId(0)],
-      [project, project, project, project, project, project],
-      [1 * MB, 1 * MB, 1, -1, 20 * MB, 2 * MB],
-      [{ uploadId: 'a' }, { uploadId: 'a' }, null, null, null, { uploadId: 'b', replacesBytes: 1 * MB }],
-    )
+    const answers = await recordUploadMany(native, [
+      [userId(0), project, 1 * MB, { uploadId: 'a' }],
+      [userId(0), project, 1 * MB, { uploadId: 'a' }],
+      ['not a user id', project, 1],
+      [userId(0), project, -1],
+      [userId(0), project, 20 * MB],
+      [userId(0), project, 2 * MB, { uploadId: 'b', replacesBytes: 1 * MB }],
+    ])
     assert.equal(answers.length, 6)
     assert.deepEqual([answers[0].duplicate, answers[1].duplicate], [false, true], 'the same id twice: charged once, then its retry')
     assert.equal(answers[1].usedBytes, answers[0].usedBytes, 'the retry answers the usage its first call left')
@@ -167,6 +169,74 @@ test('recordUpload calls of one event-loop turn reach the addon as one call, eac
     assert.equal(usage.usedBytes, 3 * MB, '1 MB before, then 1 MB and the overwrite\'s net 1 MB, each once')
   } finally {
     native.close()
+  }
+})
+
+test('recordUpload answers handed over packed are the lone answers, in every mode', async () => {
+  for (const mode of ['enforce', 'shadow', 'off']) {
+    // Twin users in the same state: the `a` users get the hand-overs, the `b` users the same
+    // calls one by one. One call per user per hand-over: in shadow and off mode, and for an
+    // overwrite, a call takes its own path at the same time as its neighbours.
+    const twins = {}
+    for (const side of ['a', 'b']) {
+      twins[side] = []
+      for (let i = 0; i < 4; i++) {
+        const user = `user_packed_${mode}_${side}${i}`
+        twins[side].push([user, await insertProject(db, user)])
+      }
+    }
+    const rounds = (side) => {
+      const [u0, u1, u2, u3] = twins[side]
+      return [
+        [
+          [...u0, 1 * MB, { uploadId: 'one' }],
+          [...u1, 5 * MB, { uploadId: 'big' }],
+          [...u2, 7, {}],
+          [...u3, -1, {}],
+        ],
+        [
+          [...u0, 1 * MB, { uploadId: 'one' }],
+          [...u1, 1 * MB, { uploadId: 'small' }],
+        ],
+        [
+          [...u0, 2 * MB, { uploadId: 'two', replacesBytes: 1 * MB }],
+          [...u2, 1, { uploadId: 'x' }],
+        ],
+      ]
+    }
+    const native = new NativeClient({ databaseUrl: db.url, storageRoot: db.storageRoot, defaultQuotaBytes: 3 * MB, mode })
+    try {
+      const packed = []
+      const alone = []
+      for (const [r, round] of rounds('a').entries()) {
+        packed.push(...(await recordUploadMany(native, round)))
+        for (const [user, project, bytes, options] of rounds('b')[r]) {
+          alone.push(await native.recordUpload(user, project, bytes, options).catch((error) => error))
+        }
+      }
+      assert.equal(packed.length, 8)
+      // Only a generated upload id differs.
+      assert.match(packed[2].uploadId, /^[0-9a-f-]{36}$/, 'no uploadId: the generated one is told')
+      assert.notEqual(packed[2].uploadId, alone[2].uploadId)
+      packed[2].uploadId = alone[2].uploadId
+      for (let i = 0; i < packed.length; i++) {
+        if (alone[i] instanceof Error) {
+          assert.ok(packed[i] instanceof Error, `${mode}: call ${i} fails as alone`)
+          assert.equal(packed[i].code, alone[i].code)
+        } else {
+          assert.deepEqual(packed[i], alone[i], `${mode}: call ${i} as alone`)
+          assert.deepEqual(Object.keys(packed[i]), Object.keys(alone[i]), `${mode}: call ${i}'s properties in the same order`)
+        }
+      }
+      assert.equal(packed[3].code, 'INVALID_ARGUMENT')
+      assert.equal(packed[4].duplicate, mode !== 'off', `${mode}: the retry is a duplicate where uploads are counted`)
+      assert.equal(packed[0].mode, mode)
+      assert.equal(packed[6].replacedBytes, mode === 'off' ? 0 : 1 * MB, 'the overwrite gave back what it replaced')
+      if (mode === 'enforce') assert.equal(packed[1].code, 'QUOTA_EXCEEDED')
+      if (mode === 'shadow') assert.equal(packed[1].wouldRefuse, true)
+    } finally {
+      native.close()
+    }
   }
 })
 

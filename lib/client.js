@@ -4,7 +4,7 @@ const { NativeClient } = require('../binding.js')
 const { StorageQuotaError, describeThrown, fromNative, fromZod } = require('./errors.js')
 const { createLogger } = require('./log.js')
 const { Together, columns } = require('./together.js')
-const { checkQuotaMany } = require('./packed.js')
+const { checkQuotaMany, recordUploadMany } = require('./packed.js')
 const S = require('./args.js')
 
 /** Only for A/B runs of bench/ (BENCHMARKS.md): `STORAGE_QUOTA_BENCH_JS_BATCH=0` hands each call over alone. */
@@ -56,7 +56,7 @@ class StorageQuotaClient {
     )
     this.#uploads = new Together(
       (args) => native.recordUpload(...args),
-      (calls) => native.recordUploadMany(...columns(calls, 4)),
+      (calls) => recordUploadMany(native, calls),
     )
     this.#reserves = new Together(
       (args) => native.reserveUpload(...args),

@@ -8,7 +8,7 @@ use napi_derive::napi;
 use super::client::NativeClient;
 use super::convert::*;
 use super::error::Answers;
-use super::packed::PackedChecks;
+use super::packed::{Packed, PackedUpload};
 use super::types::*;
 use crate::quota::client::{CommitCall, DeletionCall, RecordCall, ReserveCall};
 
@@ -16,17 +16,17 @@ use crate::quota::client::{CommitCall, DeletionCall, RecordCall, ReserveCall};
 impl NativeClient {
   /// `checkQuota` for several calls at once (the JS layer's batch of one event-loop turn).
   /// `sizes` holds every call's sizes one after another, `counts[i]` how many are the i-th
-  /// call's. Answered packed (`packed::PackedChecks`; `lib/packed.js` unpacks): one entry per
+  /// call's. Answered packed (`packed::Packed`; `lib/packed.js` unpacks): one entry per
   /// call, in order, its answer or its error.
   #[napi(
-    ts_return_type = "Promise<{ values: Float64Array, errors: Array<Error | undefined> | null }>"
+    ts_return_type = "Promise<{ values: Float64Array, texts: null, errors: Array<Error | undefined> | null }>"
   )]
   pub async fn check_quota_many(
     &self,
     user_ids: Vec<String>,
     sizes: Vec<f64>,
     counts: Vec<u32>,
-  ) -> Result<PackedChecks> {
+  ) -> Result<Packed<crate::quota::usage::QuotaCheck>> {
     let _busy = super::idle::Busy::enter();
     // Sizes missing for a call make its list short (or empty): that call alone is
     // INVALID_ARGUMENT.
@@ -41,43 +41,49 @@ impl NativeClient {
         (user, own.to_vec())
       })
       .collect();
-    Ok(PackedChecks(self.inner.check_quota_many(&calls).await))
+    Ok(Packed(self.inner.check_quota_many(&calls).await))
   }
 
   /// `recordUpload` for several calls at once: one entry per call, in order, its answer or its
-  /// error. `options[i]` is the i-th call's options (or null).
-  #[napi(ts_return_type = "Promise<Array<RecordedUpload | Error>>")]
+  /// error. `uploadIds[i]` and `replacesBytes[i]` are the i-th call's options (or null).
+  /// Answered packed (`packed::Packed`; `lib/packed.js` unpacks).
+  #[napi(
+    ts_return_type = "Promise<{ values: Float64Array, texts: Array<string | undefined> | null, errors: Array<Error | undefined> | null }>"
+  )]
   pub async fn record_upload_many(
     &self,
     user_ids: Vec<String>,
     project_ids: Vec<String>,
     bytes: Vec<f64>,
-    options: Vec<Option<RecordUploadOptions>>,
-  ) -> Result<Answers<RecordedUpload>> {
+    upload_ids: Vec<Option<String>>,
+    replaces_bytes: Vec<Option<f64>>,
+  ) -> Result<Packed<PackedUpload>> {
     let _busy = super::idle::Busy::enter();
     // A call missing a project or a size gets an empty project id or NaN: INVALID_ARGUMENT.
-    let mut options = options.into_iter();
+    let mut upload_ids = upload_ids.into_iter();
     let calls: Vec<RecordCall> = user_ids
       .into_iter()
       .enumerate()
-      .map(|(i, user_id)| {
-        let (upload_id, replaces_bytes) = options
-          .next()
-          .flatten()
-          .map(|o| (o.upload_id, o.replaces_bytes))
-          .unwrap_or_default();
-        RecordCall {
-          user_id,
-          project_id: project_ids.get(i).cloned().unwrap_or_default(),
-          bytes: bytes.get(i).copied().unwrap_or(f64::NAN),
-          upload_id,
-          replaces_bytes,
-        }
+      .map(|(i, user_id)| RecordCall {
+        user_id,
+        project_id: project_ids.get(i).cloned().unwrap_or_default(),
+        bytes: bytes.get(i).copied().unwrap_or(f64::NAN),
+        upload_id: upload_ids.next().flatten(),
+        replaces_bytes: replaces_bytes.get(i).copied().flatten(),
       })
       .collect();
     let answers = self.inner.record_many(&calls).await;
-    Ok(Answers(
-      answers.into_iter().map(|a| a.map(uploaded_to_js)).collect(),
+    Ok(Packed(
+      answers
+        .into_iter()
+        .zip(&calls)
+        .map(|(answer, call)| {
+          answer.map(|uploaded| PackedUpload {
+            tell_id: call.upload_id.as_deref() != Some(uploaded.upload_id.as_str()),
+            uploaded,
+          })
+        })
+        .collect(),
     ))
   }
 
