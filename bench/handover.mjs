@@ -7,6 +7,7 @@
 // each call in it.
 //
 //   node bench/handover.mjs [--reps=3] [--duration=1000]
+//   SHAPES='[[1,16]]' node bench/handover.mjs --reps=1 --duration=15000   (other shapes, e.g. one long run to profile)
 import { createRequire } from 'node:module'
 import { createDatabase, dropDatabase, migrate, seed } from './lib/db.mjs'
 import { userId } from './lib/sql.mjs'

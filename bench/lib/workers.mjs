@@ -8,6 +8,11 @@ export class Worker {
   #pending = null
   #gentle = false
 
+  /** The contender's process id (bench/breakdown.mjs reads its threads' CPU from /proc). */
+  get pid() {
+    return this.#child.pid
+  }
+
   /** `name` is a contender, optionally with environment for A/B runs: `ours@SOME_VAR=1`. */
   constructor(name) {
     this.name = name
