@@ -93,9 +93,13 @@ export async function createTestDatabase(tag) {
     storageRoot,
     query: (sql, params) => pool.query(sql, params),
     async drop() {
-      await pool.end()
-      await admin(`DROP DATABASE IF EXISTS ${name} WITH (FORCE)`)
-      await rm(storageRoot, { recursive: true, force: true })
+      // The storage root goes even when the database does not (a test that failed mid-way).
+      try {
+        await pool.end()
+        await admin(`DROP DATABASE IF EXISTS ${name} WITH (FORCE)`)
+      } finally {
+        await rm(storageRoot, { recursive: true, force: true })
+      }
     },
   }
   after(() => db.drop())
