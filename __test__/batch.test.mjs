@@ -284,3 +284,66 @@ test('recordDeletion calls of one event-loop turn reach the addon as one call, e
     native.close()
   }
 })
+
+test('the hand-over methods of NativeClient refuse hostile arguments without a panic or a write', async () => {
+  const user = 'user_batch_hostile'
+  const project = await insertProject(db, user)
+  const native = new NativeClient({ databaseUrl: db.url, storageRoot: db.storageRoot, defaultQuotaBytes: 50 * MB })
+  const ledger = async () => (await db.query('SELECT count(*)::int AS n FROM quota_ledger')).rows[0].n
+  const reservations = async () => (await db.query('SELECT count(*)::int AS n FROM quota_reservations')).rows[0].n
+  // Valid arguments for two calls of each method; one position at a time is replaced.
+  const methods = {
+    checkQuotaMany: [[user, user], [1, 2], [1, 1]],
+    recordUploadMany: [[user, user], [project, project], [1, 2], ['h1', 'h2'], [null, null]],
+    reserveUploadMany: [[user, user], [project, project], [1, 2], [null, null], [null, null]],
+    commitUploadMany: [[user, user], ['00000000-0000-4000-8000-000000000000', '00000000-0000-4000-8000-000000000001'], [null, null]],
+    recordDeletionMany: [[user, user], [project, project], [1, null], [null, 'h-none'], ['d1', null]],
+  }
+  // Settles (a sync throw counts), never crashes the process; with every array valid in shape,
+  // each entry is its answer or an Error with a code.
+  async function settle(name, args) {
+    try {
+      const out = await native[name](...args)
+      const entries = name === 'checkQuotaMany' || name === 'recordUploadMany' ? null : out
+      if (entries) for (const e of entries) if (e instanceof Error) assert.equal(typeof e.code, 'string', `${name}: ${e.message}`)
+      return 'resolved'
+    } catch (error) {
+      assert.ok(error instanceof Error, `${name} threw a non-Error`)
+      return 'refused'
+    }
+  }
+  try {
+    const [ledgerBefore, reservationsBefore] = [await ledger(), await reservations()]
+    // Not an array where an array is expected: the whole call is refused, nothing is written.
+    const notArray = fc.anything().filter((v) => !Array.isArray(v))
+    for (const [name, valid] of Object.entries(methods)) {
+      for (let position = 0; position < valid.length; position++) {
+        await fc.assert(
+          fc.asyncProperty(notArray, async (value) => {
+            const args = valid.map((a, i) => (i === position ? value : a))
+            assert.equal(await settle(name, args), 'refused', `${name} argument ${position}: ${fc.stringify(value).slice(0, 60)}`)
+          }),
+          { numRuns: 40 },
+        )
+      }
+    }
+    assert.equal(await ledger(), ledgerBefore, 'nothing was charged or released')
+    assert.equal(await reservations(), reservationsBefore, 'nothing was reserved')
+    // Arrays of anything, of any length (a list of sizes shorter or longer than the calls, counts
+    // past the end, holes): each call answered or failed alone, or the call refused as a whole.
+    for (const [name, valid] of Object.entries(methods)) {
+      for (let position = 0; position < valid.length; position++) {
+        await fc.assert(
+          fc.asyncProperty(fc.array(fc.oneof(fc.anything(), fc.integer(), fc.double(), fc.constant(2 ** 32 + 1)), { maxLength: 5 }), async (value) => {
+            await settle(name, valid.map((a, i) => (i === position ? value : a)))
+          }),
+          { numRuns: 40 },
+        )
+      }
+    }
+    // Still answering after all of it.
+    assert.equal((await native.checkQuota(user, [1])).allowed, true)
+  } finally {
+    native.close()
+  }
+})
