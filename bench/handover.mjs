@@ -11,11 +11,12 @@
 import { createRequire } from 'node:module'
 import { createDatabase, dropDatabase, migrate, seed } from './lib/db.mjs'
 import { userId } from './lib/sql.mjs'
+import { flags } from './lib/args.mjs'
 
 const require = createRequire(import.meta.url)
 const { NativeClient } = require('../binding.js')
 const { checkQuotaMany } = require('../lib/packed.js')
-const args = Object.fromEntries(process.argv.slice(2).map((a) => a.replace(/^--/, '').split('=')))
+const args = flags()
 const reps = Number(args.reps ?? 3)
 const durationMs = Number(args.duration ?? 1000)
 const users = 10_000

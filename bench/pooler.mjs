@@ -10,13 +10,9 @@ import { Worker } from './lib/workers.mjs'
 import { ADMIN_URL, createDatabase, dropDatabase, migrate, query, seed } from './lib/db.mjs'
 import { fmtMs, fmtOps, fmtRatio, median, table } from './lib/stats.mjs'
 import { startPgBouncer } from '../__test__/helpers/pgbouncer.mjs'
+import { flags } from './lib/args.mjs'
 
-const args = Object.fromEntries(
-  process.argv.slice(2).map((a) => {
-    const [k, ...v] = a.replace(/^--/, '').split('=')
-    return [k, v.length ? v.join('=') : true]
-  }),
-)
+const args = flags()
 const reps = Number(args.reps ?? 3)
 const durationMs = Number(args.duration ?? 1000)
 const warmupMs = Number(args.warmup ?? 300)

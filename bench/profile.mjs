@@ -9,15 +9,11 @@ import { createRequire } from 'node:module'
 import { Worker } from './lib/workers.mjs'
 import { createDatabase, dropAll, dropDatabase, migrate, seed } from './lib/db.mjs'
 import { fmtOps, table } from './lib/stats.mjs'
+import { flags } from './lib/args.mjs'
 
 const require = createRequire(import.meta.url)
 const pg = require('pg')
-const args = Object.fromEntries(
-  process.argv.slice(2).map((a) => {
-    const [k, ...v] = a.replace(/^--/, '').split('=')
-    return [k, v.length ? v.join('=') : true]
-  }),
-)
+const args = flags()
 const op = args.op ?? 'recordUpload'
 const hot = (args.users ?? 'random') === 'hot'
 const concurrency = Number(args.concurrency ?? 16)

@@ -14,13 +14,9 @@ import { execFileSync } from 'node:child_process'
 import { admin, dropAll } from './lib/db.mjs'
 import { throughput, throughputMarkdown } from './throughput.mjs'
 import { MEMORY_MODES, memory, memoryMarkdown, migrationTime, plansMarkdown, scaleLatency, scaleMarkdown } from './scale.mjs'
+import { flags } from './lib/args.mjs'
 
-const args = Object.fromEntries(
-  process.argv.slice(2).map((a) => {
-    const [k, ...v] = a.replace(/^--/, '').split('=')
-    return [k, v.length ? v.join('=') : true]
-  }),
-)
+const args = flags()
 const quick = Boolean(args.quick)
 const list = (v, d) => (v ? String(v).split(',') : d)
 const settings = {
