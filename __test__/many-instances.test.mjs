@@ -41,7 +41,7 @@ async function insertProjects(owners) {
   return rows.map((r) => r.id)
 }
 
-function runInstance(instance, plan, onProgress) {
+function runInstance(instance, plan, onProgress, onActivity) {
   const child = fork(fileURLToPath(new URL('./helpers/instance-worker.mjs', import.meta.url)), {
     env: {
       ...process.env,
@@ -59,6 +59,7 @@ function runInstance(instance, plan, onProgress) {
   child.on('message', (message) => {
     if (message.pending) dumps.push(message.pending)
     if (message.progress) onProgress()
+    if (message.copied) onActivity()
     if (message.done || message.failed) report = message
   })
   const exited = new Promise((resolve) => child.on('exit', (code, signal) => resolve({ code, signal, report, output })))
@@ -67,8 +68,9 @@ function runInstance(instance, plan, onProgress) {
 
 /**
  * A watchdog for the load below: when nothing has moved for `quietMs` (no progress report, no
- * outage begun or ended) it rejects with what each instance is still waiting on, the outage in
- * progress and both servers' last log lines, so a hang is a failure that says where it is.
+ * copy settled, no outage begun or ended) it rejects with what each instance is still waiting
+ * on, the outage in progress and both servers' last log lines, so a hang is a failure that says
+ * where it is.
  */
 function watchdog({ quietMs, lastActivity, workers, describe }) {
   let timer
@@ -91,7 +93,8 @@ function watchdog({ quietMs, lastActivity, workers, describe }) {
         const state = child.exitCode === null && child.signalCode === null ? 'running' : `exited ${child.exitCode ?? child.signalCode}`
         return `instance ${i} (${state}): ${JSON.stringify(dumps.at(-1) ?? 'no answer').slice(0, 2000)}`
       })
-      reject(new Error(`nothing moved for ${quietMs} ms\n${describe()}\n${pending.join('\n')}`))
+      // What each instance waits on first: the servers' logs are long, and a report may be cut.
+      reject(new Error(`nothing moved for ${quietMs} ms\n${pending.join('\n')}\n${describe()}`))
     }, 1000)
   })
   fired.catch(() => {})
@@ -172,7 +175,8 @@ test('4 processes × 64 callers through PgBouncer, pooler and database restarted
   }
   for (let instance = 0; instance < INSTANCES; instance++) {
     const reservationIds = Array.from({ length: CALLERS * ROUNDS }, () => randomUUID())
-    workers.push(runInstance(instance, { users, projects, templates, copyTargets, rounds: ROUNDS, reservationIds }, onProgress))
+    const onActivity = () => (lastActivity = Date.now())
+    workers.push(runInstance(instance, { users, projects, templates, copyTargets, rounds: ROUNDS, reservationIds }, onProgress, onActivity))
   }
   const dog = watchdog({
     quietMs: 60_000,

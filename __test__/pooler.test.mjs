@@ -141,6 +141,70 @@ test('copyProject through the transaction pooler, its connection cut mid-copy: t
   assert.equal((await db.query('SELECT count(*)::int AS n FROM quota_copy_leases')).rows[0].n, 0, 'leases given back')
 })
 
+test('copyProject through the transaction pooler whose lease reply is lost after the commit: the retry does not wait for the lease TTL', { timeout: 60_000 }, async () => {
+  // Its own pooler, restarted below.
+  const bouncer = await startPgBouncer({ server, poolMode: 'transaction', defaultPoolSize: 2, tag: 'pgb-lost' })
+  const quota = client(bouncer.url(db.name), { poolSize: 2 })
+  const user = 'pool_copy_lost'
+  const [source, target] = await Promise.all([insertProject(db, user, 'src'), insertProject(db, user, 'dst')])
+  const { path } = await quota.allocateProjectPath(user, source)
+  await writeFile(join(path, 'a.bin'), Buffer.alloc(3000, 1))
+  // The lease's commit waits (a deferred trigger, run at COMMIT) for an advisory lock held here,
+  // and notes that it committed. The call's connection is cut while its COMMIT waits; released,
+  // the COMMIT goes through on the server with nobody left to hear it: a lease the call took
+  // without knowing. The lock is released only after a delete of leases has run (and found
+  // nothing): giving the lease back must not stop there.
+  await db.query(`
+    CREATE TABLE lost_lease_commits (holder uuid);
+    CREATE TABLE lost_lease_deletes (at timestamptz);
+    CREATE FUNCTION lost_lease_deleted() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+      INSERT INTO lost_lease_deletes VALUES (now());
+      RETURN NULL;
+    END $$;
+    CREATE TRIGGER lost_lease_deleted AFTER DELETE ON quota_copy_leases
+      FOR EACH STATEMENT EXECUTE FUNCTION lost_lease_deleted();
+    CREATE FUNCTION lost_lease_wait() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+      PERFORM pg_advisory_xact_lock(4711);
+      INSERT INTO lost_lease_commits VALUES (NEW.holder);
+      RETURN NULL;
+    END $$;
+    CREATE CONSTRAINT TRIGGER lost_lease_wait AFTER INSERT OR UPDATE ON quota_copy_leases
+      DEFERRABLE INITIALLY DEFERRED FOR EACH ROW WHEN (NEW.user_id = 'pool_copy_lost')
+      EXECUTE FUNCTION lost_lease_wait();`)
+  const gate = new pg.Client({ connectionString: db.url })
+  await gate.connect()
+  try {
+    await gate.query('SELECT pg_advisory_lock(4711)')
+    const cut = rejection(quota.copyProject(user, source, target))
+    await untilLockWaiters(db, 1)
+    await bouncer.restart()
+    const failed = await cut
+    assert.equal(failed.code, 'DB_UNAVAILABLE', String(failed))
+    while ((await db.query('SELECT count(*)::int AS n FROM lost_lease_deletes')).rows[0].n === 0) {
+      await new Promise((resolve) => setImmediate(resolve))
+    }
+    await gate.query('SELECT pg_advisory_unlock(4711)')
+    // The lease's COMMIT has ended once nothing waits on a lock any more.
+    while ((await db.query(`SELECT count(*)::int AS n FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'`)).rows[0].n > 0) {
+      await new Promise((resolve) => setImmediate(resolve))
+    }
+    const committed = await db.query('SELECT count(*)::int AS n FROM lost_lease_commits')
+    assert.equal(committed.rows[0].n, 1, 'the lease was committed after its call had failed')
+  } finally {
+    await gate.end()
+    await db.query(`DROP TRIGGER lost_lease_wait ON quota_copy_leases; DROP FUNCTION lost_lease_wait(); DROP TABLE lost_lease_commits;
+                    DROP TRIGGER lost_lease_deleted ON quota_copy_leases; DROP FUNCTION lost_lease_deleted(); DROP TABLE lost_lease_deletes`)
+  }
+  // The default reservation TTL (an hour) bounds the lease: a lease nobody gives back makes
+  // this retry wait that long (the test's timeout fails it first).
+  const copied = await quota.copyProject(user, source, target)
+  assert.equal(copied.copiedBytes, 3000)
+  assert.equal((await quotaCounters(db, user)).used, 3000, 'the copy counted once')
+  assert.equal((await db.query('SELECT count(*)::int AS n FROM quota_copy_leases WHERE user_id = $1', [user])).rows[0].n, 0, 'leases given back')
+})
+
 test('without pooler mode, PgBouncer refuses the login and the error says what to do', async () => {
   const error = await rejection(client(transaction.url(db.name, { pooler: false })).checkQuota('pool_x', 1))
   assert.equal(error.code, 'DB_UNAVAILABLE')

@@ -108,6 +108,7 @@ async function caller(index) {
   const copied = await settle(`copyProject ${target}`, () => quota.copyProject(user, templates[u], target))
   // A copy whose files landed before the connection was cut cannot count them again.
   note('copyProject', copied, ['QUOTA_EXCEEDED', 'CONFLICT'])
+  process.send({ copied: 1 })
 }
 
 try {

@@ -9,8 +9,8 @@
 //! session, so a crashed process or a cut connection releases it at once; and a call's
 //! deciding writes (commit, done) go through the session that holds the lock, so a call that
 //! lost its lock can no longer make them. Behind a transaction pooler (no sessions to hold a
-//! lock) the lock is a lease row instead (`try_lease`), given back at the end or taken over once
-//! expired after the reservation TTL.
+//! lock) the lock is a lease row instead (`try_lease`), given back at the end (also when taking
+//! it failed with its outcome unknown) or taken over once expired after the reservation TTL.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -48,6 +48,18 @@ ON CONFLICT (user_id, project_id) DO UPDATE
  WHERE quota_copy_leases.expires_at < now()
 RETURNING holder";
 
+/// How long a lease statement may run on the server (`statement_timeout`, set for its own
+/// transaction). It bounds how late a lease whose reply was lost can still be committed, so
+/// `give_back_lease` knows when a delete that found nothing is conclusive.
+pub const LEASE_STATEMENT_BOUND: Duration = Duration::from_secs(5);
+
+/// Takes the lease for `holder` if no live lease exists. An error leaves the outcome unknown
+/// (a reply lost after the commit still took it): give it back with `give_back_lease`,
+/// `not_before` the time it was sent plus [`LEASE_STATEMENT_BOUND`].
+///
+/// Its own transaction, committed only after the insert answered: a connection cut while the
+/// insert waits (on another call's uncommitted lease) aborts it, where a pipelined or implicit
+/// commit would still take the lease for a call that has already failed.
 pub async fn try_lease(
   conn: &mut PgConnection,
   user: &UserId,
@@ -55,28 +67,36 @@ pub async fn try_lease(
   holder: &uuid::Uuid,
   ttl_ms: i64,
 ) -> Result<bool> {
-  let row = conn
+  let tx = conn.transaction().await?;
+  tx.batch_execute(&format!(
+    "SET LOCAL statement_timeout = {}",
+    LEASE_STATEMENT_BOUND.as_millis()
+  ))
+  .await?;
+  let row = tx
     .query_opt(
       TRY_LEASE,
       &[&user.as_str(), &target.as_str(), holder, &ttl_ms],
     )
     .await?;
+  tx.commit().await?;
   Ok(row.is_some())
 }
 
+/// Deletes `holder`'s lease; whether there was one to delete.
 pub async fn release_lease(
   conn: &mut PgConnection,
   user: &UserId,
   target: &ProjectId,
   holder: &uuid::Uuid,
-) -> Result<()> {
-  conn
+) -> Result<bool> {
+  let deleted = conn
     .execute(
       "DELETE FROM quota_copy_leases WHERE user_id = $1 AND project_id = $2 AND holder = $3",
       &[&user.as_str(), &target.as_str(), holder],
     )
     .await?;
-  Ok(())
+  Ok(deleted > 0)
 }
 
 fn lock_key(user: &UserId, target: &ProjectId) -> String {
@@ -275,13 +295,17 @@ pub async fn drop_path(conn: &mut PgConnection, path_id: &uuid::Uuid) -> Result<
 
 /// Deletes this call's copy lease from a fresh connection, retrying with backoff (the database
 /// may still be down) until it is gone or it would have expired anyway. Safe whenever it runs:
-/// the copy that held the lease has ended, so the next copy into the project may take over and
-/// undo what it left.
+/// the copy that held (or tried to take) the lease has ended, so the next copy into the project
+/// may take over and undo what it left.
+///
+/// A delete that finds the lease ends it. One that finds nothing ends it only from `not_before`
+/// on: before then a lease whose reply was lost may still be committed (`try_lease`).
 pub fn give_back_lease(
   pool: Arc<Pool>,
   user: UserId,
   target: ProjectId,
   holder: uuid::Uuid,
+  not_before: Instant,
   ttl: Duration,
 ) {
   let Ok(runtime) = tokio::runtime::Handle::try_current() else {
@@ -291,12 +315,12 @@ pub fn give_back_lease(
     let deadline = Instant::now() + ttl;
     let mut backoff = Duration::from_millis(10);
     while Instant::now() < deadline {
+      let asked = Instant::now();
       if let Ok(mut conn) = pool.get().await {
-        if release_lease(&mut conn.0, &user, &target, &holder)
-          .await
-          .is_ok()
-        {
-          return;
+        match release_lease(&mut conn.0, &user, &target, &holder).await {
+          Ok(true) => return,
+          Ok(false) if asked >= not_before => return,
+          _ => {}
         }
       }
       tokio::time::sleep(backoff).await;

@@ -6,7 +6,7 @@
 //! object into the (empty) target prefix instead of the staging directory.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::{blocking, Client};
 use crate::db::pool::{Checkout, PgConnection, Pool};
@@ -24,6 +24,10 @@ use crate::storage::StorageBackend;
 /// The claim's `(dev, ino)` for a copy into an object store: no inode, but "objects may be
 /// under the target prefix", so an undo (this call's or a later one's) deletes them.
 const OBJECTS_PLACED: (u64, u64) = (0, 0);
+
+/// Past [`copies::LEASE_STATEMENT_BOUND`], for the commit of a lease whose reply was lost to
+/// reach the server and be done.
+const LEASE_SETTLE_MARGIN: Duration = Duration::from_secs(1);
 
 #[derive(Debug, Clone)]
 pub struct CopiedProject {
@@ -110,6 +114,7 @@ impl Client {
             job.user.clone(),
             job.target.clone(),
             holder,
+            Instant::now(),
             ttl,
           );
         }
@@ -124,19 +129,33 @@ impl Client {
   /// (a copy taking longer has outlived its reservation anyway).
   async fn lock_target<'p>(
     &self,
-    pool: &'p Pool,
+    pool: &'p Arc<Pool>,
     job: &Job,
   ) -> Result<(Checkout<'p>, Option<uuid::Uuid>)> {
-    let deadline = std::time::Instant::now()
-      + std::time::Duration::from_millis(self.config.reservation_ttl_ms as u64);
-    let mut backoff = std::time::Duration::from_millis(2);
+    let deadline = Instant::now() + Duration::from_millis(self.config.reservation_ttl_ms as u64);
+    let mut backoff = Duration::from_millis(2);
     loop {
       if pool.pooler() {
         let holder = uuid::Uuid::new_v4();
         let mut conn = pool.get().await?;
         let ttl = self.config.reservation_ttl_ms;
-        if copies::try_lease(&mut conn.0, &job.user, &job.target, &holder, ttl).await? {
-          return Ok((conn, Some(holder)));
+        let sent = Instant::now();
+        match copies::try_lease(&mut conn.0, &job.user, &job.target, &holder, ttl).await {
+          Ok(true) => return Ok((conn, Some(holder))),
+          Ok(false) => {}
+          Err(error) => {
+            // Maybe taken all the same (its reply lost after the commit): every retry of this
+            // copy would wait for it until the reservation TTL, so give it back.
+            copies::give_back_lease(
+              pool.clone(),
+              job.user.clone(),
+              job.target.clone(),
+              holder,
+              sent + copies::LEASE_STATEMENT_BOUND + LEASE_SETTLE_MARGIN,
+              Duration::from_millis(ttl as u64),
+            );
+            return Err(error);
+          }
         }
       } else {
         let mut conn = pool.get().await?;
@@ -144,14 +163,14 @@ impl Client {
           return Ok((conn, None));
         }
       }
-      if std::time::Instant::now() + backoff > deadline {
+      if Instant::now() + backoff > deadline {
         return Err(QuotaError::DbTimeout(format!(
           "another copy into project {} has been running for longer than the reservation TTL",
           job.target
         )));
       }
       tokio::time::sleep(backoff).await;
-      backoff = (backoff * 2).min(std::time::Duration::from_millis(100));
+      backoff = (backoff * 2).min(Duration::from_millis(100));
     }
   }
 
