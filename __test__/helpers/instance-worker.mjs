@@ -49,7 +49,7 @@ async function settle(label, call) {
           const what = `${error.code}: ${String(error.message).slice(0, 80)}`
           stats.retriedWhileUp[what] = (stats.retriedWhileUp[what] ?? 0) + 1
         }
-        entry.label = `${label} (last: ${error.code})`
+        entry.label = `${label} (last: ${error.code}: ${String(error.message).slice(0, 160)})`
         if (down) await new Promise((resolve) => upWaiters.push(resolve))
         // As an app's retry would: back off a little (1 ms, growing to 50 ms) while the
         // database is back but not yet answering, rather than spin.
