@@ -68,7 +68,11 @@ export declare class NativeClient {
   migrationPreparation(): Promise<MigrationPreparation>
   backfillStatus(): Promise<BackfillProgress>
   migrationStatus(): Promise<MigrationStatus>
-  /** Stops handing out connections; calls in flight finish first. */
+  /**
+   * Stops handing out connections. A call whose task has already taken the pool finishes; one
+   * whose task has not started yet answers `CLIENT_CLOSED`, so `StorageQuotaClient.close()`
+   * calls this only once the calls made before it have settled.
+   */
   close(): void
   /**
    * Where the project lives (or would): backend, key and path. Touches neither the database

@@ -314,7 +314,10 @@ export declare class StorageQuotaClient {
   /** Reverts the `steps` (default 1) most recent migrations. */
   rollback(steps?: number, options?: RollbackOptions): Promise<{ reverted: number[] }>
   migrationStatus(): Promise<MigrationStatus>
-  /** Calls in flight finish; later calls reject with CLIENT_CLOSED. */
+  /**
+   * Every call made before close() finishes, and close() resolves once they have settled; calls
+   * made after it reject with CLIENT_CLOSED. The pool's connections close then.
+   */
   close(): Promise<void>
 }
 

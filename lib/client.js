@@ -38,6 +38,11 @@ class StorageQuotaClient {
   #reserves
   #commits
   #deletions
+  /** Calls made and not yet settled: close() waits for them before it closes the pool. */
+  #inFlight = 0
+  /** Set by close(): later calls are refused. */
+  #closing = null
+  #drained = null
 
   constructor(options = {}) {
     const { logger, logLevel, slowCallMs, projects, ...nativeOptions } = parse(S.ClientOptionsSchema, options ?? {}, 'options')
@@ -330,12 +335,15 @@ class StorageQuotaClient {
    */
   async backfill(options = {}) {
     const { batchSize = 10_000, onProgress, signal } = parse(S.BackfillOptionsSchema, options ?? {}, 'options')
-    let progress = await this.#call('backfillStatus', (n) => n.backfillStatus())
-    while (!progress.done && !signal?.aborted) {
-      progress = await this.#call('backfill', (n) => n.backfillStep(batchSize))
-      if (onProgress) onProgress(progress)
-    }
-    return progress
+    // Several calls, one operation: a close() meanwhile lets it run to its end.
+    return this.#holding(async () => {
+      let progress = await this.#step('backfillStatus', (n) => n.backfillStatus())
+      while (!progress.done && !signal?.aborted) {
+        progress = await this.#step('backfill', (n) => n.backfillStep(batchSize))
+        if (onProgress) onProgress(progress)
+      }
+      return progress
+    })
   }
 
   /** Where the backfill is, without doing any of it. */
@@ -352,12 +360,14 @@ class StorageQuotaClient {
    */
   async prepareMigrations(options = {}) {
     const { batchSize = 10_000, onProgress, signal } = parse(S.BackfillOptionsSchema, options ?? {}, 'options')
-    let state = await this.#call('migrationPreparation', (n) => n.migrationPreparation())
-    while (!state.done && !signal?.aborted) {
-      state = await this.#call('prepareMigrations', (n) => n.prepareMigrationsStep(batchSize))
-      if (onProgress) await onProgress(state)
-    }
-    return state
+    return this.#holding(async () => {
+      let state = await this.#step('migrationPreparation', (n) => n.migrationPreparation())
+      while (!state.done && !signal?.aborted) {
+        state = await this.#step('prepareMigrations', (n) => n.prepareMigrationsStep(batchSize))
+        if (onProgress) await onProgress(state)
+      }
+      return state
+    })
   }
 
   /** Where the preparation of big tables for pending migrations is, without doing any of it. */
@@ -381,12 +391,32 @@ class StorageQuotaClient {
     return this.#call('migrationStatus', (n) => n.migrationStatus())
   }
 
-  /** Calls in flight finish; later calls reject with CLIENT_CLOSED. */
-  async close() {
-    // Calls made before close() in this turn of the event loop are in flight, as they would be
-    // had each been handed over alone.
-    for (const kind of [this.#checks, this.#uploads, this.#reserves, this.#commits, this.#deletions]) kind.flushAlone()
-    this.#native.close()
+  /**
+   * Every call made before close() finishes (close() resolves once they have settled); calls
+   * made after it reject with CLIENT_CLOSED. The pool's connections close then.
+   */
+  close() {
+    if (this.#closing === null) {
+      // Calls made before close() in this turn of the event loop are in flight, as they would
+      // be had each been handed over alone.
+      for (const kind of [this.#checks, this.#uploads, this.#reserves, this.#commits, this.#deletions]) kind.flushAlone()
+      // The addon takes its pool when a call's task starts, which may be after this line: it
+      // is closed only once no call is left to start.
+      const drained = this.#inFlight === 0 ? Promise.resolve() : new Promise((resolve) => (this.#drained = resolve))
+      this.#closing = drained.then(() => this.#native.close())
+    }
+    return this.#closing
+  }
+
+  /** Runs an operation of several calls as one: admitted (or refused) as a whole. */
+  async #holding(work) {
+    if (this.#closing !== null) throw closedError()
+    this.#inFlight++
+    try {
+      return await work()
+    } finally {
+      if (--this.#inFlight === 0 && this.#drained !== null) this.#drained()
+    }
   }
 
   /** A charge (`userId` given): also logs its refusal, or its shadow-mode would-be refusal. */
@@ -400,14 +430,18 @@ class StorageQuotaClient {
   // is JS that gets hot after ~1,000 calls, and optimizing it is what pages V8's optimizing
   // compiler into a process otherwise running none (~4 MB of RSS, BENCHMARKS.md).
   async #call(operation, run, chargedUser) {
+    // No fourth parameter (a `held` flag was one): it tipped V8 into optimizing this function.
+    if (this.#closing !== null) throw closedError()
     const started = Date.now()
     let result
     let failure = null
+    this.#inFlight++
     try {
       result = await run(this.#native)
     } catch (error) {
       failure = fromNative(error)
     }
+    if (--this.#inFlight === 0 && this.#drained !== null) this.#drained()
     const ms = Date.now() - started
     if (ms > this.#slowCallMs) this.#log('slow_call', { operation, ms: Math.round(ms) })
     if (failure !== null) {
@@ -428,6 +462,24 @@ class StorageQuotaClient {
     return result
   }
 
+  /** A later step of an operation `#holding` admitted: made even if close() came meanwhile. */
+  #step(operation, run) {
+    // #call checks #closing before its first await, so it is set aside for that synchronous
+    // part only.
+    const closing = this.#closing
+    this.#closing = null
+    try {
+      return this.#call(operation, run)
+    } finally {
+      this.#closing = closing
+    }
+  }
+
+}
+
+/** What the addon answers a call made after close(), given here before reaching it. */
+function closedError() {
+  return new StorageQuotaError('CLIENT_CLOSED', 'this storage-quota client was closed; create a new one')
 }
 
 /** `standalone`, or `table[:idColumn[:ownerColumn]]` (STORAGE_QUOTA_PROJECTS, --projects). */

@@ -426,7 +426,9 @@ impl NativeClient {
     .await
   }
 
-  /// Stops handing out connections; calls in flight finish first.
+  /// Stops handing out connections. A call whose task has already taken the pool finishes; one
+  /// whose task has not started yet answers `CLIENT_CLOSED`, so `StorageQuotaClient.close()`
+  /// calls this only once the calls made before it have settled.
   #[napi(catch_unwind)]
   pub fn close(&self) {
     self.inner.close();
