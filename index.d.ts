@@ -178,6 +178,19 @@ export declare class StorageQuotaError extends Error {
   readonly issues?: Array<{ path: string; message: string }>
   /** For CONFLICT: how the request collides with an earlier one. */
   readonly reason?: ConflictReason
+  /**
+   * PostgreSQL's SQLSTATE. DB_ERROR: always. DB_TIMEOUT: when PostgreSQL cancelled the statement
+   * ('57014' statement_timeout, '55P03' lock_timeout); none when no pooled connection became
+   * free in time. DB_UNAVAILABLE: when the server said why ('57P01' shut down or terminated the
+   * connection, '53300' too many connections, '28P01' bad password, '3D000' no such database);
+   * none when nothing answered.
+   */
+  readonly sqlState?: string
+  /** For DB_ERROR, when PostgreSQL names them. */
+  readonly constraint?: string
+  readonly table?: string
+  readonly column?: string
+  readonly detail?: string
   constructor(code: StorageQuotaErrorCode, message: string, details?: Record<string, unknown>)
 }
 

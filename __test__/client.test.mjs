@@ -94,7 +94,17 @@ test('an unreachable server is DB_UNAVAILABLE within the connect timeout, withou
   assert.ok(Date.now() - started < 2000)
   assert.doesNotMatch(error.message, /hunter2/)
   assert.match(error.message, /127\.0\.0\.1:1\/app/)
+  assert.equal(error.sqlState, undefined, 'no server answered')
   await refused.close()
+
+  // A server that refuses with a reason: its SQLSTATE comes along (3D000, no such database).
+  const missing = new URL(db.url)
+  missing.pathname = '/sq_no_such_database'
+  const absent = createClient({ databaseUrl: missing.href })
+  const noDatabase = await rejection(absent.checkQuota('user_a', 1))
+  assert.equal(noDatabase.code, 'DB_UNAVAILABLE', String(noDatabase))
+  assert.equal(noDatabase.sqlState, '3D000', noDatabase.message)
+  await absent.close()
 
   // A server that accepts but never answers: the connect timeout bounds the wait.
   const sockets = new Set()

@@ -235,6 +235,7 @@ test('the server going away mid-call fails with DB_UNAVAILABLE; while it is down
   await own.kill()
   const { error, ms } = await timed(client.checkQuota('user_down', 1))
   assert.equal(error?.code, 'DB_UNAVAILABLE', String(error))
+  assert.equal(error.sqlState, undefined, `nothing answers to say why: ${error.message}`)
   assert.ok(ms < 1500 + 1000, `took ${ms} ms`)
   assert.ok(!error.message.includes(own.password))
   const many = await Promise.all(Array.from({ length: 20 }, () => timed(client.checkQuota('user_down', 1))))
@@ -261,6 +262,7 @@ test('pool exhaustion is DB_TIMEOUT within connectTimeoutMs; the blocked call th
   const { error, ms } = await timed(client.checkQuota('user_pool', 1))
   assert.equal(error?.code, 'DB_TIMEOUT', String(error))
   assert.match(error.message, /no database connection became free within 500 ms/)
+  assert.equal(error.sqlState, undefined, 'no statement was cancelled: the pool gave up')
   assert.ok(ms >= 400 && ms < 2000, `took ${ms} ms`)
   await lock.release()
   const done = await blocked
@@ -279,6 +281,7 @@ test('statementTimeoutMs cancels a blocked statement with DB_TIMEOUT and writes 
   await lock.release()
   assert.equal(error?.code, 'DB_TIMEOUT', String(error))
   assert.match(error.message, /statement timeout/)
+  assert.equal(error.sqlState, '57014', 'PostgreSQL cancelled it: query_canceled')
   assert.ok(ms >= 250 && ms < 2000, `took ${ms} ms`)
   const ledger = await db.query('SELECT count(*)::int AS n FROM quota_ledger')
   assert.equal(ledger.rows[0].n, 0)
@@ -361,6 +364,7 @@ test('a connection cut mid-call fails that call only; the immediate retry with t
     await admin.query('COMMIT')
     const { error } = await blocked
     assert.equal(error?.code, 'DB_UNAVAILABLE', String(error))
+    assert.equal(error.sqlState, '57P01', `the server said why (admin_shutdown): ${error.message}`)
     // No pause: the pool must not hand out the connection the server just cut.
     const retried = await client.recordUpload('user_cut', project, 10, { uploadId: `cut-${i}` })
     assert.equal(retried.duplicate, false)

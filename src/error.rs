@@ -43,10 +43,20 @@ pub enum QuotaError {
   MigrationRequired(String),
   #[error("{0}")]
   MigrationFailed(String),
-  #[error("{0}")]
-  DbUnavailable(String),
-  #[error("{0}")]
-  DbTimeout(String),
+  /// The database cannot be reached or refused the connection; `sql_state` when the server
+  /// said why (`57P01` shutting down, `53300` too many connections, `28P01` bad password, …).
+  #[error("{message}")]
+  DbUnavailable {
+    message: String,
+    sql_state: Option<String>,
+  },
+  /// A connection did not become free in time (`sql_state` none), or PostgreSQL cancelled a
+  /// statement (`57014` for `statement_timeout`, `55P03` for `lock_timeout`).
+  #[error("{message}")]
+  DbTimeout {
+    message: String,
+    sql_state: Option<String>,
+  },
   /// A database error we do not classify further; `details` keeps what PostgreSQL said.
   #[error("{message}")]
   Db {
@@ -133,8 +143,8 @@ impl QuotaError {
       QuotaError::ReservationExpired(_) => "RESERVATION_EXPIRED",
       QuotaError::MigrationRequired(_) => "MIGRATION_REQUIRED",
       QuotaError::MigrationFailed(_) => "MIGRATION_FAILED",
-      QuotaError::DbUnavailable(_) => "DB_UNAVAILABLE",
-      QuotaError::DbTimeout(_) => "DB_TIMEOUT",
+      QuotaError::DbUnavailable { .. } => "DB_UNAVAILABLE",
+      QuotaError::DbTimeout { .. } => "DB_TIMEOUT",
       QuotaError::Db { .. } => "DB_ERROR",
       QuotaError::Storage(_) => "STORAGE_ERROR",
       QuotaError::UnsafePath(_) => "UNSAFE_PATH",
@@ -158,6 +168,22 @@ impl QuotaError {
     }
   }
 
+  /// `DB_UNAVAILABLE` with no word from the server (a network failure, a bad URL, …).
+  pub fn unavailable(message: impl Into<String>) -> Self {
+    QuotaError::DbUnavailable {
+      message: message.into(),
+      sql_state: None,
+    }
+  }
+
+  /// `DB_TIMEOUT` of our own (no statement was cancelled).
+  pub fn timeout(message: impl Into<String>) -> Self {
+    QuotaError::DbTimeout {
+      message: message.into(),
+      sql_state: None,
+    }
+  }
+
   pub fn invalid(message: impl Into<String>) -> Self {
     QuotaError::InvalidArgument(message.into())
   }
@@ -177,6 +203,17 @@ impl QuotaError {
       object.insert("reservedBytes".into(), json!(s.reserved_bytes));
       object.insert("limitBytes".into(), json!(s.limit_bytes));
       object.insert("remainingBytes".into(), json!(s.remaining_bytes()));
+    }
+    if let QuotaError::DbUnavailable {
+      sql_state: Some(state),
+      ..
+    }
+    | QuotaError::DbTimeout {
+      sql_state: Some(state),
+      ..
+    } = self
+    {
+      object.insert("sqlState".into(), json!(state));
     }
     if let QuotaError::Db {
       details: Some(d), ..

@@ -40,8 +40,8 @@ impl ConnectionConfig {
   /// hold a password.
   pub fn postgres_config(&self) -> Result<DriverSettings> {
     let url = self.database_url.as_deref().ok_or_else(|| {
-      QuotaError::DbUnavailable(
-        "no database configured: set DATABASE_URL or POSTGRES_URL (the CLI also reads them from .env and .env.local, or takes --database-url URL), or pass databaseUrl to createClient()".into(),
+      QuotaError::unavailable(
+        "no database configured: set DATABASE_URL or POSTGRES_URL (the CLI also reads them from .env and .env.local, or takes --database-url URL), or pass databaseUrl to createClient()",
       )
     })?;
     let (url, pgbouncer) = take_pgbouncer_flag(url)?;
@@ -49,8 +49,8 @@ impl ConnectionConfig {
     let pooler = pgbouncer || !self.statement_cache;
     let tls = settings_from_url(url)?;
     let mut config: tokio_postgres::Config = tls.url.parse().map_err(|_| {
-      QuotaError::DbUnavailable(
-        "the database URL is not a valid PostgreSQL connection string (expected postgres://user:password@host:port/database)".into(),
+      QuotaError::unavailable(
+        "the database URL is not a valid PostgreSQL connection string (expected postgres://user:password@host:port/database)",
       )
     })?;
     config.connect_timeout(self.connect_timeout);
@@ -87,8 +87,8 @@ fn take_pgbouncer_flag(url: &str) -> Result<(String, bool)> {
       ("pgbouncer", "true" | "1") => flag = true,
       ("pgbouncer", "false" | "0") => flag = false,
       ("pgbouncer", _) => {
-        return Err(QuotaError::DbUnavailable(
-          "the pgbouncer URL parameter must be true or false".into(),
+        return Err(QuotaError::unavailable(
+          "the pgbouncer URL parameter must be true or false",
         ))
       }
       _ => kept.push(pair),

@@ -59,7 +59,7 @@ impl From<tokio_postgres::Error> for QuotaError {
         .is_some_and(|source| source.downcast_ref::<std::io::Error>().is_some());
       return if error.is_closed() || io_failure {
         pool::connection_lost();
-        QuotaError::DbUnavailable(format!("lost the connection to PostgreSQL: {error}"))
+        QuotaError::unavailable(format!("lost the connection to PostgreSQL: {error}"))
       } else {
         QuotaError::Internal(format!("database client error: {error}"))
       };
@@ -83,14 +83,20 @@ impl From<tokio_postgres::Error> for QuotaError {
         "the storage-quota tables are missing or out of date; run migrate() (or `storage-quota migrate`) first ({detail})"
       ))
     } else if *state == SqlState::QUERY_CANCELED || *state == SqlState::LOCK_NOT_AVAILABLE {
-      QuotaError::DbTimeout(format!("PostgreSQL cancelled the statement: {detail}"))
+      QuotaError::DbTimeout {
+        message: format!("PostgreSQL cancelled the statement: {detail}"),
+        sql_state: Some(state.code().to_owned()),
+      }
     } else if state.code().starts_with("08")
       || state.code().starts_with("57P")
       || state.code().starts_with("28")
       || *state == SqlState::INVALID_CATALOG_NAME
       || *state == SqlState::TOO_MANY_CONNECTIONS
     {
-      QuotaError::DbUnavailable(format!("PostgreSQL is unavailable: {detail}"))
+      QuotaError::DbUnavailable {
+        message: format!("PostgreSQL is unavailable: {detail}"),
+        sql_state: Some(state.code().to_owned()),
+      }
     } else {
       QuotaError::Db {
         message: format!("PostgreSQL error {}: {detail}", state.code()),

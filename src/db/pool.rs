@@ -34,23 +34,41 @@ pub fn connection_lost() {
   LOST_EPOCH.fetch_add(1, Ordering::AcqRel);
 }
 
-/// Shared between the manager and its error sink: the last connection failure (with when its
-/// attempt began), and a signal for the calls waiting on a connection.
+/// Shared between the manager and its error sink: the last connection failure (its message,
+/// the server's SQLSTATE if it sent one, and when its attempt began), and a signal for the calls
+/// waiting on a connection.
 #[derive(Debug, Default)]
 struct ConnectFailures {
-  last: Mutex<Option<(String, Instant)>>,
+  last: Mutex<Option<(Failure, Instant)>>,
   notify: Notify,
 }
 
+#[derive(Debug, Clone)]
+struct Failure {
+  message: String,
+  sql_state: Option<String>,
+}
+
+impl Failure {
+  fn error(self) -> QuotaError {
+    QuotaError::DbUnavailable {
+      message: self.message,
+      sql_state: self.sql_state,
+    }
+  }
+}
+
 impl ConnectFailures {
-  fn record(&self, message: String, began: Instant) {
-    *self.last.lock().unwrap_or_else(|e| e.into_inner()) = Some((message, began));
+  /// Records a failed attempt and gives its error.
+  fn record(&self, failure: Failure, began: Instant) -> QuotaError {
+    *self.last.lock().unwrap_or_else(|e| e.into_inner()) = Some((failure.clone(), began));
     self.notify.notify_waiters();
+    failure.error()
   }
 
-  fn last(&self) -> Option<String> {
+  fn last(&self) -> Option<Failure> {
     let last = self.last.lock().unwrap_or_else(|e| e.into_inner());
-    last.as_ref().map(|(message, _)| message.clone())
+    last.as_ref().map(|(failure, _)| failure.clone())
   }
 
   /// Whether the last failed attempt began at or after `since`.
@@ -98,13 +116,15 @@ impl ManageConnection for Manager {
       }
     };
     let Ok(connected) = tokio::time::timeout(self.connect_timeout, attempt).await else {
-      let failure = QuotaError::DbUnavailable(format!(
-        "could not connect to PostgreSQL at {}: no answer within {} ms",
-        self.target,
-        self.connect_timeout.as_millis()
-      ));
-      self.failures.record(failure.to_string(), began);
-      return Err(failure);
+      let failure = Failure {
+        message: format!(
+          "could not connect to PostgreSQL at {}: no answer within {} ms",
+          self.target,
+          self.connect_timeout.as_millis()
+        ),
+        sql_state: None,
+      };
+      return Err(self.failures.record(failure, began));
     };
     let (client, connection) = connected.map_err(|error| {
         let cause = connect_cause(&error);
@@ -114,12 +134,15 @@ impl ManageConnection for Manager {
         } else {
           ""
         };
-        let failure = QuotaError::DbUnavailable(format!(
-          "could not connect to PostgreSQL at {}: {cause}{hint}",
-          self.target
-        ));
-        self.failures.record(failure.to_string(), began);
-        failure
+        let failure = Failure {
+          message: format!(
+            "could not connect to PostgreSQL at {}: {cause}{hint}",
+            self.target
+          ),
+          // The server's reason, when it refused us (`28P01`, `3D000`, `53300`, `57P03`, …).
+          sql_state: error.code().map(|state| state.code().to_owned()),
+        };
+        self.failures.record(failure, began)
       })?;
     let target = self.target.clone();
     tokio::spawn(async move {
@@ -289,7 +312,7 @@ impl Pool {
         if self.pool.state().connections == 0 {
           return Err(self.unavailable());
         }
-        return Err(QuotaError::DbTimeout(format!(
+        return Err(QuotaError::timeout(format!(
           "no database connection became free within {} ms (all {} in use); raise poolSize or connectTimeoutMs",
           self.acquire_timeout_ms, self.pool_size
         )));
@@ -304,11 +327,10 @@ impl Pool {
   }
 
   fn unavailable(&self) -> QuotaError {
-    let cause = self
-      .failures
-      .last()
-      .unwrap_or_else(|| format!("no connection to {} could be opened", self.target));
-    QuotaError::DbUnavailable(cause)
+    match self.failures.last() {
+      Some(failure) => failure.error(),
+      None => QuotaError::unavailable(format!("no connection to {} could be opened", self.target)),
+    }
   }
 
   /// Invalidates every connection's prepared statements (after a schema change).

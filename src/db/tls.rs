@@ -42,9 +42,7 @@ pub struct TlsSettings {
 /// passed through for tokio-postgres to read (disable/prefer/require).
 pub fn settings_from_url(url: &str) -> Result<TlsSettings> {
   let bad = || {
-    QuotaError::DbUnavailable(
-      "sslmode must be disable, prefer, require, verify-ca or verify-full".into(),
-    )
+    QuotaError::unavailable("sslmode must be disable, prefer, require, verify-ca or verify-full")
   };
   let Some((base, query)) = url.split_once('?') else {
     return Ok(TlsSettings {
@@ -136,18 +134,18 @@ impl TlsSettings {
     };
     if let Some(path) = &self.root_cert {
       let pem = std::fs::read(path)
-        .map_err(|e| QuotaError::DbUnavailable(format!("cannot read sslrootcert {path}: {e}")))?;
+        .map_err(|e| QuotaError::unavailable(format!("cannot read sslrootcert {path}: {e}")))?;
       let certs: Vec<CertificateDer<'static>> = rustls_pemfile::certs(&mut pem.as_slice())
         .collect::<std::result::Result<_, _>>()
-        .map_err(|e| QuotaError::DbUnavailable(format!("sslrootcert {path} is not PEM: {e}")))?;
+        .map_err(|e| QuotaError::unavailable(format!("sslrootcert {path} is not PEM: {e}")))?;
       if certs.is_empty() {
-        return Err(QuotaError::DbUnavailable(format!(
+        return Err(QuotaError::unavailable(format!(
           "sslrootcert {path} holds no certificate"
         )));
       }
       for cert in certs {
         roots.add(cert).map_err(|e| {
-          QuotaError::DbUnavailable(format!(
+          QuotaError::unavailable(format!(
             "sslrootcert {path} has an unusable certificate: {e}"
           ))
         })?;

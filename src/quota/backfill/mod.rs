@@ -143,8 +143,8 @@ async fn lock_prepare(client: &PgConnection) -> Result<Option<uuid::Uuid>> {
   let mut backoff = Duration::from_millis(2);
   while client.query_opt(PREPARE_LEASE, &[&holder]).await?.is_none() {
     if std::time::Instant::now() + backoff > deadline {
-      return Err(QuotaError::DbTimeout(
-        "another backfill has been preparing for 10 minutes".into(),
+      return Err(QuotaError::timeout(
+        "another backfill has been preparing for 10 minutes",
       ));
     }
     tokio::time::sleep(backoff).await;

@@ -132,7 +132,7 @@ async fn an_unreachable_database_fails_the_rest_of_a_failed_batch_at_once() {
       let sent = sent.clone();
       async move {
         sent.lock().unwrap().push(requests.len());
-        Err::<Vec<Result<i64>>, _>(QuotaError::DbUnavailable("connection refused".into()))
+        Err::<Vec<Result<i64>>, _>(QuotaError::unavailable("connection refused"))
       }
     }
   };
@@ -154,8 +154,8 @@ async fn one_call_timing_out_in_the_fallback_does_not_fail_its_neighbours() {
       async move {
         sent.lock().unwrap().push(requests.len());
         match requests.as_slice() {
-          [2] => Err(QuotaError::DbTimeout(
-            "canceling statement due to statement timeout".into(),
+          [2] => Err(QuotaError::timeout(
+            "canceling statement due to statement timeout",
           )),
           [n] => Ok(vec![Ok(*n)]),
           _ => Err(QuotaError::Internal("poisoned batch".into())),

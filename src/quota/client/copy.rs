@@ -164,7 +164,7 @@ impl Client {
         }
       }
       if Instant::now() + backoff > deadline {
-        return Err(QuotaError::DbTimeout(format!(
+        return Err(QuotaError::timeout(format!(
           "another copy into project {} has been running for longer than the reservation TTL",
           job.target
         )));
@@ -363,7 +363,9 @@ impl Client {
     let user = &job.user;
     let mode = self.mode_for(user);
     let cancelled = match reservations::cancel(conn, user, token, mode).await {
-      Err(QuotaError::DbUnavailable(_) | QuotaError::DbTimeout(_) | QuotaError::Db { .. }) => {
+      Err(
+        QuotaError::DbUnavailable { .. } | QuotaError::DbTimeout { .. } | QuotaError::Db { .. },
+      ) => {
         self
           .with_conn(async |c| reservations::cancel(&mut c.0, user, token, mode).await)
           .await
