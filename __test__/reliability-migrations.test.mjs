@@ -1,10 +1,12 @@
 // Migration safety on the existing-app fixture: real processes migrating at once, migrations
-// failing half-way (in 0001 and in a later one), and the short locks an app relies on while a
-// migration waits. Up → down → up is in migrations.test.mjs.
+// failing half-way (in 0001 and in a later one), the short locks an app relies on while a
+// migration waits, and the order a migration takes them in. Up → down → up is in
+// migrations.test.mjs.
 import { test, after } from 'node:test'
 import assert from 'node:assert/strict'
 import { readFile } from 'node:fs/promises'
 import { execFile } from 'node:child_process'
+import { createHash } from 'node:crypto'
 import { fileURLToPath } from 'node:url'
 import { promisify } from 'node:util'
 import pg from 'pg'
@@ -14,6 +16,8 @@ import { createTestDatabase, MIGRATION_VERSIONS, rejection } from './helpers/db.
 const run = promisify(execFile)
 const CLI = fileURLToPath(new URL('../bin/storage-quota.js', import.meta.url))
 const fixture = await readFile(new URL('./fixtures/existing-app.sql', import.meta.url), 'utf8')
+const migration0001 = await readFile(new URL('../migrations/0001_storage_quota.up.sql', import.meta.url), 'utf8')
+const sha256 = (text) => createHash('sha256').update(text).digest('hex')
 
 async function schemaDump(db) {
   const { stdout } = await run('pg_dump', ['--schema-only', '--no-owner', '--no-privileges', db.directUrl])
@@ -190,3 +194,85 @@ test('a migration that cannot get its lock gives up within 250 ms and retries; a
   assert.ok(Math.max(...writes) < 1000, `an app write waited ${Math.round(Math.max(...writes))} ms`)
   assert.equal(result.backfill.done, true)
 })
+
+/**
+ * How long a lock request for `table` has waited, in ms, and the server's deadlock_timeout
+ * (null when nothing waits for it). Only the migration asks for these tables in these tests.
+ */
+async function tableWait(db, table) {
+  const { rows } = await db.query(
+    `SELECT (extract(epoch FROM clock_timestamp() - coalesce(l.waitstart, clock_timestamp())) * 1000)::float8 AS ms,
+            (extract(epoch FROM current_setting('deadlock_timeout')::interval) * 1000)::float8 AS deadlock_ms
+       FROM pg_locks l
+      WHERE l.locktype = 'relation' AND NOT l.granted AND l.relation = $1::regclass
+        AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())`,
+    [table],
+  )
+  return rows[0] ?? null
+}
+
+// Every writer of both tables, since 0001, locks the user's quota row first (FOR UPDATE) and
+// then writes the ledger. 0002 changes the ledger and then the quota table's trigger: taken in
+// that order, one at a time, under its 5 s lock_timeout, the migration held the ledger while it
+// waited for the quota table, an app transaction holding a quota row then waited for the ledger,
+// and PostgreSQL's deadlock detector (deadlock_timeout 1 s) failed whichever of the two ran its
+// check first: the migration when the app joined within the migration's first second of waiting
+// (migrate() does not retry a deadlock), the app's statement when it joined later. Both moments:
+for (const late of [false, true]) {
+  const moment = late ? 'after the migration has waited past deadlock_timeout' : 'while the migration waits'
+  test(`0002 while an app transaction holds a quota row and then writes the ledger (${moment}): no deadlock fails the app's statement or the migration, which applies once the app commits`, async () => {
+    const db = await createTestDatabase(late ? 'rel_mig_order_late' : 'rel_mig_order')
+    await db.query(fixture)
+    // As migrate() leaves a database after 0001, 0002 pending, with one user's quota row.
+    await db.query(`BEGIN; ${migration0001}
+      CREATE TABLE storage_quota_migrations (version integer PRIMARY KEY, name text NOT NULL, checksum text NOT NULL,
+        applied_at timestamptz NOT NULL DEFAULT now());
+      INSERT INTO storage_quota_migrations (version, name, checksum) VALUES (1, 'storage_quota', '${sha256(migration0001)}');
+      INSERT INTO user_quotas (user_id, limit_bytes) VALUES ('user_w', 1000000);
+      COMMIT`)
+    const app = new pg.Client({ connectionString: db.directUrl })
+    app.on('error', () => {})
+    await app.connect()
+    after(() => app.end())
+    await app.query('BEGIN')
+    await app.query(`SELECT 1 FROM user_quotas WHERE user_id = 'user_w' FOR UPDATE`)
+
+    const client = createClient({ databaseUrl: db.url, storageRoot: db.storageRoot, logger: false })
+    after(() => client.close())
+    const migration = client.migrate().then(
+      (result) => ({ result }),
+      (error) => ({ error }),
+    )
+    // The migration asks for the quota table (the app holds a row of it). Go on once it waits
+    // (or, late, once it has waited longer than deadlock_timeout), or once it has given up: seen
+    // waiting, then no longer, while the app still holds the row.
+    let seen = false
+    for (;;) {
+      const wait = await tableWait(db, 'user_quotas')
+      if (wait && (!late || wait.ms > wait.deadlock_ms)) break
+      if (!wait && seen) break
+      seen ||= wait !== null
+      await new Promise((resolve) => setImmediate(resolve))
+    }
+    const inserted = await app
+      .query(`INSERT INTO quota_ledger (user_id, project_id, idempotency_key, kind, bytes) VALUES ('user_w', NULL, 'w-during-0002', 'upload', 10)`)
+      .then(
+        () => ({}),
+        (error) => ({ error }),
+      )
+    await app.query(inserted.error ? 'ROLLBACK' : 'COMMIT')
+    const migrated = await migration
+    assert.deepEqual(
+      {
+        app: inserted.error ? `${inserted.error.code} ${inserted.error.message}` : 'written',
+        migrate: migrated.error ? migrated.error.message : 'applied',
+      },
+      { app: 'written', migrate: 'applied' },
+    )
+    assert.deepEqual(migrated.result.applied, MIGRATION_VERSIONS.slice(1))
+    // Late, the app joined only once the migration had given up on the quota table: it retried.
+    if (late) assert.ok(migrated.result.lockRetries >= 1, `retried ${migrated.result.lockRetries} times`)
+    const { rows } = await db.query(`SELECT count(*)::int AS n FROM quota_ledger WHERE idempotency_key = 'w-during-0002'`)
+    assert.equal(rows[0].n, 1)
+  })
+}

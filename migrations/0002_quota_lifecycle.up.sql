@@ -1,9 +1,20 @@
 -- storage-quota 0002: reservations for uploads in progress, deletions/copies/removals in the
 -- ledger, an audit trail of limit changes, and an explicit admin override of the limit guard.
 
--- Short locks: give up (changing nothing) rather than queue the app behind a lock we cannot get.
-SET LOCAL lock_timeout = '5s';
 SET LOCAL statement_timeout = '60s';
+
+-- Both tables this migration changes are locked first, in one statement and in the order their
+-- writers take them: the user's quota row (FOR UPDATE), then the ledger. Taken one by one as the
+-- statements below reach them (the ledger, then the quota table's trigger), the ledger was held
+-- while the quota table was waited for, and an app transaction holding a quota row and waiting
+-- for the ledger made a deadlock, which PostgreSQL broke by failing the app's statement or the
+-- migration (whichever checked first). Under 200 ms of lock_timeout (below the default
+-- deadlock_timeout of 1 s) this statement gives up first whatever the order of waits (55P03:
+-- rolled back and retried with backoff by migrate()), and nothing later waits: the other tables
+-- here are new. This changed the released text; its checksum is accepted (src/db/migrate.rs).
+SET LOCAL lock_timeout = '200ms';
+LOCK TABLE user_quotas, quota_ledger IN ACCESS EXCLUSIVE MODE;
+SET LOCAL lock_timeout = '5s';
 
 -- Bytes held for an upload whose bytes arrive later. While `pending` and not expired they count
 -- in user_quotas.reserved_bytes; committing moves them to used_bytes, cancelling or expiry gives

@@ -47,7 +47,9 @@ pub const MIGRATIONS: &[Migration] = &[
     name: "quota_lifecycle",
     up: include_str!("../../migrations/0002_quota_lifecycle.up.sql"),
     down: include_str!("../../migrations/0002_quota_lifecycle.down.sql"),
-    legacy_checksums: &[],
+    // As released (0.1.0): the same statements without the up-front LOCK TABLE, which took
+    // the ledger and the quota table one by one (a deadlock with app writers).
+    legacy_checksums: &["76d9456a480b016e3a283c533707003c8e3f52dc577f17de32e27528501ae511"],
   },
   Migration {
     version: 3,
@@ -449,6 +451,24 @@ mod tests {
     assert!(MIGRATIONS
       .iter()
       .all(|m| !m.up.is_empty() && !m.down.is_empty()));
+  }
+
+  #[test]
+  fn released_texts_are_accepted() {
+    let released = [
+      (
+        1,
+        include_str!("../../__test__/fixtures/0001_storage_quota.first-release.up.sql"),
+      ),
+      (
+        2,
+        include_str!("../../__test__/fixtures/0002_quota_lifecycle.first-release.up.sql"),
+      ),
+    ];
+    for (version, text) in released {
+      let migration = MIGRATIONS.iter().find(|m| m.version == version).unwrap();
+      assert!(migration.accepts(&hex(&Sha256::digest(text.as_bytes()))));
+    }
   }
 
   #[test]
