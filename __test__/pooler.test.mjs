@@ -178,7 +178,14 @@ test('copyProject through the transaction pooler whose lease reply is lost after
   try {
     await gate.query('SELECT pg_advisory_lock(4711)')
     const cut = rejection(quota.copyProject(user, source, target))
-    await untilLockWaiters(db, 1)
+    // The server session whose COMMIT waits for the advisory lock.
+    let waiting = []
+    while (waiting.length === 0) {
+      ;({ rows: waiting } = await db.query(
+        `SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock' AND wait_event = 'advisory'`,
+      ))
+      if (waiting.length === 0) await new Promise((resolve) => setImmediate(resolve))
+    }
     await bouncer.restart()
     const failed = await cut
     assert.equal(failed.code, 'DB_UNAVAILABLE', String(failed))
@@ -186,8 +193,9 @@ test('copyProject through the transaction pooler whose lease reply is lost after
       await new Promise((resolve) => setImmediate(resolve))
     }
     await gate.query('SELECT pg_advisory_unlock(4711)')
-    // The lease's COMMIT has ended once nothing waits on a lock any more.
-    while ((await db.query(`SELECT count(*)::int AS n FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'`)).rows[0].n > 0) {
+    // The COMMIT has ended once its session is gone: it found its client gone when it answered.
+    // (No longer waiting is not enough: it may still be writing its commit.)
+    while ((await db.query('SELECT 1 FROM pg_stat_activity WHERE pid = $1', [waiting[0].pid])).rows.length > 0) {
       await new Promise((resolve) => setImmediate(resolve))
     }
     const committed = await db.query('SELECT count(*)::int AS n FROM lost_lease_commits')
