@@ -20,7 +20,7 @@ impl QuotaShortfall {
   }
 }
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum QuotaError {
   #[error("{0}")]
   InvalidArgument(String),

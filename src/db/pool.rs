@@ -34,39 +34,24 @@ pub fn connection_lost() {
   LOST_EPOCH.fetch_add(1, Ordering::AcqRel);
 }
 
-/// Shared between the manager and its error sink: the last connection failure (its message,
-/// the server's SQLSTATE if it sent one, and when its attempt began), and a signal for the calls
-/// waiting on a connection.
+/// Shared between the manager and its error sink: the last connection failure (a
+/// `DB_UNAVAILABLE`, with the server's SQLSTATE if it sent one) with when its attempt began, and
+/// a signal for the calls waiting on a connection.
 #[derive(Debug, Default)]
 struct ConnectFailures {
-  last: Mutex<Option<(Failure, Instant)>>,
+  last: Mutex<Option<(QuotaError, Instant)>>,
   notify: Notify,
 }
 
-#[derive(Debug, Clone)]
-struct Failure {
-  message: String,
-  sql_state: Option<String>,
-}
-
-impl Failure {
-  fn error(self) -> QuotaError {
-    QuotaError::DbUnavailable {
-      message: self.message,
-      sql_state: self.sql_state,
-    }
-  }
-}
-
 impl ConnectFailures {
-  /// Records a failed attempt and gives its error.
-  fn record(&self, failure: Failure, began: Instant) -> QuotaError {
+  /// Records a failed attempt and gives its error back.
+  fn record(&self, failure: QuotaError, began: Instant) -> QuotaError {
     *self.last.lock().unwrap_or_else(|e| e.into_inner()) = Some((failure.clone(), began));
     self.notify.notify_waiters();
-    failure.error()
+    failure
   }
 
-  fn last(&self) -> Option<Failure> {
+  fn last(&self) -> Option<QuotaError> {
     let last = self.last.lock().unwrap_or_else(|e| e.into_inner());
     last.as_ref().map(|(failure, _)| failure.clone())
   }
@@ -116,14 +101,11 @@ impl ManageConnection for Manager {
       }
     };
     let Ok(connected) = tokio::time::timeout(self.connect_timeout, attempt).await else {
-      let failure = Failure {
-        message: format!(
-          "could not connect to PostgreSQL at {}: no answer within {} ms",
-          self.target,
-          self.connect_timeout.as_millis()
-        ),
-        sql_state: None,
-      };
+      let failure = QuotaError::unavailable(format!(
+        "could not connect to PostgreSQL at {}: no answer within {} ms",
+        self.target,
+        self.connect_timeout.as_millis()
+      ));
       return Err(self.failures.record(failure, began));
     };
     let (client, connection) = connected.map_err(|error| {
@@ -134,7 +116,7 @@ impl ManageConnection for Manager {
         } else {
           ""
         };
-        let failure = Failure {
+        let failure = QuotaError::DbUnavailable {
           message: format!(
             "could not connect to PostgreSQL at {}: {cause}{hint}",
             self.target
@@ -327,10 +309,9 @@ impl Pool {
   }
 
   fn unavailable(&self) -> QuotaError {
-    match self.failures.last() {
-      Some(failure) => failure.error(),
-      None => QuotaError::unavailable(format!("no connection to {} could be opened", self.target)),
-    }
+    self.failures.last().unwrap_or_else(|| {
+      QuotaError::unavailable(format!("no connection to {} could be opened", self.target))
+    })
   }
 
   /// Invalidates every connection's prepared statements (after a schema change).

@@ -163,13 +163,10 @@ where
   // one after another they would each wait out the connect timeout (the callers retry, as after
   // any call that lost its connection). A timeout is not passed on: a statement that waited out
   // `statementTimeoutMs` on one user's lock says nothing about the other users' calls.
-  let mut unreachable: Option<(String, Option<String>)> = None;
+  let mut unreachable: Option<QuotaError> = None;
   for request in requests {
-    if let Some((message, sql_state)) = &unreachable {
-      answers.push(Err(QuotaError::DbUnavailable {
-        message: message.clone(),
-        sql_state: sql_state.clone(),
-      }));
+    if let Some(error) = &unreachable {
+      answers.push(Err(error.clone()));
       continue;
     }
     let mut one = match run(vec![request]).await {
@@ -180,8 +177,8 @@ where
       Err(error) => vec![Err(error)],
     };
     let answer = one.remove(0);
-    if let Err(QuotaError::DbUnavailable { message, sql_state }) = &answer {
-      unreachable = Some((message.clone(), sql_state.clone()));
+    if let Err(error @ QuotaError::DbUnavailable { .. }) = &answer {
+      unreachable = Some(error.clone());
     }
     answers.push(answer);
   }
